@@ -1,0 +1,1 @@
+"""Export, quantization and (torch-free) edge runtime. Imports neither prefect nor mlflow."""

@@ -1,0 +1,99 @@
+"""Export stage: the student as ONNX fp32 with dynamic batch and sequence axes, parity-checked."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deploy.onnx_eval import onnx_logits, open_session
+from distill.config import ExportConfig
+from distill.data import load_split
+from distill.models import load_classifier
+from distill.store import Artifact, file_sha256, run_stage, stable_hash
+from distill.training import predict_logits
+
+ONNX_FILE = "model.onnx"
+INPUT_NAMES = ("input_ids", "attention_mask")
+
+
+class ParityError(RuntimeError):
+    """The exported graph does not reproduce PyTorch within tolerance."""
+
+
+class LogitsOnly(torch.nn.Module):
+    """Gives the exporter a plain (input_ids, attention_mask) -> logits signature."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def export_onnx(model: torch.nn.Module, path: Path, opset: int, max_length: int) -> None:
+    wrapper = LogitsOnly(model).eval()  # eval on the outermost module, or dropout stays on
+    # Two distinct tensors: an input passed twice would be traced as one aliased input.
+    example_ids = torch.randint(1000, 2000, (2, 8), dtype=torch.long)
+    example_mask = torch.ones((2, 8), dtype=torch.long)
+    example_mask[1, -3:] = 0
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    sequence = torch.export.Dim("sequence", min=1, max=max(8, max_length))
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    torch.onnx.export(
+        wrapper,
+        (example_ids, example_mask),
+        str(path),
+        dynamo=True,
+        input_names=list(INPUT_NAMES),
+        output_names=["logits"],
+        dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
+        opset_version=opset,
+        external_data=False,
+        verbose=False,
+    )
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    return {
+        "max_abs_logit_diff": float(np.abs(reference - candidate).max()),
+        "label_agreement": float(np.mean(reference.argmax(-1) == candidate.argmax(-1))),
+    }
+
+
+def export_stage(workdir: Path, config: ExportConfig, student: Artifact, data: Artifact) -> Artifact:
+    key = stable_hash(
+        "export", config.model_dump(mode="json"), student.manifest["weights_sha256"],
+        data.manifest["fingerprint"],
+    )
+    return run_stage(workdir, "export", key, lambda folder: build_export(config, student, data, folder))
+
+
+def build_export(config: ExportConfig, student: Artifact, data: Artifact, folder: Path) -> dict[str, Any]:
+    model = load_classifier(student.path)
+    path = folder / ONNX_FILE
+    export_onnx(model, path, config.opset, data.manifest["max_length"])
+    test = load_split(data.path, "test")
+    reference = predict_logits(model, test)
+    candidate = onnx_logits(open_session(path), test["input_ids"], test["attention_mask"])
+    result = parity(reference, candidate)
+    if result["max_abs_logit_diff"] > config.parity_tolerance:
+        raise ParityError(
+            f"ONNX export differs from PyTorch by {result['max_abs_logit_diff']:.3g} "
+            f"(tolerance export.parity_tolerance={config.parity_tolerance})"
+        )
+    labels = np.asarray(test["label"])
+    return {
+        "file": ONNX_FILE,
+        "sha256": file_sha256(path),
+        "bytes": path.stat().st_size,
+        "opset": config.opset,
+        "student_sha256": student.manifest["weights_sha256"],
+        "test_accuracy": float(np.mean(candidate.argmax(-1) == labels)),
+        "parity_passed": True,
+        **result,
+    }

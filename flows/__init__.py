@@ -1,0 +1,1 @@
+"""Prefect flows wiring the stage tasks together, and the `distillery` CLI."""

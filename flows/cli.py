@@ -1,0 +1,105 @@
+"""The `distillery` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from distill.config import ConfigError, load_config
+from distill.data import DataError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError)
+
+
+def fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.callback()
+def main() -> None:
+    """Distil a BERT-family text classifier into a small ONNX student for edge devices."""
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Pipeline config (YAML).")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Dotted key=value overrides, e.g. workdir=/tmp/x")
+    ] = None,
+) -> None:
+    """Run the whole pipeline; finished stages are reused."""
+    overrides = overrides or []
+    try:
+        settings = load_config(config, overrides)
+        from distill.preflight import check_inputs
+
+        check_inputs(settings)
+    except USER_ERRORS as err:
+        fail(err)
+
+    from flows.runtime_env import configure_environment
+
+    configure_environment(settings.workdir)
+    from flows.pipeline import distill_pipeline
+
+    try:
+        summary = distill_pipeline(str(config), overrides)
+    except USER_ERRORS as err:
+        fail(err)
+    print_summary(summary, Path(settings.workdir).resolve())
+
+
+def print_summary(summary: dict[str, Any], workdir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    metrics = Table(title="distillery run", show_header=False)
+    rows = [
+        ("teacher accuracy", f"{summary['teacher_accuracy']:.4f}"),
+        ("student accuracy", f"{summary['student_accuracy']:.4f}"),
+        ("retention", f"{summary['retention']:.4f}"),
+        ("INT8 accuracy", f"{summary['int8_accuracy']:.4f}"),
+        ("params teacher / student", f"{summary['teacher_params']:,} / {summary['student_params']:,}"),
+        ("ONNX fp32 / INT8 bytes", f"{summary['onnx_fp32_bytes']:,} / {summary['onnx_int8_bytes']:,}"),
+        ("registered", f"{summary['registered_model']} v{summary['model_version']} @challenger"),
+        ("MLflow run", summary["mlflow_run_id"]),
+        ("wall seconds", f"{summary['wall_seconds']:.1f}"),
+    ]
+    for name, value in rows:
+        metrics.add_row(name, value)
+    stages = Table(title="stages")
+    for column in ("stage", "seconds", "reused"):
+        stages.add_column(column)
+    for name, stage in summary["stages"].items():
+        stages.add_row(name, f"{stage['seconds']:.1f}", "yes" if stage["reused"] else "no")
+    console.print(metrics)
+    console.print(stages)
+    console.print(f"summary: {workdir / 'summary.json'}")
+
+
+@app.command("show-config")
+def show_config(
+    config: Annotated[Path, typer.Argument(help="Pipeline config (YAML).")],
+    overrides: Annotated[list[str] | None, typer.Argument()] = None,
+) -> None:
+    """Print the fully resolved config (defaults filled in, overrides applied)."""
+    from distill.config import config_to_yaml
+
+    try:
+        typer.echo(config_to_yaml(load_config(config, overrides or [])))
+    except ConfigError as err:
+        fail(err)
+
+
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
+

@@ -1,0 +1,75 @@
+"""The distillation pipeline as one straight-line Prefect flow."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from distill.config import config_to_yaml, flatten, load_config
+from distill.store import write_json_atomic
+from distill.summary import build_summary
+from tasks import stages
+from tasks.tracking import MlflowTracker, default_tracking_uri, git_commit
+
+SUMMARY = "summary.json"
+
+
+@flow(name="distillery-pipeline", log_prints=True)
+def distill_pipeline(config_path: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """data -> teacher -> logit cache -> student -> evaluation -> ONNX -> INT8 -> registry."""
+    started = time.perf_counter()
+    config = load_config(config_path, overrides or [])
+    workdir = config.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    logger = get_run_logger()
+    tracker = MlflowTracker(
+        default_tracking_uri(workdir), config.tracking.experiment, workdir / "mlartifacts"
+    )
+    run_id = tracker.start_run(
+        run_name=config.name,
+        tags={"config_path": str(config_path), "git_commit": git_commit() or "unknown"},
+    )
+    logger.info("MLflow run %s at %s", run_id, tracker.tracking_uri)
+    tracker.log_params(flatten(config))
+    config_file = workdir / "config.resolved.yaml"
+    config_file.write_text(config_to_yaml(config))
+    tracker.log_artifact(config_file, "config")
+    succeeded = False
+    try:
+        data = stages.prepare_data(workdir, config.data, config.teacher.model, tracker)
+        teacher = stages.fine_tune_teacher(workdir, config.teacher, data, tracker)
+        cache = stages.cache_teacher_logits(workdir, teacher, data, tracker)
+        student = stages.train_student(workdir, config.student, teacher, cache, data, tracker)
+        evaluation = stages.evaluate(workdir, teacher, student, data, tracker)
+        export = stages.export_onnx(workdir, config.export, student, data, tracker)
+        quantized = stages.quantize(workdir, config.export, export, data, tracker)
+        registration = stages.register_model(
+            config.tracking.registered_model, quantized, teacher, data, tracker
+        )
+        summary = build_summary(
+            {
+                "data": data,
+                "teacher": teacher,
+                "logit_cache": cache,
+                "student": student,
+                "evaluation": evaluation,
+                "export": export,
+                "quantize": quantized,
+            },
+            mlflow_run_id=run_id,
+            registered_model=registration.name,
+            model_version=registration.version,
+            wall_seconds=time.perf_counter() - started,
+        )
+        write_json_atomic(workdir / SUMMARY, summary)
+        tracker.log_artifact(workdir / SUMMARY)
+        tracker.log_metrics({"pipeline/wall_seconds": summary["wall_seconds"]})
+        logger.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k != "stages"}))
+        succeeded = True
+        return summary
+    finally:
+        tracker.end_run(succeeded)

@@ -1,0 +1,19 @@
+"""Environment defaults for an embedded, offline-friendly run; set before prefect is imported."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def configure_environment(workdir: Path) -> None:
+    """Embedded Prefect with its state in the workdir unless the user points elsewhere."""
+    workdir = Path(workdir).resolve()
+    if "PREFECT_API_URL" not in os.environ:
+        os.environ.setdefault("PREFECT_HOME", str(workdir / ".prefect"))
+    # The temporary server needs ~20 s to start on 2 cores; Prefect's default timeout is 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

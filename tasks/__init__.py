@@ -1,0 +1,1 @@
+"""Thin Prefect tasks around the core stages, and the one module that talks to MLflow."""

@@ -1,0 +1,155 @@
+"""The one module that talks to MLflow.
+
+Everything goes through an explicit run id (MlflowClient), never the fluent thread-local
+"active run", so Prefect's worker threads can log safely. The core sees only `MetricsLog`
+callables made here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.models.signature import ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from distill.training import MetricsLog
+
+MAX_PARAM_LENGTH = 6000
+BATCH = 100
+
+
+def default_tracking_uri(workdir: Path) -> str:
+    """MLFLOW_TRACKING_URI when set, else a SQLite store inside the workdir."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir).resolve()}/mlflow.db"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def onnx_signature(num_labels: int) -> ModelSignature:
+    """Dynamic batch and sequence axes (infer_signature would freeze the example's length)."""
+    int64 = np.dtype("int64")
+    return ModelSignature(
+        inputs=Schema(
+            [TensorSpec(int64, (-1, -1), "input_ids"), TensorSpec(int64, (-1, -1), "attention_mask")]
+        ),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, num_labels), "logits")]),
+    )
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    model_uri: str
+
+
+class MlflowTracker:
+    """One pipeline run in MLflow: params, metrics by step, artifacts, the registered model."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            location = artifact_root.resolve().as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = found.experiment_id
+        self.run_id = ""
+
+    def start_run(self, run_name: str, tags: Mapping[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def end_run(self, succeeded: bool) -> None:
+        status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
+        self.client.set_terminated(self.run_id, status=status)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+        for start in range(0, len(items), BATCH):
+            self.client.log_batch(self.run_id, params=items[start : start + BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        timestamp = _now_ms()
+        items = [
+            Metric(key, float(value), timestamp, step)
+            for key, value in metrics.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        ]
+        for start in range(0, len(items), BATCH):
+            self.client.log_batch(self.run_id, metrics=items[start : start + BATCH])
+
+    def metrics_log(self, prefix: str) -> MetricsLog:
+        def log(metrics: Mapping[str, float], step: int) -> None:
+            self.log_metrics({f"{prefix}/{key}": value for key, value in metrics.items()}, step)
+
+        return log
+
+    def log_history(self, prefix: str, history: list[Mapping[str, float]]) -> None:
+        """Replay a stage's recorded training curve (for stages reused from an earlier run)."""
+        for entry in history:
+            step = int(entry["step"])
+            self.log_metrics(
+                {f"{prefix}/{key}": value for key, value in entry.items() if key != "step"}, step
+            )
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def register_onnx(
+        self,
+        onnx_path: Path,
+        registered_model: str,
+        num_labels: int,
+        version_tags: Mapping[str, Any],
+        alias: str,
+    ) -> Registration:
+        import onnx
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.onnx.log_model(
+                onnx.load(str(onnx_path)),
+                name="model",
+                registered_model_name=registered_model,
+                signature=onnx_signature(num_labels),
+                onnx_execution_providers=["CPUExecutionProvider"],
+                save_as_external_data=False,
+            )
+        version = str(info.registered_model_version)
+        for key, value in version_tags.items():
+            self.client.set_model_version_tag(registered_model, version, key, str(value))
+        self.client.set_registered_model_alias(registered_model, alias, version)
+        return Registration(registered_model, version, f"models:/{registered_model}/{version}")
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
