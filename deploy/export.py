@@ -65,15 +65,23 @@ def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     }
 
 
-def export_stage(workdir: Path, config: ExportConfig, student: Artifact, data: Artifact) -> Artifact:
+def export_stage(
+    workdir: Path, config: ExportConfig, student: Artifact, data: Artifact
+) -> Artifact:
     key = stable_hash(
-        "export", config.model_dump(mode="json"), student.manifest["weights_sha256"],
+        "export",
+        config.model_dump(mode="json"),
+        student.manifest["weights_sha256"],
         data.manifest["fingerprint"],
     )
-    return run_stage(workdir, "export", key, lambda folder: build_export(config, student, data, folder))
+    return run_stage(
+        workdir, "export", key, lambda folder: build_export(config, student, data, folder)
+    )
 
 
-def build_export(config: ExportConfig, student: Artifact, data: Artifact, folder: Path) -> dict[str, Any]:
+def build_export(
+    config: ExportConfig, student: Artifact, data: Artifact, folder: Path
+) -> dict[str, Any]:
     model = load_classifier(student.path)
     path = folder / ONNX_FILE
     export_onnx(model, path, config.opset, data.manifest["max_length"])

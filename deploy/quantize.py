@@ -18,12 +18,18 @@ from distill.store import Artifact, file_sha256, run_stage, stable_hash
 INT8_FILE = "model.int8.onnx"
 
 
-def quantize_stage(workdir: Path, config: ExportConfig, export: Artifact, data: Artifact) -> Artifact:
+def quantize_stage(
+    workdir: Path, config: ExportConfig, export: Artifact, data: Artifact
+) -> Artifact:
     key = stable_hash(
-        "quantize", config.quantization_per_channel, export.manifest["sha256"],
+        "quantize",
+        config.quantization_per_channel,
+        export.manifest["sha256"],
         data.manifest["fingerprint"],
     )
-    return run_stage(workdir, "quantize", key, lambda folder: build_quantized(config, export, data, folder))
+    return run_stage(
+        workdir, "quantize", key, lambda folder: build_quantized(config, export, data, folder)
+    )
 
 
 def quantize_int8(source: Path, target: Path, per_channel: bool) -> None:
@@ -37,12 +43,18 @@ def quantize_int8(source: Path, target: Path, per_channel: bool) -> None:
     prepared.unlink()
 
 
-def build_quantized(config: ExportConfig, export: Artifact, data: Artifact, folder: Path) -> dict[str, Any]:
+def build_quantized(
+    config: ExportConfig, export: Artifact, data: Artifact, folder: Path
+) -> dict[str, Any]:
     path = folder / INT8_FILE
     quantize_int8(export.file(export.manifest["file"]), path, config.quantization_per_channel)
     test = load_split(data.path, "test")
     labels = np.asarray(test["label"])
-    fp32 = onnx_logits(open_session(export.file(export.manifest["file"])), test["input_ids"], test["attention_mask"])
+    fp32 = onnx_logits(
+        open_session(export.file(export.manifest["file"])),
+        test["input_ids"],
+        test["attention_mask"],
+    )
     int8 = onnx_logits(open_session(path), test["input_ids"], test["attention_mask"])
     accuracy = float(np.mean(int8.argmax(-1) == labels))
     return {

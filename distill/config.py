@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -61,7 +69,8 @@ class RandomArchitecture(Section):
     def _heads_divide_hidden(self) -> RandomArchitecture:
         if self.hidden_size % self.num_heads:
             raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_heads ({self.num_heads})"
             )
         return self
 
@@ -94,10 +103,21 @@ class RandomInit(RandomArchitecture):
     kind: Literal["random"] = "random"
 
 
+def _init_kind(value: Any) -> str:
+    """`kind` may be left out: a student init without one copies teacher layers."""
+    if isinstance(value, dict):
+        return value.get("kind", "teacher_layers")
+    return getattr(value, "kind", "teacher_layers")
+
+
+StudentInit = Annotated[
+    Annotated[TeacherLayersInit, Tag("teacher_layers")] | Annotated[RandomInit, Tag("random")],
+    Discriminator(_init_kind),
+]
+
+
 class StudentConfig(Section):
-    init: Annotated[TeacherLayersInit | RandomInit, Field(discriminator="kind")] = (
-        TeacherLayersInit()
-    )
+    init: StudentInit = TeacherLayersInit()
     alpha: float = Field(0.5, ge=0, le=1)
     temperature: float = Field(2.0, gt=0)
     training: TrainingConfig = TrainingConfig(epochs=3, learning_rate=1e-4)
@@ -149,10 +169,13 @@ def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+UNION_TAGS = {"teacher_layers", "random"}  # pydantic puts a union's tag into the error location
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-"))
+        key = ".".join(str(part) for part in item["loc"] if str(part) not in UNION_TAGS)
         key = key or "<root>"
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{key}'")

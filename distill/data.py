@@ -21,7 +21,13 @@ from distill.config import DataConfig, SplitConfig
 from distill.store import file_sha256, stable_hash
 
 SPLITS = ("train", "validation", "test")
-FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+FILE_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+}
 MOVIE_REVIEWS = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 
 
@@ -138,11 +144,17 @@ def _hub_dataset(config: DataConfig, cache_dir: Path | None) -> Examples:
     texts: dict[str, list[str]] = {}
     raw: dict[str, list[Any]] = {}
     for split, table in splits.items():
-        _require_columns(f"hub dataset '{name}' split '{split}'", table.column_names,
-                         [config.text_column, config.label_column])
+        _require_columns(
+            f"hub dataset '{name}' split '{split}'",
+            table.column_names,
+            [config.text_column, config.label_column],
+        )
         texts[split], raw[split] = _validated_rows(
             f"hub dataset '{name}' split '{split}'",
-            table[config.text_column], table[config.label_column], config, first_row=0,
+            table[config.text_column],
+            table[config.label_column],
+            config,
+            first_row=0,
         )
     feature = splits[next(iter(splits))].features[config.label_column]
     if hasattr(feature, "names"):  # a ClassLabel already numbers its classes
@@ -162,9 +174,7 @@ def _hub_dataset(config: DataConfig, cache_dir: Path | None) -> Examples:
 def _require_columns(where: Any, columns: list[str], needed: list[str]) -> None:
     for column in needed:
         if column not in columns:
-            raise DataError(
-                f"{where}: column '{column}' not found (columns: {', '.join(columns)})"
-            )
+            raise DataError(f"{where}: column '{column}' not found (columns: {', '.join(columns)})")
 
 
 def _validated_rows(
@@ -193,9 +203,7 @@ def encode_labels(raw: list[Any]) -> tuple[list[str], list[int]]:
     return names, [index[str(value)] for value in raw]
 
 
-def stratified_split(
-    labels: list[int], split: SplitConfig
-) -> dict[str, list[int]]:
+def stratified_split(labels: list[int], split: SplitConfig) -> dict[str, list[int]]:
     """Seeded stratified train/validation/test indices, each list sorted."""
     indices = np.arange(len(labels))
     counts = Counter(labels)
@@ -203,19 +211,25 @@ def stratified_split(
     if rare:
         raise DataError(f"labels {rare} have fewer than 3 examples: cannot split stratified")
     try:
+        # Integer sizes: fractions of fractions round differently on different sizes.
         rest, test = train_test_split(
-            indices, test_size=split.test, stratify=labels, random_state=split.seed
+            indices,
+            test_size=round(len(labels) * split.test),
+            stratify=labels,
+            random_state=split.seed,
         )
-        rest_labels = [labels[i] for i in rest]
         train, validation = train_test_split(
             rest,
-            test_size=split.validation / (1 - split.test),
-            stratify=rest_labels,
+            test_size=round(len(labels) * split.validation),
+            stratify=[labels[i] for i in rest],
             random_state=split.seed,
         )
     except ValueError as err:
         raise DataError(f"cannot split {len(labels)} examples stratified: {err}") from None
-    return {name: sorted(part.tolist()) for name, part in zip(SPLITS, (train, validation, test))}
+    return {
+        name: sorted(part.tolist())
+        for name, part in zip(SPLITS, (train, validation, test), strict=True)
+    }
 
 
 def subsample(labels: list[int], keep: int, seed: int) -> list[int]:
@@ -332,5 +346,7 @@ def data_stage(workdir: Path, config: DataConfig, tokenizer_model: str):
         workdir,
         "data",
         key,
-        lambda folder: prepare_data(config, load_tokenizer(source), tokenizer_id, folder, cache_dir),
+        lambda folder: prepare_data(
+            config, load_tokenizer(source), tokenizer_id, folder, cache_dir
+        ),
     )

@@ -16,14 +16,18 @@ from distill.training import classification_metrics, predict_logits
 REPORT = "report.json"
 
 
-def evaluation_stage(workdir: Path, teacher: Artifact, student: Artifact, data: Artifact) -> Artifact:
+def evaluation_stage(
+    workdir: Path, teacher: Artifact, student: Artifact, data: Artifact
+) -> Artifact:
     key = stable_hash(
         "evaluation",
         teacher.manifest["weights_sha256"],
         student.manifest["weights_sha256"],
         data.manifest["fingerprint"],
     )
-    return run_stage(workdir, "evaluation", key, lambda folder: evaluate(teacher, student, data, folder))
+    return run_stage(
+        workdir, "evaluation", key, lambda folder: evaluate(teacher, student, data, folder)
+    )
 
 
 def evaluate(teacher: Artifact, student: Artifact, data: Artifact, folder: Path) -> dict[str, Any]:
@@ -47,7 +51,9 @@ def evaluate(teacher: Artifact, student: Artifact, data: Artifact, folder: Path)
     report["compression"] = report["teacher"]["params"] / report["student"]["params"]
     (folder / REPORT).write_text(json.dumps(report, indent=2))
     plot_confusion_matrix(
-        np.asarray(report["student"]["confusion_matrix"]), label_names, folder / "confusion_matrix.png"
+        np.asarray(report["student"]["confusion_matrix"]),
+        label_names,
+        folder / "confusion_matrix.png",
     )
     return {
         "report": REPORT,
@@ -77,8 +83,14 @@ def plot_confusion_matrix(matrix: np.ndarray, label_names: list[str], path: Path
     axes.set_ylabel("true")
     axes.set_title("Student confusion matrix (test)")
     for (row, col), value in np.ndenumerate(matrix):
-        axes.text(col, row, str(value), ha="center", va="center",
-                  color="white" if value > matrix.max() / 2 else "black")
+        axes.text(
+            col,
+            row,
+            str(value),
+            ha="center",
+            va="center",
+            color="white" if value > matrix.max() / 2 else "black",
+        )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -28,7 +28,9 @@ def cache_key(teacher: Artifact, data: Artifact) -> str:
     return stable_hash("logits", teacher.manifest["weights_sha256"], data.manifest["fingerprint"])
 
 
-def logit_cache_stage(workdir: Path, teacher: Artifact, data: Artifact, batch_size: int = 128) -> Artifact:
+def logit_cache_stage(
+    workdir: Path, teacher: Artifact, data: Artifact, batch_size: int = 128
+) -> Artifact:
     return run_stage(
         workdir,
         "logit_cache",
@@ -37,7 +39,9 @@ def logit_cache_stage(workdir: Path, teacher: Artifact, data: Artifact, batch_si
     )
 
 
-def build_logit_cache(teacher: Artifact, data: Artifact, folder: Path, batch_size: int) -> dict[str, Any]:
+def build_logit_cache(
+    teacher: Artifact, data: Artifact, folder: Path, batch_size: int
+) -> dict[str, Any]:
     model = load_classifier(teacher.path)
     logits = predict_logits(model, load_split(data.path, "train"), batch_size)
     np.save(folder / LOGITS_FILE, logits)
@@ -58,7 +62,10 @@ def open_logits(cache: Artifact, verify: bool = True) -> np.ndarray:
     if verify and file_sha256(path) != cache.manifest["sha256"]:
         raise CacheError(f"logit cache {path} does not match the checksum in its manifest")
     logits = np.load(path, mmap_mode="r")
-    if list(logits.shape) != list(cache.manifest["shape"]) or str(logits.dtype) != cache.manifest["dtype"]:
+    if (
+        list(logits.shape) != list(cache.manifest["shape"])
+        or str(logits.dtype) != cache.manifest["dtype"]
+    ):
         raise CacheError(
             f"logit cache {path} has shape {logits.shape} {logits.dtype}, "
             f"manifest says {cache.manifest['shape']} {cache.manifest['dtype']}"

@@ -18,7 +18,9 @@ def teacher_num_layers(config: PipelineConfig) -> int:
     try:
         return AutoConfig.from_pretrained(source).num_hidden_layers
     except Exception as err:  # noqa: BLE001 - hub or disk, any failure means "cannot use it"
-        where = "local folder" if Path(source).exists() else "local folder nor a reachable hub model"
+        where = (
+            "local folder" if Path(source).exists() else "local folder nor a reachable hub model"
+        )
         raise ConfigError(
             f"teacher.model '{config.teacher.model}' is neither a usable {where}: {err}"
         ) from None

@@ -38,7 +38,10 @@ def teacher_stage(
     workdir: Path, config: TeacherConfig, data: Artifact, log: MetricsLog | None = None
 ) -> Artifact:
     return run_stage(
-        workdir, "teacher", teacher_key(config, data), lambda folder: build_teacher(config, data, folder, log)
+        workdir,
+        "teacher",
+        teacher_key(config, data),
+        lambda folder: build_teacher(config, data, folder, log),
     )
 
 

@@ -7,6 +7,7 @@ Metrics go to an optional `log(metrics, step)` callable, so tests and MLflow plu
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ from distill.config import TrainingConfig
 LossFn = Callable[[torch.nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
 MetricsLog = Callable[[Mapping[str, float], int], None]
 LOG_EVERY = 10
+logger = logging.getLogger("distill.training")
 
 
 @dataclass
@@ -119,6 +121,15 @@ def train_classifier(
             "epoch": float(epoch + 1),
         }
         log(val_metrics, step)
+        logger.info(
+            "%s epoch %d/%d: val_accuracy %.4f, val_loss %.4f (%.0f s)",
+            description,
+            epoch + 1,
+            settings.epochs,
+            val_metrics["val_accuracy"],
+            val_metrics["val_loss"],
+            time.perf_counter() - started,
+        )
         result.history.append({"step": step, **val_metrics})
         if val_metrics["val_accuracy"] > result.best_val_accuracy:
             result.best_val_accuracy = val_metrics["val_accuracy"]

@@ -66,8 +66,14 @@ def print_summary(summary: dict[str, Any], workdir: Path) -> None:
         ("student accuracy", f"{summary['student_accuracy']:.4f}"),
         ("retention", f"{summary['retention']:.4f}"),
         ("INT8 accuracy", f"{summary['int8_accuracy']:.4f}"),
-        ("params teacher / student", f"{summary['teacher_params']:,} / {summary['student_params']:,}"),
-        ("ONNX fp32 / INT8 bytes", f"{summary['onnx_fp32_bytes']:,} / {summary['onnx_int8_bytes']:,}"),
+        (
+            "params teacher / student",
+            f"{summary['teacher_params']:,} / {summary['student_params']:,}",
+        ),
+        (
+            "ONNX fp32 / INT8 bytes",
+            f"{summary['onnx_fp32_bytes']:,} / {summary['onnx_int8_bytes']:,}",
+        ),
         ("registered", f"{summary['registered_model']} v{summary['model_version']} @challenger"),
         ("MLflow run", summary["mlflow_run_id"]),
         ("wall seconds", f"{summary['wall_seconds']:.1f}"),
@@ -98,8 +104,5 @@ def show_config(
         fail(err)
 
 
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
-

@@ -17,3 +17,7 @@ def configure_environment(workdir: Path) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Show the core's progress lines (epochs, validation accuracy) in Prefect's run log.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "distill,deploy")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

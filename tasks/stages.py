@@ -41,7 +41,11 @@ def record_stage(
     """Log a stage's manifest, chosen manifest numbers and files; replay curves if reused."""
     stage = artifact.stage
     tracker.log_metrics(
-        {f"{stage}/{name}": artifact.manifest[name] for name in metrics if name in artifact.manifest}
+        {
+            f"{stage}/{name}": artifact.manifest[name]
+            for name in metrics
+            if name in artifact.manifest
+        }
         | {f"{stage}/seconds": artifact.seconds, f"{stage}/reused": float(artifact.reused)}
     )
     if artifact.reused and artifact.manifest.get("history"):
@@ -110,8 +114,14 @@ def evaluate(
         tracker,
         artifact,
         metrics=[
-            "teacher_accuracy", "teacher_macro_f1", "student_accuracy", "student_macro_f1",
-            "retention", "agreement", "teacher_params", "student_params",
+            "teacher_accuracy",
+            "teacher_macro_f1",
+            "student_accuracy",
+            "student_macro_f1",
+            "retention",
+            "agreement",
+            "teacher_params",
+            "student_params",
         ],
         files=["report.json", "confusion_matrix.png"],
     )

@@ -36,7 +36,9 @@ def git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.TimeoutExpired):
@@ -49,7 +51,10 @@ def onnx_signature(num_labels: int) -> ModelSignature:
     int64 = np.dtype("int64")
     return ModelSignature(
         inputs=Schema(
-            [TensorSpec(int64, (-1, -1), "input_ids"), TensorSpec(int64, (-1, -1), "attention_mask")]
+            [
+                TensorSpec(int64, (-1, -1), "input_ids"),
+                TensorSpec(int64, (-1, -1), "attention_mask"),
+            ]
         ),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, num_labels), "logits")]),
     )
@@ -71,7 +76,9 @@ class MlflowTracker:
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             location = artifact_root.resolve().as_uri() if artifact_root else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=location
+            )
         else:
             self.experiment_id = found.experiment_id
         self.run_id = ""

@@ -1,0 +1,45 @@
+"""Shared fixtures: the tiny config, its prepared data, tiny random models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory):
+    from distill.config import load_config
+
+    workdir = tmp_path_factory.mktemp("tiny-workdir")
+    return load_config(TINY_CONFIG, [f"workdir={workdir}"])
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_config):
+    from distill.data import data_stage
+
+    return data_stage(tiny_config.workdir, tiny_config.data, tiny_config.teacher.model)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from distill.models import load_tokenizer, resolve_model_source
+
+    return load_tokenizer(resolve_model_source("minilm"))
+
+
+@pytest.fixture
+def tiny_classifier():
+    from distill.config import RandomArchitecture
+    from distill.models import random_classifier
+
+    arch = RandomArchitecture(num_layers=3, hidden_size=32, num_heads=2, intermediate_size=64)
+    return random_classifier(arch, 30522, 128, ["negative", "positive"], seed=0).eval()

@@ -1,0 +1,31 @@
+"""Import boundaries: the ML core and deploy code know nothing of orchestration or tracking."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+FORBIDDEN = ("prefect", "mlflow")
+
+
+@pytest.mark.parametrize(
+    "modules",
+    [
+        "distill.config, distill.data, distill.models, distill.losses, distill.training, "
+        "distill.teacher, distill.student, distill.logit_cache, distill.evaluation, "
+        "distill.preflight, distill.summary",
+        "deploy.export, deploy.quantize, deploy.onnx_eval",
+    ],
+)
+def test_core_packages_import_neither_prefect_nor_mlflow(modules):
+    code = (
+        f"import sys; import {modules}; "
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}); "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == ""

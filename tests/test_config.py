@@ -1,0 +1,92 @@
+"""The config: typed, frozen, strict about keys, with dotted overrides."""
+
+import pytest
+
+from distill.config import ConfigError, PipelineConfig, build_config, flatten, load_config
+from tests.conftest import REPO, TINY_CONFIG
+
+
+def test_shipped_configs_load():
+    default = load_config(REPO / "configs" / "movie_reviews.yaml")
+    tiny = load_config(TINY_CONFIG)
+    assert default.teacher.model == "minilm"
+    assert tiny.teacher.random_init is not None
+
+
+def test_dotted_overrides_reach_nested_keys_and_parse_yaml_values():
+    config = build_config(
+        {},
+        [
+            "student.alpha=0.25",
+            "student.init.layers=[1, 3]",
+            "teacher.training.epochs=4",
+            "workdir=/tmp/somewhere",
+        ],
+    )
+    assert config.student.alpha == 0.25
+    assert config.student.init.layers == [1, 3]
+    assert config.teacher.training.epochs == 4
+    assert str(config.workdir) == "/tmp/somewhere"
+
+
+def test_random_student_init_from_override():
+    config = build_config(
+        {},
+        [
+            "student.init={kind: random, num_layers: 2, hidden_size: 64, num_heads: 2, "
+            "intermediate_size: 128}"
+        ],
+    )
+    assert config.student.init.kind == "random"
+    assert config.student.init.hidden_size == 64
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'student\.temprature'"):
+        build_config({"student": {"temprature": 2.0}})
+
+
+def test_unknown_override_key_names_the_key():
+    with pytest.raises(ConfigError, match=r"teacher\.trainin"):
+        build_config({}, ["teacher.trainin.epochs=3"])
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"config key 'teacher\.training\.epochs'"):
+        build_config({}, ["teacher.training.epochs=many"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("student.temperature=0", "student.temperature"),
+        ("student.alpha=1.5", "student.alpha"),
+        ("student.alpha=-0.1", "student.alpha"),
+        ("data.split.test=0.9", "data.split.test"),
+    ],
+)
+def test_out_of_range_values_fail_with_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_config({}, [override])
+
+
+def test_malformed_override_is_rejected():
+    with pytest.raises(ConfigError, match="key=value"):
+        build_config({}, ["student.alpha"])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_config_is_frozen():
+    config = PipelineConfig()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own ValidationError
+        config.student.alpha = 0.1
+
+
+def test_flatten_gives_dotted_leaves():
+    flat = flatten(PipelineConfig())
+    assert flat["student.training.learning_rate"] == pytest.approx(1e-4)
+    assert flat["data.split.seed"] == 13

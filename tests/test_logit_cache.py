@@ -1,0 +1,49 @@
+"""The teacher logit cache: written once, read as a checked memmap, keyed on what it depends on."""
+
+import numpy as np
+import pytest
+
+from distill.data import load_split
+from distill.logit_cache import CacheError, cache_key, logit_cache_stage, open_logits
+from distill.models import load_classifier
+from distill.store import Artifact
+from distill.teacher import teacher_stage
+from distill.training import predict_logits
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_config, tiny_data):
+    return teacher_stage(tiny_config.workdir, tiny_config.teacher, tiny_data)
+
+
+def test_round_trip_matches_a_fresh_teacher_pass(tiny_config, tiny_data, tiny_teacher):
+    cache = logit_cache_stage(tiny_config.workdir, tiny_teacher, tiny_data)
+    logits = open_logits(cache)
+    assert isinstance(logits, np.memmap)
+    assert list(logits.shape) == cache.manifest["shape"] == [280, 2]
+    fresh = predict_logits(load_classifier(tiny_teacher.path), load_split(tiny_data.path, "train"))
+    np.testing.assert_allclose(logits, fresh, atol=1e-5)
+
+
+def test_a_tampered_cache_is_refused(tiny_config, tiny_data, tiny_teacher, tmp_path):
+    cache = logit_cache_stage(tiny_config.workdir, tiny_teacher, tiny_data)
+    copy = tmp_path / cache.manifest["file"]
+    data = np.load(cache.file(cache.manifest["file"]))
+    data[0, 0] += 1.0
+    np.save(copy, data)
+    tampered = Artifact(cache.stage, cache.key, tmp_path, cache.manifest)
+    with pytest.raises(CacheError, match="checksum"):
+        open_logits(tampered)
+
+
+def test_key_depends_on_teacher_weights_and_data_not_on_student_settings(tiny_data, tiny_teacher):
+    other_teacher = Artifact(
+        "teacher", "x", tiny_teacher.path, {**tiny_teacher.manifest, "weights_sha256": "different"}
+    )
+    other_data = Artifact(
+        "data", "y", tiny_data.path, {**tiny_data.manifest, "fingerprint": "other"}
+    )
+    key = cache_key(tiny_teacher, tiny_data)
+    assert cache_key(other_teacher, tiny_data) != key
+    assert cache_key(tiny_teacher, other_data) != key
+    assert cache_key(tiny_teacher, tiny_data) == key
