@@ -93,9 +93,9 @@ class TeacherLayersInit(Section):
     @model_validator(mode="after")
     def _layers_valid(self) -> TeacherLayersInit:
         if not self.layers:
-            raise ValueError("layers must name at least one teacher layer")
+            raise ValueError("'student.init.layers' must name at least one teacher layer")
         if any(layer < 0 for layer in self.layers):
-            raise ValueError(f"layers must be >= 0, got {self.layers}")
+            raise ValueError(f"'student.init.layers' must be >= 0, got {self.layers}")
         return self
 
 
@@ -116,11 +116,63 @@ StudentInit = Annotated[
 ]
 
 
+class HiddenDistillConfig(Section):
+    """Patient-KD: match the normalised [CLS] states of mapped student and teacher layers."""
+
+    weight: float = Field(0.0, ge=0)
+    # Pairs [student_layer, teacher_layer] (0-based transformer blocks). None maps student block
+    # i to the teacher block it was copied from (teacher-layer init only).
+    layer_map: list[tuple[int, int]] | None = None
+
+
 class StudentConfig(Section):
     init: StudentInit = TeacherLayersInit()
+    hidden: HiddenDistillConfig = HiddenDistillConfig()
     alpha: float = Field(0.5, ge=0, le=1)
     temperature: float = Field(2.0, gt=0)
     training: TrainingConfig = TrainingConfig(epochs=3, learning_rate=1e-4)
+
+    @property
+    def num_layers(self) -> int:
+        if isinstance(self.init, TeacherLayersInit):
+            return len(self.init.layers)
+        return self.init.num_layers
+
+    def hidden_layer_map(self) -> list[tuple[int, int]]:
+        """The (student block, teacher block) pairs the hidden-state loss compares."""
+        if self.hidden.weight == 0:
+            return []
+        if self.hidden.layer_map is not None:
+            return list(self.hidden.layer_map)
+        return list(enumerate(self.init.layers))
+
+    @model_validator(mode="after")
+    def _hidden_map_fits_student(self) -> StudentConfig:
+        needs_map = self.hidden.weight > 0 and self.hidden.layer_map is None
+        if needs_map and not isinstance(self.init, TeacherLayersInit):
+            raise ValueError(
+                "'student.hidden.layer_map' is required when student.init.kind is random"
+            )
+        for student_layer, teacher_layer in self.hidden.layer_map or []:
+            if not 0 <= student_layer < self.num_layers:
+                raise ValueError(
+                    f"'student.hidden.layer_map' names student layer {student_layer}, "
+                    f"but the student has layers 0..{self.num_layers - 1}"
+                )
+            if teacher_layer < 0:
+                raise ValueError(f"'student.hidden.layer_map' names teacher layer {teacher_layer}")
+        return self
+
+
+class AugmentationConfig(Section):
+    """Extra unlabelled training text made from the train split, labelled by the teacher."""
+
+    # Augmented examples per training example (0 turns augmentation off).
+    multiplier: float = Field(0.0, ge=0)
+    replace_prob: float = Field(0.15, ge=0, le=1)  # word -> a random word of the corpus
+    delete_prob: float = Field(0.05, ge=0, le=1)
+    swap_prob: float = Field(0.05, ge=0, le=1)  # swap with the next word
+    seed: int = 7
 
 
 class ExportConfig(Section):
@@ -142,6 +194,7 @@ class PipelineConfig(Section):
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
+    augmentation: AugmentationConfig = AugmentationConfig()
     export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
 
@@ -180,7 +233,8 @@ def _describe(error: ValidationError) -> str:
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{key}'")
         else:
-            lines.append(f"config key '{key}': {item['msg']}")
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"config key '{key}': {message}")
     return "; ".join(lines)
 
 

@@ -1,73 +1,141 @@
-"""Teacher logit cache: the teacher runs once over the train split; students read a memmap.
+"""Teacher target cache: the teacher runs once over the student's training rows.
 
-The key covers exactly what the logits depend on: the teacher's weights and the tokenized data
-(whose fingerprint includes the tokenizer and max length). Temperature is applied at training
-time, so sweeping it reuses the cache.
+Stored per row: the logits and the [CLS] state after the embeddings and after every teacher
+layer (float16; small next to the data, and they feed the intermediate-layer loss). The rows are
+the train split followed by any augmented rows. The key covers exactly what the targets depend
+on: the teacher's weights, the tokenized data (its fingerprint includes the tokenizer and max
+length) and the augmented rows. Temperature and loss weights are applied at training time, so
+sweeping them reuses the cache.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from distill.batching import iterate_sorted
 from distill.data import load_split
 from distill.models import load_classifier
 from distill.store import Artifact, file_sha256, run_stage, stable_hash
-from distill.training import predict_logits
 
 LOGITS_FILE = "train_logits.npy"
+CLS_FILE = "train_cls_states.npy"
+FORMAT = 2  # bump when what the cache holds changes
 
 
 class CacheError(RuntimeError):
     """The cache on disk does not match its manifest."""
 
 
-def cache_key(teacher: Artifact, data: Artifact) -> str:
-    return stable_hash("logits", teacher.manifest["weights_sha256"], data.manifest["fingerprint"])
+@dataclass(frozen=True)
+class TeacherTargets:
+    logits: np.ndarray  # [rows, classes] float32
+    cls_states: np.ndarray  # [rows, teacher_layers + 1, hidden] float16
+
+
+def cache_key(teacher: Artifact, data: Artifact, augmented: Artifact | None = None) -> str:
+    return stable_hash(
+        "logits",
+        FORMAT,
+        teacher.manifest["weights_sha256"],
+        data.manifest["fingerprint"],
+        augmented.manifest["fingerprint"] if augmented else None,
+    )
+
+
+def training_rows(data: Artifact, augmented: Artifact | None):
+    """The student's training rows: the train split, then the augmented rows if any."""
+    train = load_split(data.path, "train")
+    if augmented is None:
+        return train
+    from datasets import concatenate_datasets
+
+    from distill.augment import load_augmented
+
+    return concatenate_datasets([train, load_augmented(augmented)])
 
 
 def logit_cache_stage(
-    workdir: Path, teacher: Artifact, data: Artifact, batch_size: int = 128
+    workdir: Path,
+    teacher: Artifact,
+    data: Artifact,
+    augmented: Artifact | None = None,
+    batch_size: int = 128,
 ) -> Artifact:
     return run_stage(
         workdir,
         "logit_cache",
-        cache_key(teacher, data),
-        lambda folder: build_logit_cache(teacher, data, folder, batch_size),
+        cache_key(teacher, data, augmented),
+        lambda folder: build_logit_cache(teacher, data, augmented, folder, batch_size),
     )
 
 
+@torch.inference_mode()
+def teacher_outputs(model: torch.nn.Module, rows, batch_size: int) -> TeacherTargets:
+    logits = np.empty((len(rows), model.config.num_labels), dtype=np.float32)
+    layers, hidden = model.config.num_hidden_layers + 1, model.config.hidden_size
+    cls_states = np.empty((len(rows), layers, hidden), dtype=np.float16)
+    for batch in iterate_sorted(rows, batch_size):
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            output_hidden_states=True,
+        )
+        index = batch["index"].numpy()
+        logits[index] = out.logits.float().numpy()
+        cls_states[index] = torch.stack([h[:, 0] for h in out.hidden_states], 1).numpy()
+    return TeacherTargets(logits, cls_states)
+
+
 def build_logit_cache(
-    teacher: Artifact, data: Artifact, folder: Path, batch_size: int
+    teacher: Artifact, data: Artifact, augmented: Artifact | None, folder: Path, batch_size: int
 ) -> dict[str, Any]:
-    model = load_classifier(teacher.path)
-    logits = predict_logits(model, load_split(data.path, "train"), batch_size)
-    np.save(folder / LOGITS_FILE, logits)
+    rows = training_rows(data, augmented)
+    targets = teacher_outputs(load_classifier(teacher.path), rows, batch_size)
+    np.save(folder / LOGITS_FILE, targets.logits)
+    np.save(folder / CLS_FILE, targets.cls_states)
     return {
         "file": LOGITS_FILE,
-        "split": "train",
-        "shape": list(logits.shape),
-        "dtype": str(logits.dtype),
+        "cls_file": CLS_FILE,
+        "rows": {
+            "train": data.manifest["sizes"]["train"],
+            "augmented": augmented.manifest["rows"] if augmented else 0,
+        },
+        "shape": list(targets.logits.shape),
+        "dtype": str(targets.logits.dtype),
+        "cls_shape": list(targets.cls_states.shape),
         "sha256": file_sha256(folder / LOGITS_FILE),
+        "cls_sha256": file_sha256(folder / CLS_FILE),
         "teacher_sha256": teacher.manifest["weights_sha256"],
         "data_fingerprint": data.manifest["fingerprint"],
+        "augmented_fingerprint": augmented.manifest["fingerprint"] if augmented else None,
     }
 
 
-def open_logits(cache: Artifact, verify: bool = True) -> np.ndarray:
-    """The cached train logits as a read-only memmap, checked against the manifest."""
-    path = cache.file(cache.manifest["file"])
-    if verify and file_sha256(path) != cache.manifest["sha256"]:
+def _open_checked(cache: Artifact, name: str, sha: str, shape: list[int], verify: bool):
+    path = cache.file(name)
+    if verify and file_sha256(path) != sha:
         raise CacheError(f"logit cache {path} does not match the checksum in its manifest")
-    logits = np.load(path, mmap_mode="r")
-    if (
-        list(logits.shape) != list(cache.manifest["shape"])
-        or str(logits.dtype) != cache.manifest["dtype"]
-    ):
-        raise CacheError(
-            f"logit cache {path} has shape {logits.shape} {logits.dtype}, "
-            f"manifest says {cache.manifest['shape']} {cache.manifest['dtype']}"
-        )
-    return logits
+    array = np.load(path, mmap_mode="r")
+    if list(array.shape) != list(shape):
+        raise CacheError(f"logit cache {path} has shape {array.shape}, manifest says {shape}")
+    return array
+
+
+def open_targets(cache: Artifact, verify: bool = True) -> TeacherTargets:
+    """The cached targets as read-only memmaps, checked against the manifest."""
+    manifest = cache.manifest
+    return TeacherTargets(
+        _open_checked(cache, manifest["file"], manifest["sha256"], manifest["shape"], verify),
+        _open_checked(
+            cache, manifest["cls_file"], manifest["cls_sha256"], manifest["cls_shape"], verify
+        ),
+    )
+
+
+def open_logits(cache: Artifact, verify: bool = True) -> np.ndarray:
+    return open_targets(cache, verify).logits

@@ -1,13 +1,15 @@
 """Knowledge-distillation losses as small composable functions.
 
-Shapes: logits are [batch, num_classes], labels are [batch]. All losses upcast to float32 and
-reduce to a scalar mean over the batch.
+Shapes: logits are [batch, num_classes], labels are [batch] (UNLABELLED marks rows without a
+label, such as augmented text). All losses upcast to float32 and reduce to a scalar.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+UNLABELLED = -100  # label of rows that only have teacher targets
 
 
 def soft_target_kl(
@@ -26,7 +28,22 @@ def soft_target_kl(
 
 
 def hard_label_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(student_logits.float(), labels)
+    """Cross-entropy over labelled rows; 0 (with a gradient path) when no row has a label."""
+    labelled = labels != UNLABELLED
+    if not labelled.any():
+        return student_logits.float().sum() * 0.0
+    return F.cross_entropy(student_logits[labelled].float(), labels[labelled])
+
+
+def patient_kd_loss(student_states: torch.Tensor, teacher_states: torch.Tensor) -> torch.Tensor:
+    """Patient-KD (Sun et al., 2019): squared distance of L2-normalised [CLS] states.
+
+    Shapes: [batch, mapped_layers, hidden] for both; summed over hidden, averaged over the
+    batch and the mapped layers. Normalising makes the term independent of activation scale.
+    """
+    student = F.normalize(student_states.float(), dim=-1)
+    teacher = F.normalize(teacher_states.float(), dim=-1)
+    return (student - teacher).pow(2).sum(-1).mean()
 
 
 def distillation_loss(

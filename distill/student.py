@@ -1,4 +1,4 @@
-"""Student stage: a smaller transformer trained on labels and cached teacher logits."""
+"""Student stage: a smaller transformer trained on labels and cached teacher targets."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 
 from distill.config import RandomInit, StudentConfig
 from distill.data import load_split
-from distill.logit_cache import open_logits
-from distill.losses import distillation_loss
+from distill.logit_cache import TeacherTargets, open_targets, training_rows
+from distill.losses import distillation_loss, patient_kd_loss
 from distill.models import (
     count_parameters,
     load_classifier,
@@ -35,13 +35,14 @@ def student_stage(
     teacher: Artifact,
     cache: Artifact,
     data: Artifact,
+    augmented: Artifact | None = None,
     log: MetricsLog | None = None,
 ) -> Artifact:
     return run_stage(
         workdir,
         "student",
         student_key(config, cache, data),
-        lambda folder: build_student(config, teacher, cache, data, folder, log),
+        lambda folder: build_student(config, teacher, cache, data, augmented, folder, log),
     )
 
 
@@ -52,13 +53,32 @@ def init_student(config: StudentConfig, teacher_folder: Path) -> torch.nn.Module
     return student_from_teacher(teacher, config.init)
 
 
-def kd_loss_fn(teacher_logits, alpha: float, temperature: float) -> LossFn:
-    """Loss on a batch: the batch's `index` rows of the cached logits are its soft targets."""
+def student_loss(config: StudentConfig, targets: TeacherTargets) -> LossFn:
+    """The logit loss, plus the Patient-KD term over mapped layers when it has a weight.
+
+    A batch's `index` selects its rows of the cached targets. Hidden state 0 is the embedding
+    output, so transformer block i's output is hidden state i + 1 on both sides.
+    """
+    layer_map = config.hidden_layer_map()
+    student_states = [student + 1 for student, _ in layer_map]
+    teacher_states = [teacher + 1 for _, teacher in layer_map]
 
     def loss(model: torch.nn.Module, batch) -> torch.Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        soft = torch.from_numpy(teacher_logits[batch["index"].numpy()])
-        return distillation_loss(logits, soft, batch["label"], alpha, temperature)
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            output_hidden_states=bool(layer_map),
+        )
+        rows = batch["index"].numpy()
+        soft = torch.from_numpy(targets.logits[rows])
+        total = distillation_loss(
+            out.logits, soft, batch["label"], config.alpha, config.temperature
+        )
+        if layer_map:
+            student_cls = torch.stack([out.hidden_states[i][:, 0] for i in student_states], 1)
+            teacher_cls = torch.from_numpy(targets.cls_states[rows][:, teacher_states])
+            total = total + config.hidden.weight * patient_kd_loss(student_cls, teacher_cls)
+        return total
 
     return loss
 
@@ -68,16 +88,24 @@ def build_student(
     teacher: Artifact,
     cache: Artifact,
     data: Artifact,
+    augmented: Artifact | None,
     folder: Path,
     log: MetricsLog | None,
 ) -> dict[str, Any]:
     model = init_student(config, teacher.path)
+    targets = open_targets(cache)
+    for _, teacher_layer in config.hidden_layer_map():
+        if teacher_layer + 1 >= targets.cls_states.shape[1]:
+            raise ValueError(
+                f"student.hidden.layer_map names teacher layer {teacher_layer}, "
+                f"but the teacher has layers 0..{targets.cls_states.shape[1] - 2}"
+            )
     result = train_classifier(
         model,
-        load_split(data.path, "train"),
+        training_rows(data, augmented),
         load_split(data.path, "validation"),
         config.training,
-        kd_loss_fn(open_logits(cache), config.alpha, config.temperature),
+        student_loss(config, targets),
         log=log,
         description="student",
     )
@@ -87,6 +115,7 @@ def build_student(
         "teacher_sha256": teacher.manifest["weights_sha256"],
         "cache_key": cache.key,
         "data_fingerprint": data.manifest["fingerprint"],
+        "training_rows": cache.manifest["rows"],
         "params": count_parameters(model),
         "num_layers": model.config.num_hidden_layers,
         "hidden_size": model.config.hidden_size,

@@ -41,8 +41,11 @@ def distill_pipeline(config_path: str, overrides: list[str] | None = None) -> di
     try:
         data = stages.prepare_data(workdir, config.data, config.teacher.model, tracker)
         teacher = stages.fine_tune_teacher(workdir, config.teacher, data, tracker)
-        cache = stages.cache_teacher_logits(workdir, teacher, data, tracker)
-        student = stages.train_student(workdir, config.student, teacher, cache, data, tracker)
+        augmented = stages.augment(workdir, config.augmentation, data, teacher, tracker)
+        cache = stages.cache_teacher_logits(workdir, teacher, data, augmented, tracker)
+        student = stages.train_student(
+            workdir, config.student, teacher, cache, data, augmented, tracker
+        )
         evaluation = stages.evaluate(workdir, teacher, student, data, tracker)
         export = stages.export_onnx(workdir, config.export, student, data, tracker)
         quantized = stages.quantize(workdir, config.export, export, data, tracker)

@@ -16,7 +16,14 @@ from prefect.cache_policies import NONE
 
 from deploy.export import export_stage
 from deploy.quantize import quantize_stage
-from distill.config import DataConfig, ExportConfig, StudentConfig, TeacherConfig
+from distill.augment import augmentation_stage
+from distill.config import (
+    AugmentationConfig,
+    DataConfig,
+    ExportConfig,
+    StudentConfig,
+    TeacherConfig,
+)
 from distill.data import data_stage
 from distill.evaluation import evaluation_stage
 from distill.logit_cache import logit_cache_stage
@@ -78,11 +85,31 @@ def fine_tune_teacher(
     return artifact
 
 
+@task(name="augment-data", cache_policy=NONE)
+def augment(
+    workdir: Path,
+    config: AugmentationConfig,
+    data: Artifact,
+    teacher: Artifact,
+    tracker: MlflowTracker,
+) -> Artifact | None:
+    """Unlabelled variants of the train split; None when augmentation is off."""
+    if config.multiplier == 0:
+        return None
+    artifact = _timed(lambda: augmentation_stage(workdir, config, data, teacher.path))
+    record_stage(tracker, artifact, metrics=["rows"])
+    return artifact
+
+
 @task(name="cache-teacher-logits", cache_policy=NONE)
 def cache_teacher_logits(
-    workdir: Path, teacher: Artifact, data: Artifact, tracker: MlflowTracker
+    workdir: Path,
+    teacher: Artifact,
+    data: Artifact,
+    augmented: Artifact | None,
+    tracker: MlflowTracker,
 ) -> Artifact:
-    artifact = _timed(lambda: logit_cache_stage(workdir, teacher, data))
+    artifact = _timed(lambda: logit_cache_stage(workdir, teacher, data, augmented))
     record_stage(tracker, artifact)
     return artifact
 
@@ -94,11 +121,12 @@ def train_student(
     teacher: Artifact,
     cache: Artifact,
     data: Artifact,
+    augmented: Artifact | None,
     tracker: MlflowTracker,
 ) -> Artifact:
     artifact = _timed(
         lambda: student_stage(
-            workdir, config, teacher, cache, data, log=tracker.metrics_log("student")
+            workdir, config, teacher, cache, data, augmented, log=tracker.metrics_log("student")
         )
     )
     record_stage(tracker, artifact, metrics=["best_val_accuracy", "best_epoch", "params"])

@@ -90,3 +90,26 @@ def test_flatten_gives_dotted_leaves():
     flat = flatten(PipelineConfig())
     assert flat["student.training.learning_rate"] == pytest.approx(1e-4)
     assert flat["data.split.seed"] == 13
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (
+            ["student.hidden.weight=1", "student.hidden.layer_map=[[5, 1]]"],
+            "student.hidden.layer_map",
+        ),
+        (["student.hidden.weight=1", "student.init.kind=random"], "student.hidden.layer_map"),
+        (["augmentation.multiplier=-0.5"], "augmentation.multiplier"),
+        (["student.init.layers=[]"], "student.init.layers"),
+    ],
+)
+def test_invalid_distillation_settings_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_config({}, overrides)
+
+
+def test_hidden_layer_map_defaults_to_the_copied_teacher_layers():
+    config = build_config({}, ["student.hidden.weight=0.5", "student.init.layers=[0, 5]"])
+    assert config.student.hidden_layer_map() == [(0, 0), (1, 5)]
+    assert build_config({}).student.hidden_layer_map() == []

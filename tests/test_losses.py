@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.losses import distillation_loss, hard_label_ce, soft_target_kl
+from distill.losses import (
+    UNLABELLED,
+    distillation_loss,
+    hard_label_ce,
+    patient_kd_loss,
+    soft_target_kl,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -84,3 +90,25 @@ def test_invalid_settings_are_refused(alpha, temperature):
         distillation_loss(
             torch.randn(2, 2), torch.randn(2, 2), torch.tensor([0, 1]), alpha, temperature
         )
+
+
+def test_unlabelled_rows_are_left_out_of_cross_entropy():
+    student = torch.randn(4, 3)
+    labels = torch.tensor([0, UNLABELLED, 2, UNLABELLED])
+    expected = F.cross_entropy(student[[0, 2]], labels[[0, 2]])
+    assert hard_label_ce(student, labels).item() == pytest.approx(expected.item())
+
+
+def test_a_batch_without_labels_has_zero_cross_entropy_and_still_backpropagates():
+    student = torch.randn(3, 2, requires_grad=True)
+    loss = hard_label_ce(student, torch.full((3,), UNLABELLED))
+    loss.backward()
+    assert loss.item() == 0.0 and student.grad is not None
+
+
+def test_patient_kd_hand_computed_and_scale_free():
+    student = torch.tensor([[[3.0, 0.0]]])  # normalised: (1, 0)
+    teacher = torch.tensor([[[0.0, 5.0]]])  # normalised: (0, 1)
+    assert patient_kd_loss(student, teacher).item() == pytest.approx(2.0)
+    states = torch.randn(4, 2, 8)
+    assert patient_kd_loss(states, 7.0 * states).item() == pytest.approx(0.0, abs=1e-6)
