@@ -140,8 +140,8 @@ def render(r: dict) -> str:
             "## Teacher-logit cache speed",
             header("cache"),
             f"Student from teacher layers {r['student_layers']}, {r['batches']} batches. "
-            f"The teacher's forward pass is {r['teacher_share_of_online_epoch']:.0%} of an online epoch, so the "
-            f"ideal speed-up is {r['ideal_speedup']:.2f}x; the cache achieved "
+            f"The teacher's forward pass is {r['teacher_share_of_online_epoch']:.0%} of an online "
+            f"epoch, so the ideal speed-up is {r['ideal_speedup']:.2f}x; the cache achieved "
             f"{r['achieved_speedup']:.2f}x, **{r['fraction_of_ideal']:.0%} of ideal**. The larger "
             "win is in sweeps: k students cost one teacher pass over the data instead of "
             "k x epochs passes (see the quality grid).",
