@@ -1,4 +1,4 @@
-"""Distillation data augmentation: seeded, distinct, unlabelled, and labelled by the teacher cache."""
+"""Distillation data augmentation: seeded, distinct, unlabelled, labelled through the cache."""
 
 import numpy as np
 import pytest

@@ -1,0 +1,62 @@
+"""The student's loss is composed of small terms; the student stage trains from cached targets."""
+
+import numpy as np
+import pytest
+import torch
+
+from distill.batching import collate
+from distill.config import build_config
+from distill.data import load_split
+from distill.logit_cache import TeacherTargets
+from distill.losses import distillation_loss, patient_kd_loss
+from distill.student import student_loss
+
+
+@pytest.fixture
+def batch_and_targets(tiny_data, tiny_classifier):
+    split = load_split(tiny_data.path, "train")
+    batch = collate(split, np.arange(8))
+    rng = np.random.default_rng(0)
+    targets = TeacherTargets(
+        logits=rng.normal(size=(len(split), 2)).astype(np.float32),
+        cls_states=rng.normal(size=(len(split), 4, 32)).astype(np.float16),
+    )
+    return batch, targets
+
+
+def test_without_hidden_weight_the_loss_is_the_logit_loss(batch_and_targets, tiny_classifier):
+    batch, targets = batch_and_targets
+    config = build_config({}, ["student.alpha=0.3", "student.temperature=2"]).student
+    logits = tiny_classifier(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).logits
+    expected = distillation_loss(
+        logits, torch.from_numpy(targets.logits[:8]), batch["label"], 0.3, 2.0
+    )
+    assert student_loss(config, targets)(tiny_classifier, batch).item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
+
+
+def test_hidden_weight_adds_patient_kd_over_the_mapped_layers(batch_and_targets, tiny_classifier):
+    batch, targets = batch_and_targets
+    overrides = [
+        "student.alpha=0.3",
+        "student.hidden.weight=2.0",
+        "student.hidden.layer_map=[[0, 1], [2, 2]]",
+    ]
+    config = build_config({}, overrides).student
+    out = tiny_classifier(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        output_hidden_states=True,
+    )
+    logit_part = distillation_loss(
+        out.logits, torch.from_numpy(targets.logits[:8]), batch["label"], 0.3, 2.0
+    )
+    student_cls = torch.stack([out.hidden_states[1][:, 0], out.hidden_states[3][:, 0]], 1)
+    teacher_cls = torch.from_numpy(targets.cls_states[:8][:, [2, 3]])
+    expected = logit_part + 2.0 * patient_kd_loss(student_cls, teacher_cls)
+    assert student_loss(config, targets)(tiny_classifier, batch).item() == pytest.approx(
+        expected.item(), rel=1e-5
+    )
