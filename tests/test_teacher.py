@@ -1,0 +1,33 @@
+"""The teacher stage fine-tunes a pretrained encoder, or uses a ready classifier as it is."""
+
+import torch
+
+from distill.config import TeacherConfig, TrainingConfig
+from distill.models import load_classifier, save_classifier
+from distill.teacher import teacher_stage
+
+
+def test_a_ready_classifier_for_the_same_labels_is_not_fine_tuned_again(
+    tiny_config, tiny_data, tiny_classifier, tokenizer, tmp_path
+):
+    folder = tmp_path / "ready-teacher"
+    save_classifier(tiny_classifier, tokenizer, folder)
+    config = TeacherConfig(model=str(folder), training=TrainingConfig(epochs=1))
+    teacher = teacher_stage(tmp_path / "work", config, tiny_data)
+    assert teacher.manifest["fine_tuned"] is False
+    assert teacher.manifest["history"] == []
+    reloaded = load_classifier(teacher.path)
+    for name, value in tiny_classifier.state_dict().items():
+        assert torch.equal(value, reloaded.state_dict()[name]), name
+
+
+def test_fine_tuning_keeps_the_best_epoch_by_validation_accuracy(tiny_config, tiny_data):
+    teacher = teacher_stage(tiny_config.workdir, tiny_config.teacher, tiny_data)
+    manifest = teacher.manifest
+    assert manifest["fine_tuned"] is True
+    epochs = [h for h in manifest["history"] if "val_accuracy" in h]
+    assert len(epochs) == tiny_config.teacher.training.epochs
+    best = max(epochs, key=lambda h: h["val_accuracy"])
+    assert manifest["best_val_accuracy"] == best["val_accuracy"]
+    assert (teacher.path / "model.safetensors").is_file()
+    assert (teacher.path / "tokenizer.json").is_file()
