@@ -1,0 +1,244 @@
+"""The edge runtime: load a verified bundle and classify texts with ONNX Runtime.
+
+Imports only onnxruntime, tokenizers, numpy and the standard library (never torch or
+transformers), so it runs on a device that has nothing else installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL = "model.onnx"
+TOKENIZER = "tokenizer.json"
+LABELS = "labels.json"
+GOLDEN = "golden.json"
+REQUIRED_FILES = (MODEL, TOKENIZER, LABELS, GOLDEN)
+
+# Which tokenizer output feeds which graph input.
+FEEDS = {
+    "input_ids": lambda e: e.ids,
+    "attention_mask": lambda e: e.attention_mask,
+    "token_type_ids": lambda e: e.type_ids,
+}
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be trusted or run; the message names the file or field."""
+
+
+@dataclass(frozen=True, eq=False)
+class Bundle:
+    """A loaded, verified bundle: everything predict() needs, held in memory."""
+
+    manifest: Mapping[str, Any]
+    labels: tuple[str, ...]
+    tokenizer: Tokenizer
+    session: ort.InferenceSession
+    golden: tuple[Mapping[str, Any], ...]
+
+    @property
+    def max_length(self) -> int:
+        return int(self.manifest["max_length"])
+
+
+def load_bundle(source: Path | str, threads: int = 0) -> Bundle:
+    """Load a bundle folder or `.tar.gz`, refusing it unless every file matches the manifest.
+
+    `threads` is onnxruntime's intra-op thread count (0 lets onnxruntime choose).
+    """
+    source = Path(source)
+    if source.is_dir():
+        return open_bundle(source, verify_bundle(source), threads)
+    if not source.is_file():
+        raise BundleError(f"bundle not found: {source}")
+    with tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
+        root = extract_archive(source, Path(tmp))
+        # Everything is read into memory, so the extracted files can go afterwards.
+        return open_bundle(root, verify_bundle(root), threads)
+
+
+def verify_bundle(folder: Path) -> dict[str, Any]:
+    """The bundle's manifest, after checking its format and every file's sha256."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"bundle {folder} has no {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"bundle {MANIFEST} is not valid JSON: {err}") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"unknown bundle format version {version!r} (this runtime reads {FORMAT_VERSION})"
+        )
+    if not isinstance(manifest.get("max_length"), int):
+        raise BundleError(f"bundle {MANIFEST} has no integer 'max_length'")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise BundleError(f"bundle {MANIFEST} has no 'files' table")
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise BundleError(f"bundle {MANIFEST} does not list the file '{name}'")
+    for name, expected in files.items():
+        if Path(name).name != name:  # plain names only: a listed path may not leave the folder
+            raise BundleError(f"bundle {MANIFEST} lists a file outside the bundle: '{name}'")
+        file = folder / name
+        if not file.is_file():
+            raise BundleError(f"bundle file '{name}' is missing")
+        if sha256(file) != expected:
+            raise BundleError(f"bundle file '{name}' does not match its sha256 in {MANIFEST}")
+    _check_onnxruntime(manifest.get("min_onnxruntime", "0"))
+    return manifest
+
+
+def open_bundle(folder: Path, manifest: Mapping[str, Any], threads: int = 0) -> Bundle:
+    """Load the files of an (already verified) bundle folder into memory."""
+    labels = tuple(json.loads((folder / LABELS).read_text()))
+    tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
+    padding = tokenizer.padding or {}  # keep the pad token, drop any fixed padding length
+    tokenizer.enable_padding(
+        pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]")
+    )
+    tokenizer.enable_truncation(int(manifest["max_length"]))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(folder / MODEL), options, providers=["CPUExecutionProvider"])
+    unknown = [i.name for i in session.get_inputs() if i.name not in FEEDS]
+    if unknown:
+        raise BundleError(f"bundle model has inputs this runtime cannot feed: {unknown}")
+    width = session.get_outputs()[0].shape[-1]
+    if isinstance(width, int) and width != len(labels):
+        raise BundleError(f"bundle model gives {width} scores but {LABELS} has {len(labels)}")
+    golden_path = folder / GOLDEN
+    golden = json.loads(golden_path.read_text())["examples"] if golden_path.is_file() else []
+    return Bundle(manifest, labels, tokenizer, session, tuple(golden))
+
+
+def predict(bundle: Bundle, texts: Sequence[object], batch_size: int = 32) -> list[dict[str, Any]]:
+    """One result per input, in order: label, probabilities and whether it was truncated.
+
+    A bad item (not a string, or empty) gets `{"error": ...}` and does not affect the others.
+    """
+    results: list[dict[str, Any]] = [{} for _ in texts]
+    valid: list[int] = []
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            results[index] = {"error": f"text must be a string, got {type(text).__name__}"}
+        elif not text.strip():
+            results[index] = {"error": "text is empty"}
+        else:
+            valid.append(index)
+    for start in range(0, len(valid), batch_size):
+        rows = valid[start : start + batch_size]
+        encodings = bundle.tokenizer.encode_batch([texts[i] for i in rows])
+        probabilities = softmax(_run(bundle, encodings))
+        for index, encoding, probs in zip(rows, encodings, probabilities, strict=True):
+            results[index] = {
+                "label": bundle.labels[int(probs.argmax())],
+                "probabilities": {
+                    label: float(p) for label, p in zip(bundle.labels, probs, strict=True)
+                },
+                # The tokenizer keeps the cut-off tokens of a truncated text as overflow.
+                "truncated": bool(encoding.overflowing),
+            }
+    return results
+
+
+def _run(bundle: Bundle, encodings: list[Encoding]) -> np.ndarray:
+    feeds = {
+        graph_input.name: np.array(
+            [FEEDS[graph_input.name](e) for e in encodings], dtype=_dtype(graph_input.type)
+        )
+        for graph_input in bundle.session.get_inputs()
+    }
+    return bundle.session.run(None, feeds)[0]
+
+
+def _dtype(onnx_type: str) -> np.dtype:
+    return np.dtype("int32" if onnx_type == "tensor(int32)" else "int64")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def extract_archive(archive: Path, target: Path) -> Path:
+    """Extract a bundle `.tar.gz` into `target` and return the folder holding its manifest.
+
+    Every member is checked before anything is written: only plain files and folders whose
+    paths stay inside `target` are allowed (no links, devices, absolute or `..` paths).
+    """
+    target = target.resolve()
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                _check_member(member, target)
+            for member in members:
+                destination = target / member.name
+                if member.isdir():
+                    destination.mkdir(parents=True, exist_ok=True)
+                    continue
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None  # a regular file always has contents
+                with source, open(destination, "wb") as out:
+                    shutil.copyfileobj(source, out)
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise BundleError(f"bundle archive {archive} cannot be read: {err}") from None
+    if (target / MANIFEST).is_file():
+        return target
+    # Also accept an archive of the bundle folder itself (e.g. `tar czf b.tar.gz bundle/`).
+    nested = [path.parent for path in target.glob(f"*/{MANIFEST}")]
+    if len(nested) == 1:
+        return nested[0]
+    raise BundleError(f"bundle archive {archive} has no {MANIFEST}")
+
+
+def _check_member(member: tarfile.TarInfo, target: Path) -> None:
+    name = member.name
+    if member.issym() or member.islnk():
+        raise BundleError(f"bundle archive member '{name}' is a link: refused")
+    if not (member.isfile() or member.isdir()):
+        raise BundleError(f"bundle archive member '{name}' is not a regular file: refused")
+    if Path(name).is_absolute() or not (target / name).resolve().is_relative_to(target):
+        raise BundleError(f"bundle archive member '{name}' escapes the target folder: refused")
+
+
+def _check_onnxruntime(minimum: str) -> None:
+    if version_tuple(ort.__version__) < version_tuple(minimum):
+        raise BundleError(
+            f"bundle needs onnxruntime >= {minimum}, but {ort.__version__} is installed"
+        )
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(1, 18, 0) for "1.18", (1, 32, 0) for "1.32.0+cpu": comparable release numbers."""
+    parts = [int(part) for part in re.findall(r"\d+", version)[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))

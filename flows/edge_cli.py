@@ -1,0 +1,165 @@
+"""Edge commands of the `distillery` CLI: bundle, predict, selftest, serve.
+
+Heavy imports (mlflow, onnxruntime) happen inside the commands so `distillery --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from deploy.runtime import Bundle
+
+BundleArg = Annotated[Path, typer.Argument(help="Bundle folder or .tar.gz.")]
+ThreadsOpt = Annotated[
+    int, typer.Option("--threads", help="onnxruntime intra-op threads (0: onnxruntime decides).")
+]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bundle")(bundle_command)
+    app.command("predict")(predict_command)
+    app.command("selftest")(selftest_command)
+    app.command("serve")(serve_command)
+
+
+def _fail(message: object) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _load(path: Path, threads: int) -> Bundle:
+    from deploy.runtime import BundleError, load_bundle
+
+    try:
+        return load_bundle(path, threads=threads)
+    except BundleError as err:
+        _fail(err)
+
+
+def bundle_command(
+    model: Annotated[str, typer.Option("--model", help="models:/NAME@ALIAS (or NAME/VERSION).")],
+    out: Annotated[Path, typer.Argument(help="Folder to write; OUT.tar.gz is written too.")],
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)."),
+    ] = None,
+) -> None:
+    """Fetch a registered model's edge bundle from MLflow, verify it, write OUT and OUT.tar.gz."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        _fail("set MLFLOW_TRACKING_URI or pass --tracking-uri")
+    from deploy.runtime import BundleError
+    from tasks.bundles import BundleFetchError, fetch_bundle
+
+    try:
+        folder = fetch_bundle(model, out, uri)
+    except (BundleFetchError, BundleError) as err:
+        _fail(err)
+    typer.echo(f"bundle for {model} written to {folder} and {folder}.tar.gz")
+
+
+def predict_command(
+    bundle: BundleArg,
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    input_file: Annotated[
+        Path | None, typer.Option("--input", help="JSON lines file with a 'text' field per line.")
+    ] = None,
+    threads: ThreadsOpt = 0,
+) -> None:
+    """Classify texts; prints one JSON line per input, in order."""
+    from deploy import runtime
+
+    items: list[Any] = list(texts or [])
+    if input_file is not None:
+        if not input_file.is_file():
+            _fail(f"input file not found: {input_file}")
+        items += read_jsonl_texts(input_file)
+    if not items:
+        _fail("give texts as arguments or --input FILE")
+    loaded = _load(bundle, threads)
+    texts_only = [item for item in items if not isinstance(item, LineError)]
+    predictions = iter(runtime.predict(loaded, texts_only))
+    for item in items:
+        result = {"error": item.message} if isinstance(item, LineError) else next(predictions)
+        typer.echo(json.dumps(result))
+
+
+@dataclass(frozen=True)
+class LineError:
+    """A line of an --input file that holds no usable record (reported, not predicted)."""
+
+    message: str
+
+
+def read_jsonl_texts(path: Path) -> list[Any]:
+    """Each non-blank line's `text` value, or a LineError saying why the line has none."""
+    items: list[Any] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            items.append(LineError(f"{path.name} line {number}: not valid JSON"))
+            continue
+        if not isinstance(record, dict) or "text" not in record:
+            items.append(LineError(f"{path.name} line {number}: no 'text' field"))
+            continue
+        items.append(record["text"])
+    return items
+
+
+def selftest_command(
+    bundle: BundleArg,
+    tolerance: Annotated[
+        float, typer.Option(help="Largest allowed probability difference on golden examples.")
+    ] = 1e-3,
+    runs: Annotated[int, typer.Option(help="Batch-1 predictions to time.", min=1)] = 50,
+    threads: ThreadsOpt = 0,
+) -> None:
+    """Check the golden examples on this machine and print batch-1 latency; exit 1 on failure."""
+    from deploy.selftest import selftest as run_selftest
+
+    report = run_selftest(_load(bundle, threads), tolerance=tolerance, runs=runs)
+    for failure in report.failures:
+        typer.echo(f"FAIL {failure}")
+    matched = report.checked - len(report.failures)
+    typer.echo(
+        f"golden: {matched}/{report.checked} within {tolerance:g} "
+        f"(largest difference {report.max_difference:.2g})"
+    )
+    typer.echo(
+        f"latency (batch 1, threads={threads or 'auto'}, {report.runs} runs): "
+        f"p50 {report.p50_ms:.2f} ms, p95 {report.p95_ms:.2f} ms"
+    )
+    if not report.passed:
+        typer.echo("selftest FAILED", err=True)
+        raise typer.Exit(code=1)
+    typer.echo("selftest passed")
+
+
+def serve_command(
+    bundle: BundleArg,
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    threads: ThreadsOpt = 0,
+) -> None:
+    """Serve POST /predict and GET /health over HTTP, with the bundle loaded once."""
+    from deploy.server import make_server
+
+    server = make_server(_load(bundle, threads), host, port)
+    bound_host, bound_port = server.server_address[:2]
+    typer.echo(f"serving {bundle} on http://{bound_host}:{bound_port}", nl=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

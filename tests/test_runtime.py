@@ -1,0 +1,248 @@
+"""The torch-free edge runtime: it verifies a bundle before running it, extracts archives
+safely, and classifies a batch item by item; `distillery predict` and `selftest` on top."""
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import textwrap
+
+import pytest
+
+from deploy.bundle import tarball_path
+from deploy.runtime import BundleError, extract_archive, load_bundle, predict, sha256
+from tests.conftest import REPO
+
+CONTENT = ["model.onnx", "tokenizer.json", "labels.json", "golden.json"]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_bundle):
+    return load_bundle(tiny_bundle, threads=1)
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path):
+    return shutil.copytree(tiny_bundle, tmp_path / "bundle")
+
+
+def edit_manifest(folder, **changes):
+    path = folder / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def rehash(folder):
+    """Make the manifest match the files again, as a careless (or malicious) editor would."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit_manifest(folder, files={name: sha256(folder / name) for name in manifest["files"]})
+
+
+def distillery(*args):
+    """The real CLI, in this process (serve and bundle tests also run it as a subprocess)."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+def test_loading_and_predicting_never_imports_torch_or_transformers(tiny_bundle):
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        import deploy.selftest, deploy.server
+        from deploy.runtime import load_bundle, predict
+        bundle = load_bundle({str(tiny_bundle)!r}, threads=1)
+        results = predict(bundle, ["a moving, funny film", ""])
+        heavy = ("torch", "transformers", "prefect", "mlflow", "datasets")
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
+        print(json.dumps({{"loaded": loaded, "results": results}}))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    report = json.loads(out.stdout)
+    assert report["loaded"] == []
+    assert report["results"][0]["label"] in ("negative", "positive")
+    assert "error" in report["results"][1]
+
+
+def test_a_result_has_a_label_and_a_probability_per_label(loaded):
+    (result,) = predict(loaded, ["an utterly charming and clever comedy"])
+    assert set(result) == {"label", "probabilities", "truncated"}
+    assert list(result["probabilities"]) == ["negative", "positive"]
+    assert sum(result["probabilities"].values()) == pytest.approx(1.0)
+    assert result["label"] == max(result["probabilities"], key=result["probabilities"].get)
+    assert result["truncated"] is False
+    assert loaded.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_folder_and_tarball_give_the_same_predictions(tiny_bundle, loaded):
+    texts = ["a fine film", "dull, dull, dull"]
+    from_tar = load_bundle(tarball_path(tiny_bundle), threads=1)
+    assert predict(from_tar, texts) == predict(loaded, texts)
+
+
+def test_an_input_longer_than_max_length_is_truncated_and_flagged(loaded):
+    words = loaded.max_length - 2  # [CLS] and [SEP] take two of the max_length tokens
+    fits, too_long = predict(loaded, ["word " * words, "word " * (words + 1)])
+    assert fits["truncated"] is False
+    assert too_long["truncated"] is True
+    assert too_long["label"] in loaded.labels
+
+
+def test_bad_items_get_an_error_each_and_the_rest_still_get_results(loaded):
+    results = predict(loaded, ["a fine film", "", "   ", None, 7, "a dull film"])
+    assert len(results) == 6
+    assert results[0]["label"] in loaded.labels and results[5]["label"] in loaded.labels
+    assert results[1] == results[2] == {"error": "text is empty"}
+    assert results[3] == {"error": "text must be a string, got NoneType"}
+    assert results[4] == {"error": "text must be a string, got int"}
+    assert predict(loaded, []) == []
+
+
+def test_batching_keeps_order_and_barely_moves_probabilities(loaded):
+    texts = ["word " * 40, "ok", "a long and winding review of a film that goes nowhere"]
+    batched = predict(loaded, texts, batch_size=2)
+    for text, result in zip(texts, batched, strict=True):
+        (alone,) = predict(loaded, [text])
+        assert result["truncated"] == alone["truncated"]
+        # INT8 activations are quantized per batch, so batch-mates shift scores a little.
+        for label, probability in alone["probabilities"].items():
+            assert result["probabilities"][label] == pytest.approx(probability, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", CONTENT)
+def test_a_changed_file_is_refused_and_named(bundle_copy, name):
+    with open(bundle_copy / name, "ab") as handle:
+        handle.write(b" ")
+    with pytest.raises(BundleError, match=f"'{re.escape(name)}' does not match its sha256"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("name", CONTENT)
+def test_a_missing_file_is_refused_and_named(bundle_copy, name):
+    (bundle_copy / name).unlink()
+    with pytest.raises(BundleError, match=f"'{re.escape(name)}' is missing"):
+        load_bundle(bundle_copy)
+
+
+def test_a_bundle_without_manifest_is_refused(bundle_copy):
+    (bundle_copy / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="no manifest.json"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", None])
+def test_an_unknown_format_version_is_refused(bundle_copy, version):
+    edit_manifest(bundle_copy, format_version=version)
+    with pytest.raises(BundleError, match="unknown bundle format version"):
+        load_bundle(bundle_copy)
+
+
+def test_a_manifest_may_not_point_outside_the_bundle(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    edit_manifest(bundle_copy, files={**manifest["files"], "../secret": "0" * 64})
+    with pytest.raises(BundleError, match="outside the bundle: '../secret'"):
+        load_bundle(bundle_copy)
+
+
+def test_a_bundle_needing_a_newer_onnxruntime_is_refused(bundle_copy):
+    edit_manifest(bundle_copy, min_onnxruntime="99.0")
+    with pytest.raises(BundleError, match="needs onnxruntime >= 99.0"):
+        load_bundle(bundle_copy)
+
+
+def write_archive(path, bundle, extra):
+    """A .tar.gz of the bundle's files plus one hand-made member."""
+    with tarfile.open(path, "w:gz") as tar:
+        for file in bundle.iterdir():
+            tar.add(file, arcname=file.name)
+        tar.addfile(extra, io.BytesIO(b"payload") if extra.isfile() else None)
+    return path
+
+
+def member(name, kind=tarfile.REGTYPE, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    info.size = len(b"payload") if kind == tarfile.REGTYPE else 0
+    return info
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (member("../escape"), "escapes the target folder"),
+        (member("sub/../../escape"), "escapes the target folder"),
+        (member("/tmp/absolute-escape"), "escapes the target folder"),
+        (member("link", tarfile.SYMTYPE, "/etc/passwd"), "is a link"),
+        (member("hard", tarfile.LNKTYPE, "model.onnx"), "is a link"),
+        (member("fifo", tarfile.FIFOTYPE), "is not a regular file"),
+    ],
+)
+def test_an_archive_with_an_unsafe_member_is_refused_before_writing(
+    tiny_bundle, tmp_path, extra, reason
+):
+    archive = write_archive(tmp_path / "evil.tar.gz", tiny_bundle, extra)
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(BundleError, match=re.escape(f"'{extra.name}' {reason}")):
+        extract_archive(archive, target)
+    assert list(target.iterdir()) == [], "nothing is extracted from a refused archive"
+    assert not (tmp_path / "escape").exists()
+    with pytest.raises(BundleError, match=reason):
+        load_bundle(archive)
+
+
+def test_an_archive_of_the_bundle_folder_itself_loads(tiny_bundle, tmp_path):
+    archive = tmp_path / "by-hand.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tiny_bundle, arcname="bundle")
+    assert load_bundle(archive).manifest == load_bundle(tiny_bundle).manifest
+
+
+def test_predict_command_prints_one_json_line_per_input(tiny_bundle, tmp_path):
+    lines = ['{"text": "a fine film"}', "not json", '{"review": "x"}', '{"text": 3}', ""]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    result = distillery(
+        "predict", tiny_bundle, "a dull film", "", "--input", tmp_path / "in.jsonl", "--threads", 1
+    )
+    assert result.exit_code == 0, result.stderr
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(out) == 6  # two arguments and four non-blank lines, in order
+    assert out[0]["label"] in ("negative", "positive") and out[2]["label"]
+    assert out[1] == {"error": "text is empty"}
+    assert out[3] == {"error": "in.jsonl line 2: not valid JSON"}
+    assert out[4] == {"error": "in.jsonl line 3: no 'text' field"}
+    assert out[5] == {"error": "text must be a string, got int"}
+
+
+def test_predict_command_refuses_a_tampered_bundle(bundle_copy):
+    (bundle_copy / "labels.json").write_text('["good", "bad"]')
+    result = distillery("predict", bundle_copy, "a fine film")
+    assert result.exit_code == 2
+    assert "'labels.json' does not match its sha256" in result.stderr
+
+
+def test_selftest_passes_on_a_good_bundle_and_reports_latency(tiny_bundle):
+    result = distillery("selftest", tiny_bundle, "--runs", 5, "--threads", 1)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert re.search(r"golden: (\d+)/\1 within", result.stdout)
+    assert re.search(r"5 runs\): p50 [\d.]+ ms, p95 [\d.]+ ms", result.stdout)
+
+
+def test_selftest_fails_when_golden_expectations_differ_from_the_model(bundle_copy):
+    golden = json.loads((bundle_copy / "golden.json").read_text())
+    first = golden["examples"][0]["probabilities"]
+    first["negative"], first["positive"] = first["positive"] + 0.01, first["negative"] - 0.01
+    (bundle_copy / "golden.json").write_text(json.dumps(golden))
+    rehash(bundle_copy)
+    load_bundle(bundle_copy)  # the hashes match again: only the self-test can notice
+    result = distillery("selftest", bundle_copy, "--runs", 2)
+    assert result.exit_code == 1
+    assert "FAIL golden example 1" in result.stdout
+    assert "selftest FAILED" in result.stderr
