@@ -1,8 +1,13 @@
-"""Export stage: the student as ONNX fp32 with dynamic batch and sequence axes, parity-checked."""
+"""Export stage: the student as ONNX fp32 with dynamic batch and sequence axes, parity-checked.
+
+The stage folder also holds the tokenizer that goes with the graph (`tokenizer.json`): the
+student's own, or its trimmed version when `export.trim_vocabulary` is on.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,6 +16,7 @@ import numpy as np
 import torch
 
 from deploy.onnx_eval import onnx_logits, open_session
+from deploy.vocab_trim import tokenized_split, trim_vocabulary
 from distill.config import ExportConfig
 from distill.data import load_split
 from distill.models import load_classifier
@@ -18,7 +24,10 @@ from distill.store import Artifact, file_sha256, run_stage, stable_hash
 from distill.training import predict_logits
 
 ONNX_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
+# The export settings this stage depends on; the quantization settings only key the next stage.
+KEY_SETTINGS = {"opset", "parity_tolerance", "trim_vocabulary"}
 
 
 class ParityError(RuntimeError):
@@ -79,7 +88,7 @@ def export_stage(
 ) -> Artifact:
     key = stable_hash(
         "export",
-        config.model_dump(mode="json"),
+        config.model_dump(mode="json", include=KEY_SETTINGS),
         student.manifest["weights_sha256"],
         data.manifest["fingerprint"],
     )
@@ -92,9 +101,25 @@ def build_export(
     config: ExportConfig, student: Artifact, data: Artifact, folder: Path
 ) -> dict[str, Any]:
     model = load_classifier(student.path)
-    path = folder / ONNX_FILE
-    export_onnx(model, path, config.opset, data.manifest["max_length"])
     test = load_split(data.path, "test")
+    max_length = data.manifest["max_length"]
+    tokenizer = folder / TOKENIZER_FILE
+    if config.trim_vocabulary:
+        untrimmed = predict_logits(model, test)
+        vocabulary = trim_vocabulary(
+            model,
+            student.file(TOKENIZER_FILE),
+            load_split(data.path, "train")["text"],
+            test["text"],
+            tokenizer,
+        )
+        vocabulary["untrimmed_test_accuracy"] = accuracy(untrimmed, test["label"])
+        test = tokenized_split(tokenizer, test, max_length)  # what the device will feed
+    else:
+        shutil.copyfile(student.file(TOKENIZER_FILE), tokenizer)
+        vocabulary = {"trimmed": False, "original_size": model.config.vocab_size}
+    path = folder / ONNX_FILE
+    export_onnx(model, path, config.opset, max_length)
     reference = predict_logits(model, test)
     candidate = onnx_logits(open_session(path), test["input_ids"], test["attention_mask"])
     result = parity(reference, candidate)
@@ -103,14 +128,25 @@ def build_export(
             f"ONNX export differs from PyTorch by {result['max_abs_logit_diff']:.3g} "
             f"(tolerance export.parity_tolerance={config.parity_tolerance})"
         )
-    labels = np.asarray(test["label"])
     return {
         "file": ONNX_FILE,
         "sha256": file_sha256(path),
         "bytes": path.stat().st_size,
         "opset": config.opset,
         "student_sha256": student.manifest["weights_sha256"],
-        "test_accuracy": float(np.mean(candidate.argmax(-1) == labels)),
+        "test_accuracy": accuracy(candidate, test["label"]),
         "parity_passed": True,
         **result,
+        # The tokenizer the graph's input ids come from: the edge bundle must ship this one.
+        "tokenizer": TOKENIZER_FILE,
+        "tokenizer_sha256": file_sha256(tokenizer),
+        "vocabulary": vocabulary,
+        "max_length": max_length,
+        # For onnxruntime's BERT fusions in the quantize stage.
+        "num_heads": model.config.num_attention_heads,
+        "hidden_size": model.config.hidden_size,
     }
+
+
+def accuracy(logits: np.ndarray, labels) -> float:
+    return float(np.mean(logits.argmax(-1) == np.asarray(labels)))

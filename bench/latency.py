@@ -1,0 +1,470 @@
+"""Latency benchmark: the teacher and the student in PyTorch, the student as ONNX fp32, dynamic
+INT8 and static INT8; batch-1 latency on one thread and batch-32 throughput on every thread,
+at a typical (25 tokens) and the maximum (64) sequence length; the edge runtime's cold start.
+
+    .venv/bin/python -m bench.latency [--workdir /tmp/default1] [--scratch DIR] [key=value ...]
+
+The teacher, student and data come from a finished pipeline workdir, which is only read. The
+export and quantize stages run again into `--scratch` (content-addressed, so a rerun reuses
+them) with the workdir's config plus the given overrides (e.g. export.trim_vocabulary=true),
+and a bundle is built there for the cold-start and size numbers. Writes
+bench/results/latency.json and the "latency" section of docs/benchmarks.md.
+
+Models are timed in interleaved rounds, so load from other jobs on a shared machine slows all of
+them alike; the load average before and after is recorded with the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.report import REPO, RESULTS, command_line, header, machine, markdown_table, write_section
+from deploy.export import export_stage
+from deploy.latency import Timing, summarize
+from deploy.onnx_eval import open_session
+from deploy.quantize import (
+    calibration_batches,
+    model_split,
+    prepare,
+    quantize_dynamic_all,
+    quantize_stage,
+    quantize_static_int8,
+)
+from distill.config import load_config
+from distill.data import load_split
+from distill.store import Artifact, read_manifest
+
+SEQ_LENS = (25, 64)
+BATCH = 32
+ROUNDS = 3
+CALLS_PER_ROUND = 20  # batch-1 calls per model per round
+BATCHES_PER_ROUND = 3  # batch-32 calls per model per round
+COLD_STARTS = 3
+GOALS = {
+    "speedup_vs_teacher_pytorch": 15.0,
+    "bundle_fraction_of_teacher": 0.1,
+    "cold_start_s": 0.5,
+    "int8_accuracy_drop_points": 0.5,
+}
+
+Runner = Callable[[np.ndarray, np.ndarray], object]  # (input_ids, attention_mask) [B, T]
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def token_windows(rows: Sequence[Sequence[int]], length: int, count: int) -> np.ndarray:
+    """`count` rows of exactly `length` real tokens: [CLS] + a window of the test text stream
+    (each row's own [CLS]/[SEP] dropped) + [SEP]."""
+    cls, sep = rows[0][0], rows[0][-1]
+    stream = [token for row in rows for token in row[1:-1]]
+    width = length - 2
+    out = np.empty((count, length), dtype=np.int64)
+    for i in range(count):
+        start = (i * width) % max(1, len(stream) - width)
+        out[i] = [cls, *stream[start : start + width], sep]
+    return out
+
+
+# --- runners -------------------------------------------------------------------------------
+
+
+def onnx_runner(path: Path, threads: int) -> Runner:
+    session = open_session(path, threads=threads)
+    return lambda ids, mask: session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+
+
+def torch_runner(folder: Path, threads: int) -> Runner:
+    import torch
+
+    from distill.models import load_classifier
+
+    model = load_classifier(folder).eval()
+
+    def run(ids: np.ndarray, mask: np.ndarray) -> object:
+        torch.set_num_threads(threads)  # torch's thread count is global: set it for each model
+        with torch.inference_mode():
+            return model(
+                input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)
+            ).logits
+
+    return run
+
+
+def time_interleaved(
+    runners: dict[str, Runner], inputs: dict[str, np.ndarray], batch: int, calls: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each runner, in ROUNDS rounds that alternate between runners."""
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    for name, run in runners.items():  # warm-up
+        ids = inputs[name][:batch]
+        run(ids, np.ones_like(ids))
+    for round_ in range(ROUNDS):
+        for name, run in runners.items():
+            rows = inputs[name]
+            for call in range(calls):
+                start = ((round_ * calls + call) * batch) % (len(rows) - batch + 1)
+                ids = rows[start : start + batch]
+                mask = np.ones_like(ids)
+                started = time.perf_counter()
+                run(ids, mask)
+                seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
+# --- the pipeline pieces this benchmark needs ----------------------------------------------
+
+
+def stage_artifact(workdir: Path, stage: str, summary: dict[str, Any]) -> Artifact:
+    """The stage folder the workdir's summary names, or its only one."""
+    key = summary.get("stages", {}).get(stage, {}).get("key")
+    if key is None:
+        folders = [p for p in (workdir / stage).iterdir() if (p / "manifest.json").is_file()]
+        if len(folders) != 1:
+            raise SystemExit(f"{workdir / stage}: expected one finished stage, found {folders}")
+        key = folders[0].name
+    folder = workdir / stage / key
+    return Artifact(stage, key, folder, read_manifest(folder))
+
+
+def int8_variants(
+    export: Artifact, quantized: Artifact, data: Artifact, folder: Path, config
+) -> dict[str, Path]:
+    """Dynamic and static INT8 of the exported graph, as the quantize stage builds them (its
+    shipped file is used for the method it shipped)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    prepared = folder / "prepared.onnx"
+    prepare(export.file(export.manifest["file"]), prepared)
+    paths = {"dynamic": folder / "dynamic.onnx", "static": folder / "static.onnx"}
+    if not paths["dynamic"].exists():
+        quantize_dynamic_all(prepared, paths["dynamic"], config.quantization_per_channel)
+    if not paths["static"].exists():
+        batches = calibration_batches(
+            model_split(export, data, "train"),
+            config.calibration_samples,
+            config.calibration_seed,
+        )
+        quantize_static_int8(prepared, paths["static"], batches)
+    prepared.unlink()
+    method = quantized.manifest["method"]
+    if method in paths:
+        paths[method] = quantized.file(quantized.manifest["file"])
+    return paths
+
+
+def build_bench_bundle(
+    scratch: Path, quantized: Artifact, data: Artifact, export: Artifact
+) -> Path:
+    from deploy.bundle import BundleInputs, build_bundle, tarball_path, write_tarball
+
+    manifest = quantized.manifest
+    inputs = BundleInputs(
+        onnx_path=quantized.file(manifest["file"]),
+        tokenizer_path=quantized.file(manifest["tokenizer"]),
+        label_names=tuple(data.manifest["label_names"]),
+        max_length=int(data.manifest["max_length"]),
+        quantization={
+            "method": manifest["method"],
+            "weight_type": manifest["weight_type"],
+            "per_channel": manifest["per_channel"],
+        },
+        test_metrics={
+            "onnx_fp32_accuracy": manifest["fp32_test_accuracy"],
+            "int8_accuracy": manifest["test_accuracy"],
+        },
+        provenance={
+            "mlflow_run_id": "bench-latency",
+            "model_version": "0",
+            "data_fingerprint": data.manifest["fingerprint"],
+            "student_sha256": export.manifest["student_sha256"],
+        },
+        golden_texts=tuple(load_split(data.path, "test")["text"][:8]),
+    )
+    folder = build_bundle(inputs, scratch / "bundle")
+    write_tarball(folder, tarball_path(folder))
+    return folder
+
+
+COLD_START = """
+import json, sys, time
+from deploy.runtime import load_bundle, predict
+bundle = load_bundle(sys.argv[1], threads=1)
+result = predict(bundle, ["a gripping, beautifully acted film"])
+print(json.dumps({"first_prediction_at": time.time(), "label": result[0]["label"],
+                  "torch_loaded": "torch" in sys.modules}))
+"""
+
+
+def cold_start(bundle: Path) -> dict[str, Any]:
+    """Seconds from starting a new Python process to its first prediction, median of a few."""
+    seconds, torch_loaded = [], False
+    for _ in range(COLD_STARTS):
+        started = time.time()
+        out = subprocess.run(
+            [sys.executable, "-c", COLD_START, str(bundle)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        child = json.loads(out.stdout.strip().splitlines()[-1])
+        seconds.append(child["first_prediction_at"] - started)
+        torch_loaded |= child["torch_loaded"]
+    return {
+        "cold_start_s": statistics.median(seconds),
+        "cold_start_runs_s": seconds,
+        "cold_start_torch_loaded": torch_loaded,
+        "cold_start_method": "python -c: deploy.runtime.load_bundle + predict, new process",
+    }
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+# --- the benchmark -------------------------------------------------------------------------
+
+
+def measure_rows(
+    models: dict[str, tuple[str, str, Callable[[int], Runner]]],
+    inputs: dict[str, dict[int, np.ndarray]],
+    shipped: str,
+) -> list[dict[str, Any]]:
+    """models: name -> (model, format, make_runner(threads)); inputs: name -> seq_len -> rows."""
+    cores = os.cpu_count() or 1
+    rows = []
+    for seq_len in SEQ_LENS:
+        for batch, threads, calls in ((1, 1, CALLS_PER_ROUND), (BATCH, cores, BATCHES_PER_ROUND)):
+            runners = {name: make(threads) for name, (_, _, make) in models.items()}
+            per_model = {name: inputs[name][seq_len] for name in models}
+            seconds = time_interleaved(runners, per_model, batch, calls)
+            for name, (model, fmt, _) in models.items():
+                timing: Timing = summarize(seconds[name])
+                rows.append(
+                    {
+                        "model": model,
+                        "format": fmt,
+                        "batch": batch,
+                        "threads": threads,
+                        "seq_len": seq_len,
+                        "p50_ms": timing.p50_ms,
+                        "p95_ms": timing.p95_ms,
+                        "throughput": batch / float(np.mean(seconds[name])),
+                        "samples": timing.samples,
+                        "shipped": name == shipped,
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", default="/tmp/default1")
+    parser.add_argument("--scratch", default="/tmp/bench-latency")
+    parser.add_argument("--output", default=str(RESULTS / "latency.json"))
+    parser.add_argument("--section", default="latency", help="benchmarks.md section ('' skips)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    load_before = uptime()
+    workdir, scratch = Path(args.workdir), Path(args.scratch)
+    config = load_config(workdir / "config.resolved.yaml", [*args.overrides, f"workdir={scratch}"])
+    summary_path = workdir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    data, teacher, student = (
+        stage_artifact(workdir, s, summary) for s in ("data", "teacher", "student")
+    )
+    export = export_stage(scratch, config.export, student, data)
+    quantized = quantize_stage(scratch, config.export, export, data)
+    int8 = int8_variants(export, quantized, data, scratch / "bench-models", config.export)
+    bundle = build_bench_bundle(scratch, quantized, data, export)
+
+    fp32_path = export.file(export.manifest["file"])
+    method = quantized.manifest["method"]
+    models = {
+        "teacher": ("teacher", "pytorch-fp32", lambda t: torch_runner(teacher.path, t)),
+        "student": ("student", "pytorch-fp32", lambda t: torch_runner(student.path, t)),
+        "fp32": ("student", "onnx-fp32", lambda t: onnx_runner(fp32_path, t)),
+        "dynamic": ("student", "onnx-int8-dynamic", lambda t: onnx_runner(int8["dynamic"], t)),
+        "static": ("student", "onnx-int8-static", lambda t: onnx_runner(int8["static"], t)),
+    }
+    if method not in models:  # e.g. dynamic_matmul_only: time the shipped file too
+        shipped_path = quantized.file(quantized.manifest["file"])
+        models[method] = ("student", f"onnx-int8-{method}", lambda t: onnx_runner(shipped_path, t))
+    original = load_split(data.path, "test")["input_ids"]
+    exported = model_split(export, data, "test")["input_ids"]  # trimmed ids when trimmed
+    count = ROUNDS * max(CALLS_PER_ROUND, BATCHES_PER_ROUND * BATCH)
+    inputs = {
+        name: {
+            n: token_windows(original if name in ("teacher", "student") else exported, n, count)
+            for n in SEQ_LENS
+        }
+        for name in models
+    }
+    rows = measure_rows(models, inputs, method)
+    result = {
+        "command": command_line(),
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "load_before": load_before,
+        "load_after": uptime(),
+        "workdir": str(workdir),
+        "scratch": str(scratch),
+        "overrides": args.overrides,
+        "rows": rows,
+        **cold_start(bundle),
+        "bundle_bytes": sum(p.stat().st_size for p in bundle.iterdir()),
+        "bundle_files": {p.name: p.stat().st_size for p in sorted(bundle.iterdir())},
+        "bundle_tar_gz_bytes": bundle.with_name("bundle.tar.gz").stat().st_size,
+        "teacher_fp32_bytes": (teacher.path / "model.safetensors").stat().st_size,
+        "quantize": summarize_quantize(quantized),
+        "vocabulary": export.manifest.get("vocabulary"),
+    }
+    result["goals"] = goals(result)
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2))
+    if args.section:
+        write_section(args.section, render(result))
+
+
+def summarize_quantize(quantized: Artifact) -> dict[str, Any]:
+    manifest = quantized.manifest
+    keep = ("method", "test_accuracy", "fp32_test_accuracy", "accuracy_drop", "bytes")
+    return {
+        **{key: manifest[key] for key in keep},
+        "label_agreement_with_fp32": manifest["label_agreement_with_fp32"],
+        "candidates": {
+            name: {k: record.get(k) for k in ("test_accuracy", "agreement", "p50_ms", "reason")}
+            for name, record in manifest["candidates"].items()
+        },
+        "optimization": manifest.get("optimization"),
+    }
+
+
+def row(result: dict[str, Any], fmt: str, model: str, batch: int, seq_len: int) -> dict[str, Any]:
+    return next(
+        r
+        for r in result["rows"]
+        if (r["format"], r["model"], r["batch"], r["seq_len"]) == (fmt, model, batch, seq_len)
+    )
+
+
+def goals(result: dict[str, Any]) -> dict[str, Any]:
+    shipped = next(r for r in result["rows"] if r["shipped"] and r["batch"] == 1)
+    out: dict[str, Any] = {"shipped_format": shipped["format"]}
+    for seq_len in SEQ_LENS:
+        teacher = row(result, "pytorch-fp32", "teacher", 1, seq_len)
+        model = row(result, shipped["format"], "student", 1, seq_len)
+        out[f"speedup_vs_teacher_pytorch_seq{seq_len}"] = teacher["p50_ms"] / model["p50_ms"]
+    out["bundle_fraction_of_teacher"] = result["bundle_bytes"] / result["teacher_fp32_bytes"]
+    out["cold_start_s"] = result["cold_start_s"]
+    out["int8_accuracy_drop_points"] = 100 * result["quantize"]["accuracy_drop"]
+    out["met"] = {
+        "speedup_vs_teacher_pytorch": out["speedup_vs_teacher_pytorch_seq25"]
+        >= GOALS["speedup_vs_teacher_pytorch"],
+        "bundle_fraction_of_teacher": out["bundle_fraction_of_teacher"]
+        <= GOALS["bundle_fraction_of_teacher"],
+        "cold_start_s": out["cold_start_s"] < GOALS["cold_start_s"],
+        "int8_accuracy_drop_points": out["int8_accuracy_drop_points"]
+        <= GOALS["int8_accuracy_drop_points"],
+    }
+    return out
+
+
+def render(result: dict[str, Any]) -> str:
+    table = [
+        [
+            r["model"],
+            r["format"] + (" (shipped)" if r["shipped"] else ""),
+            str(r["batch"]),
+            str(r["threads"]),
+            str(r["seq_len"]),
+            f"{r['p50_ms']:.2f}",
+            f"{r['p95_ms']:.2f}",
+            f"{r['throughput']:.0f}",
+        ]
+        for r in result["rows"]
+    ]
+    g, q = result["goals"], result["quantize"]
+    vocab = result["vocabulary"] or {}
+    met = {name: "met" if ok else "NOT met" for name, ok in g["met"].items()}
+    candidates = "; ".join(
+        f"{name}: acc {c['test_accuracy']:.4f}, agreement {c['agreement']:.4f}, "
+        f"p50 {c['p50_ms']:.2f} ms ({c['reason']})"
+        for name, c in q["candidates"].items()
+        if c.get("test_accuracy") is not None
+    )
+    vocab_line = (
+        f"Vocabulary trimmed to {vocab['kept_size']} of {vocab['original_size']} word pieces: "
+        f"{100 * vocab['test_changed_token_rate']:.2f}% of test tokens tokenize differently, "
+        f"{100 * vocab['test_unk_token_rate']:.3f}% become [UNK]."
+        if vocab.get("trimmed")
+        else "Vocabulary not trimmed."
+    )
+    return "\n\n".join(
+        [
+            "## Latency, size and cold start",
+            header("latency")
+            + f"  \nLoad before: `{result['load_before']}`  \nLoad after: `{result['load_after']}`",
+            "Batch 1 on one thread (an edge device answering one request) and batch 32 on every "
+            "thread; throughput in sequences per second. Inputs are windows of real test text "
+            "of exactly `seq_len` tokens. Models were timed in interleaved rounds.",
+            markdown_table(
+                ["model", "format", "batch", "threads", "seq_len", "p50 ms", "p95 ms", "seq/s"],
+                table,
+            ),
+            f"Shipped: **{q['method']}** ({g['shipped_format']}); test accuracy "
+            f"{q['test_accuracy']:.4f} vs fp32 {q['fp32_test_accuracy']:.4f}. "
+            f"Candidates: {candidates}.",
+            vocab_line,
+            markdown_table(
+                ["goal", "target", "measured", ""],
+                [
+                    [
+                        "shipped model vs teacher in PyTorch, batch 1, 1 thread, 25 tokens",
+                        ">= 15x",
+                        f"{g['speedup_vs_teacher_pytorch_seq25']:.1f}x "
+                        f"(64 tokens: {g['speedup_vs_teacher_pytorch_seq64']:.1f}x)",
+                        met["speedup_vs_teacher_pytorch"],
+                    ],
+                    [
+                        "bundle size / teacher fp32 weights",
+                        "<= 0.10",
+                        f"{g['bundle_fraction_of_teacher']:.3f} ({result['bundle_bytes'] / 1e6:.1f}"
+                        f" MB / {result['teacher_fp32_bytes'] / 1e6:.1f} MB)",
+                        met["bundle_fraction_of_teacher"],
+                    ],
+                    [
+                        "cold start (new process to first prediction)",
+                        "< 0.5 s",
+                        f"{g['cold_start_s']:.3f} s",
+                        met["cold_start_s"],
+                    ],
+                    [
+                        "shipped model test accuracy drop vs fp32",
+                        "<= 0.5 points",
+                        f"{g['int8_accuracy_drop_points']:.2f} points",
+                        met["int8_accuracy_drop_points"],
+                    ],
+                ],
+            ),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Small latency measurements of ONNX models: batch 1, one example at a time.
+
+Models that are compared are timed in interleaved rounds on the same texts, so a burst of load
+from other jobs on a shared machine slows all of them alike instead of the one that ran then.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deploy.onnx_eval import open_session
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Timing:
+    p50_ms: float
+    p95_ms: float
+    samples: int
+
+
+def summarize(seconds: Sequence[float]) -> Timing:
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    return Timing(float(np.median(ms)), float(np.percentile(ms, 95)), len(ms))
+
+
+def batch1_feeds(
+    input_ids: Sequence[Sequence[int]], attention_mask: Sequence[Sequence[int]]
+) -> list[Feeds]:
+    """One feed dict per example, as an edge device receives them (no padding)."""
+    return [
+        {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.asarray([mask], dtype=np.int64),
+        }
+        for ids, mask in zip(input_ids, attention_mask, strict=True)
+    ]
+
+
+def time_calls(run: Callable[[Feeds], object], feeds: Sequence[Feeds]) -> list[float]:
+    seconds = []
+    for feed in feeds:
+        started = time.perf_counter()
+        run(feed)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def compare_onnx_latency(
+    models: Mapping[str, Path], feeds: Sequence[Feeds], rounds: int = 3, threads: int = 1
+) -> dict[str, Timing]:
+    """Batch-1 latency of each model over `feeds`, timed in `rounds` interleaved rounds."""
+    if not feeds:
+        raise ValueError("cannot time a model on zero examples")
+    sessions = {name: open_session(path, threads=threads) for name, path in models.items()}
+    runners = {name: _runner(session) for name, session in sessions.items()}
+    for run in runners.values():  # warm-up: first calls allocate and pick kernels
+        time_calls(run, feeds[:3])
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            seconds[name] += time_calls(run, feeds)
+    return {name: summarize(values) for name, values in seconds.items()}
+
+
+def _runner(session) -> Callable[[Feeds], object]:
+    return lambda feed: session.run(["logits"], feed)

@@ -1,0 +1,134 @@
+"""The INT8 accuracy gate: pure decisions on measured numbers, and one real quantize stage."""
+
+import json
+
+import numpy as np
+import pytest
+
+from deploy.quantize import Measured, calibration_batches, choose, rejection
+from distill.store import file_sha256
+
+FP32 = Measured("fp32", test_accuracy=0.850, agreement=1.0, p50_ms=3.0, p95_ms=5.0, bytes=70)
+
+
+def candidate(name="dynamic", accuracy=0.848, agreement=0.99, p50_ms=1.5):
+    return Measured(name, accuracy, agreement, p50_ms, p50_ms * 2, bytes=18)
+
+
+def gate(measured, reject_slower=True):
+    return rejection(measured, FP32, 0.005, 0.98, reject_slower)
+
+
+def test_gate_accepts_a_candidate_within_every_threshold():
+    assert gate(candidate()) is None
+    # Exactly at the thresholds still passes (0.850 - 0.845 is 0.005 up to float rounding).
+    assert gate(candidate(accuracy=0.845, agreement=0.98)) is None
+
+
+def test_gate_rejects_a_candidate_that_loses_too_much_accuracy():
+    reason = gate(candidate(accuracy=0.844))
+    assert reason is not None and "accuracy drop 0.0060" in reason
+
+
+def test_gate_rejects_a_candidate_that_disagrees_with_fp32_too_often():
+    reason = gate(candidate(accuracy=0.850, agreement=0.979))
+    assert reason is not None and "agreement" in reason
+
+
+def test_gate_never_ships_int8_slower_than_fp32():
+    assert gate(candidate(p50_ms=3.0)) is None  # as fast is not slower
+    reason = gate(candidate(p50_ms=3.01))
+    assert reason is not None and "slower than fp32" in reason
+    assert gate(candidate(p50_ms=3.01), reject_slower=False) is None
+
+
+def test_first_candidate_in_order_that_passes_wins_and_later_ones_are_not_needed():
+    static = candidate("static", accuracy=0.83)  # loses 2 points
+    dynamic = candidate("dynamic")
+    matmul = candidate("dynamic_matmul_only")
+    winner, reasons = choose([static, dynamic, matmul], FP32, 0.005, 0.98)
+    assert winner == "dynamic"
+    assert "accuracy drop" in reasons["static"]
+    assert "not needed" in reasons["dynamic_matmul_only"]
+    assert "dynamic" not in reasons
+
+
+def test_falls_back_through_every_candidate_to_fp32():
+    candidates = [
+        candidate("static", accuracy=0.80),
+        candidate("dynamic", agreement=0.95),
+        candidate("dynamic_matmul_only", p50_ms=4.0),
+    ]
+    winner, reasons = choose(candidates, FP32, 0.005, 0.98)
+    assert winner == "fp32"
+    assert set(reasons) == {"static", "dynamic", "dynamic_matmul_only"}
+    assert "slower" in reasons["dynamic_matmul_only"]
+
+
+def test_static_wins_when_it_passes():
+    winner, reasons = choose([candidate("static"), candidate("dynamic")], FP32, 0.005, 0.98)
+    assert (winner, list(reasons)) == ("static", ["dynamic"])
+
+
+def test_calibration_batches_are_seeded_sorted_and_padded():
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(1000, 2000, n).tolist() for n in rng.integers(3, 30, 100)]
+    split = {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
+    first = calibration_batches(split, samples=70, seed=5)
+    again = calibration_batches(split, samples=70, seed=5)
+    other = calibration_batches(split, samples=70, seed=6)
+    assert [len(b["input_ids"]) for b in first] == [32, 32, 6]
+    assert all(
+        np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, again, strict=True)
+    )
+    assert not np.array_equal(first[0]["input_ids"], other[0]["input_ids"])
+    widths = [b["input_ids"].shape[1] for b in first]
+    assert widths == sorted(widths)  # grouped by length: little padding
+    for batch in first:  # padding is masked out
+        assert np.all((batch["input_ids"] == 0) == (batch["attention_mask"] == 0))
+
+
+def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config):
+    quantized = tiny_stages["quantize"]
+    manifest = quantized.manifest
+    for key in ("file", "sha256", "bytes", "method", "test_accuracy", "accuracy_drop"):
+        assert key in manifest, key
+    assert file_sha256(quantized.file(manifest["file"])) == manifest["sha256"]
+    candidates = manifest["candidates"]
+    assert list(candidates) == ["static", "dynamic", "dynamic_matmul_only", "fp32"]
+
+    # The recorded numbers, put through the pure gate again, give the recorded winner.
+    def measured(name):
+        record = candidates[name]
+        return Measured(
+            name,
+            record["test_accuracy"],
+            record["agreement"],
+            record["p50_ms"],
+            record["p95_ms"],
+            record["bytes"],
+        )
+
+    export = tiny_config.export
+    winner, reasons = choose(
+        [measured(name) for name in ("static", "dynamic", "dynamic_matmul_only")],
+        measured("fp32"),
+        export.max_accuracy_drop,
+        export.min_agreement,
+        export.reject_slower_int8,
+    )
+    assert manifest["method"] == winner
+    assert candidates[winner]["accepted"] is True
+    assert sum(record["accepted"] for record in candidates.values()) == 1
+    for name, reason in reasons.items():
+        assert candidates[name]["reason"] == reason
+    assert manifest["test_accuracy"] == candidates[winner]["test_accuracy"]
+    assert manifest["accuracy_drop"] == pytest.approx(
+        manifest["fp32_test_accuracy"] - manifest["test_accuracy"]
+    )
+    # Only the shipped model stays in the folder, beside the tokenizer its ids come from.
+    assert sorted(p.name for p in quantized.path.iterdir()) == sorted(
+        ["manifest.json", manifest["file"], "tokenizer.json"]
+    )
+    vocab = json.loads(quantized.file("tokenizer.json").read_text())["model"]["vocab"]
+    assert len(vocab) == 30522  # the tiny config does not trim
