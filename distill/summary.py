@@ -14,6 +14,7 @@ def build_summary(
     registered_model: str,
     model_version: str,
     wall_seconds: float,
+    promotion: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     evaluation = stages["evaluation"].manifest
     export = stages["export"].manifest
@@ -38,6 +39,7 @@ def build_summary(
         "registered_model": registered_model,
         "model_version": model_version,
         "wall_seconds": wall_seconds,
+        **_promotion_fields(promotion),
         "stages": {
             name: {
                 "seconds": round(artifact.seconds, 3),
@@ -47,4 +49,17 @@ def build_summary(
             }
             for name, artifact in stages.items()
         },
+    }
+
+
+def _promotion_fields(promotion: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The gates' verdict and the alias the version ended with (challenger when not gated)."""
+    if promotion is None:
+        return {"alias": "challenger"}
+    return {
+        "alias": promotion["alias"],
+        "promoted": promotion["promoted"],
+        "replaced_version": promotion.get("replaced_version"),
+        "int8_latency_ms": promotion["latency_ms"]["p50"],
+        "gates": list(promotion["gates"]),
     }

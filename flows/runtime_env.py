@@ -17,6 +17,11 @@ def configure_environment(workdir: Path) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow retries an unreachable server 7 times with up to 120 s per request (minutes):
+    # fail a run within seconds instead, with the server named (tasks.tracking).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     # Show the core's progress lines (epochs, validation accuracy) in Prefect's run log.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "distill,deploy")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

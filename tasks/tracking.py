@@ -18,6 +18,8 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
+from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
@@ -60,6 +62,19 @@ def onnx_signature(num_labels: int) -> ModelSignature:
     )
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking server did not answer, even after MLflow's bounded HTTP retries."""
+
+
+def _is_remote(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def _unreachable(tracking_uri: str, err: MlflowException) -> bool:
+    # MLflow reports transport failures (refused, timed out, retries exhausted) this way.
+    return _is_remote(tracking_uri) and "failed with exception" in err.message
+
+
 @dataclass(frozen=True)
 class Registration:
     name: str
@@ -73,9 +88,20 @@ class MlflowTracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None) -> None:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        found = self.client.get_experiment_by_name(experiment)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+        except MlflowException as err:
+            if not _unreachable(tracking_uri, err):
+                raise
+            raise TrackingUnavailable(
+                f"MLflow tracking server {tracking_uri} is unreachable after "
+                f"{MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()} retries "
+                f"(MLFLOW_HTTP_REQUEST_MAX_RETRIES): {err.message}"
+            ) from None
         if found is None:
-            location = artifact_root.resolve().as_uri() if artifact_root else None
+            # A local store keeps artifacts beside the run; a server keeps its own.
+            local = artifact_root is not None and not _is_remote(tracking_uri)
+            location = artifact_root.resolve().as_uri() if local else None
             self.experiment_id = self.client.create_experiment(
                 experiment, artifact_location=location
             )
@@ -151,6 +177,12 @@ class MlflowTracker:
                 signature=onnx_signature(num_labels),
                 onnx_execution_providers=["CPUExecutionProvider"],
                 save_as_external_data=False,
+                # Stated, not inferred: inference imports the model in a subprocess (~4 s here)
+                # to find what an ONNX graph always needs.
+                pip_requirements=[
+                    *mlflow.onnx.get_default_pip_requirements(),
+                    f"numpy=={np.__version__}",
+                ],
             )
         version = str(info.registered_model_version)
         for key, value in version_tags.items():

@@ -1,0 +1,244 @@
+"""The model card a reviewer reads in the registry: Markdown text plus a few PNG plots.
+
+Built only from the stages' manifests and numbers measured at promotion time, so it can be
+rendered and tested without a registry. Every number in it comes from a manifest or a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill.gates import GateResult, all_passed
+
+CARD = "model_card.md"
+CURVES = "training_curves.png"
+CONFUSION = "confusion_matrix.png"
+TRADE_OFF = "accuracy_vs_latency.png"
+GATES = "gates.json"
+SPLIT_ORDER = ("train", "validation", "test")
+DESCRIPTION_LIMIT = 5000  # MLflow stores a model version's description in 5000 characters
+
+
+@dataclass(frozen=True)
+class ModelPoint:
+    """One model on the accuracy / latency plane (batch-1, one thread)."""
+
+    label: str
+    accuracy: float
+    p50_ms: float
+    p95_ms: float
+    size_bytes: int | None = None
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _megabytes(size: int | None) -> str | None:
+    return None if size is None else f"{size / 1e6:.2f} MB"
+
+
+def render_model_card(
+    name: str,
+    version: str,
+    run_id: str,
+    manifests: Mapping[str, Mapping[str, Any]],
+    points: Sequence[ModelPoint],
+    results: Sequence[GateResult],
+    champion_version: str | None,
+) -> str:
+    data, teacher, student = manifests["data"], manifests["teacher"], manifests["student"]
+    evaluation = manifests["evaluation"]
+    export, quantized = manifests["export"], manifests["quantize"]
+    decision = (
+        "passed every gate: promoted to `champion`"
+        if all_passed(results)
+        else "failed a gate: stays `challenger`"
+    )
+    source = data["source"]
+    sizes = {split: data["sizes"][split] for split in SPLIT_ORDER if split in data["sizes"]}
+    balance_rows = [
+        [split, *(data["label_balance"][split].get(label, 0) for label in data["label_names"])]
+        for split in sizes
+    ]
+    sections = [
+        f"# {name} v{version}",
+        f"INT8 ONNX student from MLflow run `{run_id}`; {decision}.",
+        "## Data",
+        _table(
+            ["source", "fingerprint", "tokenizer", "max length"],
+            [
+                [
+                    source.get("name") or source.get("path"),
+                    f"`{data['fingerprint']}`",
+                    f"`{data['tokenizer_id']}`",
+                    data["max_length"],
+                ]
+            ],
+        ),
+        _table(["split", "examples"], [[split, size] for split, size in sizes.items()]),
+        _table(["split", *data["label_names"]], balance_rows),
+        "## Models",
+        _table(
+            ["model", "architecture", "parameters", "size"],
+            [
+                [
+                    f"teacher ({teacher['source']})",
+                    f"{teacher['num_layers']} layers, hidden {teacher['hidden_size']}",
+                    teacher["params"],
+                    _megabytes(teacher["weights_bytes"]),
+                ],
+                [
+                    "student",
+                    f"{student['num_layers']} layers, hidden {student['hidden_size']}",
+                    student["params"],
+                    _megabytes(student["weights_bytes"]),
+                ],
+                [
+                    "student ONNX fp32",
+                    f"opset {export['opset']}",
+                    None,
+                    _megabytes(export["bytes"]),
+                ],
+                [
+                    "student ONNX INT8 (this version)",
+                    f"{quantized['method']} {quantized['weight_type']}",
+                    None,
+                    _megabytes(quantized["bytes"]),
+                ],
+            ],
+        ),
+        "## Metrics (test split of this run)",
+        _table(
+            ["model", "accuracy", "latency p50 ms", "latency p95 ms", "size"],
+            [[p.label, p.accuracy, p.p50_ms, p.p95_ms, _megabytes(p.size_bytes)] for p in points],
+        ),
+        _table(
+            ["teacher macro F1", "student macro F1", "retention", "agreement", "INT8 drop"],
+            [
+                [
+                    evaluation["teacher_macro_f1"],
+                    evaluation["student_macro_f1"],
+                    evaluation["retention"],
+                    evaluation["agreement"],
+                    quantized["accuracy_drop"],
+                ]
+            ],
+        ),
+        "Latency: batch 1, one thread, on the machine that ran the pipeline.",
+        "## Gates"
+        + ("" if champion_version is None else f" (current champion: v{champion_version})"),
+        _table(
+            ["gate", "value", "threshold", "passed", "reason"],
+            [
+                [r.name, r.value, r.threshold, "yes" if r.passed else "**no**", r.reason]
+                for r in results
+            ],
+        ),
+        "## Plots (run artifacts, folder `model_card/`)",
+        f"`{CURVES}` (training and validation curves), `{CONFUSION}` (student, test split), "
+        f"`{TRADE_OFF}` (accuracy against latency).",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def description_text(card: str) -> str:
+    """The card, cut to fit a model version's description when it is too long."""
+    if len(card) <= DESCRIPTION_LIMIT:
+        return card
+    note = f"\n\n… (cut; the whole card is the run artifact model_card/{CARD})\n"
+    return card[: DESCRIPTION_LIMIT - len(note)] + note
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(
+    histories: Mapping[str, Sequence[Mapping[str, float]]], path: Path
+) -> None:
+    """Train and validation loss, and validation accuracy, per optimizer step (one colour per
+    model; solid lines for training, dashed for validation)."""
+    plt = _pyplot()
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    for index, (role, history) in enumerate(histories.items()):
+        colour = f"C{index}"
+        for key, axes, style in (
+            ("train_loss", loss_axes, "-"),
+            ("val_loss", loss_axes, "--o"),
+            ("val_accuracy", accuracy_axes, "--o"),
+        ):
+            entries = [entry for entry in history if key in entry]
+            if entries:
+                axes.plot(
+                    [entry["step"] for entry in entries],
+                    [entry[key] for entry in entries],
+                    style,
+                    color=colour,
+                    label=f"{role} {key}",
+                )
+    for axes, title in ((loss_axes, "loss"), (accuracy_axes, "validation accuracy")):
+        axes.set_xlabel("step")
+        axes.set_title(title)
+        if axes.has_data():
+            axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_accuracy_vs_latency(points: Sequence[ModelPoint], path: Path) -> None:
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for point in points:
+        axes.scatter(point.p50_ms, point.accuracy, s=50, label=point.label)
+    axes.set_xscale("log")  # the teacher is often ten times slower than the INT8 student
+    axes.set_xlabel("median latency, batch 1, one thread (ms, log scale)")
+    axes.set_ylabel("test accuracy")
+    axes.set_title("Accuracy against latency")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_model_card(
+    folder: Path,
+    card: str,
+    histories: Mapping[str, Sequence[Mapping[str, float]]],
+    points: Sequence[ModelPoint],
+    results: Sequence[GateResult],
+    confusion_matrix: Path | None,
+) -> list[Path]:
+    """Write the card, its plots and the gate results into `folder`; return the files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CARD).write_text(card)
+    (folder / GATES).write_text(json.dumps([r.as_dict() for r in results], indent=2))
+    plot_training_curves(histories, folder / CURVES)
+    plot_accuracy_vs_latency(points, folder / TRADE_OFF)
+    if confusion_matrix is not None and confusion_matrix.is_file():
+        shutil.copyfile(confusion_matrix, folder / CONFUSION)
+    return sorted(folder.iterdir())

@@ -1,0 +1,363 @@
+"""Promotion, rollback and manual override on a real SQLite MLflow registry.
+
+The registered models are real ONNX graphs that always answer the same logits, so their
+accuracy on a split is known by construction: "positive" scores 0.7 on SPLIT, "negative" 0.3.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+
+import onnx
+import pytest
+from mlflow import MlflowClient
+from onnx import TensorProto, helper
+
+from distill.config import PromotionConfig
+from distill.gates import CHAMPION_GATE, Measurements, evaluate_gates
+from tasks.registry import (
+    RegistryError,
+    aliases,
+    apply_gates,
+    lineage,
+    mlflow_check,
+    move_champion,
+    override_promote,
+    registry_client,
+    rollback,
+    score_champion,
+)
+from tasks.tracking import MlflowTracker, TrackingUnavailable
+from tests.conftest import REPO
+
+NAME = "registry-test"
+SPLIT = {
+    "input_ids": [[101, 2307 + i, 102] for i in range(10)],
+    "attention_mask": [[1, 1, 1]] * 10,
+    "label": [1] * 7 + [0] * 3,
+}
+ACCURACY = {"positive": 0.7, "negative": 0.3}
+CONFIG = PromotionConfig(max_latency_ms=10.0, min_improvement=0.0)
+GATES = ["onnx_parity", "retention", "int8_accuracy_drop", "latency_ms", CHAMPION_GATE]
+
+
+def constant_classifier(path, logits):
+    """An ONNX graph (input_ids, attention_mask) -> logits [batch, classes], same row for all."""
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(logits)])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Shape", ["input_ids"], ["batch_size"], start=0, end=1),
+            helper.make_node("Concat", ["batch_size", "classes"], ["shape"], axis=0),
+            helper.make_node("Expand", ["row", "shape"], ["logits"]),
+        ],
+        "constant-classifier",
+        [ids, mask],
+        [out],
+        initializer=[
+            helper.make_tensor("classes", TensorProto.INT64, [1], [len(logits)]),
+            helper.make_tensor("row", TensorProto.FLOAT, [1, len(logits)], logits),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def onnx_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    return {
+        "positive": constant_classifier(folder / "positive.onnx", [0.0, 1.0]),
+        "negative": constant_classifier(folder / "negative.onnx", [1.0, 0.0]),
+    }
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory):
+    """A migrated, empty MLflow SQLite file: copying it is much faster than migrating anew."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    registry_client(f"sqlite:///{path}").search_registered_models()
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+class Registry:
+    """A fresh SQLite registry; each `register` is one run that logs one model version."""
+
+    def __init__(self, root, models, store):
+        shutil.copyfile(store, root / "mlflow.db")
+        self.uri = f"sqlite:///{root}/mlflow.db"
+        self.root = root
+        self.models = models
+        self.client = registry_client(self.uri)
+        self.trackers = {}
+
+    def register(self, kind, fingerprint="data-1"):
+        tracker = MlflowTracker(self.uri, "registry-tests", self.root / "artifacts")
+        tracker.start_run(kind, tags={"git_commit": "abc123"})
+        registration = tracker.register_onnx(
+            self.models[kind],
+            NAME,
+            num_labels=2,
+            version_tags={"data_fingerprint": fingerprint, "teacher_sha256": "t" * 8},
+            alias="challenger",
+        )
+        self.trackers[registration.version] = tracker
+        return registration.version
+
+    def gate(self, version, kind, config=CONFIG, **measured):
+        champion = score_champion(self.uri, NAME, SPLIT, 2, self.root / f"champion-{version}")
+        values = {
+            "parity_passed": True,
+            "retention": 0.97,
+            "int8_accuracy_drop": 0.0,
+            "latency_ms": 1.0,
+            "accuracy": ACCURACY[kind],
+            "champion_version": champion and champion.version,
+            "champion_accuracy": champion and champion.accuracy,
+        }
+        results = evaluate_gates(config, Measurements(**(values | measured)), mlflow_check)
+        return apply_gates(self.client, NAME, version, results, f"# {NAME} v{version}")
+
+    def aliases(self):
+        return aliases(self.client, NAME)
+
+    def tags(self, version):
+        return self.client.get_model_version(NAME, version).tags
+
+
+@pytest.fixture
+def registry(tmp_path, onnx_models, empty_store):
+    return Registry(tmp_path, onnx_models, empty_store)
+
+
+def promoted_chain(registry, *kinds):
+    """Register and gate each kind in turn; every one is expected to become champion."""
+    versions = []
+    for kind in kinds:
+        version = registry.register(kind)
+        assert registry.gate(version, kind).promoted
+        versions.append(version)
+    return versions
+
+
+def test_the_first_model_that_passes_the_gates_becomes_champion(registry):
+    version = registry.register("negative")  # even a weak first model: there is nothing to beat
+    outcome = registry.gate(version, "negative")
+    assert outcome.promoted and outcome.alias == "champion" and outcome.replaced is None
+    assert registry.aliases() == {"champion": version, "challenger": version}
+    tags = registry.tags(version)
+    assert tags["promotion.decision"] == "promoted" and tags["promotion.by"] == "gates"
+    assert all(tags[f"gate.{gate}"] == "passed" for gate in GATES)
+    assert "no champion yet" in tags[f"gate.{CHAMPION_GATE}.reason"]
+    description = registry.client.get_model_version(NAME, version).description
+    assert description == f"# {NAME} v{version}"
+
+
+def test_a_first_model_failing_an_absolute_gate_leaves_no_champion(registry):
+    version = registry.register("positive")
+    outcome = registry.gate(version, "positive", latency_ms=12.5)
+    assert not outcome.promoted and outcome.alias == "challenger"
+    assert registry.aliases() == {"challenger": version}
+    tags = registry.tags(version)
+    assert tags["gate.latency_ms"] == "failed"
+    assert tags["gate.latency_ms.value"] == "12.5" and tags["gate.latency_ms.threshold"] == "10"
+    assert tags["promotion.decision"] == "rejected"
+    assert tags["promotion.reason"].startswith("latency_ms: ")
+
+
+def test_a_better_model_takes_over_and_the_old_champion_becomes_previous(registry):
+    first, second = promoted_chain(registry, "negative", "positive")
+    assert registry.aliases() == {"champion": second, "previous": first, "challenger": second}
+    assert registry.tags(second)["promotion.replaces"] == first
+    assert registry.tags(second)[f"gate.{CHAMPION_GATE}.threshold"] == "0.3"
+
+
+def test_a_worse_model_stays_challenger_tagged_with_every_gate(registry):
+    (champion,) = promoted_chain(registry, "positive")
+    version = registry.register("negative")
+    outcome = registry.gate(version, "negative")
+    assert not outcome.promoted and outcome.alias == "challenger"
+    assert registry.aliases() == {"champion": champion, "challenger": version}
+    tags = registry.tags(version)
+    for gate in GATES:
+        assert tags[f"gate.{gate}"] in {"passed", "failed"}
+        assert {f"gate.{gate}.value", f"gate.{gate}.threshold", f"gate.{gate}.reason"} <= set(tags)
+    assert tags[f"gate.{CHAMPION_GATE}"] == "failed"
+    assert tags[f"gate.{CHAMPION_GATE}.value"] == "0.3"
+    assert tags[f"gate.{CHAMPION_GATE}.threshold"] == "0.7"
+    assert CHAMPION_GATE in tags[f"gate.{CHAMPION_GATE}.reason"]
+    assert tags["promotion.decision"] == "rejected" and "promotion.replaces" not in tags
+
+
+def test_min_improvement_holds_back_an_equal_model(registry):
+    promoted_chain(registry, "positive")
+    version = registry.register("positive")
+    strict = CONFIG.model_copy(update={"min_improvement": 0.05})
+    assert not registry.gate(version, "positive", config=strict).promoted
+
+
+def test_the_champion_is_scored_on_the_current_split(registry, tmp_path):
+    promoted_chain(registry, "positive")
+    score = score_champion(registry.uri, NAME, SPLIT, 2, tmp_path / "a")
+    assert score.accuracy == pytest.approx(0.7)
+    relabelled = {**SPLIT, "label": [0] * 10}  # the data changed since it was trained
+    assert score_champion(registry.uri, NAME, relabelled, 2, tmp_path / "b").accuracy == 0.0
+    assert score_champion(registry.uri, NAME, SPLIT, 3, tmp_path / "c").accuracy is None
+
+
+def test_gates_never_promote_a_version_whose_run_failed(registry):
+    version = registry.register("positive")
+    registry.trackers[version].end_run(succeeded=False)
+    outcome = registry.gate(version, "positive")
+    assert not outcome.promoted and "FAILED" in outcome.reason
+    assert "champion" not in registry.aliases()
+    assert registry.tags(version)["promotion.decision"] == "rejected"
+
+
+def test_a_reviewer_can_override_the_gates_and_is_recorded(registry):
+    (champion,) = promoted_chain(registry, "positive")
+    rejected = registry.register("negative")
+    assert not registry.gate(rejected, "negative").promoted
+    outcome = override_promote(registry.client, NAME, rejected, by="alice", reason="hotfix")
+    assert outcome.promoted and outcome.replaced == champion
+    expected = {"champion": rejected, "previous": champion, "challenger": rejected}
+    assert registry.aliases() == expected
+    tags = registry.tags(rejected)
+    assert tags["promotion.override"] == "true" and tags["promotion.by"] == "alice"
+    assert tags["promotion.reason"] == "hotfix" and tags["promotion.replaces"] == champion
+    assert datetime.fromisoformat(tags["promotion.at"]).tzinfo is not None
+    assert tags[f"gate.{CHAMPION_GATE}"] == "failed"  # the gates' verdict stays on record
+    with pytest.raises(RegistryError, match="already the champion"):
+        override_promote(registry.client, NAME, rejected)
+
+
+def test_rollback_walks_back_through_the_champions(registry):
+    first, second, third = promoted_chain(registry, "negative", "positive", "positive")
+    assert rollback(registry.client, NAME, by="bob").version == second
+    assert registry.aliases() == {"champion": second, "previous": first, "challenger": third}
+    assert registry.tags(third)["rollback.by"] == "bob"
+    rollback(registry.client, NAME)
+    assert registry.aliases() == {"champion": first, "challenger": third}
+    with pytest.raises(RegistryError, match="no 'previous' version"):
+        rollback(registry.client, NAME)
+    assert registry.aliases()["champion"] == first
+
+
+class Interrupted(Exception):
+    pass
+
+
+class WatchedClient(MlflowClient):
+    """A real client that records the aliases after every alias write, and can be stopped
+    after a given number of writes (a crash in the middle of a promotion)."""
+
+    def __init__(self, uri, stop_after=None):
+        super().__init__(tracking_uri=uri, registry_uri=uri)
+        self.states, self.stop_after = [], stop_after
+
+    def set_registered_model_alias(self, name, alias, version):
+        super().set_registered_model_alias(name, alias, version)
+        self.states.append(aliases(self, name))
+        if self.stop_after is not None and len(self.states) >= self.stop_after:
+            raise Interrupted
+
+
+def test_a_promotion_stopped_midway_leaves_exactly_one_champion(registry):
+    (old,) = promoted_chain(registry, "negative")
+    new = registry.register("positive")
+
+    watched = WatchedClient(registry.uri, stop_after=1)
+    with pytest.raises(Interrupted):
+        move_champion(watched, NAME, new)
+    assert registry.aliases()["champion"] == old  # stopped: the old champion still serves
+
+    watched = WatchedClient(registry.uri)
+    assert move_champion(watched, NAME, new) == old  # a rerun finishes the job
+    assert registry.aliases()["champion"] == new and registry.aliases()["previous"] == old
+    assert all("champion" in state for state in watched.states)
+
+
+def test_lineage_names_run_config_data_teacher_commit_and_bundle(registry, tmp_path):
+    (version,) = promoted_chain(registry, "positive")
+    tracker = registry.trackers[version]
+    config_file = tmp_path / "config.resolved.yaml"
+    config_file.write_text("name: tiny\nseed: 42\n")
+    tracker.log_artifact(config_file, "config")
+    info = lineage(registry.client, f"models:/{NAME}@champion")
+    assert info["run_id"] == tracker.run_id and info["version"] == version
+    assert info["config"] == {"name": "tiny", "seed": 42}
+    assert info["data_fingerprint"] == "data-1" and info["teacher_sha256"] == "t" * 8
+    assert info["git_commit"] == "abc123"
+    assert info["bundle_uri"].endswith(f"{tracker.run_id}/artifacts/bundle")
+    assert info["bundle_logged"] is False
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "model.onnx").write_bytes(b"x")
+    tracker.log_artifacts(tmp_path / "bundle", "bundle")
+    assert lineage(registry.client, f"models:/{NAME}/{version}")["bundle_logged"] is True
+    with pytest.raises(RegistryError, match="no version with alias 'previous'"):
+        lineage(registry.client, f"models:/{NAME}@previous")
+
+
+def distillery(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_promote_and_rollback_commands(registry):
+    first = registry.register("positive")
+    assert registry.gate(first, "positive").promoted
+    second = registry.register("negative")
+    assert not registry.gate(second, "negative").promoted
+    uri = ["--tracking-uri", registry.uri]
+
+    result = distillery("promote", NAME, second, "--by", "carol", "--reason", "ship it", *uri)
+    assert result.returncode == 0, result.stderr
+    assert f"v{second} is champion (manual override)" in result.stdout
+    assert registry.tags(second)["promotion.by"] == "carol"
+
+    result = distillery("rollback", NAME, *uri)
+    assert result.returncode == 0, result.stderr
+    assert registry.aliases()["champion"] == first
+
+    result = distillery("promote", NAME, "99", *uri)
+    assert result.returncode == 2 and "error:" in result.stderr
+
+
+def test_schedule_needs_a_prefect_server_and_a_valid_cron(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    config = REPO / "configs" / "tiny.yaml"
+    result = distillery("schedule", config, "--cron", "0 3 * * 1", f"workdir={tmp_path}", env=env)
+    assert result.returncode == 2 and "PREFECT_API_URL" in result.stderr
+    env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"
+    result = distillery("schedule", config, "--cron", "every monday", env=env)
+    assert result.returncode == 2 and "not a valid cron expression" in result.stderr
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_tracking_server_fails_fast_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.perf_counter()
+    with pytest.raises(TrackingUnavailable, match=f"{uri} is unreachable after 2 retries"):
+        MlflowTracker(uri, "anything", tmp_path)
+    assert time.perf_counter() - started < 30
