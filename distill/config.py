@@ -180,11 +180,44 @@ class ExportConfig(Section):
     # Largest |logit difference| between ONNX Runtime and PyTorch the export stage accepts.
     parity_tolerance: float = Field(1e-3, gt=0)
     quantization_per_channel: bool = True
+    # Keep only the word pieces the train split uses (plus special tokens): a smaller embedding
+    # matrix and tokenizer.json. Text outside that vocabulary becomes [UNK] on the device.
+    trim_vocabulary: bool = False
+    # Try onnxruntime's BERT fusions on the fp32 graph; kept only when faster and in parity.
+    optimize_graph: bool = True
+    # An INT8 candidate ships only if it loses at most this much test accuracy against fp32 ...
+    max_accuracy_drop: float = Field(0.005, ge=0, le=1)
+    # ... and agrees with fp32's predicted label on at least this share of test texts.
+    min_agreement: float = Field(0.98, ge=0, le=1)
+    # Static INT8 calibrates activation ranges on a seeded sample of the train split.
+    calibration_samples: int = Field(256, ge=1)
+    calibration_seed: int = 0
+    # Never ship INT8 slower than fp32 (batch 1, one thread, timed on `latency_samples` test
+    # texts). Only smoke tests whose models are too small to time should turn this off.
+    reject_slower_int8: bool = True
+    latency_samples: int = Field(48, ge=1)
 
 
 class TrackingConfig(Section):
     experiment: str = "distillery"
     registered_model: str = "distillery-student"
+
+
+class PromotionConfig(Section):
+    """Gates a registered INT8 model must pass to become the registry's `champion`."""
+
+    # Student accuracy / teacher accuracy on the test split (PyTorch, before export).
+    min_retention: float = Field(0.9, ge=0)
+    # fp32 ONNX accuracy minus INT8 ONNX accuracy on the test split.
+    max_int8_accuracy_drop: float = Field(0.01, ge=0, le=1)
+    # Median batch-1 latency of the INT8 ONNX model, one thread, on the machine that runs the
+    # pipeline (the stack notes measured ~2.4 ms for a 2-layer MiniLM student).
+    max_latency_ms: float = Field(20.0, gt=0)
+    # INT8 accuracy must beat the current champion's, both scored on this run's test split, by at
+    # least this much; 0 means "not worse than the champion".
+    min_improvement: float = Field(0.0, ge=0, le=1)
+    # Latency is timed over at most this many test texts (all when fewer), after a short warm-up.
+    latency_samples: int = Field(300, ge=1)
 
 
 class PipelineConfig(Section):
@@ -197,6 +230,7 @@ class PipelineConfig(Section):
     augmentation: AugmentationConfig = AugmentationConfig()
     export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

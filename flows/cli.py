@@ -10,6 +10,8 @@ import typer
 
 from distill.config import ConfigError, load_config
 from distill.data import DataError
+from flows.edge_cli import register as register_edge_commands
+from flows.registry_cli import register as register_registry_commands
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -47,10 +49,11 @@ def run(
 
     configure_environment(settings.workdir)
     from flows.pipeline import distill_pipeline
+    from tasks.tracking import TrackingUnavailable
 
     try:
         summary = distill_pipeline(str(config), overrides)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, TrackingUnavailable) as err:
         fail(err)
     print_summary(summary, Path(settings.workdir).resolve())
 
@@ -74,7 +77,8 @@ def print_summary(summary: dict[str, Any], workdir: Path) -> None:
             "ONNX fp32 / INT8 bytes",
             f"{summary['onnx_fp32_bytes']:,} / {summary['onnx_int8_bytes']:,}",
         ),
-        ("registered", f"{summary['registered_model']} v{summary['model_version']} @challenger"),
+        ("registered", f"{summary['registered_model']} v{summary['model_version']}"),
+        ("alias", summary.get("alias", "challenger")),
         ("MLflow run", summary["mlflow_run_id"]),
         ("wall seconds", f"{summary['wall_seconds']:.1f}"),
     ]
@@ -102,6 +106,10 @@ def show_config(
         typer.echo(config_to_yaml(load_config(config, overrides or [])))
     except ConfigError as err:
         fail(err)
+
+
+register_edge_commands(app)  # bundle, predict, selftest, serve
+register_registry_commands(app)  # promote, rollback, lineage, schedule, retrain
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,7 +17,7 @@ from tasks.tracking import MlflowTracker, default_tracking_uri, git_commit
 SUMMARY = "summary.json"
 
 
-@flow(name="distillery-pipeline", log_prints=True)
+@flow(name="distillery-pipeline")
 def distill_pipeline(config_path: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """data -> teacher -> logit cache -> student -> evaluation -> ONNX -> INT8 -> registry."""
     started = time.perf_counter()
@@ -52,21 +52,29 @@ def distill_pipeline(config_path: str, overrides: list[str] | None = None) -> di
         registration = stages.register_model(
             config.tracking.registered_model, quantized, teacher, data, tracker
         )
+        finished = {
+            "data": data,
+            "teacher": teacher,
+            "logit_cache": cache,
+            "student": student,
+            "evaluation": evaluation,
+            "export": export,
+            "quantize": quantized,
+        }
+        # The bundle goes with the run before any gate can promote the version, so a champion
+        # always has its bundle.
+        bundle = stages.bundle(workdir, finished, registration, tracker)
+        promotion = stages.promote(config.promotion, registration, finished, tracker)
         summary = build_summary(
-            {
-                "data": data,
-                "teacher": teacher,
-                "logit_cache": cache,
-                "student": student,
-                "evaluation": evaluation,
-                "export": export,
-                "quantize": quantized,
-            },
+            finished,
             mlflow_run_id=run_id,
             registered_model=registration.name,
             model_version=registration.version,
             wall_seconds=time.perf_counter() - started,
+            promotion=promotion,
         )
+        summary["bundle"] = str(bundle)
+        summary["bundle_bytes"] = sum(f.stat().st_size for f in bundle.iterdir())
         write_json_atomic(workdir / SUMMARY, summary)
         tracker.log_artifact(workdir / SUMMARY)
         tracker.log_metrics({"pipeline/wall_seconds": summary["wall_seconds"]})

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NONE
@@ -21,6 +22,7 @@ from distill.config import (
     AugmentationConfig,
     DataConfig,
     ExportConfig,
+    PromotionConfig,
     StudentConfig,
     TeacherConfig,
 )
@@ -205,3 +207,41 @@ def register_model(
         },
         alias="challenger",
     )
+
+
+@task(name="gate-and-promote", cache_policy=NONE)
+def promote(
+    config: PromotionConfig,
+    registration: Registration,
+    artifacts: Mapping[str, Artifact],
+    tracker: MlflowTracker,
+) -> dict[str, Any]:
+    """Measure the registered INT8 model, judge the gates, write its model card, and make it
+    `champion` when every gate passed (it stays `challenger` otherwise)."""
+    from tasks.promotion import gate_and_promote
+
+    return gate_and_promote(config, registration, artifacts, tracker)
+
+
+@task(name="bundle-for-edge", cache_policy=NONE)
+def bundle(
+    workdir: Path,
+    artifacts: Mapping[str, Artifact],
+    registration: Registration,
+    tracker: MlflowTracker,
+) -> Path:
+    """Build `<workdir>/bundle/` (+ .tar.gz) for the registered version; log it with the run."""
+    from deploy.bundle import bundle_from_stages
+
+    folder = bundle_from_stages(
+        workdir,
+        artifacts["quantize"],
+        artifacts["student"],
+        artifacts["data"],
+        artifacts["evaluation"],
+        artifacts["teacher"],
+        run_id=tracker.run_id,
+        model_version=registration.version,
+    )
+    tracker.log_artifacts(folder, "bundle")
+    return folder

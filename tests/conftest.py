@@ -43,3 +43,44 @@ def tiny_classifier():
 
     arch = RandomArchitecture(num_layers=3, hidden_size=32, num_heads=2, intermediate_size=64)
     return random_classifier(arch, 30522, 128, ["negative", "positive"], seed=0).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_stages(tiny_config, tiny_data):
+    """Every stage up to INT8 on the tiny config, by calling the core stages (no Prefect)."""
+    from deploy.export import export_stage
+    from deploy.quantize import quantize_stage
+    from distill.evaluation import evaluation_stage
+    from distill.logit_cache import logit_cache_stage
+    from distill.student import student_stage
+    from distill.teacher import teacher_stage
+
+    workdir, data = tiny_config.workdir, tiny_data
+    teacher = teacher_stage(workdir, tiny_config.teacher, data)
+    cache = logit_cache_stage(workdir, teacher, data)
+    student = student_stage(workdir, tiny_config.student, teacher, cache, data)
+    export = export_stage(workdir, tiny_config.export, student, data)
+    return {
+        "data": data,
+        "teacher": teacher,
+        "student": student,
+        "evaluation": evaluation_stage(workdir, teacher, student, data),
+        "quantize": quantize_stage(workdir, tiny_config.export, export, data),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_stages, tmp_path_factory):
+    """An edge bundle of the tiny pipeline (as if for MLflow run "run-tiny", version 3)."""
+    from deploy.bundle import bundle_from_stages
+
+    return bundle_from_stages(
+        tmp_path_factory.mktemp("bundle-workdir"),
+        tiny_stages["quantize"],
+        tiny_stages["student"],
+        tiny_stages["data"],
+        tiny_stages["evaluation"],
+        tiny_stages["teacher"],
+        run_id="run-tiny",
+        model_version="3",
+    )

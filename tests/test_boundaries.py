@@ -15,8 +15,9 @@ FORBIDDEN = ("prefect", "mlflow")
     [
         "distill.config, distill.data, distill.models, distill.losses, distill.training, "
         "distill.teacher, distill.student, distill.logit_cache, distill.evaluation, "
-        "distill.preflight, distill.summary",
-        "deploy.export, deploy.quantize, deploy.onnx_eval",
+        "distill.preflight, distill.summary, distill.augment, distill.gates, distill.model_card",
+        "deploy.export, deploy.quantize, deploy.onnx_eval, deploy.bundle, deploy.runtime, "
+        "deploy.server, deploy.selftest",
     ],
 )
 def test_core_packages_import_neither_prefect_nor_mlflow(modules):
