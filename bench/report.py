@@ -39,6 +39,13 @@ def machine() -> dict[str, str]:
 
 
 def command_line() -> str:
+    """The command as a user types it from the repository root (`python -m bench.NAME ...`)."""
+    script, *args = sys.argv
+    path = Path(script).resolve()
+    if path.parent == REPO / "bench":
+        return " ".join(
+            shlex.quote(part) for part in [".venv/bin/python", "-m", f"bench.{path.stem}", *args]
+        )
     return " ".join(shlex.quote(part) for part in [".venv/bin/python", *sys.argv])
 
 
