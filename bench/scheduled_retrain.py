@@ -1,0 +1,165 @@
+"""Scheduled retraining with unchanged data: time from trigger to result on a real Prefect server.
+
+    .venv/bin/python -m bench.scheduled_retrain --workdir runs/movie_reviews
+
+Needs a finished run in --workdir whose version is the registry's champion. Starts
+`prefect server` (own PREFECT_HOME in a temporary folder) and `distillery schedule`, triggers the
+deployment with `run_deployment`, and stops both. Reports server start-up, trigger-to-completed,
+and their sum; writes bench/results/scheduled_retrain.json and a section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.report import REPO, RESULTS, header, markdown_table, write_section
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(probe, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+        except Exception:  # noqa: BLE001 - not up yet
+            value = None
+        if value:
+            return value
+        time.sleep(0.25)
+    raise TimeoutError(f"{what} not ready after {timeout} s")
+
+
+def healthy(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return response.status == 200
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(part) for part in command],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="configs/movie_reviews.yaml")
+    parser.add_argument("--workdir", required=True)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="prefect-bench-"))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env |= {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    started = time.perf_counter()
+    server = start(
+        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", port],
+        env,
+        home / "server.log",
+    )
+    serve = None
+    try:
+        wait_for(lambda: healthy(f"{api}/health"), 120, "prefect server")
+        server_s = time.perf_counter() - started
+        serve_env = env | {"PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+        serve = start(
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "schedule",
+                args.config,
+                "--cron",
+                "0 3 * * 1",
+                "--name",
+                "bench",
+                f"workdir={args.workdir}",
+            ],
+            serve_env,
+            home / "serve.log",
+        )
+        os.environ["PREFECT_API_URL"] = api
+        from prefect.client.orchestration import get_client
+        from prefect.deployments import run_deployment
+
+        with get_client(sync_client=True) as client:
+            wait_for(
+                lambda: client.read_deployment_by_name("distillery-retrain/bench"),
+                180,
+                "served deployment",
+            )
+        triggered = time.perf_counter()
+        flow_run = run_deployment(
+            "distillery-retrain/bench", timeout=600, poll_interval=1, as_subflow=False
+        )
+        run_s = time.perf_counter() - triggered
+        if not flow_run.state.is_completed():
+            raise RuntimeError(f"scheduled run ended {flow_run.state}")
+    finally:
+        if serve is not None:
+            stop(serve)
+        stop(server)
+    result = {
+        "prefect_server_startup_s": server_s,
+        "trigger_to_completed_s": run_s,
+        "total_s": server_s + run_s,
+        "workdir": args.workdir,
+    }
+    (RESULTS / "scheduled_retrain.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    write_section(
+        "scheduled-retrain",
+        "\n\n".join(
+            [
+                "## Scheduled retraining, unchanged data",
+                header("scheduled"),
+                "A real `prefect server` and `distillery schedule` serving the retraining "
+                "deployment; the run compares the data fingerprint with the champion's and ends with "
+                '"nothing to do". Goal: under 60 s including Prefect start-up.',
+                markdown_table(
+                    ["step", "seconds"],
+                    [
+                        ["prefect server start-up (to healthy)", f"{server_s:.1f}"],
+                        ["trigger (`run_deployment`) to completed", f"{run_s:.1f}"],
+                        ["total", f"{server_s + run_s:.1f}"],
+                    ],
+                ),
+            ]
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()
