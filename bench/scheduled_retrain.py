@@ -146,8 +146,8 @@ def main() -> None:
                 "## Scheduled retraining, unchanged data",
                 header("scheduled"),
                 "A real `prefect server` and `distillery schedule` serving the retraining "
-                "deployment; the run compares the data fingerprint with the champion's and ends with "
-                '"nothing to do". Goal: under 60 s including Prefect start-up.',
+                "deployment; the run compares the data fingerprint with the champion's and "
+                'ends with "nothing to do". Goal: under 60 s including Prefect start-up.',
                 markdown_table(
                     ["step", "seconds"],
                     [
