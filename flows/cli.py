@@ -39,15 +39,19 @@ def run(
     overrides = overrides or []
     try:
         settings = load_config(config, overrides)
+    except USER_ERRORS as err:
+        fail(err)
+    from flows.runtime_env import configure_environment
+
+    # Before anything imports transformers, datasets or prefect: they read it at import.
+    configure_environment(settings.workdir)
+    try:
         from distill.preflight import check_inputs
 
         check_inputs(settings)
     except USER_ERRORS as err:
         fail(err)
 
-    from flows.runtime_env import configure_environment
-
-    configure_environment(settings.workdir)
     from flows.pipeline import distill_pipeline
     from tasks.tracking import TrackingUnavailable
 

@@ -45,17 +45,6 @@ def build(stages, workdir, run_id="run-tiny", model_version="3"):
     )
 
 
-def test_bundle_building_imports_neither_prefect_nor_mlflow():
-    code = (
-        "import sys, deploy.bundle; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'mlflow')))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"
-
-
 def test_bundle_holds_the_content_files_and_a_manifest_hashing_each(tiny_bundle):
     assert {path.name for path in tiny_bundle.iterdir()} == CONTENT | {"manifest.json"}
     files = read_json(tiny_bundle / "manifest.json")["files"]

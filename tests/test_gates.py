@@ -2,9 +2,6 @@
 
 The comparisons themselves are MLflow's (`validate_evaluation_results`), called for real."""
 
-import subprocess
-import sys
-
 import pytest
 
 from distill.config import PromotionConfig, build_config
@@ -19,7 +16,6 @@ from distill.gates import (
     judge,
 )
 from tasks.registry import mlflow_check
-from tests.conftest import REPO
 
 CONFIG = PromotionConfig(
     min_retention=0.9, max_int8_accuracy_drop=0.01, max_latency_ms=10.0, min_improvement=0.02
@@ -137,14 +133,3 @@ def test_thresholds_come_from_the_config_and_are_validated():
         build_config({}, ["promotion.max_latency=3"])
     with pytest.raises(ConfigError, match="promotion.max_latency_ms"):
         build_config({}, ["promotion.max_latency_ms=0"])
-
-
-def test_gate_and_model_card_modules_import_neither_prefect_nor_mlflow():
-    code = (
-        "import sys; import distill.gates, distill.model_card, deploy.benchmark; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'mlflow')))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"
