@@ -19,7 +19,7 @@ from distill.models import (
     source_identity,
 )
 from distill.store import Artifact, run_stage, stable_hash
-from distill.training import MetricsLog, train_classifier
+from distill.training import MetricsLog, seed_everything, train_classifier
 
 WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
 
@@ -51,6 +51,9 @@ def build_teacher(
     source = resolve_model_source(config.model)
     label_names = list(data.manifest["label_names"])
     tokenizer = load_tokenizer(source)
+    # The new classification head is drawn from torch's global generator: seed it first, or two
+    # runs of the same config fine-tune different teachers.
+    seed_everything(config.training.seed)
     if config.random_init is not None:
         max_positions = max(128, data.manifest["max_length"])
         model = random_classifier(

@@ -31,3 +31,17 @@ def test_fine_tuning_keeps_the_best_epoch_by_validation_accuracy(tiny_config, ti
     assert manifest["best_val_accuracy"] == best["val_accuracy"]
     assert (teacher.path / "model.safetensors").is_file()
     assert (teacher.path / "tokenizer.json").is_file()
+
+
+def test_the_same_config_fine_tunes_the_same_teacher(tiny_config, tiny_data, tmp_path):
+    import torch
+
+    from distill.config import TeacherConfig
+
+    config = TeacherConfig(model="minilm", training=TrainingConfig(epochs=1, batch_size=64))
+    # A real pretrained encoder gets a new, randomly initialised head: it must be seeded.
+    torch.manual_seed(123)  # disturb the global generator between the two builds
+    first = teacher_stage(tmp_path / "a", config, tiny_data)
+    torch.manual_seed(456)
+    second = teacher_stage(tmp_path / "b", config, tiny_data)
+    assert first.manifest["weights_sha256"] == second.manifest["weights_sha256"]
