@@ -66,9 +66,11 @@ def main() -> None:
         "cache_key": cache.key,
     }
     rows = []
-    for layers in args.layers:
-        for kd in (True, False):
-            for seed in args.seeds:
+    # Seeds outermost, results written after every student: a grid stopped early still
+    # reports every layer count at the seeds it finished.
+    for seed in args.seeds:
+        for layers in args.layers:
+            for kd in (True, False):
                 overrides = [
                     f"workdir={args.workdir}",
                     *args.overrides,
@@ -115,9 +117,13 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                save(rows, shared, args)
+
+
+def save(rows: list[dict], shared: dict, args) -> None:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(rows, indent=2))
-    (Path(args.output).with_suffix(".shared.json")).write_text(json.dumps(shared, indent=2))
+    Path(args.output).with_suffix(".shared.json").write_text(json.dumps(shared, indent=2))
     if args.section:
         write_section(args.section, render(rows, shared, args))
 
@@ -158,7 +164,8 @@ def render(rows: list[dict], shared: dict, args) -> str:
             f"Teacher test accuracy {teacher_accuracy:.4f}. Overrides on every student: `{extra}`. "
             f"The teacher ran once for the whole grid: one target cache (`{shared['cache_key']}`, "
             f"built in {shared['cache_seconds']:.0f} s{reused}) "
-            f"served all {len(rows)} students. Mean ± standard deviation over seeds {args.seeds}.",
+            f"served all {len(rows)} students. Mean ± standard deviation over the seeds in the "
+            "`seeds` column.",
             markdown_table(
                 [
                     "layers",
