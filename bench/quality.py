@@ -42,6 +42,13 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench-quality"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument(
+        "--training",
+        nargs="+",
+        choices=["kd", "labels"],
+        default=["kd", "labels"],
+        help="distilled students, labels-only students, or both",
+    )
     parser.add_argument("--output", default=str(RESULTS / "quality.json"))
     parser.add_argument(
         "--section", default="quality", help="section name in benchmarks.md ('' to skip)"
@@ -70,7 +77,7 @@ def main() -> None:
     # reports every layer count at the seeds it finished.
     for seed in args.seeds:
         for layers in args.layers:
-            for kd in (True, False):
+            for kd in [choice == "kd" for choice in args.training]:
                 overrides = [
                     f"workdir={args.workdir}",
                     *args.overrides,
