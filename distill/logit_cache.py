@@ -135,7 +135,3 @@ def open_targets(cache: Artifact, verify: bool = True) -> TeacherTargets:
             cache, manifest["cls_file"], manifest["cls_sha256"], manifest["cls_shape"], verify
         ),
     )
-
-
-def open_logits(cache: Artifact, verify: bool = True) -> np.ndarray:
-    return open_targets(cache, verify).logits

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from distill.data import load_split
-from distill.logit_cache import CacheError, cache_key, logit_cache_stage, open_logits
+from distill.logit_cache import CacheError, cache_key, logit_cache_stage, open_targets
 from distill.models import load_classifier
 from distill.store import Artifact
 from distill.teacher import teacher_stage
@@ -18,7 +18,7 @@ def tiny_teacher(tiny_config, tiny_data):
 
 def test_round_trip_matches_a_fresh_teacher_pass(tiny_config, tiny_data, tiny_teacher):
     cache = logit_cache_stage(tiny_config.workdir, tiny_teacher, tiny_data)
-    logits = open_logits(cache)
+    logits = open_targets(cache).logits
     assert isinstance(logits, np.memmap)
     assert list(logits.shape) == cache.manifest["shape"] == [280, 2]
     fresh = predict_logits(load_classifier(tiny_teacher.path), load_split(tiny_data.path, "train"))
@@ -33,7 +33,7 @@ def test_a_tampered_cache_is_refused(tiny_config, tiny_data, tiny_teacher, tmp_p
     np.save(copy, data)
     tampered = Artifact(cache.stage, cache.key, tmp_path, cache.manifest)
     with pytest.raises(CacheError, match="checksum"):
-        open_logits(tampered)
+        open_targets(tampered)
 
 
 def test_key_depends_on_teacher_weights_and_data_not_on_student_settings(tiny_data, tiny_teacher):
