@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from deploy.latency import Timing, batch1_feeds, compare_onnx_latency, summarize, time_calls
+from deploy.latency import (
+    Timing,
+    batch1_feeds,
+    compare_onnx_latency_each,
+    summarize,
+    time_calls,
+)
 from deploy.onnx_eval import onnx_logits, open_session
 
 WARMUP = 3
@@ -25,9 +31,13 @@ def first_feeds(split: Mapping[str, Sequence], limit: int) -> list[dict[str, np.
 
 
 def onnx_latencies(
-    models: Mapping[str, Path], split: Mapping[str, Sequence], limit: int
+    models: Mapping[str, tuple[Path, Mapping[str, Sequence]]], limit: int
 ) -> dict[str, Timing]:
-    return compare_onnx_latency(models, first_feeds(split, limit), threads=1)
+    """Batch-1 latency of each model on the first `limit` rows of its own tokenized split."""
+    return compare_onnx_latency_each(
+        {name: (path, first_feeds(split, limit)) for name, (path, split) in models.items()},
+        threads=1,
+    )
 
 
 def torch_latency(model_folder: Path, split: Mapping[str, Sequence], limit: int) -> Timing:

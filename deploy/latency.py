@@ -55,16 +55,28 @@ def time_calls(run: Callable[[Feeds], object], feeds: Sequence[Feeds]) -> list[f
 def compare_onnx_latency(
     models: Mapping[str, Path], feeds: Sequence[Feeds], rounds: int = 3, threads: int = 1
 ) -> dict[str, Timing]:
-    """Batch-1 latency of each model over `feeds`, timed in `rounds` interleaved rounds."""
-    if not feeds:
+    """Batch-1 latency of each model over the same `feeds`, timed in interleaved rounds."""
+    return compare_onnx_latency_each(
+        {name: (path, feeds) for name, path in models.items()}, rounds, threads
+    )
+
+
+def compare_onnx_latency_each(
+    models: Mapping[str, tuple[Path, Sequence[Feeds]]], rounds: int = 3, threads: int = 1
+) -> dict[str, Timing]:
+    """Batch-1 latency of each model over its own feeds (models with different tokenizers see
+    the same texts as different ids), timed in `rounds` interleaved rounds."""
+    if any(not feeds for _, feeds in models.values()):
         raise ValueError("cannot time a model on zero examples")
-    sessions = {name: open_session(path, threads=threads) for name, path in models.items()}
-    runners = {name: _runner(session) for name, session in sessions.items()}
-    for run in runners.values():  # warm-up: first calls allocate and pick kernels
+    runners = {
+        name: (_runner(open_session(path, threads=threads)), feeds)
+        for name, (path, feeds) in models.items()
+    }
+    for run, feeds in runners.values():  # warm-up: first calls allocate and pick kernels
         time_calls(run, feeds[:3])
     seconds: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
-        for name, run in runners.items():
+        for name, (run, feeds) in runners.items():
             seconds[name] += time_calls(run, feeds)
     return {name: summarize(values) for name, values in seconds.items()}
 

@@ -181,8 +181,9 @@ class ExportConfig(Section):
     parity_tolerance: float = Field(1e-3, gt=0)
     quantization_per_channel: bool = True
     # Keep only the word pieces the train split uses (plus special tokens): a smaller embedding
-    # matrix and tokenizer.json. Text outside that vocabulary becomes [UNK] on the device.
-    trim_vocabulary: bool = False
+    # matrix and tokenizer.json (on the movie reviews 12,879 of 30,522 pieces; most of the
+    # bundle's size). Words outside it split into smaller kept pieces, rarely into [UNK].
+    trim_vocabulary: bool = True
     # Try onnxruntime's BERT fusions on the fp32 graph; kept only when faster and in parity.
     optimize_graph: bool = True
     # An INT8 candidate ships only if it loses at most this much test accuracy against fp32 ...

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.benchmark import onnx_latencies, torch_latency
+from deploy.quantize import model_split
 from distill.config import PromotionConfig
 from distill.data import load_split
 from distill.gates import Measurements, evaluate_gates
@@ -35,13 +36,15 @@ def measure_models(
     same code on the same split, so their accuracies compare fairly."""
     teacher, evaluation = artifacts["teacher"], artifacts["evaluation"]
     export, quantized = artifacts["export"], artifacts["quantize"]
+    # Each model is timed on the ids its own tokenizer writes (the vocabulary may be trimmed).
+    own_split = model_split(export, artifacts["data"], "test")
     onnx = {
-        "fp32": export.file(export.manifest["file"]),
-        "int8": quantized.file(quantized.manifest["file"]),
+        "fp32": (export.file(export.manifest["file"]), own_split),
+        "int8": (quantized.file(quantized.manifest["file"]), own_split),
     }
     if champion is not None and champion.accuracy is not None:
-        onnx["champion"] = champion.path
-    timings = onnx_latencies(onnx, test, samples)
+        onnx["champion"] = (champion.path, champion.split)
+    timings = onnx_latencies(onnx, samples)
     teacher_timing = torch_latency(teacher.path, test, samples)
 
     def point(label: str, key: str, accuracy: float, size: int) -> ModelPoint:
@@ -92,6 +95,7 @@ def gate_and_promote(
             test,
             len(data.manifest["label_names"]),
             folder / "champion",
+            data.manifest["max_length"],
         )
         points = measure_models(artifacts, test, champion, config.latency_samples)
         candidate = points["int8"]

@@ -28,12 +28,14 @@ from mlflow.models.evaluation.validation import ModelValidationFailedException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from deploy.benchmark import onnx_accuracy
+from deploy.vocab_trim import tokenized_split
 from distill.gates import Gate, GateResult, all_passed, failure_summary
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 ONNX_FILE = "model.onnx"  # the file mlflow.onnx.log_model writes
 CONFIG_ARTIFACT = "config/config.resolved.yaml"
 BUNDLE_ARTIFACT = "bundle"
+BUNDLE_TOKENIZER = "tokenizer.json"
 FINISHED_BADLY = {"FAILED", "KILLED"}
 
 # validate_evaluation_results logs two INFO lines per gate; the gate results say more.
@@ -49,6 +51,7 @@ class ChampionScore:
     version: str
     accuracy: float | None  # None: the champion cannot be scored on this data
     path: Path  # its downloaded ONNX file, valid while the caller's folder lives
+    split: Mapping[str, Sequence]  # the test split as the champion's own tokenizer encodes it
 
 
 @dataclass(frozen=True)
@@ -112,18 +115,43 @@ def download_onnx(tracking_uri: str, name: str, version: str, folder: Path) -> P
 
 
 def score_champion(
-    tracking_uri: str, name: str, test_split: Mapping[str, Sequence], num_labels: int, folder: Path
+    tracking_uri: str,
+    name: str,
+    test_split: Mapping[str, Sequence],
+    num_labels: int,
+    folder: Path,
+    max_length: int,
 ) -> ChampionScore | None:
     """The current champion's accuracy on this run's test split (data may have changed since
-    it was trained), or None when there is no champion."""
+    it was trained), or None when there is no champion.
+
+    The texts are encoded with the tokenizer from the champion's own edge bundle: a champion
+    with a trimmed vocabulary reads other ids than this run's tokenizer writes."""
     version = aliases(registry_client(tracking_uri), name).get(CHAMPION)
     if version is None:
         return None
     path = download_onnx(tracking_uri, name, version, folder)
-    accuracy, outputs = onnx_accuracy(path, test_split)
+    tokenizer = download_bundle_tokenizer(tracking_uri, name, version, folder / "bundle")
+    split = test_split if tokenizer is None else tokenized_split(tokenizer, test_split, max_length)
+    accuracy, outputs = onnx_accuracy(path, split)
     if outputs != num_labels:  # trained for other labels: its score here would mean nothing
-        return ChampionScore(version, None, path)
-    return ChampionScore(version, accuracy, path)
+        return ChampionScore(version, None, path, split)
+    return ChampionScore(version, accuracy, path, split)
+
+
+def download_bundle_tokenizer(
+    tracking_uri: str, name: str, version: str, folder: Path
+) -> Path | None:
+    """The tokenizer of the version's edge bundle, or None for a run that logged no bundle."""
+    run_id = registry_client(tracking_uri).get_model_version(name, version).run_id
+    listed = MlflowClient(tracking_uri).list_artifacts(run_id, BUNDLE_ARTIFACT)
+    wanted = f"{BUNDLE_ARTIFACT}/{BUNDLE_TOKENIZER}"
+    if wanted not in {item.path for item in listed}:
+        return None
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=wanted, dst_path=str(folder), tracking_uri=tracking_uri
+    )
+    return Path(local)
 
 
 def gate_tags(results: Iterable[GateResult]) -> dict[str, str]:

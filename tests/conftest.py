@@ -65,6 +65,7 @@ def tiny_stages(tiny_config, tiny_data):
         "teacher": teacher,
         "student": student,
         "evaluation": evaluation_stage(workdir, teacher, student, data),
+        "export": export,
         "quantize": quantize_stage(workdir, tiny_config.export, export, data),
     }
 

@@ -20,8 +20,8 @@ from deploy.bundle import (
     tarball_path,
 )
 from deploy.onnx_eval import onnx_logits, open_session
+from deploy.quantize import model_split
 from deploy.runtime import FORMAT_VERSION, BundleError, load_bundle, softmax
-from distill.data import load_split
 from distill.store import file_sha256
 from tests.conftest import REPO
 
@@ -104,8 +104,9 @@ def test_manifest_records_metrics_and_provenance(tiny_bundle, tiny_stages):
 def test_golden_examples_are_test_texts_scored_like_the_quantize_stage_scores_them(
     tiny_bundle, tiny_stages
 ):
-    """The runtime's own tokenizer must give the data stage's token ids: same probabilities."""
-    test = load_split(tiny_stages["data"].path, "test")
+    """The runtime's own tokenizer must give the ids the quantize stage scored: same
+    probabilities (with the vocabulary trimmed, those are the export tokenizer's ids)."""
+    test = model_split(tiny_stages["export"], tiny_stages["data"], "test")
     texts = list(test["text"])
     labels = read_json(tiny_bundle / "labels.json")
     golden = read_json(tiny_bundle / "golden.json")["examples"]

@@ -113,7 +113,9 @@ class Registry:
         return registration.version
 
     def gate(self, version, kind, config=CONFIG, **measured):
-        champion = score_champion(self.uri, NAME, SPLIT, 2, self.root / f"champion-{version}")
+        champion = score_champion(
+            self.uri, NAME, SPLIT, 2, self.root / f"champion-{version}", max_length=8
+        )
         values = {
             "parity_passed": True,
             "retention": 0.97,
@@ -206,11 +208,40 @@ def test_min_improvement_holds_back_an_equal_model(registry):
 
 def test_the_champion_is_scored_on_the_current_split(registry, tmp_path):
     promoted_chain(registry, "positive")
-    score = score_champion(registry.uri, NAME, SPLIT, 2, tmp_path / "a")
+    score = score_champion(registry.uri, NAME, SPLIT, 2, tmp_path / "a", 8)
     assert score.accuracy == pytest.approx(0.7)
     relabelled = {**SPLIT, "label": [0] * 10}  # the data changed since it was trained
-    assert score_champion(registry.uri, NAME, relabelled, 2, tmp_path / "b").accuracy == 0.0
-    assert score_champion(registry.uri, NAME, SPLIT, 3, tmp_path / "c").accuracy is None
+    assert score_champion(registry.uri, NAME, relabelled, 2, tmp_path / "b", 8).accuracy == 0.0
+    assert score_champion(registry.uri, NAME, SPLIT, 3, tmp_path / "c", 8).accuracy is None
+
+
+def word_level_tokenizer(path, vocabulary):
+    """A whitespace word-level tokenizer.json that wraps every text in [CLS] ... [SEP]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    tokenizer = Tokenizer(models.WordLevel(vocabulary, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", vocabulary["[CLS]"]), ("[SEP]", vocabulary["[SEP]"])],
+    )
+    tokenizer.save(str(path))
+
+
+def test_the_champion_reads_the_texts_through_its_own_bundle_tokenizer(registry, tmp_path):
+    # A champion with a trimmed vocabulary: this run's token ids would mean other words to it.
+    (version,) = promoted_chain(registry, "positive")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    vocabulary = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "great": 3, "film": 4}
+    word_level_tokenizer(bundle / "tokenizer.json", vocabulary)
+    registry.trackers[version].log_artifacts(bundle, "bundle")
+    texts = {**SPLIT, "text": ["great film"] * 5 + ["dull great film indeed"] * 5}
+    score = score_champion(registry.uri, NAME, texts, 2, tmp_path / "scored", max_length=4)
+    assert score.accuracy == pytest.approx(0.7)
+    assert list(score.split["input_ids"][0]) == [1, 3, 4, 2]
+    assert list(score.split["input_ids"][-1]) == [1, 0, 3, 2]  # unknown word, truncated at 4
+    assert score.split["input_ids"][0] != SPLIT["input_ids"][0]
 
 
 def test_gates_never_promote_a_version_whose_run_failed(registry):
