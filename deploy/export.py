@@ -28,6 +28,8 @@ TOKENIZER_FILE = "tokenizer.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
 # The export settings this stage depends on; the quantization settings only key the next stage.
 KEY_SETTINGS = {"opset", "parity_tolerance", "trim_vocabulary"}
+# Bumped when the exported graph changes for the same settings (2: eager attention).
+GRAPH_FORMAT = 2
 
 
 class ParityError(RuntimeError):
@@ -88,6 +90,7 @@ def export_stage(
 ) -> Artifact:
     key = stable_hash(
         "export",
+        GRAPH_FORMAT,
         config.model_dump(mode="json", include=KEY_SETTINGS),
         student.manifest["weights_sha256"],
         data.manifest["fingerprint"],
@@ -101,6 +104,9 @@ def build_export(
     config: ExportConfig, student: Artifact, data: Artifact, folder: Path
 ) -> dict[str, Any]:
     model = load_classifier(student.path)
+    # Eager attention exports as plain MatMul/Softmax; SDPA's mask handling adds many small
+    # operators that cost ~10% of batch-1 INT8 latency on this machine (docs/benchmarks.md).
+    model.set_attn_implementation("eager")
     test = load_split(data.path, "test")
     max_length = data.manifest["max_length"]
     tokenizer = folder / TOKENIZER_FILE
