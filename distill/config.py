@@ -89,6 +89,9 @@ class TeacherLayersInit(Section):
 
     kind: Literal["teacher_layers"] = "teacher_layers"
     layers: list[int] = [0, 2, 5]
+    # Feed-forward neurons kept per copied layer (None: all of the teacher's). The neurons with
+    # the largest weights stay: a narrower layer is faster at batch 1 and smaller.
+    intermediate_size: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _layers_valid(self) -> TeacherLayersInit:
@@ -285,16 +288,39 @@ def build_config(raw: dict[str, Any], overrides: list[str] = ()) -> PipelineConf
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
-    path = Path(path)
+    return build_config(read_config_file(Path(path)), overrides)
+
+
+EXTENDS = "extends"  # a config file may build on another: its keys override the base file's
+
+
+def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's mapping, merged over the file it `extends` (a path relative to it)."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path}: '{EXTENDS}' loops back to itself")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return build_config(raw, overrides)
+    base_name = raw.pop(EXTENDS, None)
+    if base_name is None:
+        return raw
+    base = read_config_file(path.parent / str(base_name), (*seen, path.resolve()))
+    return deep_merge(base, raw)
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def config_to_yaml(config: PipelineConfig) -> str:

@@ -107,13 +107,43 @@ def student_from_teacher(teacher: PreTrainedModel, init: TeacherLayersInit) -> P
             f"student.init.layers names teacher layers {missing}, "
             f"but the teacher has layers 0..{len(layers) - 1}"
         )
+    width = teacher.config.intermediate_size
+    keep = init.intermediate_size or width
+    if keep > width:
+        raise ValueError(
+            f"student.init.intermediate_size {keep} is wider than the teacher's {width}"
+        )
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(init.layers)
+    config.intermediate_size = keep
     student = type(teacher)(config)
     student.load_state_dict(_without_layers(teacher.state_dict()), strict=False)
     for position, index in enumerate(init.layers):
-        encoder_layers(student)[position].load_state_dict(layers[index].state_dict())
+        state = prune_feed_forward(layers[index].state_dict(), keep)
+        encoder_layers(student)[position].load_state_dict(state)
     return student
+
+
+FEED_FORWARD_IN, FEED_FORWARD_OUT = "intermediate.dense", "output.dense"
+
+
+def prune_feed_forward(layer: dict[str, torch.Tensor], keep: int) -> dict[str, torch.Tensor]:
+    """A BERT layer's state with only its `keep` most important feed-forward neurons.
+
+    A neuron's importance is the norm of its input weights times the norm of its output
+    weights: a neuron with either at zero cannot change the layer's output. The kept neurons
+    stay in their original order; everything outside the feed-forward block is untouched.
+    """
+    w_in, w_out = layer[f"{FEED_FORWARD_IN}.weight"], layer[f"{FEED_FORWARD_OUT}.weight"]
+    if keep >= w_in.shape[0]:
+        return dict(layer)
+    importance = w_in.norm(dim=1) * w_out.norm(dim=0)
+    kept = importance.topk(keep).indices.sort().values
+    pruned = dict(layer)
+    pruned[f"{FEED_FORWARD_IN}.weight"] = w_in[kept].clone()
+    pruned[f"{FEED_FORWARD_IN}.bias"] = layer[f"{FEED_FORWARD_IN}.bias"][kept].clone()
+    pruned[f"{FEED_FORWARD_OUT}.weight"] = w_out[:, kept].clone()
+    return pruned
 
 
 def _without_layers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,14 +9,17 @@ from distill.data import load_examples
 from distill.models import resolve_model_source
 
 
-def teacher_num_layers(config: PipelineConfig) -> int:
+def teacher_shape(config: PipelineConfig) -> tuple[int, int]:
+    """The teacher's number of layers and feed-forward width."""
     if config.teacher.random_init is not None:
-        return config.teacher.random_init.num_layers
+        arch = config.teacher.random_init
+        return arch.num_layers, arch.intermediate_size
     from transformers import AutoConfig
 
     source = resolve_model_source(config.teacher.model)
     try:
-        return AutoConfig.from_pretrained(source).num_hidden_layers
+        found = AutoConfig.from_pretrained(source)
+        return found.num_hidden_layers, found.intermediate_size
     except Exception as err:  # noqa: BLE001 - hub or disk, any failure means "cannot use it"
         where = (
             "local folder" if Path(source).exists() else "local folder nor a reachable hub model"
@@ -29,7 +32,7 @@ def teacher_num_layers(config: PipelineConfig) -> int:
 def check_inputs(config: PipelineConfig) -> None:
     """Raise ConfigError or DataError naming the problem; return quietly when all is usable."""
     load_examples(config.data, Path(config.workdir) / ".hf-datasets-cache")
-    layers = teacher_num_layers(config)
+    layers, width = teacher_shape(config)
     init = config.student.init
     if isinstance(init, TeacherLayersInit):
         missing = [index for index in init.layers if index >= layers]
@@ -37,4 +40,9 @@ def check_inputs(config: PipelineConfig) -> None:
             raise ConfigError(
                 f"config key 'student.init.layers': teacher has layers 0..{layers - 1}, "
                 f"no layer {missing}"
+            )
+        if (init.intermediate_size or 0) > width:
+            raise ConfigError(
+                f"config key 'student.init.intermediate_size': {init.intermediate_size} is wider "
+                f"than the teacher's feed-forward width {width}"
             )

@@ -31,6 +31,7 @@ def error_line(result):
         ("student.temprature=2", "unknown config key 'student.temprature'"),
         ("teacher.training.epochs=two", "config key 'teacher.training.epochs'"),
         ("student.init.layers=[0, 7]", "student.init.layers"),
+        ("student.init.intermediate_size=100000", "student.init.intermediate_size"),
     ],
 )
 def test_config_mistakes_stop_the_run_and_name_the_key(tmp_path, override, expected):

@@ -102,6 +102,7 @@ def test_flatten_gives_dotted_leaves():
         (["student.hidden.weight=1", "student.init.kind=random"], "student.hidden.layer_map"),
         (["augmentation.multiplier=-0.5"], "augmentation.multiplier"),
         (["student.init.layers=[]"], "student.init.layers"),
+        (["student.init.intermediate_size=0"], "student.init.intermediate_size"),
     ],
 )
 def test_invalid_distillation_settings_name_the_key(overrides, key):
@@ -113,3 +114,27 @@ def test_hidden_layer_map_defaults_to_the_copied_teacher_layers():
     config = build_config({}, ["student.hidden.weight=0.5", "student.init.layers=[0, 5]"])
     assert config.student.hidden_layer_map() == [(0, 0), (1, 5)]
     assert build_config({}).student.hidden_layer_map() == []
+
+
+def test_a_config_file_can_extend_another(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "name: base\nstudent:\n  alpha: 0.3\n  init: {layers: [0, 2, 5]}\n"
+    )
+    (tmp_path / "edge.yaml").write_text(
+        "extends: base.yaml\nname: edge\nstudent:\n  init: {layers: [0, 5]}\n"
+    )
+    config = load_config(tmp_path / "edge.yaml", ["student.temperature=4"])
+    assert config.name == "edge"
+    assert config.student.init.layers == [0, 5]
+    assert config.student.alpha == 0.3  # from the base file
+    assert config.student.temperature == 4
+
+
+def test_a_config_that_extends_itself_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config(tmp_path / "c.yaml")
