@@ -22,11 +22,17 @@ from distill.models import (
 from distill.store import Artifact, run_stage, stable_hash
 from distill.training import LossFn, MetricsLog, train_classifier
 
+# Settings added after students were first cached, whose unset value (None) keeps the earlier
+# behaviour: left out of the key while unset, so students trained before they existed stay valid.
+LATER_OPTIONAL_SETTINGS = (("init", "intermediate_size"),)
+
 
 def student_key(config: StudentConfig, cache: Artifact, data: Artifact) -> str:
-    return stable_hash(
-        "student", config.model_dump(mode="json"), cache.key, data.manifest["fingerprint"]
-    )
+    settings = config.model_dump(mode="json")
+    for section, name in LATER_OPTIONAL_SETTINGS:
+        if settings[section].get(name, 0) is None:
+            del settings[section][name]
+    return stable_hash("student", settings, cache.key, data.manifest["fingerprint"])
 
 
 def student_stage(
