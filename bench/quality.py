@@ -69,6 +69,7 @@ def main() -> None:
         "teacher_seconds": teacher_s,
         "cache_seconds": cache_s,
         "teacher_reused": teacher.reused,
+        "teacher_train_seconds": teacher.manifest.get("train_seconds"),
         "cache_reused": cache.reused,
         "cache_key": cache.key,
     }
@@ -115,7 +116,10 @@ def main() -> None:
                     "params": report["student_params"],
                     "best_epoch": student.manifest["best_epoch"],
                     "seconds": {
-                        "student": student_s,
+                        # A student reused from an earlier run reports its training time then.
+                        "student": (
+                            student.manifest["train_seconds"] if student.reused else student_s
+                        ),
                         "evaluation": eval_s,
                         "export": export_s,
                         "quantize": quant_s,
@@ -162,13 +166,16 @@ def render(rows: list[dict], shared: dict, args) -> str:
                 ]
             )
     teacher_accuracy = rows[0]["teacher_accuracy"]
+    trained = shared.get("teacher_train_seconds")
+    teacher_time = f" (fine-tuned once in {trained:.0f} s)" if trained else ""
     extra = " ".join(args.overrides) or "none"
     reused = ", reused from an earlier run" if shared["cache_reused"] else ""
     return "\n\n".join(
         [
             f"## Student quality ({args.section})",
             header("quality"),
-            f"Teacher test accuracy {teacher_accuracy:.4f}. Overrides on every student: `{extra}`. "
+            f"Teacher test accuracy {teacher_accuracy:.4f}{teacher_time}. "
+            f"Overrides on every student: `{extra}`. "
             f"The teacher ran once for the whole grid: one target cache (`{shared['cache_key']}`, "
             f"built in {shared['cache_seconds']:.0f} s{reused}) "
             f"served all {len(rows)} students. Mean ± standard deviation over the seeds in the "
