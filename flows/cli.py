@@ -41,10 +41,11 @@ def run(
         settings = load_config(config, overrides)
     except USER_ERRORS as err:
         fail(err)
-    from flows.runtime_env import configure_environment
+    from flows.runtime_env import configure_environment, quiet_weight_loading
 
     # Before anything imports transformers, datasets or prefect: they read it at import.
     configure_environment(settings.workdir)
+    quiet_weight_loading()
     try:
         from distill.preflight import check_inputs
 

@@ -26,3 +26,16 @@ def configure_environment(workdir: Path) -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "distill,deploy")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def quiet_weight_loading() -> None:
+    """Hide transformers' per-load "Loading weights" bar (the pipeline loads models often and
+    logs each stage itself); download bars for hub models stay."""
+    from transformers.utils import logging as hf_logging
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") == "Loading weights":
+            kwargs = {**kwargs, "disable": True}
+        return factory(*args, **kwargs)
+
+    hf_logging.set_tqdm_hook(hook)
