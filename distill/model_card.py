@@ -81,6 +81,7 @@ def render_model_card(
     sections = [
         f"# {name} v{version}",
         f"INT8 ONNX student from MLflow run `{run_id}`; {decision}.",
+        _tokenizer_note(export),
         "## Data",
         _table(
             ["source", "fingerprint", "tokenizer", "max length"],
@@ -242,3 +243,15 @@ def write_model_card(
     if confusion_matrix is not None and confusion_matrix.is_file():
         shutil.copyfile(confusion_matrix, folder / CONFUSION)
     return sorted(folder.iterdir())
+
+
+def _tokenizer_note(export: Mapping[str, Any]) -> str:
+    """Which tokenizer the graph's input ids must come from."""
+    vocabulary = export.get("vocabulary") or {}
+    if not vocabulary.get("trimmed"):
+        return "Input ids come from the data tokenizer below; the run's `bundle/` holds it too."
+    return (
+        f"The vocabulary is trimmed to {vocabulary['kept_size']} of "
+        f"{vocabulary['original_size']} word pieces: input ids must come from the run's "
+        "`bundle/tokenizer.json` (the edge bundle), not from the data tokenizer below."
+    )
