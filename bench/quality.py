@@ -169,7 +169,11 @@ def render(rows: list[dict], shared: dict, args) -> str:
     trained = shared.get("teacher_train_seconds")
     teacher_time = f" (fine-tuned once in {trained:.0f} s)" if trained else ""
     extra = " ".join(args.overrides) or "none"
-    reused = ", reused from an earlier run" if shared["cache_reused"] else ""
+    built = (
+        "built by an earlier run in this workdir"
+        if shared["cache_reused"]
+        else f"built in {shared['cache_seconds']:.0f} s"
+    )
     return "\n\n".join(
         [
             f"## Student quality ({args.section})",
@@ -177,7 +181,7 @@ def render(rows: list[dict], shared: dict, args) -> str:
             f"Teacher test accuracy {teacher_accuracy:.4f}{teacher_time}. "
             f"Overrides on every student: `{extra}`. "
             f"The teacher ran once for the whole grid: one target cache (`{shared['cache_key']}`, "
-            f"built in {shared['cache_seconds']:.0f} s{reused}) "
+            f"{built}) "
             f"served all {len(rows)} students. Mean ± standard deviation over the seeds in the "
             "`seeds` column.",
             markdown_table(
