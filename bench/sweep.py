@@ -26,6 +26,12 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench-quality"))
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        metavar="T:A",
+        help="only these (temperature, alpha) cells instead of the full grid, e.g. 1:0.5 2:0",
+    )
     parser.add_argument("--output", default=str(RESULTS / "sweep.json"))
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -36,32 +42,34 @@ def main() -> None:
     teacher = teacher_stage(workdir, base.teacher, data)
     cache = logit_cache_stage(workdir, teacher, data)
     rows = []
-    for temperature in args.temperatures:
-        for alpha in args.alphas:
-            config = load_config(
-                args.config,
-                [
-                    f"workdir={args.workdir}",
-                    *args.overrides,
-                    f"student.temperature={temperature}",
-                    f"student.alpha={alpha}",
-                ],
-            )
-            student = student_stage(workdir, config.student, teacher, cache, data)
-            row = {
-                "temperature": temperature,
-                "alpha": alpha,
-                "val_accuracy": student.manifest["best_val_accuracy"],
-                "best_epoch": student.manifest["best_epoch"],
-                "train_seconds": student.manifest["train_seconds"],
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    for temperature, alpha in cells(args):
+        config = load_config(
+            args.config,
+            [
+                f"workdir={args.workdir}",
+                *args.overrides,
+                f"student.temperature={temperature}",
+                f"student.alpha={alpha}",
+            ],
+        )
+        student = student_stage(workdir, config.student, teacher, cache, data)
+        row = {
+            "temperature": temperature,
+            "alpha": alpha,
+            "val_accuracy": student.manifest["best_val_accuracy"],
+            "best_epoch": student.manifest["best_epoch"],
+            "train_seconds": student.manifest["train_seconds"],
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     Path(args.output).write_text(json.dumps({"overrides": args.overrides, "rows": rows}, indent=2))
     best = max(rows, key=lambda r: r["val_accuracy"])
     accuracy = {(r["temperature"], r["alpha"]): r["val_accuracy"] for r in rows}
+    temperatures = sorted({r["temperature"] for r in rows})
+    alphas = sorted({r["alpha"] for r in rows})
     table = [
-        [f"T={t:g}"] + [f"{accuracy[t, a]:.4f}" for a in args.alphas] for t in args.temperatures
+        [f"T={t:g}"] + [f"{accuracy[t, a]:.4f}" if (t, a) in accuracy else "–" for a in alphas]
+        for t in temperatures
     ]
     write_section(
         "sweep",
@@ -73,10 +81,17 @@ def main() -> None:
                 f"(`{cache.key}`) served all {len(rows)} students. "
                 f"Best: T={best['temperature']:g}, a={best['alpha']:g} "
                 f"({best['val_accuracy']:.4f}).",
-                markdown_table(["", *[f"a={a:g}" for a in args.alphas]], table),
+                markdown_table(["", *[f"a={a:g}" for a in alphas]], table),
             ]
         ),
     )
+
+
+def cells(args) -> list[tuple[float, float]]:
+    """The (temperature, alpha) cells to train: the given pairs, or the full grid."""
+    if args.pairs:
+        return [tuple(float(x) for x in pair.split(":")) for pair in args.pairs]
+    return [(t, a) for t in args.temperatures for a in args.alphas]
 
 
 if __name__ == "__main__":
