@@ -1,6 +1,7 @@
 """Temperature and loss-weight sweep on the validation split, all from one teacher-target cache.
 
     .venv/bin/python -m bench.sweep [--temperatures 1 2 4 8] [--alphas 0 0.5] [key=value ...]
+    .venv/bin/python -m bench.sweep [key=value ...] --pairs 1:0.5 2:0   # only these cells
 
 Each (T, a) trains one student (no teacher re-runs: T is applied at training time) and reports
 its best validation accuracy. Writes bench/results/sweep.json and a table in docs/benchmarks.md.
