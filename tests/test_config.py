@@ -9,8 +9,14 @@ from tests.conftest import REPO, TINY_CONFIG
 def test_shipped_configs_load():
     default = load_config(REPO / "configs" / "movie_reviews.yaml")
     tiny = load_config(TINY_CONFIG)
+    edge = load_config(REPO / "configs" / "movie_reviews_edge.yaml")
     assert default.teacher.model == "minilm"
     assert tiny.teacher.random_init is not None
+    # The edge profile is the default with a smaller student: same data and teacher.
+    assert edge.data == default.data and edge.teacher == default.teacher
+    assert default.student.init.intermediate_size is None  # the teacher's full width
+    assert edge.student.init.intermediate_size == 512
+    assert len(edge.student.init.layers) < len(default.student.init.layers)
 
 
 def test_dotted_overrides_reach_nested_keys_and_parse_yaml_values():
