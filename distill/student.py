@@ -30,7 +30,7 @@ LATER_OPTIONAL_SETTINGS = (("init", "intermediate_size"),)
 def student_key(config: StudentConfig, cache: Artifact, data: Artifact) -> str:
     settings = config.model_dump(mode="json")
     for section, name in LATER_OPTIONAL_SETTINGS:
-        if settings[section].get(name, 0) is None:
+        if settings[section][name] is None:
             del settings[section][name]
     return stable_hash("student", settings, cache.key, data.manifest["fingerprint"])
 

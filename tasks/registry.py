@@ -28,6 +28,7 @@ from mlflow.models.evaluation.validation import ModelValidationFailedException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from deploy.benchmark import onnx_accuracy
+from deploy.runtime import TOKENIZER as BUNDLE_TOKENIZER
 from deploy.vocab_trim import tokenized_split
 from distill.gates import Gate, GateResult, all_passed, failure_summary
 
@@ -35,7 +36,6 @@ CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 ONNX_FILE = "model.onnx"  # the file mlflow.onnx.log_model writes
 CONFIG_ARTIFACT = "config/config.resolved.yaml"
 BUNDLE_ARTIFACT = "bundle"
-BUNDLE_TOKENIZER = "tokenizer.json"
 FINISHED_BADLY = {"FAILED", "KILLED"}
 
 # validate_evaluation_results logs two INFO lines per gate; the gate results say more.
