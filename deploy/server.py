@@ -34,6 +34,9 @@ READ_TIMEOUT = 5.0  # seconds for a whole request (headers and body) to arrive
 WORKERS = 4
 MAX_CONNECTIONS = 512
 BACKLOG = 128
+LINGER_S = 2.0  # how long an unread body is drained after an early answer (413, 404, ...)
+LINGER_BYTES = 16 << 20
+BUSY_LINGER_S = 0.5
 
 ROUTES = {"/health": "GET", "/predict": "POST"}
 # JSON strings (escapes included), removed before counting bracket depth.
@@ -116,8 +119,13 @@ class BundleServer:
                 method, path, status, payload = await self._answer(reader, writer)
             await self._reply(writer, status, payload)
             log.info("%s %s %s %d", _peer(writer), method, path, status)
+            writer.write_eof()  # the answer is complete: the client may stop reading
+            busy = status == HTTPStatus.SERVICE_UNAVAILABLE  # shed load: linger briefly
+            await discard_input(reader, BUSY_LINGER_S if busy else min(LINGER_S, self.read_timeout))
         except OSError:
             pass  # the client went away (or never read its answer): nothing more to say
+        except asyncio.CancelledError:
+            pass  # the server is shutting down: close this connection quietly
         except Exception:  # noqa: BLE001 - one bad connection must not take the server down
             log.exception("request failed")
         finally:
@@ -252,6 +260,19 @@ async def read_body(reader: asyncio.StreamReader, length: int) -> bytes:
         raise BadRequest(
             f"body ended after {len(err.partial)} of {length} bytes (Content-Length)"
         ) from None
+
+
+async def discard_input(reader: asyncio.StreamReader, seconds: float) -> None:
+    """Read and drop what the client still sends (a body we answered without reading), until
+    it closes, for at most `seconds` and LINGER_BYTES: closing with unread input would reset
+    the connection and lose the answer (a 413 would reach the client as a broken pipe)."""
+    left = LINGER_BYTES
+    try:
+        async with asyncio.timeout(seconds):
+            while left > 0 and (chunk := await reader.read(min(left, 1 << 16))):
+                left -= len(chunk)
+    except TimeoutError:
+        pass
 
 
 def parse_texts(body: bytes) -> list[Any]:

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from deploy.runtime import load_bundle
-from deploy.server import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_TEXTS, make_server
+from deploy.server import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_TEXTS, BundleServer, make_server
 from tests.conftest import REPO
 
 READ_TIMEOUT = 1.0
@@ -184,6 +184,35 @@ def test_malformed_requests_get_a_4xx_json_error(server, base_url, data, status,
     assert b"Content-Type: application/json" in head
     assert message in json.loads(body)["error"]
     assert call(f"{base_url}/health")[0] == 200
+
+
+def test_an_oversized_body_gets_413_while_the_client_is_still_sending_it(base_url):
+    """The unread rest of the body is drained, so the answer is not lost to a reset."""
+    body = json.dumps({"texts": ["x" * (2 * MAX_BODY_BYTES)]}).encode()
+    status, reply = call(f"{base_url}/predict", body)
+    assert status == 413 and f"larger than {MAX_BODY_BYTES}" in reply["error"]
+    assert call(f"{base_url}/nothing", b"y" * MAX_BODY_BYTES)[0] == 404
+
+
+def test_connections_beyond_the_limit_get_503_at_once(tiny_bundle):
+    server = BundleServer(
+        ("127.0.0.1", 0), load_bundle(tiny_bundle, threads=1), workers=1, max_connections=2
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    held = [socket.create_connection(server.server_address[:2], timeout=10) for _ in range(2)]
+    try:
+        time.sleep(0.2)  # let the loop accept both
+        status, body = raw(server, request("/health", [], method="GET"), wait=5)
+        assert status == 503 and body == {"error": "server is busy"}
+    finally:
+        for conn in held:
+            conn.close()
+    time.sleep(0.2)
+    assert raw(server, request("/health", [], method="GET"))[0] == 200
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
 
 
 def test_a_client_that_sends_less_than_its_content_length_is_dropped_in_time(server):
