@@ -31,8 +31,10 @@ from deploy.runtime import (
     MANIFEST,
     MODEL,
     REQUIRED_FILES,
+    SIGNATURE,
     TOKENIZER,
     BundleError,
+    manifest_signature,
     open_bundle,
     predict,
     sha256,
@@ -167,6 +169,7 @@ def write_bundle(inputs: BundleInputs, folder: Path) -> None:
     examples = golden_examples(folder, manifest, inputs)
     (folder / GOLDEN).write_text(json.dumps({"examples": examples}, indent=2))
     manifest["files"] = {name: sha256(folder / name) for name in REQUIRED_FILES}
+    manifest[SIGNATURE] = manifest_signature(manifest)  # covers the file hashes and the rest
     write_json_atomic(folder / MANIFEST, manifest)  # last: its presence means "complete"
     verify_bundle(folder)  # what we ship must pass the runtime's own checks
 

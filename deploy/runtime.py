@@ -7,11 +7,12 @@ transformers), so it runs on a device that has nothing else installed.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
-import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,12 @@ TOKENIZER = "tokenizer.json"
 LABELS = "labels.json"
 GOLDEN = "golden.json"
 REQUIRED_FILES = (MODEL, TOKENIZER, LABELS, GOLDEN)
+SIGNATURE = "signature"  # the manifest field holding manifest_signature()
+
+# Archive limits, checked from the tar headers before anything is extracted. A bundle is tens
+# of MB (the default run's is 11 MB) and holds five files.
+MAX_ARCHIVE_BYTES = 128 << 20
+MAX_ARCHIVE_MEMBERS = 64
 
 # Which tokenizer output feeds which graph input.
 FEEDS = {
@@ -56,10 +63,12 @@ class Bundle:
         return int(self.manifest["max_length"])
 
 
-def load_bundle(source: Path | str, threads: int = 0) -> Bundle:
-    """Load a bundle folder or `.tar.gz`, refusing it unless every file matches the manifest.
+def load_bundle(source: Path | str, threads: int = 0, max_bytes: int = MAX_ARCHIVE_BYTES) -> Bundle:
+    """Load a bundle folder or `.tar.gz`, refusing it unless the manifest's signature and every
+    file's sha256 match.
 
-    `threads` is onnxruntime's intra-op thread count (0 lets onnxruntime choose).
+    `threads` is onnxruntime's intra-op thread count (0 lets onnxruntime choose); `max_bytes`
+    caps the unpacked size of an archive.
     """
     source = Path(source)
     if source.is_dir():
@@ -67,13 +76,17 @@ def load_bundle(source: Path | str, threads: int = 0) -> Bundle:
     if not source.is_file():
         raise BundleError(f"bundle not found: {source}")
     with tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
-        root = extract_archive(source, Path(tmp))
+        root = extract_archive(source, Path(tmp), max_bytes)
         # Everything is read into memory, so the extracted files can go afterwards.
         return open_bundle(root, verify_bundle(root), threads)
 
 
 def verify_bundle(folder: Path) -> dict[str, Any]:
-    """The bundle's manifest, after checking its format and every file's sha256."""
+    """The bundle's manifest, after checking its format, its signature and every file's sha256.
+
+    The signature is checked before any other field is read, so an edited manifest (a shorter
+    `max_length`, a fake accuracy) is refused rather than believed.
+    """
     path = folder / MANIFEST
     if not path.is_file():
         raise BundleError(f"bundle {folder} has no {MANIFEST}")
@@ -85,6 +98,13 @@ def verify_bundle(folder: Path) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise BundleError(
             f"unknown bundle format version {version!r} (this runtime reads {FORMAT_VERSION})"
+        )
+    signature = manifest.get(SIGNATURE)
+    if not isinstance(signature, str):
+        raise BundleError(f"bundle {MANIFEST} has no signature: rebuild the bundle")
+    if not hmac.compare_digest(signature, manifest_signature(manifest)):
+        raise BundleError(
+            f"bundle {MANIFEST} does not match its signature: it was edited after the build"
         )
     if not isinstance(manifest.get("max_length"), int):
         raise BundleError(f"bundle {MANIFEST} has no integer 'max_length'")
@@ -104,6 +124,23 @@ def verify_bundle(folder: Path) -> dict[str, Any]:
             raise BundleError(f"bundle file '{name}' does not match its sha256 in {MANIFEST}")
     _check_onnxruntime(manifest.get("min_onnxruntime", "0"))
     return manifest
+
+
+def manifest_signature(manifest: Mapping[str, Any]) -> str:
+    """sha256 over the sorted (file, sha256) list and the rest of the manifest, canonically
+    serialised, without the signature field itself.
+
+    An integrity check (edits and corruption are detected), not authenticity: anyone who can
+    write the bundle can recompute it. There is no key.
+    """
+    content = {key: value for key, value in manifest.items() if key != SIGNATURE}
+    files = content.get("files")
+    signed = {
+        "files": sorted(files.items()) if isinstance(files, dict) else files,
+        "manifest": content,
+    }
+    canonical = json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def open_bundle(folder: Path, manifest: Mapping[str, Any], threads: int = 0) -> Bundle:
@@ -188,29 +225,19 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def extract_archive(archive: Path, target: Path) -> Path:
+def extract_archive(archive: Path, target: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> Path:
     """Extract a bundle `.tar.gz` into `target` and return the folder holding its manifest.
 
-    Every member is checked before anything is written: only plain files and folders whose
-    paths stay inside `target` are allowed (no links, devices, absolute or `..` paths).
+    Every member header is checked before anything is written: at most MAX_ARCHIVE_MEMBERS
+    members and `max_bytes` in all, only plain files and folders (no links, devices), and
+    `tarfile`'s "data" filter (no absolute or `..` paths); extraction runs under that filter too.
     """
     target = target.resolve()
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(member, target)
-            for member in members:
-                destination = target / member.name
-                if member.isdir():
-                    destination.mkdir(parents=True, exist_ok=True)
-                    continue
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                source = tar.extractfile(member)
-                assert source is not None  # a regular file always has contents
-                with source, open(destination, "wb") as out:
-                    shutil.copyfileobj(source, out)
-    except (tarfile.TarError, EOFError, OSError) as err:
+            members = _checked_members(tar, target, archive, max_bytes)
+            tar.extractall(target, members=members, filter="data")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise BundleError(f"bundle archive {archive} cannot be read: {err}") from None
     if (target / MANIFEST).is_file():
         return target
@@ -221,14 +248,43 @@ def extract_archive(archive: Path, target: Path) -> Path:
     raise BundleError(f"bundle archive {archive} has no {MANIFEST}")
 
 
+def _checked_members(
+    tar: tarfile.TarFile, target: Path, archive: Path, max_bytes: int
+) -> list[tarfile.TarInfo]:
+    """The archive's members, read from the headers alone, once all of them pass the checks."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    for member in tar:  # headers only: a member's contents are skipped, never written
+        members.append(member)
+        total += member.size
+        if len(members) > MAX_ARCHIVE_MEMBERS:
+            raise BundleError(
+                f"bundle archive {archive} has more than {MAX_ARCHIVE_MEMBERS} members: refused"
+            )
+        if total > max_bytes:
+            raise BundleError(
+                f"bundle archive {archive} unpacks to more than {max_bytes:,} bytes: refused"
+            )
+        _check_member(member, target)
+    return members
+
+
 def _check_member(member: tarfile.TarInfo, target: Path) -> None:
     name = member.name
     if member.issym() or member.islnk():
         raise BundleError(f"bundle archive member '{name}' is a link: refused")
     if not (member.isfile() or member.isdir()):
         raise BundleError(f"bundle archive member '{name}' is not a regular file: refused")
-    if Path(name).is_absolute() or not (target / name).resolve().is_relative_to(target):
+    if Path(name).is_absolute():  # the data filter would only strip the leading "/"
         raise BundleError(f"bundle archive member '{name}' escapes the target folder: refused")
+    try:
+        tarfile.data_filter(member, str(target))
+    except (tarfile.AbsolutePathError, tarfile.OutsideDestinationError):
+        raise BundleError(
+            f"bundle archive member '{name}' escapes the target folder: refused"
+        ) from None
+    except tarfile.FilterError as err:
+        raise BundleError(f"bundle archive member '{name}' is refused: {err}") from None
 
 
 def _check_onnxruntime(minimum: str) -> None:

@@ -1,21 +1,47 @@
 """A small HTTP server for a loaded bundle (standard library only, torch-free).
 
 `POST /predict` with `{"texts": [...]}` answers `{"results": [...]}`; `GET /health` answers the
-bundle's identity. A bad request gets a JSON error with a 4xx status and never stops the server.
+bundle's identity. Every malformed request gets a 4xx JSON error and never stops the server.
+
+Connections are read by one asyncio loop, so a slow or stalled client costs a socket, not a
+thread: each request must arrive whole (headers and body) within `read_timeout` seconds or the
+connection is dropped (408). Only complete requests reach the bounded pool of `workers` threads
+that run the model. Beyond `max_connections` open connections new ones get 503 at once, and
+the kernel's listen backlog (`BACKLOG`) holds connections the loop has not accepted yet.
 """
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
 import logging
+import re
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 from deploy.runtime import Bundle, predict
 
 MAX_BODY_BYTES = 1 << 20
+MAX_HEADER_BYTES = 16 << 10
 MAX_TEXTS = 256
+MAX_JSON_DEPTH = 8  # {"texts": [...]} needs 2; deeper bodies are refused before parsing
+READ_TIMEOUT = 5.0  # seconds for a whole request (headers and body) to arrive
+WORKERS = 4
+MAX_CONNECTIONS = 512
+BACKLOG = 128
+LINGER_S = 2.0  # how long an unread body is drained after an early answer (413, 404, ...)
+LINGER_BYTES = 16 << 20
+BUSY_LINGER_S = 0.5
+
+ROUTES = {"/health": "GET", "/predict": "POST"}
+# JSON strings (escapes included), removed before counting bracket depth.
+JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+NOT_BRACKETS = re.compile(r"[^\[\]{}]")
 
 log = logging.getLogger(__name__)
 
@@ -26,88 +52,280 @@ class BadRequest(ValueError):
         self.status = status
 
 
-class BundleServer(ThreadingHTTPServer):
-    """Holds the one loaded bundle that every request thread shares (sessions are thread-safe)."""
+class BundleServer:
+    """Serves one loaded bundle (its onnxruntime session is shared by the worker threads).
 
-    daemon_threads = True
+    The socket is bound on construction (`server_address` holds the real port when 0 was
+    asked for); `serve_forever()` blocks until `shutdown()` is called from another thread.
+    """
 
-    def __init__(self, address: tuple[str, int], bundle: Bundle) -> None:
-        super().__init__(address, PredictHandler)
+    def __init__(
+        self,
+        address: tuple[str, int],
+        bundle: Bundle,
+        workers: int = WORKERS,
+        read_timeout: float = READ_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.bundle = bundle
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self.socket = socket.create_server(address, backlog=BACKLOG)
+        self.server_address = self.socket.getsockname()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="predict")
+        self._open = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._done = threading.Event()
 
+    def serve_forever(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        finally:
+            self._done.set()
 
-class PredictHandler(BaseHTTPRequestHandler):
-    server: BundleServer
-
-    def do_GET(self) -> None:
-        if self.path != "/health":
-            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path: {self.path}"})
+    def shutdown(self) -> None:
+        """Stop serve_forever() (called from another thread) and wait until it has returned."""
+        if not self._started.wait(timeout=10):
             return
-        manifest = self.server.bundle.manifest
-        self._reply(
-            HTTPStatus.OK,
-            {
-                "status": "ok",
-                "labels": list(self.server.bundle.labels),
-                "model_version": manifest.get("model_version"),
-                "mlflow_run_id": manifest.get("mlflow_run_id"),
-                "format_version": manifest.get("format_version"),
-            },
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._done.wait()
+
+    def server_close(self) -> None:
+        self.socket.close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(
+            self._connection, sock=self.socket, limit=MAX_HEADER_BYTES, backlog=BACKLOG
         )
+        self._started.set()
+        async with server:
+            await self._stop.wait()
 
-    def do_POST(self) -> None:
-        if self.path != "/predict":
-            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such path: {self.path}"})
-            return
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open += 1
         try:
-            texts = self._texts()
+            if self._open > self.max_connections:
+                status, payload = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "server is busy"}
+                method, path = "-", "-"
+            else:
+                method, path, status, payload = await self._answer(reader, writer)
+            await self._reply(writer, status, payload)
+            log.info("%s %s %s %d", _peer(writer), method, path, status)
+            writer.write_eof()  # the answer is complete: the client may stop reading
+            busy = status == HTTPStatus.SERVICE_UNAVAILABLE  # shed load: linger briefly
+            await discard_input(reader, BUSY_LINGER_S if busy else min(LINGER_S, self.read_timeout))
+        except OSError:
+            pass  # the client went away (or never read its answer): nothing more to say
+        except asyncio.CancelledError:
+            pass  # the server is shutting down: close this connection quietly
+        except Exception:  # noqa: BLE001 - one bad connection must not take the server down
+            log.exception("request failed")
+        finally:
+            self._open -= 1
+            writer.close()
+
+    async def _answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[str, str, HTTPStatus, dict[str, Any]]:
+        """(method, path, status, JSON payload) for one request on this connection."""
+        method = path = "-"
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                method, path, headers = await read_head(reader)
+                allowed = ROUTES.get(path)
+                if allowed is None:
+                    raise BadRequest(f"no such path: {path}", HTTPStatus.NOT_FOUND)
+                if method != allowed:
+                    raise BadRequest(
+                        f"{path} answers {allowed} only, not {method}",
+                        HTTPStatus.METHOD_NOT_ALLOWED,
+                    )
+                body = b""
+                if method == "POST":
+                    length = body_length(headers)
+                    if headers.get("Expect", "").lower() == "100-continue":
+                        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for it
+                    body = await read_body(reader, length)
+        except TimeoutError:
+            message = f"request not received within {self.read_timeout:g} s"
+            return method, path, HTTPStatus.REQUEST_TIMEOUT, {"error": message}
         except BadRequest as err:
-            self._reply(err.status, {"error": str(err)})
-            return
+            return method, path, err.status, {"error": str(err)}
+        if path == "/health":
+            return method, path, HTTPStatus.OK, self._health()
         try:
-            results = predict(self.server.bundle, texts)
+            texts = parse_texts(body)
+        except BadRequest as err:
+            return method, path, err.status, {"error": str(err)}
+        try:
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self._pool, predict, self.bundle, texts)
         except Exception:  # noqa: BLE001 - one failed request must not take the server down
             log.exception("prediction failed")
-            self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "prediction failed"})
-            return
-        self._reply(HTTPStatus.OK, {"results": results})
+            status = HTTPStatus.INTERNAL_SERVER_ERROR
+            return method, path, status, {"error": "prediction failed"}
+        return method, path, HTTPStatus.OK, {"results": results}
 
-    def _texts(self) -> list[Any]:
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            length = -1
-        if length < 0:
-            raise BadRequest("a valid Content-Length header is required")
-        if length > MAX_BODY_BYTES:
-            raise BadRequest(
-                f"body larger than {MAX_BODY_BYTES} bytes", HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-            )
-        try:
-            body = json.loads(self.rfile.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadRequest("body is not valid JSON") from None
-        if not isinstance(body, dict) or "texts" not in body:
-            raise BadRequest('body must be a JSON object with a "texts" list')
-        texts = body["texts"]
-        if not isinstance(texts, list):
-            raise BadRequest('"texts" must be a list')
-        if len(texts) > MAX_TEXTS:
-            raise BadRequest(f'"texts" may hold at most {MAX_TEXTS} items')
-        return texts
+    def _health(self) -> dict[str, Any]:
+        manifest = self.bundle.manifest
+        return {
+            "status": "ok",
+            "labels": list(self.bundle.labels),
+            "model_version": manifest.get("model_version"),
+            "mlflow_run_id": manifest.get("mlflow_run_id"),
+            "format_version": manifest.get("format_version"),
+        }
 
-    def _reply(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
+    async def _reply(
+        self, writer: asyncio.StreamWriter, status: HTTPStatus, payload: dict[str, Any]
+    ) -> None:
         body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        head = (
+            f"HTTP/1.1 {status.value} {status.phrase}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        writer.write(head.encode("latin-1") + body)
+        async with asyncio.timeout(self.read_timeout):  # a client that never reads is dropped
+            await writer.drain()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
-        log.info("%s %s", self.address_string(), format % args)
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[str, str, http.client.HTTPMessage]:
+    """(method, path, headers) of the request line and headers, or BadRequest."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError:
+        raise BadRequest(
+            f"request headers larger than {MAX_HEADER_BYTES} bytes",
+            HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ) from None
+    except asyncio.IncompleteReadError:
+        raise BadRequest("request ended before its headers did") from None
+    request_line, _, header_block = head.partition(b"\r\n")
+    parts = request_line.decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise BadRequest(f"malformed request line: {request_line[:80]!r}")
+    method, target, _ = parts
+    try:
+        headers = http.client.parse_headers(_Lines(header_block))
+    except http.client.HTTPException as err:
+        raise BadRequest(f"malformed headers: {err}") from None
+    return method, urlsplit(target).path, headers
 
 
-def make_server(bundle: Bundle, host: str = "127.0.0.1", port: int = 8000) -> BundleServer:
+class _Lines:
+    """The `readline` that http.client.parse_headers reads the header block through."""
+
+    def __init__(self, block: bytes) -> None:
+        self._lines = iter(block.splitlines(keepends=True))
+
+    def readline(self, limit: int = -1) -> bytes:
+        return next(self._lines, b"")
+
+
+def body_length(headers: http.client.HTTPMessage) -> int:
+    """The request's Content-Length, or BadRequest when it is missing, invalid or too large."""
+    if headers.get("Transfer-Encoding"):
+        raise BadRequest(
+            "chunked bodies are not accepted: send a Content-Length", HTTPStatus.LENGTH_REQUIRED
+        )
+    declared = headers.get("Content-Length")
+    if declared is None:
+        raise BadRequest("a Content-Length header is required", HTTPStatus.LENGTH_REQUIRED)
+    if not declared.strip().isdigit():
+        raise BadRequest(f"Content-Length must be a whole number of bytes, got {declared!r}")
+    length = int(declared)
+    if length > MAX_BODY_BYTES:
+        raise BadRequest(
+            f"body of {length} bytes is larger than {MAX_BODY_BYTES}",
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        )
+    return length
+
+
+async def read_body(reader: asyncio.StreamReader, length: int) -> bytes:
+    """Exactly `length` body bytes, or BadRequest when the client closes before sending them."""
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError as err:
+        raise BadRequest(
+            f"body ended after {len(err.partial)} of {length} bytes (Content-Length)"
+        ) from None
+
+
+async def discard_input(reader: asyncio.StreamReader, seconds: float) -> None:
+    """Read and drop what the client still sends (a body we answered without reading), until
+    it closes, for at most `seconds` and LINGER_BYTES: closing with unread input would reset
+    the connection and lose the answer (a 413 would reach the client as a broken pipe)."""
+    left = LINGER_BYTES
+    try:
+        async with asyncio.timeout(seconds):
+            while left > 0 and (chunk := await reader.read(min(left, 1 << 16))):
+                left -= len(chunk)
+    except TimeoutError:
+        pass
+
+
+def parse_texts(body: bytes) -> list[Any]:
+    """The `texts` list of a `{"texts": [...]}` body, or BadRequest naming what is wrong."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("body is not valid JSON (not UTF-8)") from None
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise BadRequest(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BadRequest(f"body is not valid JSON: {err}") from None
+    except RecursionError:  # unreachable after the depth check; kept as a last guard
+        raise BadRequest("body is nested too deeply") from None
+    if not isinstance(payload, dict) or "texts" not in payload:
+        raise BadRequest('body must be a JSON object with a "texts" list')
+    texts = payload["texts"]
+    if not isinstance(texts, list):
+        raise BadRequest(f'"texts" must be a list, got {type(texts).__name__}')
+    if not texts:
+        raise BadRequest('"texts" is empty: send at least one text')
+    if len(texts) > MAX_TEXTS:
+        raise BadRequest(f'"texts" may hold at most {MAX_TEXTS} items, got {len(texts)}')
+    return texts
+
+
+def json_depth(text: str) -> int:
+    """The deepest bracket nesting of a JSON text, brackets inside strings ignored.
+
+    Stops counting once past MAX_JSON_DEPTH, so a hostile body costs one regex pass.
+    """
+    depth = deepest = 0
+    for bracket in NOT_BRACKETS.sub("", JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            break
+    return deepest
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if peer else "-"
+
+
+def make_server(
+    bundle: Bundle,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = WORKERS,
+    read_timeout: float = READ_TIMEOUT,
+) -> BundleServer:
     """A bound server (port 0 picks a free one: see `server.server_address`); not yet serving."""
-    return BundleServer((host, port), bundle)
+    return BundleServer((host, port), bundle, workers=workers, read_timeout=read_timeout)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from distill.config import DataConfig, SplitConfig
 from distill.store import file_sha256, stable_hash
@@ -205,6 +204,8 @@ def encode_labels(raw: list[Any]) -> tuple[list[str], list[int]]:
 
 def stratified_split(labels: list[int], split: SplitConfig) -> dict[str, list[int]]:
     """Seeded stratified train/validation/test indices, each list sorted."""
+    from sklearn.model_selection import train_test_split  # heavy (scipy): keep `serve` light
+
     indices = np.arange(len(labels))
     counts = Counter(labels)
     rare = [label for label, count in counts.items() if count < 3]
@@ -236,6 +237,8 @@ def subsample(labels: list[int], keep: int, seed: int) -> list[int]:
     """A seeded, stratified subset of `keep` indices (all when keep >= len)."""
     if keep >= len(labels):
         return list(range(len(labels)))
+    from sklearn.model_selection import train_test_split  # heavy (scipy): keep `serve` light
+
     chosen, _ = train_test_split(
         np.arange(len(labels)), train_size=keep, stratify=labels, random_state=seed
     )

@@ -71,6 +71,9 @@ def predict_command(
     input_file: Annotated[
         Path | None, typer.Option("--input", help="JSON lines file with a 'text' field per line.")
     ] = None,
+    encoding: Annotated[
+        str, typer.Option(help="Text encoding of the --input file (e.g. latin-1).")
+    ] = "utf-8",
     threads: ThreadsOpt = 0,
 ) -> None:
     """Classify texts; prints one JSON line per input, in order."""
@@ -80,7 +83,10 @@ def predict_command(
     if input_file is not None:
         if not input_file.is_file():
             _fail(f"input file not found: {input_file}")
-        items += read_jsonl_texts(input_file)
+        try:
+            items += read_jsonl_texts(input_file, encoding)
+        except InputFileError as err:
+            _fail(err)
     if not items:
         _fail("give texts as arguments or --input FILE")
     loaded = _load(bundle, threads)
@@ -98,10 +104,32 @@ class LineError:
     message: str
 
 
-def read_jsonl_texts(path: Path) -> list[Any]:
+class InputFileError(ValueError):
+    """An --input file that cannot be read as text at all; the message names file and line."""
+
+
+def read_jsonl_texts(path: Path, encoding: str = "utf-8") -> list[Any]:
     """Each non-blank line's `text` value, or a LineError saying why the line has none."""
+    try:
+        "".encode(encoding)
+    except LookupError:
+        raise InputFileError(f"unknown encoding {encoding!r}") from None
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise InputFileError(f"input file {path} cannot be read: {err.strerror}") from None
     items: list[Any] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, raw_line in enumerate(raw.splitlines(), 1):
+        try:
+            line = raw_line.decode(encoding)
+        except UnicodeDecodeError as err:
+            raise InputFileError(
+                f"input file {path} line {number} is not valid {encoding} "
+                f"(byte 0x{raw_line[err.start]:02x} at column {err.start + 1}); "
+                "pass --encoding if the file has another encoding, e.g. --encoding latin-1"
+            ) from None
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
         if not line.strip():
             continue
         try:
@@ -150,11 +178,20 @@ def serve_command(
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8000,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     threads: ThreadsOpt = 0,
+    workers: Annotated[
+        int, typer.Option(help="Threads that run predictions (requests beyond wait).", min=1)
+    ] = 4,
+    read_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a client has to send a whole request before it is dropped."),
+    ] = 5.0,
 ) -> None:
     """Serve POST /predict and GET /health over HTTP, with the bundle loaded once."""
     from deploy.server import make_server
 
-    server = make_server(_load(bundle, threads), host, port)
+    if read_timeout <= 0:
+        _fail(f"--read-timeout must be positive, got {read_timeout}")
+    server = make_server(_load(bundle, threads), host, port, workers, read_timeout)
     bound_host, bound_port = server.server_address[:2]
     typer.echo(f"serving {bundle} on http://{bound_host}:{bound_port}", nl=True)
     try:

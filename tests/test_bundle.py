@@ -21,7 +21,13 @@ from deploy.bundle import (
 )
 from deploy.onnx_eval import onnx_logits, open_session
 from deploy.quantize import model_split
-from deploy.runtime import FORMAT_VERSION, BundleError, load_bundle, softmax
+from deploy.runtime import (
+    FORMAT_VERSION,
+    BundleError,
+    load_bundle,
+    manifest_signature,
+    softmax,
+)
 from distill.store import file_sha256
 from tests.conftest import REPO
 
@@ -74,6 +80,14 @@ def test_manifest_describes_what_the_runtime_needs(tiny_bundle, tiny_config):
         for name in ("input_ids", "attention_mask")
     ]
     assert manifest["min_onnxruntime"] == min_onnxruntime(manifest["opset"], manifest["ir_version"])
+
+
+def test_manifest_is_signed_over_its_file_hashes_and_content(tiny_bundle):
+    manifest = read_json(tiny_bundle / "manifest.json")
+    assert manifest["signature"] == manifest_signature(manifest)
+    assert len(manifest["signature"]) == 64
+    for field, value in [("max_length", 4), ("files", {}), ("model_version", "x")]:
+        assert manifest_signature({**manifest, field: value}) != manifest["signature"], field
 
 
 def test_min_onnxruntime_follows_opset_and_ir_version():

@@ -9,11 +9,20 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 
 import pytest
 
 from deploy.bundle import tarball_path
-from deploy.runtime import BundleError, extract_archive, load_bundle, predict, sha256
+from deploy.runtime import (
+    MAX_ARCHIVE_MEMBERS,
+    BundleError,
+    extract_archive,
+    load_bundle,
+    manifest_signature,
+    predict,
+    sha256,
+)
 from tests.conftest import REPO
 
 CONTENT = ["model.onnx", "tokenizer.json", "labels.json", "golden.json"]
@@ -29,9 +38,14 @@ def bundle_copy(tiny_bundle, tmp_path):
     return shutil.copytree(tiny_bundle, tmp_path / "bundle")
 
 
-def edit_manifest(folder, **changes):
+def edit_manifest(folder, resign=True, **changes):
+    """Change manifest fields; `resign` recomputes the signature, as an editor who knows the
+    (keyless) algorithm could, so that the checks behind the signature are reached."""
     path = folder / "manifest.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    manifest = {**json.loads(path.read_text()), **changes}
+    if resign:
+        manifest["signature"] = manifest_signature(manifest)
+    path.write_text(json.dumps(manifest))
 
 
 def rehash(folder):
@@ -151,6 +165,46 @@ def test_a_manifest_may_not_point_outside_the_bundle(bundle_copy):
         load_bundle(bundle_copy)
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"max_length": 4},  # would silently truncate every input
+        {"test_metrics": {"int8_accuracy": 0.99}},
+        {"model_version": "99"},
+        {"created_at": "2030-01-01T00:00:00+00:00"},
+    ],
+)
+def test_an_edited_manifest_is_refused_before_anything_is_trusted(bundle_copy, changes):
+    edit_manifest(bundle_copy, resign=False, **changes)
+    with pytest.raises(BundleError, match="manifest.json does not match its signature"):
+        load_bundle(bundle_copy)
+
+
+def test_an_edited_file_hash_is_refused_even_when_the_file_matches_it(bundle_copy):
+    """Replacing a file and its hash in the manifest is caught by the signature."""
+    (bundle_copy / "labels.json").write_text('["good", "bad"]')
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    files = {**manifest["files"], "labels.json": sha256(bundle_copy / "labels.json")}
+    edit_manifest(bundle_copy, resign=False, files=files)
+    with pytest.raises(BundleError, match="manifest.json does not match its signature"):
+        load_bundle(bundle_copy)
+
+
+def test_a_manifest_without_signature_is_refused(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    del manifest["signature"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="manifest.json has no signature"):
+        load_bundle(bundle_copy)
+
+
+def test_the_signature_ignores_key_order_and_formatting(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    shuffled = dict(reversed(list(manifest.items())))
+    (bundle_copy / "manifest.json").write_text(json.dumps(shuffled, indent=4))
+    assert load_bundle(bundle_copy).manifest == manifest
+
+
 def test_a_bundle_needing_a_newer_onnxruntime_is_refused(bundle_copy):
     edit_manifest(bundle_copy, min_onnxruntime="99.0")
     with pytest.raises(BundleError, match="needs onnxruntime >= 99.0"):
@@ -198,6 +252,61 @@ def test_an_archive_with_an_unsafe_member_is_refused_before_writing(
         load_bundle(archive)
 
 
+def test_a_tar_bomb_is_refused_from_its_headers_without_writing(tmp_path):
+    """200 MB of zeros compress to about 200 KB: the size in the header is checked first."""
+    archive = tmp_path / "bomb.tar.gz"
+    size = 200 << 20
+    info = tarfile.TarInfo("model.onnx")
+    info.size = size
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        tar.addfile(info, io.BufferedReader(ZeroReader(size)))
+    assert archive.stat().st_size < 2 << 20
+    target = tmp_path / "target"
+    target.mkdir()
+    started = time.monotonic()
+    with pytest.raises(BundleError, match=r"unpacks to more than [\d,]+ bytes: refused"):
+        extract_archive(archive, target)
+    assert time.monotonic() - started < 5, "refused from the header, not after unpacking"
+    assert list(target.iterdir()) == []
+    with pytest.raises(BundleError, match="unpacks to more than"):
+        load_bundle(archive)
+
+
+class ZeroReader(io.RawIOBase):
+    def __init__(self, size):
+        self.left = size
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        count = min(len(buffer), self.left)
+        buffer[:count] = bytes(count)
+        self.left -= count
+        return count
+
+
+def test_the_size_cap_counts_every_member_and_can_be_raised(tiny_bundle, tmp_path):
+    archive = tarball_path(tiny_bundle)
+    total = sum(path.stat().st_size for path in tiny_bundle.iterdir())
+    with pytest.raises(BundleError, match=f"more than {total - 1:,} bytes"):
+        extract_archive(archive, tmp_path / "small", max_bytes=total - 1)
+    assert not (tmp_path / "small").exists() or not list((tmp_path / "small").iterdir())
+    assert load_bundle(archive, max_bytes=total).manifest["model_version"] == "3"
+
+
+def test_an_archive_with_too_many_members_is_refused(tmp_path):
+    archive = tmp_path / "many.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for number in range(MAX_ARCHIVE_MEMBERS + 1):
+            tar.addfile(member(f"file-{number}"), io.BytesIO(b"payload"))
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(BundleError, match=f"more than {MAX_ARCHIVE_MEMBERS} members"):
+        extract_archive(archive, target)
+    assert list(target.iterdir()) == []
+
+
 def test_an_archive_of_the_bundle_folder_itself_loads(tiny_bundle, tmp_path):
     archive = tmp_path / "by-hand.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -221,6 +330,29 @@ def test_predict_command_prints_one_json_line_per_input(tiny_bundle, tmp_path):
     assert out[5] == {"error": "text must be a string, got int"}
 
 
+def test_predict_command_names_the_line_of_a_latin1_input_file(tiny_bundle, tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"text": "plain ascii"}\n{"text": "un film très réussi"}\n'.encode("latin-1"))
+    result = distillery("predict", tiny_bundle, "--input", path)
+    assert result.exit_code == 2
+    (message,) = result.stderr.strip().splitlines()  # one line, no traceback
+    assert f"{path} line 2 is not valid utf-8" in message
+    assert "byte 0xe8" in message and "--encoding" in message
+    assert result.stdout == "", "nothing is predicted from a file that cannot be read"
+    decoded = distillery("predict", tiny_bundle, "--input", path, "--encoding", "latin-1")
+    assert decoded.exit_code == 0, decoded.stderr
+    labels = [json.loads(line)["label"] for line in decoded.stdout.splitlines()]
+    assert len(labels) == 2 and set(labels) <= {"negative", "positive"}
+
+
+def test_predict_command_refuses_an_unknown_encoding(tiny_bundle, tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "a fine film"}\n')
+    result = distillery("predict", tiny_bundle, "--input", path, "--encoding", "klingon")
+    assert result.exit_code == 2
+    assert "unknown encoding 'klingon'" in result.stderr
+
+
 def test_predict_command_refuses_a_tampered_bundle(bundle_copy):
     (bundle_copy / "labels.json").write_text('["good", "bad"]')
     result = distillery("predict", bundle_copy, "a fine film")
@@ -233,6 +365,16 @@ def test_selftest_passes_on_a_good_bundle_and_reports_latency(tiny_bundle):
     assert result.exit_code == 0, result.stdout + result.stderr
     assert re.search(r"golden: (\d+)/\1 within", result.stdout)
     assert re.search(r"5 runs\): p50 [\d.]+ ms, p95 [\d.]+ ms", result.stdout)
+
+
+def test_selftest_refuses_a_manifest_with_a_fake_accuracy_or_version(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    metrics = {**manifest["test_metrics"], "int8_accuracy": 0.999}
+    edit_manifest(bundle_copy, resign=False, test_metrics=metrics, model_version="42")
+    result = distillery("selftest", bundle_copy, "--runs", 2)
+    assert result.exit_code == 2
+    assert "manifest.json does not match its signature" in result.stderr
+    assert "golden" not in result.stdout, "refused before any check runs"
 
 
 def test_selftest_fails_when_golden_expectations_differ_from_the_model(bundle_copy):
