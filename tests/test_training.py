@@ -252,3 +252,25 @@ def test_epoch_progress_lines_at_info(splits, caplog):
     assert "ce " in epochs[0] and "val_accuracy " in epochs[0] and "elapsed" in epochs[0]
     assert epochs[1].endswith("ETA 0 s")
     assert any("on cpu (fp32)" in line for line in lines)
+
+
+def test_training_curves_show_the_loss_terms_when_present(tmp_path):
+    from distill.model_card import plot_training_curves
+
+    teacher = [{"step": 10, "train_loss": 0.7, "ce": 0.7}, {"step": 10, "val_accuracy": 0.8}]
+    student = [
+        {"step": 10, "train_loss": 0.5, "ce": 0.6, "kl": 0.4, "pkd": 0.1, "lr": 1e-4},
+        {"step": 20, "train_loss": 0.4, "ce": 0.5, "kl": 0.3, "pkd": 0.1, "lr": 1e-4},
+        {"step": 20, "val_accuracy": 0.8, "val_loss": 0.45, "epoch": 1.0},
+    ]
+    path = tmp_path / "curves.png"
+    labels = plot_training_curves({"teacher": teacher, "student": student}, path)
+    assert {"student ce", "student kl", "student pkd", "teacher ce"} <= set(labels)
+    assert "teacher kl" not in labels and path.stat().st_size > 0
+    # Histories recorded before the terms were logged: no terms panel, no error.
+    old = [{k: v for k, v in e.items() if k not in ("ce", "kl", "pkd")} for e in student]
+    assert plot_training_curves({"student": old}, path) == [
+        "student train_loss",
+        "student val_loss",
+        "student val_accuracy",
+    ]
