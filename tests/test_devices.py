@@ -136,3 +136,15 @@ def test_training_in_bf16_reports_it_and_keeps_float32_weights(tiny_classifier):
     assert (result.device, result.precision) == ("cpu", "bf16")
     assert all(p.dtype == torch.float32 for p in tiny_classifier.parameters())
     assert all(torch.isfinite(p).all() for p in tiny_classifier.parameters())
+
+
+def test_preflight_names_the_section_asking_for_an_absent_device(monkeypatch, tmp_path):
+    from distill.config import load_config
+    from distill.preflight import check_inputs
+    from tests.conftest import TINY_CONFIG
+
+    machine(monkeypatch)
+    config = load_config(TINY_CONFIG, [f"workdir={tmp_path}", "student.training.device=mps"])
+    with pytest.raises(DeviceError, match="'student.training.device': device 'mps'"):
+        check_inputs(config)
+    assert not any(tmp_path.iterdir())  # refused before any data was read or cached
