@@ -120,17 +120,17 @@ class RunningMeans:
     """Means of named values since the last reset (the loss and its parts)."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, list[float]] = {}
+        self.values: dict[str, list[float]] = {}
 
     def add(self, values: Mapping[str, float]) -> None:
         for name, value in values.items():
-            self.sums.setdefault(name, []).append(value)
+            self.values.setdefault(name, []).append(value)
 
     def means(self) -> dict[str, float]:
-        return {name: float(np.mean(values)) for name, values in self.sums.items()}
+        return {name: float(np.mean(values)) for name, values in self.values.items()}
 
     def reset(self) -> None:
-        self.sums = {}
+        self.values = {}
 
 
 def train_epoch(
