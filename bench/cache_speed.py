@@ -43,7 +43,7 @@ def epoch(student, split, batches, settings, alpha, temperature, soft_targets) -
         logits = student(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).logits
-        loss = distillation_loss(logits, soft, batch["label"], alpha, temperature)
+        loss = distillation_loss(logits, soft, batch["label"], alpha, temperature).total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), settings.max_grad_norm)

@@ -20,6 +20,7 @@ from deploy.latency import (
     time_calls,
 )
 from deploy.onnx_eval import onnx_logits, open_session
+from distill.metrics import accuracy
 
 WARMUP = 3
 
@@ -66,4 +67,4 @@ def onnx_accuracy(path: Path, split: Mapping[str, Sequence]) -> tuple[float, int
     """Accuracy on the split's labels, and the model's number of outputs (classes)."""
     logits = onnx_logits(open_session(path), split["input_ids"], split["attention_mask"])
     labels = np.asarray(split["label"])
-    return float(np.mean(logits.argmax(-1) == labels)), int(logits.shape[-1])
+    return accuracy(logits, labels), int(logits.shape[-1])

@@ -19,6 +19,7 @@ from deploy.onnx_eval import onnx_logits, open_session
 from deploy.vocab_trim import tokenized_split, trim_vocabulary
 from distill.config import ExportConfig
 from distill.data import load_split
+from distill.metrics import accuracy
 from distill.models import load_classifier
 from distill.store import Artifact, file_sha256, run_stage, stable_hash
 from distill.training import predict_logits
@@ -152,7 +153,3 @@ def build_export(
         "num_heads": model.config.num_attention_heads,
         "hidden_size": model.config.hidden_size,
     }
-
-
-def accuracy(logits: np.ndarray, labels) -> float:
-    return float(np.mean(logits.argmax(-1) == np.asarray(labels)))

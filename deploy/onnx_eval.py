@@ -8,20 +8,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from distill.padding import pad
+
 
 def open_session(path: Path, threads: int = 0) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # 0 lets onnxruntime use every core
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def pad_numpy(sequences: Sequence[Sequence[int]], value: int = 0) -> np.ndarray:
-    width = max(len(seq) for seq in sequences)
-    out = np.full((len(sequences), width), value, dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        out[row, : len(seq)] = seq
-    return out
 
 
 def onnx_logits(
@@ -36,8 +30,8 @@ def onnx_logits(
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         feeds = {
-            "input_ids": pad_numpy([input_ids[i] for i in rows]),
-            "attention_mask": pad_numpy([attention_mask[i] for i in rows]),
+            "input_ids": pad([input_ids[i] for i in rows]),
+            "attention_mask": pad([attention_mask[i] for i in rows]),
         }
         logits = session.run(["logits"], feeds)[0]
         if out is None:

@@ -31,11 +31,13 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from deploy.latency import Timing, batch1_feeds, compare_onnx_latency
-from deploy.onnx_eval import onnx_logits, open_session, pad_numpy
+from deploy.onnx_eval import onnx_logits, open_session
 from deploy.optimize import try_optimize
 from deploy.vocab_trim import tokenized_split
 from distill.config import ExportConfig
 from distill.data import load_split
+from distill.metrics import accuracy
+from distill.padding import pad
 from distill.store import Artifact, file_sha256, run_stage, stable_hash
 
 INT8_FILE = "model.int8.onnx"
@@ -129,8 +131,8 @@ def calibration_batches(
         chosen = rows[start : start + CALIBRATION_BATCH]
         batches.append(
             {
-                "input_ids": pad_numpy([split["input_ids"][row] for row in chosen]),
-                "attention_mask": pad_numpy([split["attention_mask"][row] for row in chosen]),
+                "input_ids": pad([split["input_ids"][row] for row in chosen]),
+                "attention_mask": pad([split["attention_mask"][row] for row in chosen]),
             }
         )
     return batches
@@ -262,7 +264,7 @@ def score(
     agreement = 1.0 if fp32_labels is None else float(np.mean(labels == fp32_labels))
     measured = Measured(
         name=name,
-        test_accuracy=float(np.mean(labels == np.asarray(test["label"]))),
+        test_accuracy=accuracy(labels, test["label"]),
         agreement=agreement,
         p50_ms=timing[name].p50_ms,
         p95_ms=timing[name].p95_ms,

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from distill.padding import pad
+
 # Training batches are drawn from shuffled windows of this many batches, sorted by length inside
 # each window: most of the speed of sorting, most of the randomness of shuffling.
 WINDOW_BATCHES = 50
@@ -15,6 +17,7 @@ WINDOW_BATCHES = 50
 def length_grouped_batches(
     lengths: Sequence[int], batch_size: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
+    """Every row exactly once, in batches of similar lengths, in a seeded random order."""
     order = rng.permutation(len(lengths))
     window = batch_size * WINDOW_BATCHES
     batches = []
@@ -32,21 +35,13 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def pad(sequences: Sequence[Sequence[int]], value: int = 0) -> torch.Tensor:
-    width = max(len(seq) for seq in sequences)
-    out = torch.full((len(sequences), width), value, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        out[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-    return out
-
-
 def collate(split, indices: np.ndarray, pad_id: int = 0) -> dict[str, torch.Tensor]:
     """A padded batch of rows `indices` of a tokenized split (a `datasets.Dataset`)."""
     rows = split[[int(i) for i in indices]]
     return {
         "index": torch.as_tensor(indices, dtype=torch.long),
-        "input_ids": pad(rows["input_ids"], pad_id),
-        "attention_mask": pad(rows["attention_mask"], 0),
+        "input_ids": torch.from_numpy(pad(rows["input_ids"], pad_id)),
+        "attention_mask": torch.from_numpy(pad(rows["attention_mask"], 0)),
         "label": torch.as_tensor(rows["label"], dtype=torch.long),
     }
 

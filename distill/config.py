@@ -55,6 +55,11 @@ class TrainingConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 42
+    # auto: cuda, else mps, else cpu. A device this machine lacks fails the pre-flight.
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # auto: bf16 on a CUDA device that supports it, else fp32 (CPU runs stay fp32). bf16/fp16
+    # autocast the forward pass; fp16 (cuda only) adds loss scaling. See distill/devices.py.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
 class RandomArchitecture(Section):

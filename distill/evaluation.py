@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from distill.data import load_split
+from distill.metrics import classification_metrics
 from distill.models import count_parameters, load_classifier
 from distill.store import Artifact, run_stage, stable_hash
-from distill.training import classification_metrics, predict_logits
+from distill.training import predict_logits
 
 REPORT = "report.json"
 

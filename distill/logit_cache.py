@@ -16,9 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from distill.batching import iterate_sorted
+from distill.config import TrainingConfig
 from distill.data import load_split
+from distill.devices import CPU, Runtime, move_batch, resolve_runtime
 from distill.models import load_classifier
 from distill.store import Artifact, file_sha256, run_stage, stable_hash
 
@@ -65,37 +68,54 @@ def logit_cache_stage(
     data: Artifact,
     augmented: Artifact | None = None,
     batch_size: int = 128,
+    training: TrainingConfig | None = None,
 ) -> Artifact:
+    """`training` (the teacher's section) picks the device and precision; None: CPU, fp32."""
+    runtime = CPU if training is None else resolve_runtime(training, "teacher.training")
     return run_stage(
         workdir,
         "logit_cache",
         cache_key(teacher, data, augmented),
-        lambda folder: build_logit_cache(teacher, data, augmented, folder, batch_size),
+        lambda folder: build_logit_cache(teacher, data, augmented, folder, batch_size, runtime),
     )
 
 
 @torch.inference_mode()
-def teacher_outputs(model: torch.nn.Module, rows, batch_size: int) -> TeacherTargets:
+def teacher_outputs(
+    model: torch.nn.Module, rows, batch_size: int, runtime: Runtime = CPU
+) -> TeacherTargets:
+    """The teacher's logits (float32) and per-layer [CLS] states (float16) for every row, in
+    row order, computed on `runtime`'s device and precision; always stored as these dtypes."""
+    model.to(runtime.device).eval()
     logits = np.empty((len(rows), model.config.num_labels), dtype=np.float32)
     layers, hidden = model.config.num_hidden_layers + 1, model.config.hidden_size
     cls_states = np.empty((len(rows), layers, hidden), dtype=np.float16)
-    for batch in iterate_sorted(rows, batch_size):
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            output_hidden_states=True,
-        )
+    batches = iterate_sorted(rows, batch_size)
+    for batch in tqdm(batches, desc="teacher targets", disable=None, leave=False):
+        batch = move_batch(batch, runtime.device)
+        with runtime.autocast():
+            out = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                output_hidden_states=True,
+            )
         index = batch["index"].numpy()
-        logits[index] = out.logits.float().numpy()
-        cls_states[index] = torch.stack([h[:, 0] for h in out.hidden_states], 1).numpy()
+        logits[index] = out.logits.float().cpu().numpy()
+        states = torch.stack([h[:, 0] for h in out.hidden_states], 1)
+        cls_states[index] = states.float().cpu().numpy()  # numpy rounds to float16
     return TeacherTargets(logits, cls_states)
 
 
 def build_logit_cache(
-    teacher: Artifact, data: Artifact, augmented: Artifact | None, folder: Path, batch_size: int
+    teacher: Artifact,
+    data: Artifact,
+    augmented: Artifact | None,
+    folder: Path,
+    batch_size: int,
+    runtime: Runtime = CPU,
 ) -> dict[str, Any]:
     rows = training_rows(data, augmented)
-    targets = teacher_outputs(load_classifier(teacher.path), rows, batch_size)
+    targets = teacher_outputs(load_classifier(teacher.path), rows, batch_size, runtime)
     np.save(folder / LOGITS_FILE, targets.logits)
     np.save(folder / CLS_FILE, targets.cls_states)
     return {

@@ -6,10 +6,35 @@ label, such as augmented text). All losses upcast to float32 and reduce to a sca
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 UNLABELLED = -100  # label of rows that only have teacher targets
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """The loss to optimise and its unweighted parts (None: the term is not part of this loss).
+
+    `ce` is the hard-label cross-entropy, `kl` the T^2-scaled soft-target KL, `pkd` the
+    Patient-KD distance. Logging them apart shows how a T/alpha setting trades them off.
+    """
+
+    total: torch.Tensor
+    ce: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+    pkd: torch.Tensor | None = None
+
+    def parts(self) -> dict[str, float]:
+        """The terms present, as floats (for logging)."""
+        terms = {"ce": self.ce, "kl": self.kl, "pkd": self.pkd}
+        return {name: float(value.item()) for name, value in terms.items() if value is not None}
+
+    def with_pkd(self, pkd: torch.Tensor, weight: float) -> LossTerms:
+        """These terms plus `weight` * the Patient-KD term."""
+        return LossTerms(self.total + weight * pkd, self.ce, self.kl, pkd)
 
 
 def soft_target_kl(
@@ -48,15 +73,22 @@ def patient_kd_loss(student_states: torch.Tensor, teacher_states: torch.Tensor) 
 
 def distillation_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
     labels: torch.Tensor,
     alpha: float,
     temperature: float,
-) -> torch.Tensor:
-    """alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)."""
+) -> LossTerms:
+    """alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T).
+
+    With alpha = 1 the teacher's logits are not used (they may be None) and `kl` is None.
+    """
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    loss = alpha * hard_label_ce(student_logits, labels)
-    if alpha < 1:  # labels-only training needs no teacher logits at all
-        loss = loss + (1 - alpha) * soft_target_kl(student_logits, teacher_logits, temperature)
-    return loss
+    ce = hard_label_ce(student_logits, labels)
+    total = alpha * ce
+    if alpha == 1:  # labels-only training needs no teacher logits at all
+        return LossTerms(total, ce=ce)
+    if teacher_logits is None:
+        raise ValueError(f"alpha {alpha} < 1 needs teacher logits")
+    kl = soft_target_kl(student_logits, teacher_logits, temperature)
+    return LossTerms(total + (1 - alpha) * kl, ce=ce, kl=kl)

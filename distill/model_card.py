@@ -177,30 +177,40 @@ def _pyplot():
     return plt
 
 
+LOSS_TERMS = ("ce", "kl", "pkd")  # the loss parts the training loop logs (distill.losses)
+
+
 def plot_training_curves(
     histories: Mapping[str, Sequence[Mapping[str, float]]], path: Path
-) -> None:
-    """Train and validation loss, and validation accuracy, per optimizer step (one colour per
-    model; solid lines for training, dashed for validation)."""
+) -> list[str]:
+    """Train and validation loss, validation accuracy and, when the histories have them, the
+    unweighted loss terms (CE, KL, Patient-KD) per optimizer step: one colour per model, solid
+    lines for training, dashed for validation. Returns the labels of the plotted series."""
+    has_terms = any(key in entry for h in histories.values() for entry in h for key in LOSS_TERMS)
+    panels = [
+        ("loss", (("train_loss", "-"), ("val_loss", "--o"))),
+        ("validation accuracy", (("val_accuracy", "--o"),)),
+    ]
+    if has_terms:
+        styles = ("-", ":", "-.")
+        panels.append(("loss terms (unweighted)", tuple(zip(LOSS_TERMS, styles, strict=True))))
     plt = _pyplot()
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
-    for index, (role, history) in enumerate(histories.items()):
-        colour = f"C{index}"
-        for key, axes, style in (
-            ("train_loss", loss_axes, "-"),
-            ("val_loss", loss_axes, "--o"),
-            ("val_accuracy", accuracy_axes, "--o"),
-        ):
-            entries = [entry for entry in history if key in entry]
-            if entries:
-                axes.plot(
-                    [entry["step"] for entry in entries],
-                    [entry[key] for entry in entries],
-                    style,
-                    color=colour,
-                    label=f"{role} {key}",
-                )
-    for axes, title in ((loss_axes, "loss"), (accuracy_axes, "validation accuracy")):
+    figure, all_axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    plotted = []
+    for axes, (title, series) in zip(all_axes, panels, strict=True):
+        for index, (role, history) in enumerate(histories.items()):
+            for key, style in series:
+                entries = [entry for entry in history if key in entry]
+                if entries:
+                    label = f"{role} {key}"
+                    axes.plot(
+                        [entry["step"] for entry in entries],
+                        [entry[key] for entry in entries],
+                        style,
+                        color=f"C{index}",
+                        label=label,
+                    )
+                    plotted.append(label)
         axes.set_xlabel("step")
         axes.set_title(title)
         if axes.has_data():
@@ -208,6 +218,7 @@ def plot_training_curves(
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+    return plotted
 
 
 def plot_accuracy_vs_latency(points: Sequence[ModelPoint], path: Path) -> None:

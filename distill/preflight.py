@@ -29,8 +29,17 @@ def teacher_shape(config: PipelineConfig) -> tuple[int, int]:
         ) from None
 
 
+def check_devices(config: PipelineConfig) -> None:
+    """A device or precision this machine lacks fails here, before any data is read."""
+    from distill.devices import resolve_runtime
+
+    resolve_runtime(config.teacher.training, "teacher.training")
+    resolve_runtime(config.student.training, "student.training")
+
+
 def check_inputs(config: PipelineConfig) -> None:
     """Raise ConfigError or DataError naming the problem; return quietly when all is usable."""
+    check_devices(config)
     load_examples(config.data, Path(config.workdir) / ".hf-datasets-cache")
     layers, width = teacher_shape(config)
     init = config.student.init

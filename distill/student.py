@@ -10,7 +10,7 @@ import torch
 from distill.config import RandomInit, StudentConfig
 from distill.data import load_split
 from distill.logit_cache import TeacherTargets, open_targets, training_rows
-from distill.losses import distillation_loss, patient_kd_loss
+from distill.losses import LossTerms, distillation_loss, patient_kd_loss
 from distill.models import (
     count_parameters,
     load_classifier,
@@ -62,29 +62,32 @@ def init_student(config: StudentConfig, teacher_folder: Path) -> torch.nn.Module
 def student_loss(config: StudentConfig, targets: TeacherTargets) -> LossFn:
     """The logit loss, plus the Patient-KD term over mapped layers when it has a weight.
 
-    A batch's `index` selects its rows of the cached targets. Hidden state 0 is the embedding
-    output, so transformer block i's output is hidden state i + 1 on both sides.
+    A batch's `index` (on the CPU) selects its rows of the cached targets, which go to the
+    model's device. Hidden state 0 is the embedding output, so transformer block i's output is
+    hidden state i + 1 on both sides. With alpha = 1 the cached logits are not read.
     """
     layer_map = config.hidden_layer_map()
     student_states = [student + 1 for student, _ in layer_map]
     teacher_states = [teacher + 1 for _, teacher in layer_map]
 
-    def loss(model: torch.nn.Module, batch) -> torch.Tensor:
+    def loss(model: torch.nn.Module, batch) -> LossTerms:
         out = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             output_hidden_states=bool(layer_map),
         )
         rows = batch["index"].numpy()
-        soft = torch.from_numpy(targets.logits[rows])
-        total = distillation_loss(
+        device = out.logits.device
+        soft = None if config.alpha == 1 else torch.from_numpy(targets.logits[rows]).to(device)
+        terms = distillation_loss(
             out.logits, soft, batch["label"], config.alpha, config.temperature
         )
         if layer_map:
             student_cls = torch.stack([out.hidden_states[i][:, 0] for i in student_states], 1)
             teacher_cls = torch.from_numpy(targets.cls_states[rows][:, teacher_states])
-            total = total + config.hidden.weight * patient_kd_loss(student_cls, teacher_cls)
-        return total
+            pkd = patient_kd_loss(student_cls, teacher_cls.to(device))
+            terms = terms.with_pkd(pkd, config.hidden.weight)
+        return terms
 
     return loss
 
@@ -114,6 +117,7 @@ def build_student(
         student_loss(config, targets),
         log=log,
         description="student",
+        section="student.training",
     )
     weights_sha256 = save_classifier(model, load_tokenizer(str(teacher.path)), folder)
     return {

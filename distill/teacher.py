@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from distill.config import TeacherConfig
 from distill.data import load_split
-from distill.losses import hard_label_ce
+from distill.losses import LossTerms, hard_label_ce
 from distill.models import (
     count_parameters,
     is_finetuned_for,
@@ -45,6 +47,13 @@ def teacher_stage(
     )
 
 
+def teacher_loss(model: torch.nn.Module, batch) -> LossTerms:
+    """Fine-tuning on labels only: the loss is its cross-entropy (no kl or pkd terms)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ce = hard_label_ce(logits, batch["label"])
+    return LossTerms(ce, ce=ce)
+
+
 def build_teacher(
     config: TeacherConfig, data: Artifact, folder: Path, log: MetricsLog | None
 ) -> dict[str, Any]:
@@ -71,12 +80,10 @@ def build_teacher(
             load_split(data.path, "train"),
             load_split(data.path, "validation"),
             config.training,
-            lambda m, batch: hard_label_ce(
-                m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                batch["label"],
-            ),
+            teacher_loss,
             log=log,
             description="teacher",
+            section="teacher.training",
         )
         summary.update(
             best_epoch=result.best_epoch,

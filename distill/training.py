@@ -1,12 +1,13 @@
 """A flat, seeded training loop for sequence classifiers, built from small helpers.
 
-The loop knows nothing about teachers or distillation: the caller passes `loss_fn(model, batch)`.
-Metrics go to an optional `log(metrics, step)` callable, so tests and MLflow plug in the same way.
+The loop knows nothing about teachers or distillation: the caller passes `loss_fn(model, batch)`,
+which returns the loss and its parts (`LossTerms`). Metrics go to an optional `log(metrics, step)`
+callable, so tests and MLflow plug in the same way. One epoch of optimisation (`train_epoch`),
+validation (`validate`) and keeping the best epoch's weights (`BestEpoch`) are separate pieces.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -15,13 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from tqdm.auto import tqdm
 
 from distill.batching import collate, iterate_sorted, length_grouped_batches
 from distill.config import TrainingConfig
+from distill.devices import CPU, Runtime, move_batch, resolve_runtime
+from distill.losses import LossTerms
+from distill.metrics import accuracy
 
-LossFn = Callable[[torch.nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
+LossFn = Callable[[torch.nn.Module, Mapping[str, torch.Tensor]], LossTerms]
 MetricsLog = Callable[[Mapping[str, float], int], None]
 LOG_EVERY = 10
 logger = logging.getLogger("distill.training")
@@ -33,6 +36,8 @@ class TrainResult:
     best_val_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    device: str = "cpu"  # the device type actually used: cpu, cuda or mps
+    precision: str = "fp32"  # the precision actually used: fp32, bf16 or fp16
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -65,6 +70,143 @@ def build_optimizer(model: torch.nn.Module, settings: TrainingConfig) -> torch.o
     return torch.optim.AdamW(groups, lr=settings.learning_rate)
 
 
+@dataclass
+class Optimisation:
+    """What one optimisation step needs, and the global step count it advances."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    settings: TrainingConfig
+    total_steps: int
+    runtime: Runtime = CPU
+    scaler: torch.amp.GradScaler | None = None
+    step: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        model: torch.nn.Module,
+        settings: TrainingConfig,
+        total_steps: int,
+        runtime: Runtime = CPU,
+    ) -> Optimisation:
+        optimizer = build_optimizer(model, settings)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_linear_decay(total_steps, settings.warmup_ratio)
+        )
+        return cls(optimizer, schedule, settings, total_steps, runtime, runtime.grad_scaler())
+
+    def apply(self, model: torch.nn.Module, loss_fn: LossFn, batch) -> LossTerms:
+        """Forward (under autocast), backward, clip, step the optimizer and the schedule."""
+        with self.runtime.autocast():
+            terms = loss_fn(model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            terms.total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.settings.max_grad_norm)
+            self.optimizer.step()
+        else:  # fp16: scale the loss, unscale before clipping, skip steps with inf gradients
+            self.scaler.scale(terms.total).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.settings.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.schedule.step()
+        self.step += 1
+        return terms
+
+
+class RunningMeans:
+    """Means of named values since the last reset (the loss and its parts)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+
+    def add(self, values: Mapping[str, float]) -> None:
+        for name, value in values.items():
+            self.values.setdefault(name, []).append(value)
+
+    def means(self) -> dict[str, float]:
+        return {name: float(np.mean(values)) for name, values in self.values.items()}
+
+    def reset(self) -> None:
+        self.values = {}
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    split,
+    lengths: list[int],
+    loss_fn: LossFn,
+    optimisation: Optimisation,
+    rng: np.random.Generator,
+    log: MetricsLog,
+    history: list[dict[str, float]],
+    progress: tqdm | None = None,
+) -> dict[str, float]:
+    """One pass over every training row in length-grouped, seeded batches.
+
+    Every LOG_EVERY global steps (and at the last) logs `train_loss`, the loss parts (`ce`,
+    `kl`, `pkd`, those the loss has) averaged over those steps, and `lr`. Returns the epoch's
+    means of the loss and its parts.
+    """
+    model.train()
+    running, epoch = RunningMeans(), RunningMeans()
+    batch_size = optimisation.settings.batch_size
+    for indices in length_grouped_batches(lengths, batch_size, rng):
+        batch = move_batch(collate(split, indices), optimisation.runtime.device)
+        terms = optimisation.apply(model, loss_fn, batch)
+        values = {"train_loss": terms.total.item(), **terms.parts()}
+        running.add(values)
+        epoch.add(values)
+        if progress is not None:
+            progress.update(1)
+        step = optimisation.step
+        if step % LOG_EVERY == 0 or step == optimisation.total_steps:
+            metrics = {**running.means(), "lr": optimisation.schedule.get_last_lr()[0]}
+            log(metrics, step)
+            history.append({"step": step, **metrics})
+            if progress is not None:
+                progress.set_postfix(loss=f"{metrics['train_loss']:.4f}")
+            running.reset()
+    return epoch.means()
+
+
+def validate(
+    model: torch.nn.Module, split, batch_size: int, runtime: Runtime = CPU
+) -> dict[str, float]:
+    """Validation accuracy and cross-entropy of the model as it is now."""
+    logits = predict_logits(model, split, batch_size, runtime, description="validation")
+    labels = np.asarray(split["label"])
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
+    return {"val_accuracy": accuracy(logits, labels), "val_loss": float(loss)}
+
+
+class BestEpoch:
+    """Keeps a CPU copy of the weights of the epoch with the highest validation accuracy (the
+    first one on ties) and loads them back at the end."""
+
+    def __init__(self) -> None:
+        self.epoch = -1
+        self.accuracy = -1.0
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def update(self, epoch: int, val_accuracy: float, model: torch.nn.Module) -> bool:
+        """Remember the model's weights if this epoch is the best so far; True if so."""
+        if val_accuracy <= self.accuracy:
+            return False
+        self.epoch, self.accuracy = epoch, val_accuracy
+        self.state = {
+            name: tensor.detach().to("cpu", copy=True)
+            for name, tensor in model.state_dict().items()
+        }
+        return True
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if self.state is not None:
+            model.load_state_dict(self.state)
+
+
 def train_classifier(
     model: torch.nn.Module,
     train_split,
@@ -73,104 +215,118 @@ def train_classifier(
     loss_fn: LossFn,
     log: MetricsLog | None = None,
     description: str = "train",
+    section: str = "training",
 ) -> TrainResult:
-    """Train, evaluate on validation after each epoch, and leave the best epoch's weights loaded."""
+    """Train, evaluate on validation after each epoch, and leave the best epoch's weights loaded.
+
+    Runs on the device and in the precision `settings` ask for (`section` names the settings in
+    errors, e.g. "student.training"); the model comes back on the CPU.
+    """
     started = time.perf_counter()
+    runtime = resolve_runtime(settings, section)
+    model.to(runtime.device)
     rng = seed_everything(settings.seed)
     lengths = [len(ids) for ids in train_split["input_ids"]]
-    steps_per_epoch = math.ceil(len(lengths) / settings.batch_size)
-    total_steps = steps_per_epoch * settings.epochs
-    optimizer = build_optimizer(model, settings)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_linear_decay(total_steps, settings.warmup_ratio)
-    )
+    total_steps = math.ceil(len(lengths) / settings.batch_size) * settings.epochs
+    optimisation = Optimisation.create(model, settings, total_steps, runtime)
     log = log or (lambda metrics, step: None)
-    result = TrainResult(best_epoch=-1, best_val_accuracy=-1.0)
-    best_state: dict[str, torch.Tensor] | None = None
-    step = 0
-    progress = tqdm(total=total_steps, desc=description, disable=None, leave=False)
-    for epoch in range(settings.epochs):
-        model.train()
-        running = []
-        for indices in length_grouped_batches(lengths, settings.batch_size, rng):
-            batch = collate(train_split, indices)
-            loss = loss_fn(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            running.append(loss.item())
-            progress.update(1)
-            if step % LOG_EVERY == 0 or step == total_steps:
-                metrics = {"train_loss": float(np.mean(running)), "lr": schedule.get_last_lr()[0]}
-                log(metrics, step)
-                result.history.append({"step": step, **metrics})
-                progress.set_postfix(loss=f"{metrics['train_loss']:.4f}")
-                running = []
-        logits = predict_logits(model, validation_split, settings.batch_size * 2)
-        val_labels = np.asarray(validation_split["label"])
-        val_metrics = {
-            "val_accuracy": accuracy(logits, val_labels),
-            "val_loss": float(
-                torch.nn.functional.cross_entropy(
-                    torch.from_numpy(logits), torch.from_numpy(val_labels)
-                )
-            ),
-            "epoch": float(epoch + 1),
-        }
-        log(val_metrics, step)
-        logger.info(
-            "%s epoch %d/%d: val_accuracy %.4f, val_loss %.4f (%.0f s)",
-            description,
-            epoch + 1,
-            settings.epochs,
-            val_metrics["val_accuracy"],
-            val_metrics["val_loss"],
-            time.perf_counter() - started,
-        )
-        result.history.append({"step": step, **val_metrics})
-        if val_metrics["val_accuracy"] > result.best_val_accuracy:
-            result.best_val_accuracy = val_metrics["val_accuracy"]
-            result.best_epoch = epoch + 1
-            best_state = copy.deepcopy(model.state_dict())
-    progress.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+    result = TrainResult(
+        best_epoch=-1,
+        best_val_accuracy=-1.0,
+        device=runtime.device_name,
+        precision=runtime.precision,
+    )
+    best = BestEpoch()
+    logger.info(
+        "%s: %d rows, %d epochs, %d steps on %s (%s)",
+        description,
+        len(lengths),
+        settings.epochs,
+        total_steps,
+        runtime.device_name,
+        runtime.precision,
+    )
+    with tqdm(total=total_steps, desc=description, disable=None, leave=False) as progress:
+        for epoch in range(1, settings.epochs + 1):
+            losses = train_epoch(
+                model,
+                train_split,
+                lengths,
+                loss_fn,
+                optimisation,
+                rng,
+                log,
+                result.history,
+                progress,
+            )
+            val_metrics = {
+                **validate(model, validation_split, settings.batch_size * 2, runtime),
+                "epoch": float(epoch),
+            }
+            log(val_metrics, optimisation.step)
+            result.history.append({"step": optimisation.step, **val_metrics})
+            best.update(epoch, val_metrics["val_accuracy"], model)
+            log_epoch(description, epoch, settings.epochs, losses, val_metrics, started)
+    best.restore(model)
+    model.to("cpu").eval()  # callers save and export from the CPU
+    result.best_epoch, result.best_val_accuracy = best.epoch, best.accuracy
     result.seconds = time.perf_counter() - started
     return result
 
 
+def log_epoch(
+    description: str,
+    epoch: int,
+    epochs: int,
+    losses: Mapping[str, float],
+    val_metrics: Mapping[str, float],
+    started: float,
+) -> None:
+    """One INFO line per epoch: loss parts, validation, elapsed time and a linear ETA."""
+    elapsed = time.perf_counter() - started
+    eta = elapsed / epoch * (epochs - epoch)
+    parts = ", ".join(f"{name} {value:.4f}" for name, value in losses.items())
+    logger.info(
+        "%s epoch %d/%d: %s; val_accuracy %.4f, val_loss %.4f; %.0f s elapsed, ETA %.0f s",
+        description,
+        epoch,
+        epochs,
+        parts,
+        val_metrics["val_accuracy"],
+        val_metrics["val_loss"],
+        elapsed,
+        eta,
+    )
+
+
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, split, batch_size: int = 64) -> np.ndarray:
-    """Logits for every row of a tokenized split, in the split's order."""
+def predict_logits(
+    model: torch.nn.Module,
+    split,
+    batch_size: int = 64,
+    runtime: Runtime | None = None,
+    description: str = "predict",
+) -> np.ndarray:
+    """Float32 logits for every row of a tokenized split, in the split's order.
+
+    Runs where the model's parameters are unless `runtime` says otherwise (and autocasts in its
+    precision).
+    """
+    if runtime is None:
+        runtime = Runtime(next(model.parameters()).device, "fp32")
     was_training = model.training
     model.eval()
     out: np.ndarray | None = None
-    for batch in iterate_sorted(split, batch_size):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    batches = iterate_sorted(split, batch_size)
+    for batch in tqdm(batches, desc=description, disable=None, leave=False):
+        batch = move_batch(batch, runtime.device)
+        with runtime.autocast():
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
         if out is None:
             out = np.empty((len(split), logits.shape[-1]), dtype=np.float32)
-        out[batch["index"].numpy()] = logits.float().numpy()
+        out[batch["index"].numpy()] = logits.float().cpu().numpy()
     model.train(was_training)
     assert out is not None, "cannot predict on an empty split"
     return out
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(accuracy_score(labels, logits.argmax(-1)))
-
-
-def classification_metrics(
-    logits: np.ndarray, labels: np.ndarray, num_classes: int
-) -> dict[str, object]:
-    predictions = logits.argmax(-1)
-    return {
-        "accuracy": float(accuracy_score(labels, predictions)),
-        "macro_f1": float(f1_score(labels, predictions, average="macro")),
-        "confusion_matrix": confusion_matrix(
-            labels, predictions, labels=list(range(num_classes))
-        ).tolist(),
-    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -22,8 +23,11 @@ def configure_environment(workdir: Path) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
-    # Show the core's progress lines (epochs, validation accuracy) in Prefect's run log.
+    # Show the core's progress lines (epochs, loss terms, validation accuracy, ETA) in Prefect's
+    # run log: Prefect attaches its handlers to these loggers but leaves their level to the root
+    # logger (WARNING), so the `distill` logger is opened at INFO here.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "distill,deploy")
+    logging.getLogger("distill").setLevel(logging.INFO)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 

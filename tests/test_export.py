@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from deploy.export import export_onnx, parity
-from deploy.onnx_eval import onnx_logits, open_session, pad_numpy
+from deploy.onnx_eval import onnx_logits, open_session
 from deploy.quantize import quantize_int8
+from distill.padding import pad
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,8 @@ def test_onnx_matches_pytorch_on_padded_batches_of_any_shape(exported):
         ids, mask = ragged_batch(seed, rows)
         with torch.inference_mode():
             reference = model(
-                input_ids=torch.from_numpy(pad_numpy(ids)),
-                attention_mask=torch.from_numpy(pad_numpy(mask)),
+                input_ids=torch.from_numpy(pad(ids)),
+                attention_mask=torch.from_numpy(pad(mask)),
             ).logits.numpy()
         # onnx_logits regroups rows by length: padding must not change any row's logits.
         candidate = onnx_logits(session, ids, mask, batch_size=4)

@@ -27,8 +27,42 @@ def test_hand_computed_value():
     kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
     ce = math.log(2.0)
     expected = 0.3 * ce + 0.7 * kl
-    loss = distillation_loss(student, teacher, label, alpha=0.3, temperature=1.0)
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    terms = distillation_loss(student, teacher, label, alpha=0.3, temperature=1.0)
+    assert terms.total.item() == pytest.approx(expected, rel=1e-6)
+    # The parts are unweighted: ce and kl as computed by hand, pkd not part of this loss.
+    assert terms.ce.item() == pytest.approx(ce, rel=1e-6)
+    assert terms.kl.item() == pytest.approx(kl, rel=1e-6)
+    assert terms.pkd is None
+    assert terms.parts() == pytest.approx({"ce": ce, "kl": kl}, rel=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.2, 0.9])
+def test_total_is_the_alpha_weighted_sum_of_the_parts(alpha):
+    student, teacher, labels = torch.randn(8, 3), torch.randn(8, 3), torch.randint(0, 3, (8,))
+    terms = distillation_loss(student, teacher, labels, alpha=alpha, temperature=3.0)
+    assert terms.ce.item() == pytest.approx(hard_label_ce(student, labels).item())
+    assert terms.kl.item() == pytest.approx(soft_target_kl(student, teacher, 3.0).item())
+    expected = alpha * terms.ce.item() + (1 - alpha) * terms.kl.item()
+    assert terms.total.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_all_unlabelled_batch_has_zero_ce_and_only_the_soft_term():
+    student, teacher = torch.randn(4, 2, requires_grad=True), torch.randn(4, 2)
+    labels = torch.full((4,), UNLABELLED)
+    terms = distillation_loss(student, teacher, labels, alpha=0.5, temperature=2.0)
+    assert terms.ce.item() == 0.0
+    assert terms.total.item() == pytest.approx(0.5 * soft_target_kl(student, teacher, 2.0).item())
+    terms.total.backward()
+    assert student.grad.abs().sum() > 0
+
+
+def test_patient_kd_is_added_with_its_weight_and_reported_unweighted():
+    student, teacher, labels = torch.randn(4, 2), torch.randn(4, 2), torch.tensor([0, 1, 1, 0])
+    logit_terms = distillation_loss(student, teacher, labels, alpha=0.5, temperature=2.0)
+    pkd = torch.tensor(0.25)
+    terms = logit_terms.with_pkd(pkd, weight=4.0)
+    assert terms.total.item() == pytest.approx(logit_terms.total.item() + 1.0)
+    assert terms.pkd.item() == 0.25 and terms.ce is logit_terms.ce and terms.kl is logit_terms.kl
 
 
 def test_identical_logits_give_zero_kl():
@@ -59,14 +93,20 @@ def test_soft_term_is_scaled_by_temperature_squared():
 def test_alpha_one_is_plain_cross_entropy_and_ignores_the_teacher():
     student, labels = torch.randn(8, 3), torch.randint(0, 3, (8,))
     garbage_teacher = torch.full((8, 3), float("nan"))
-    loss = distillation_loss(student, garbage_teacher, labels, alpha=1.0, temperature=2.0)
-    assert loss.item() == pytest.approx(hard_label_ce(student, labels).item())
+    terms = distillation_loss(student, garbage_teacher, labels, alpha=1.0, temperature=2.0)
+    assert terms.total.item() == pytest.approx(hard_label_ce(student, labels).item())
+    assert terms.kl is None and set(terms.parts()) == {"ce"}
+    # No teacher logits at all are needed either; with alpha < 1 they are.
+    assert distillation_loss(student, None, labels, 1.0, 2.0).total.item() == terms.total.item()
+    with pytest.raises(ValueError, match="teacher logits"):
+        distillation_loss(student, None, labels, 0.5, 2.0)
 
 
 def test_alpha_zero_is_pure_soft_targets():
     student, teacher, labels = torch.randn(8, 3), torch.randn(8, 3), torch.randint(0, 3, (8,))
-    loss = distillation_loss(student, teacher, labels, alpha=0.0, temperature=2.0)
-    assert loss.item() == pytest.approx(soft_target_kl(student, teacher, 2.0).item())
+    terms = distillation_loss(student, teacher, labels, alpha=0.0, temperature=2.0)
+    assert terms.total.item() == pytest.approx(soft_target_kl(student, teacher, 2.0).item())
+    assert terms.ce.item() > 0  # still reported, with weight 0
 
 
 def test_half_precision_inputs_are_upcast():
@@ -80,7 +120,8 @@ def test_half_precision_inputs_are_upcast():
 def test_gradient_flows_to_the_student_only():
     student = torch.randn(4, 3, requires_grad=True)
     teacher = torch.randn(4, 3, requires_grad=True)
-    distillation_loss(student, teacher.detach(), torch.tensor([0, 1, 2, 0]), 0.5, 2.0).backward()
+    labels = torch.tensor([0, 1, 2, 0])
+    distillation_loss(student, teacher.detach(), labels, 0.5, 2.0).total.backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
 
 

@@ -33,9 +33,11 @@ def test_without_hidden_weight_the_loss_is_the_logit_loss(batch_and_targets, tin
     expected = distillation_loss(
         logits, torch.from_numpy(targets.logits[:8]), batch["label"], 0.3, 2.0
     )
-    assert student_loss(config, targets)(tiny_classifier, batch).item() == pytest.approx(
-        expected.item(), rel=1e-5
-    )
+    terms = student_loss(config, targets)(tiny_classifier, batch)
+    assert terms.total.item() == pytest.approx(expected.total.item(), rel=1e-5)
+    assert terms.ce.item() == pytest.approx(expected.ce.item(), rel=1e-5)
+    assert terms.kl.item() == pytest.approx(expected.kl.item(), rel=1e-5)
+    assert terms.pkd is None and set(terms.parts()) == {"ce", "kl"}
 
 
 def test_hidden_weight_adds_patient_kd_over_the_mapped_layers(batch_and_targets, tiny_classifier):
@@ -56,10 +58,21 @@ def test_hidden_weight_adds_patient_kd_over_the_mapped_layers(batch_and_targets,
     )
     student_cls = torch.stack([out.hidden_states[1][:, 0], out.hidden_states[3][:, 0]], 1)
     teacher_cls = torch.from_numpy(targets.cls_states[:8][:, [2, 3]])
-    expected = logit_part + 2.0 * patient_kd_loss(student_cls, teacher_cls)
-    assert student_loss(config, targets)(tiny_classifier, batch).item() == pytest.approx(
-        expected.item(), rel=1e-5
-    )
+    pkd = patient_kd_loss(student_cls, teacher_cls)
+    expected = logit_part.total + 2.0 * pkd
+    terms = student_loss(config, targets)(tiny_classifier, batch)
+    assert terms.total.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert terms.pkd.item() == pytest.approx(pkd.item(), rel=1e-5)  # unweighted
+    assert terms.pkd.item() > 0 and set(terms.parts()) == {"ce", "kl", "pkd"}
+
+
+def test_alpha_one_reads_no_cached_logits(batch_and_targets, tiny_classifier):
+    batch, targets = batch_and_targets
+    poisoned = TeacherTargets(np.full_like(targets.logits, np.nan), targets.cls_states)
+    config = build_config({}, ["student.alpha=1"]).student
+    terms = student_loss(config, poisoned)(tiny_classifier, batch)
+    assert torch.isfinite(terms.total) and terms.kl is None
+    assert terms.total.item() == pytest.approx(terms.ce.item())
 
 
 def test_a_narrower_student_gets_its_own_stage_key_and_unset_width_keeps_old_keys():
