@@ -8,12 +8,16 @@ Workers read and write the workdir themselves, so they must share its filesystem
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import distributed
+import psutil
 from distributed.diagnostics.plugin import WorkerPlugin
 from prefect import Flow
 from prefect.server.api.server import SubprocessASGIServer
@@ -66,9 +70,45 @@ def task_runner_for(compute: ComputeConfig) -> TaskRunner:
     return ThreadPoolTaskRunner()
 
 
+def host_of(url: str) -> str:
+    """The host of a URL or Dask address ("tcp://host:port"), without IPv6 brackets."""
+    return urlsplit(url).hostname or ""
+
+
+def is_loopback(url: str) -> bool:
+    """Whether a URL or Dask address names this machine's loopback interface."""
+    host = host_of(url)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
+def this_machines_hosts() -> set[str]:
+    """Every address of this machine's interfaces, and its host name."""
+    addresses = {
+        address.address.split("%")[0]  # IPv6 link-local scope
+        for interface in psutil.net_if_addrs().values()
+        for address in interface
+        if address.family in (socket.AF_INET, socket.AF_INET6)
+    }
+    return addresses | {socket.gethostname(), "localhost"}
+
+
+def workers_cut_off(api_url: str | None, workers: Iterable[str], here: set[str]) -> list[str]:
+    """The workers that cannot reach a Prefect API listening on loopback: those whose host is
+    not one of `here` (this machine's addresses)."""
+    if not api_url or not is_loopback(api_url):
+        return []
+    return sorted(w for w in workers if not is_loopback(w) and host_of(w) not in here)
+
+
 def prepare_scheduler(address: str, threads: int, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Check that a scheduler answers at `address` and have every worker (current and future)
-    run torch with `threads` threads; registering again under the same name replaces it."""
+    """Check that a scheduler answers at `address` and that its workers can reach Prefect's API,
+    and have every worker (current and future) run torch with `threads` threads; registering
+    again under the same name replaces it."""
     try:
         client = distributed.Client(address, timeout=timeout, set_as_default=False)
     except OSError as err:
@@ -76,12 +116,22 @@ def prepare_scheduler(address: str, threads: int, timeout: float = CONNECT_TIMEO
             f"compute.cluster: no Dask scheduler answers at {address} within {timeout} s ({err})"
         ) from err
     with client:
+        api_url = PREFECT_API_URL.value()
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        cut_off = workers_cut_off(api_url, workers, this_machines_hosts())
+        if cut_off:
+            raise ConnectionError(
+                f"compute.cluster: workers {', '.join(cut_off)} of {address} cannot reach "
+                f"Prefect's API at {api_url} (loopback); set PREFECT_API_URL to a Prefect "
+                "server they can reach"
+            )
         client.register_plugin(TorchThreads(threads), name=TORCH_THREADS_PLUGIN)
 
 
 def with_compute(flow: F, compute: ComputeConfig) -> F:
     """`flow` with the task runner `compute` asks for; an external scheduler is checked and its
-    workers prepared first, so a wrong address fails before any work starts."""
+    workers prepared first, so a wrong address fails before any work starts. Call it inside
+    `prefect_api_for_workers(compute)`, which gives the workers an API to report to."""
     if compute.scheduler_address is not None:
         prepare_scheduler(compute.scheduler_address, compute.threads_per_worker)
     return flow.with_options(task_runner=task_runner_for(compute))

@@ -33,11 +33,14 @@ from prefect_dask import DaskTaskRunner
 from distill.config import ComputeConfig, ConfigError, build_config
 from flows.cluster import (
     TorchThreads,
+    is_loopback,
     prefect_api_for_workers,
     prepare_scheduler,
     task_runner_for,
+    this_machines_hosts,
     with_compute,
     worker_identity,
+    workers_cut_off,
 )
 from tests.conftest import REPO
 
@@ -111,6 +114,30 @@ def test_unreachable_scheduler_fails_naming_the_setting():
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(ConnectionError, match=rf"compute\.cluster: .*{address}"):
         prepare_scheduler(address, threads=1, timeout=2)
+
+
+def test_workers_on_other_machines_are_cut_off_from_a_loopback_api():
+    assert is_loopback("http://127.0.0.1:4200/api") and is_loopback("tcp://localhost:8786")
+    assert is_loopback("tcp://[::1]:8786") and not is_loopback("tcp://10.0.0.7:40111")
+    assert not is_loopback("http://prefect.internal:4200/api")
+    here = {"10.0.0.2", "fe80::1", "node-a", "localhost"}
+    workers = [
+        "tcp://127.0.0.1:40111",
+        "tcp://10.0.0.2:40112",  # this machine's own address: reaches loopback
+        "tcp://[fe80::1]:40113",
+        "tcp://10.0.0.7:40111",
+        "tcp://gpu-3:40111",
+    ]
+    loopback_api = "http://127.0.0.1:4200/api"
+    cut_off = ["tcp://10.0.0.7:40111", "tcp://gpu-3:40111"]
+    assert workers_cut_off(loopback_api, workers, here) == cut_off
+    assert workers_cut_off("http://prefect.internal:4200/api", workers, here) == []
+    assert workers_cut_off(None, workers, here) == []
+
+
+def test_this_machines_hosts_include_its_loopback_and_name():
+    hosts = this_machines_hosts()
+    assert {"127.0.0.1", "localhost", socket.gethostname()} <= hosts
 
 
 # --- real clusters --------------------------------------------------------------------------
