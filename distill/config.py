@@ -6,6 +6,7 @@ Stages receive the sections they use, never the whole config.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -229,6 +231,51 @@ class PromotionConfig(Section):
     latency_samples: int = Field(300, ge=1)
 
 
+LOCAL_CLUSTER = re.compile(r"local:(?P<workers>\d+)")
+SCHEDULER_ADDRESS = re.compile(r"tcp://(?P<host>[^\s:/]+|\[[0-9a-fA-F:]+\]):(?P<port>\d+)")
+
+
+class ComputeConfig(Section):
+    """Where a flow's submitted tasks run: in this process, a local Dask cluster, or a running one.
+
+    Workers read and write the same workdir, so they must share its filesystem.
+    """
+
+    # None: in-process (Prefect's thread pool); "local:N": N worker processes started for the
+    # run; "tcp://host:port": the scheduler of a running Dask cluster.
+    cluster: str | None = None
+    # Dask threads per local worker, and torch threads in every worker process. 1 fits torch
+    # work: two 2-thread torch processes on 2 cores halve each other's speed.
+    threads_per_worker: int = Field(1, ge=1)
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_spec(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        local = LOCAL_CLUSTER.fullmatch(value)
+        if local and int(local["workers"]) >= 1:
+            return value
+        remote = SCHEDULER_ADDRESS.fullmatch(value)
+        if remote and 1 <= int(remote["port"]) <= 65535:
+            return value
+        raise ValueError(
+            f"{value!r} is not null, 'local:N' (N >= 1 workers) or 'tcp://host:port' "
+            "(a running Dask scheduler)"
+        )
+
+    @property
+    def local_workers(self) -> int | None:
+        """N of "local:N", else None."""
+        match = LOCAL_CLUSTER.fullmatch(self.cluster or "")
+        return int(match["workers"]) if match else None
+
+    @property
+    def scheduler_address(self) -> str | None:
+        """The "tcp://host:port" of a running scheduler, else None."""
+        return self.cluster if SCHEDULER_ADDRESS.fullmatch(self.cluster or "") else None
+
+
 class PipelineConfig(Section):
     name: str = "movie_reviews"
     workdir: Path = Path("runs")
@@ -240,6 +287,7 @@ class PipelineConfig(Section):
     export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
     promotion: PromotionConfig = PromotionConfig()
+    compute: ComputeConfig = ComputeConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -1,0 +1,247 @@
+"""The `compute:` setting and its Dask task runners, against a real `dask scheduler` and workers.
+
+The fixture starts a scheduler and two single-thread workers with the `dask` CLI on free
+loopback ports (stopped at the end); a tiny flow maps a pure task over them and over a
+`local:2` cluster, and both must give the in-process runner's results.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import distributed
+import pytest
+from prefect import flow, task
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_HOME,
+    PREFECT_SERVER_ANALYTICS_ENABLED,
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    temporary_settings,
+)
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
+
+from distill.config import ComputeConfig, ConfigError, build_config
+from flows.cluster import (
+    TorchThreads,
+    is_loopback,
+    prefect_api_for_workers,
+    prepare_scheduler,
+    task_runner_for,
+    this_machines_hosts,
+    with_compute,
+    worker_identity,
+    workers_cut_off,
+)
+from tests.conftest import REPO
+
+# Workers cannot import this test module (pytest imports it by file), so ship its functions
+# by value; flows.cluster is importable there and goes by reference.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+BIN = Path(sys.executable).parent
+ITEMS = list(range(6))
+
+
+@task
+def square_where(x: int) -> dict:
+    time.sleep(0.2)  # long enough that one idle worker does not take every task
+    return {"x": x, "square": x * x, **worker_identity()}
+
+
+@flow
+def map_squares(items: list[int]) -> list[dict]:
+    return [future.result() for future in square_where.map(items)]
+
+
+def run_on(compute: ComputeConfig) -> list[dict]:
+    with prefect_api_for_workers(compute):
+        return with_compute(map_squares, compute)(ITEMS)
+
+
+def values(rows: list[dict]) -> list[tuple[int, int]]:
+    return [(row["x"], row["square"]) for row in rows]
+
+
+# --- the setting ----------------------------------------------------------------------------
+
+
+def test_compute_defaults_to_in_process():
+    compute = build_config({}).compute
+    assert compute.cluster is None and compute.threads_per_worker == 1
+    assert isinstance(task_runner_for(compute), ThreadPoolTaskRunner)
+
+
+@pytest.mark.parametrize(
+    "bad", ["local:0", "local:two", "local", "127.0.0.1:8786", "tcp://host", "tcp://h:99999"]
+)
+def test_bad_cluster_names_the_key(bad):
+    with pytest.raises(ConfigError, match=r"config key 'compute\.cluster': .*is not null"):
+        build_config({}, [f"compute.cluster={bad}"])
+
+
+def test_threads_per_worker_must_be_positive():
+    with pytest.raises(ConfigError, match=r"compute\.threads_per_worker"):
+        build_config({}, ["compute.threads_per_worker=0"])
+
+
+def test_runner_for_local_and_remote_clusters():
+    local = task_runner_for(ComputeConfig(cluster="local:3", threads_per_worker=2))
+    assert isinstance(local, DaskTaskRunner) and local.address is None
+    kwargs = dict(local.cluster_kwargs)
+    (plugin,) = kwargs.pop("plugins")
+    assert isinstance(plugin, TorchThreads) and plugin.threads == 2
+    assert kwargs == {
+        "n_workers": 3,
+        "threads_per_worker": 2,
+        "processes": True,
+        "dashboard_address": None,
+    }
+    remote = task_runner_for(ComputeConfig(cluster="tcp://10.0.0.5:8786"))
+    assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.5:8786"
+
+
+def test_unreachable_scheduler_fails_naming_the_setting():
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(ConnectionError, match=rf"compute\.cluster: .*{address}"):
+        prepare_scheduler(address, threads=1, timeout=2)
+
+
+def test_workers_on_other_machines_are_cut_off_from_a_loopback_api():
+    assert is_loopback("http://127.0.0.1:4200/api") and is_loopback("tcp://localhost:8786")
+    assert is_loopback("tcp://[::1]:8786") and not is_loopback("tcp://10.0.0.7:40111")
+    assert not is_loopback("http://prefect.internal:4200/api")
+    here = {"10.0.0.2", "fe80::1", "node-a", "localhost"}
+    workers = [
+        "tcp://127.0.0.1:40111",
+        "tcp://10.0.0.2:40112",  # this machine's own address: reaches loopback
+        "tcp://[fe80::1]:40113",
+        "tcp://10.0.0.7:40111",
+        "tcp://gpu-3:40111",
+    ]
+    loopback_api = "http://127.0.0.1:4200/api"
+    cut_off = ["tcp://10.0.0.7:40111", "tcp://gpu-3:40111"]
+    assert workers_cut_off(loopback_api, workers, here) == cut_off
+    assert workers_cut_off("http://prefect.internal:4200/api", workers, here) == []
+    assert workers_cut_off(None, workers, here) == []
+
+
+def test_this_machines_hosts_include_its_loopback_and_name():
+    hosts = this_machines_hosts()
+    assert {"127.0.0.1", "localhost", socket.gethostname()} <= hosts
+
+
+# --- real clusters --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(command: list, log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A process in its own group, so that stopping it stops its children (the nanny's worker)."""
+    return subprocess.Popen(
+        [str(part) for part in command],
+        cwd=REPO,
+        env=env,
+        stdout=open(log, "w"),  # noqa: SIM115 - the child owns it until it exits
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """Prefect state in a temporary home; the embedded server started here is stopped after."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    settings = {
+        PREFECT_HOME: str(home),
+        PREFECT_API_URL: None,
+        PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90,
+    }
+    with temporary_settings(settings):
+        yield home
+    SubprocessASGIServer().stop()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """A real `dask scheduler` and two one-thread `dask worker`s on loopback; yields
+    (scheduler address, the workers' addresses)."""
+    logs = tmp_path_factory.mktemp("dask-logs")
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    # The workers import this checkout's code (flows.cluster) to run the tasks.
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = os.environ | {"PYTHONPATH": path}
+    scheduler = ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+    processes = [start([BIN / "dask", *scheduler], logs / "scheduler.log", env)]
+    try:
+        for n in range(2):
+            worker = ["worker", address, "--host", "127.0.0.1", "--name", f"worker-{n}"]
+            worker += ["--nworkers", "1", "--nthreads", "1", "--no-dashboard"]
+            processes.append(start([BIN / "dask", *worker], logs / f"worker-{n}.log", env))
+        with distributed.Client(address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=90)
+            workers = set(client.scheduler_info(n_workers=-1)["workers"])
+        yield address, workers
+    finally:
+        for process in reversed(processes):
+            stop(process)
+        assert all(process.poll() is not None for process in processes)
+
+
+@pytest.fixture(scope="module")
+def sequential(prefect_api):
+    return run_on(ComputeConfig())
+
+
+@pytest.mark.slow
+def test_in_process_runner_stays_in_this_process(sequential):
+    assert values(sequential) == [(x, x * x) for x in ITEMS]
+    assert {row["pid"] for row in sequential} == {os.getpid()}
+    assert {row["worker"] for row in sequential} == {None}
+
+
+@pytest.mark.slow
+def test_tasks_run_on_both_external_workers(prefect_api, dask_cluster, sequential):
+    address, workers = dask_cluster
+    # The workers were started with one thread each: 2 torch threads come from the setting.
+    rows = run_on(ComputeConfig(cluster=address, threads_per_worker=2))
+    assert values(rows) == values(sequential)
+    assert {row["worker"] for row in rows} == workers
+    assert os.getpid() not in {row["pid"] for row in rows}
+    assert {row["torch_threads"] for row in rows} == {2}
+
+
+@pytest.mark.slow
+def test_tasks_run_on_two_local_worker_processes(prefect_api, sequential):
+    # The nanny starts workers with OMP_NUM_THREADS=1, so torch's 2 threads come from the setting.
+    rows = run_on(ComputeConfig(cluster="local:2", threads_per_worker=2))
+    assert values(rows) == values(sequential)
+    pids = {row["pid"] for row in rows}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert len({row["worker"] for row in rows} - {None}) == 2
+    assert {row["torch_threads"] for row in rows} == {2}
