@@ -48,6 +48,25 @@ def special_token_ids(tokenizer_json: dict[str, Any]) -> set[int]:
     return ids
 
 
+def untrimmable_reason(tokenizer_path: Path) -> str | None:
+    """Why this tokenizer.json cannot be trimmed, or None when it can.
+
+    Only WordPiece keeps its behaviour on the kept words when pieces are removed (longest match
+    first). BPE merges and Unigram scores tie pieces to each other, so removing pieces there
+    would silently tokenize even training text differently: such tokenizers ship untrimmed.
+    """
+    path = Path(tokenizer_path)
+    if not path.is_file():
+        return f"no {path.name} next to the student (a slow-only tokenizer)"
+    model = json.loads(path.read_text()).get("model", {})
+    kind = model.get("type")
+    if kind != "WordPiece":
+        return f"vocabulary trimming supports WordPiece tokenizers; this one is {kind}"
+    if model.get("unk_token", UNK) not in model.get("vocab", {}):
+        return "the WordPiece vocabulary has no unknown token for words it no longer covers"
+    return None
+
+
 def kept_ids(used: Iterable[int], special: Iterable[int]) -> list[int]:
     """Old ids to keep, in old order: new id i is old id kept[i]."""
     return sorted(set(used) | set(special))
@@ -89,6 +108,11 @@ def slice_word_embeddings(model: torch.nn.Module, kept: Sequence[int]) -> torch.
     model.config.vocab_size = len(kept)
     if getattr(model.config, "pad_token_id", None) is not None:
         model.config.pad_token_id = new.padding_idx
+    # RoBERTa- and MPNet-style embeddings number positions from where the pad id is not: their
+    # copy of the pad id must follow the renumbering, or positions shift.
+    embeddings = getattr(getattr(model, model.base_model_prefix, None), "embeddings", None)
+    if isinstance(getattr(embeddings, "padding_idx", None), int) and new.padding_idx is not None:
+        embeddings.padding_idx = new.padding_idx
     return model
 
 
