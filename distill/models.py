@@ -80,9 +80,18 @@ def is_finetuned_for(source: str, label_names: list[str]) -> bool:
 
 
 def pretrained_classifier(source: str, label_names: list[str]) -> PreTrainedModel:
+    """`source` with a classification head for these labels.
+
+    A checkpoint that already classifies a different number of labels gets a new head (without
+    `ignore_mismatched_sizes` transformers refuses to load it at all).
+    """
     id2label, label2id = label_maps(label_names)
     return AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=len(label_names), id2label=id2label, label2id=label2id
+        source,
+        num_labels=len(label_names),
+        id2label=id2label,
+        label2id=label2id,
+        ignore_mismatched_sizes=True,
     )
 
 
