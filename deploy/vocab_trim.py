@@ -48,6 +48,25 @@ def special_token_ids(tokenizer_json: dict[str, Any]) -> set[int]:
     return ids
 
 
+def untrimmable_reason(tokenizer_path: Path) -> str | None:
+    """Why this tokenizer.json cannot be trimmed, or None when it can.
+
+    Only WordPiece keeps its behaviour on the kept words when pieces are removed (longest match
+    first). BPE merges and Unigram scores tie pieces to each other, so removing pieces there
+    would silently tokenize even training text differently: such tokenizers ship untrimmed.
+    """
+    path = Path(tokenizer_path)
+    if not path.is_file():
+        return f"no {path.name} next to the student (a slow-only tokenizer)"
+    model = json.loads(path.read_text()).get("model", {})
+    kind = model.get("type")
+    if kind != "WordPiece":
+        return f"vocabulary trimming supports WordPiece tokenizers; this one is {kind}"
+    if model.get("unk_token", UNK) not in model.get("vocab", {}):
+        return "the WordPiece vocabulary has no unknown token for words it no longer covers"
+    return None
+
+
 def kept_ids(used: Iterable[int], special: Iterable[int]) -> list[int]:
     """Old ids to keep, in old order: new id i is old id kept[i]."""
     return sorted(set(used) | set(special))
@@ -85,6 +104,15 @@ def slice_word_embeddings(model: torch.nn.Module, kept: Sequence[int]) -> torch.
     new = torch.nn.Embedding(len(kept), old.embedding_dim, padding_idx=_new_padding_idx(old, kept))
     with torch.no_grad():
         new.weight.copy_(old.weight[rows])
+    # RoBERTa- and MPNet-style embeddings number positions from their own copy of the pad id
+    # (position = pad id + 1 + index): a renumbered pad token would shift every position.
+    embeddings = getattr(getattr(model, model.base_model_prefix, None), "embeddings", None)
+    positions_pad = getattr(embeddings, "padding_idx", None)
+    if isinstance(positions_pad, int) and new.padding_idx != positions_pad:
+        raise ValueError(
+            f"trimming would move the pad id from {positions_pad} to {new.padding_idx}, but this "
+            "model numbers positions from it: keep every id up to the pad id"
+        )
     model.set_input_embeddings(new)
     model.config.vocab_size = len(kept)
     if getattr(model.config, "pad_token_id", None) is not None:
@@ -153,7 +181,11 @@ def trim_vocabulary(
     """Trim `model` in place and write the trimmed tokenizer.json; return what it cost and won."""
     tokenizer_json = json.loads(Path(tokenizer_path).read_text())
     full = Tokenizer.from_str(json.dumps(tokenizer_json))
-    kept = kept_ids(used_token_ids(full, train_texts), special_token_ids(tokenizer_json))
+    # Ids up to the pad id keep their numbers: RoBERTa/MPNet derive positions from the pad id
+    # (pad id + 1 + offset), so it must not move (slice_word_embeddings checks it did not).
+    below_pad = set(range(int(getattr(model.config, "pad_token_id", None) or 0) + 1))
+    special = special_token_ids(tokenizer_json) | below_pad
+    kept = kept_ids(used_token_ids(full, train_texts), special)
     trimmed_json = trim_tokenizer_json(tokenizer_json, kept)
     target_tokenizer_path.write_text(json.dumps(trimmed_json, ensure_ascii=False))
     trimmed = Tokenizer.from_file(str(target_tokenizer_path))

@@ -113,6 +113,30 @@ class RandomInit(RandomArchitecture):
     kind: Literal["random"] = "random"
 
 
+class PretrainedInit(Section):
+    """A student carved from another pretrained checkpoint (its own architecture and tokenizer).
+
+    `model` is "minilm" or "mpnet" (bundled), a local folder or a hub name; `layers` are that
+    model's blocks to keep, `intermediate_size` narrows their feed-forward layers as for
+    teacher_layers.
+    """
+
+    kind: Literal["pretrained"] = "pretrained"
+    model: str = "minilm"
+    layers: list[int] = [0, 2, 5]
+    intermediate_size: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _layers_valid(self) -> PretrainedInit:
+        if not self.layers:
+            raise ValueError("'student.init.layers' must name at least one layer")
+        if any(layer < 0 for layer in self.layers):
+            raise ValueError(f"'student.init.layers' must be >= 0, got {self.layers}")
+        if not self.model.strip():
+            raise ValueError("'student.init.model' must name a model")
+        return self
+
+
 def _init_kind(value: Any) -> str:
     """`kind` may be left out: a student init without one copies teacher layers."""
     if isinstance(value, dict):
@@ -121,7 +145,9 @@ def _init_kind(value: Any) -> str:
 
 
 StudentInit = Annotated[
-    Annotated[TeacherLayersInit, Tag("teacher_layers")] | Annotated[RandomInit, Tag("random")],
+    Annotated[TeacherLayersInit, Tag("teacher_layers")]
+    | Annotated[RandomInit, Tag("random")]
+    | Annotated[PretrainedInit, Tag("pretrained")],
     Discriminator(_init_kind),
 ]
 
@@ -144,7 +170,7 @@ class StudentConfig(Section):
 
     @property
     def num_layers(self) -> int:
-        if isinstance(self.init, TeacherLayersInit):
+        if isinstance(self.init, TeacherLayersInit | PretrainedInit):
             return len(self.init.layers)
         return self.init.num_layers
 
@@ -161,7 +187,8 @@ class StudentConfig(Section):
         needs_map = self.hidden.weight > 0 and self.hidden.layer_map is None
         if needs_map and not isinstance(self.init, TeacherLayersInit):
             raise ValueError(
-                "'student.hidden.layer_map' is required when student.init.kind is random"
+                "'student.hidden.layer_map' is required when student.init.kind is "
+                f"{self.init.kind} (only teacher_layers students know their teacher layers)"
             )
         for student_layer, teacher_layer in self.hidden.layer_map or []:
             if not 0 <= student_layer < self.num_layers:
@@ -313,7 +340,8 @@ def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-UNION_TAGS = {"teacher_layers", "random"}  # pydantic puts a union's tag into the error location
+# pydantic puts a union's tag into the error location
+UNION_TAGS = {"teacher_layers", "random", "pretrained"}
 
 
 def _describe(error: ValidationError) -> str:

@@ -142,3 +142,58 @@ def test_export_and_quantize_stages_ship_the_trimmed_tokenizer(tiny_stages, tiny
     logits = onnx_logits(open_session(quantized.file(quantized.manifest["file"])), ids, mask)
     accuracy = float(np.mean(logits.argmax(-1) == np.asarray(test["label"])))
     assert accuracy == quantized.manifest["test_accuracy"]
+
+
+def test_a_pad_id_that_numbers_positions_never_moves(tmp_path):
+    # RoBERTa numbers positions from its pad id (1 here): pad id + 1 + index. Trimming keeps
+    # every id up to the pad id, so positions and outputs are unchanged; a slice that would move
+    # the pad id is refused rather than shipping shifted positions.
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    config = RobertaConfig(
+        vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=16, max_position_embeddings=40, pad_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = RobertaForSequenceClassification(config).eval()
+    with pytest.raises(ValueError, match="move the pad id from 1 to 0"):
+        slice_word_embeddings(model, [1, 2, 5, 7, 9])
+    from tokenizers import models, pre_tokenizers
+
+    # Id 0 is an ordinary piece the train text never uses: only the pad rule keeps it.
+    vocab = {f"t{i}": i for i in range(20)} | {"<pad>": 1, "[UNK]": 3}
+    del vocab["t1"], vocab["t3"]
+    built = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    built.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    built.add_special_tokens(["<pad>", "[UNK]"])
+    path = tmp_path / "tokenizer.json"
+    built.save(str(path))
+    ids, mask = torch.tensor([[5, 7, 9, 1, 1]]), torch.tensor([[1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        trim_vocabulary(model, path, ["t5 t7 t9"], ["t5"], tmp_path / "trimmed.json")
+        vocab = json.loads((tmp_path / "trimmed.json").read_text())["model"]["vocab"]
+        new_ids = torch.tensor([[vocab["t5"], vocab["t7"], vocab["t9"], 1, 1]])
+        after = model(input_ids=new_ids, attention_mask=mask).logits
+    assert vocab["<pad>"] == 1 and model.config.pad_token_id == 1
+    assert model.config.vocab_size == len(vocab) < 20
+    assert torch.allclose(before, after, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        ({"type": "BPE", "vocab": {"a": 0}, "merges": []}, "this one is BPE"),
+        ({"type": "Unigram", "vocab": [["a", 0.0]]}, "this one is Unigram"),
+        ({"type": "WordPiece", "vocab": {"a": 0}, "unk_token": "[UNK]"}, "no unknown token"),
+        ({"type": "WordPiece", "vocab": {"[UNK]": 0}, "unk_token": "[UNK]"}, None),
+    ],
+)
+def test_only_trimmable_tokenizers_are_trimmed(tmp_path, model, reason):
+    from deploy.vocab_trim import untrimmable_reason
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({"model": model}))
+    found = untrimmable_reason(path)
+    assert found == reason if reason is None else reason in found
+    assert "no tokenizer.json" in untrimmable_reason(tmp_path / "absent" / "tokenizer.json")
