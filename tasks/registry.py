@@ -70,6 +70,7 @@ class RegistryError(RuntimeError):
 class ChampionScore:
     version: str
     score: float | None  # in the gates' metric; None: the champion cannot be scored on this data
+    accuracy: float | None  # for the model card, whatever the metric
     path: Path  # its downloaded ONNX file, valid while the caller's folder lives
     split: Mapping[str, Sequence]  # the test split as the champion's own tokenizer encodes it
 
@@ -358,8 +359,15 @@ def score_champion(
     split = test_split if tokenizer is None else tokenized_split(tokenizer, test_split, max_length)
     predicted, outputs = onnx_predictions(path, split)
     if outputs != num_labels:  # trained for other labels: its score here would mean nothing
-        return ChampionScore(version, None, path, split)
-    return ChampionScore(version, score(metric, split["label"], predicted, num_labels), path, split)
+        return ChampionScore(version, None, None, path, split)
+    labels = split["label"]
+    return ChampionScore(
+        version,
+        score(metric, labels, predicted, num_labels),
+        score("accuracy", labels, predicted, num_labels),
+        path,
+        split,
+    )
 
 
 def download_bundle_tokenizer(

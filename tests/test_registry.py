@@ -234,6 +234,9 @@ def test_the_champion_is_scored_on_the_current_split(registry, tmp_path):
     relabelled = {**SPLIT, "label": [0] * 10}  # the data changed since it was trained
     assert score_champion(registry.uri, NAME, relabelled, 2, tmp_path / "b", 8).score == 0.0
     assert score_champion(registry.uri, NAME, SPLIT, 3, tmp_path / "c", 8).score is None
+    # In macro-F1 the always-positive champion scores F1 0.82 on positives, 0 on negatives.
+    by_f1 = score_champion(registry.uri, NAME, SPLIT, 2, tmp_path / "d", 8, metric="macro_f1")
+    assert by_f1.score == pytest.approx(0.7 / 1.7) and by_f1.accuracy == pytest.approx(0.7)
 
 
 def word_level_tokenizer(path, vocabulary):
