@@ -4,44 +4,84 @@ Pure. This module decides which gates exist, what each compares, and what a miss
 missing champion means. Whether a value clears its bound is answered by a `Check` passed in:
 `tasks.registry.mlflow_check` answers with MLflow's own `validate_evaluation_results`, so this
 module needs neither prefect nor mlflow.
+
+Every gate here can fail on a real run. Checks that earlier stages already enforce more strictly
+are not repeated (ONNX parity: export refuses a graph out of parity; the INT8 accuracy drop: the
+quantize stage's own gate ships fp32 instead).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from sklearn.metrics import accuracy_score, f1_score
+
 from distill.config import PromotionConfig
 
-CHAMPION_GATE = "accuracy_vs_champion"
+Metric = Literal["accuracy", "macro_f1"]
+
+
+def champion_gate(metric: Metric) -> str:
+    return f"{metric}_vs_champion"
+
+
+def baseline_gate(metric: Metric) -> str:
+    return f"{metric}_over_baseline"
+
+
+CHAMPION_GATE = champion_gate("accuracy")  # the default metric's name, as tags have it
+
+
+def score(
+    metric: Metric, labels: Sequence[int], predicted: Sequence[int], num_labels: int
+) -> float:
+    """`metric` of `predicted` against `labels`. Macro-F1 averages over every class the model
+    knows, so a class the model never predicts counts as 0, not as absent."""
+    if metric == "accuracy":
+        return float(accuracy_score(labels, predicted))
+    classes = list(range(num_labels))
+    return float(f1_score(labels, predicted, labels=classes, average="macro", zero_division=0))
+
+
+def majority_baseline(
+    metric: Metric, train_labels: Sequence[int], test_labels: Sequence[int], num_labels: int
+) -> float:
+    """The score of always answering the most frequent train label, on the test labels."""
+    if not train_labels:
+        raise ValueError("the majority-class baseline needs at least one train label")
+    majority = Counter(train_labels).most_common(1)[0][0]
+    return score(metric, test_labels, [majority] * len(test_labels), num_labels)
 
 
 @dataclass(frozen=True)
 class Measurements:
-    """What a finished run measured; None means "not measured" and fails its gate."""
+    """What a finished run measured, every score in the configured metric; None means "not
+    measured" and fails its gate."""
 
-    parity_passed: bool | None
-    retention: float | None
-    int8_accuracy_drop: float | None
+    retention: float | None  # student score / teacher score (PyTorch)
     latency_ms: float | None
-    accuracy: float | None  # the candidate's INT8 accuracy on this run's test split
+    score: float | None  # the shipped model's score on this run's test split
+    baseline_score: float | None  # always answering the majority train label, same split
     champion_version: str | None = None  # None: nothing is champion yet
-    champion_accuracy: float | None = None  # the champion's on the same split
+    champion_score: float | None = None  # the champion's on the same split
 
 
 @dataclass(frozen=True)
 class Gate:
-    """One comparison. An absolute gate bounds `value` by `threshold`; a champion gate needs
-    `value` to beat `baseline` (the champion's value) by at least `min_improvement`."""
+    """One comparison. An absolute gate bounds `value` by `threshold`; a relative gate needs
+    `value` to beat `baseline` by at least `min_improvement`."""
 
     name: str
     value: float | None
     greater_is_better: bool
-    kind: Literal["absolute", "champion"] = "absolute"
+    kind: Literal["absolute", "relative"] = "absolute"
     threshold: float | None = None
     baseline: float | None = None
     min_improvement: float = 0.0
+    against: str = ""  # what `baseline` is, for people reading the result
 
     @property
     def bound(self) -> float | None:
@@ -67,24 +107,27 @@ Check = Callable[[Gate], str | None]  # why `gate` fails, or None when it passes
 
 
 def build_gates(config: PromotionConfig, measured: Measurements) -> list[Gate]:
-    parity = None if measured.parity_passed is None else float(measured.parity_passed)
+    champion = measured.champion_version
     return [
-        Gate("onnx_parity", parity, greater_is_better=True, threshold=1.0),
         Gate("retention", measured.retention, True, threshold=config.min_retention),
         Gate(
-            "int8_accuracy_drop",
-            measured.int8_accuracy_drop,
-            False,
-            threshold=config.max_int8_accuracy_drop,
+            baseline_gate(config.metric),
+            measured.score,
+            True,
+            kind="relative",
+            baseline=measured.baseline_score,
+            min_improvement=config.min_margin_over_baseline,
+            against="majority-class baseline",
         ),
         Gate("latency_ms", measured.latency_ms, False, threshold=config.max_latency_ms),
         Gate(
-            CHAMPION_GATE,
-            measured.accuracy,
+            champion_gate(config.metric),
+            measured.score,
             True,
-            kind="champion",
-            baseline=measured.champion_accuracy,
+            kind="relative",
+            baseline=measured.champion_score,
             min_improvement=config.min_improvement,
+            against=f"champion v{champion}",
         ),
     ]
 
@@ -93,17 +136,20 @@ def judge(gate: Gate, check: Check, champion_version: str | None = None) -> Gate
     def result(passed: bool, reason: str) -> GateResult:
         return GateResult(gate.name, gate.value, gate.bound, passed, reason)
 
+    is_champion_gate = gate.name.endswith("_vs_champion")
     if gate.value is None:
         return result(False, f"{gate.name} was not measured (failed or partial run)")
-    if gate.kind == "champion" and champion_version is None:
+    if is_champion_gate and champion_version is None:
         return result(True, "no champion yet: the first model passing the other gates is promoted")
-    if gate.kind == "champion" and gate.baseline is None:
+    if is_champion_gate and gate.baseline is None:
         return result(False, f"champion v{champion_version} could not be scored on this data")
+    if gate.kind == "relative" and gate.baseline is None:
+        return result(False, f"the {gate.against} of {gate.name} was not measured")
     failure = check(gate)
     if failure is not None:
         return result(False, failure)
     relation = ">=" if gate.greater_is_better else "<="
-    against = "" if gate.kind == "absolute" else f" (champion v{champion_version})"
+    against = f" ({gate.against} {gate.baseline:.4g})" if gate.kind == "relative" else ""
     return result(True, f"{gate.name} = {gate.value:.4g} {relation} {gate.bound:.4g}{against}")
 
 

@@ -11,16 +11,21 @@ import typer
 from distill.config import ConfigError, load_config
 from distill.data import DataError
 from flows.edge_cli import register as register_edge_commands
+from flows.errors import fail
 from flows.registry_cli import register as register_registry_commands
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
+# Mistakes a user can fix: reported as one line naming the file, key or version, no traceback.
 USER_ERRORS = (ConfigError, DataError, FileNotFoundError)
 
 
-def fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(code=2)
+def pipeline_errors() -> tuple[type[Exception], ...]:
+    """USER_ERRORS plus what only a running pipeline raises (imported late: they pull in mlflow)."""
+    from tasks.registry import RegistryError
+    from tasks.tracking import TrackingUnavailable
+
+    return (*USER_ERRORS, RegistryError, TrackingUnavailable)
 
 
 @app.callback()
@@ -54,11 +59,10 @@ def run(
         fail(err)
 
     from flows.pipeline import distill_pipeline
-    from tasks.tracking import TrackingUnavailable
 
     try:
         summary = distill_pipeline(str(config), overrides)
-    except (*USER_ERRORS, TrackingUnavailable) as err:
+    except pipeline_errors() as err:
         fail(err)
     print_summary(summary, Path(settings.workdir).resolve())
 

@@ -9,9 +9,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from flows.errors import fail as _fail
 
 if TYPE_CHECKING:
     from deploy.runtime import Bundle
@@ -27,11 +29,6 @@ def register(app: typer.Typer) -> None:
     app.command("predict")(predict_command)
     app.command("selftest")(selftest_command)
     app.command("serve")(serve_command)
-
-
-def _fail(message: object) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 def _load(path: Path, threads: int) -> Bundle:

@@ -12,6 +12,7 @@ from distill.config import config_to_yaml, flatten, load_config
 from distill.store import write_json_atomic
 from distill.summary import build_summary
 from tasks import stages
+from tasks.registry import REGISTRY_RECORD, check_registry_record
 from tasks.tracking import MlflowTracker, default_tracking_uri, git_commit
 
 SUMMARY = "summary.json"
@@ -26,7 +27,17 @@ def distill_pipeline(config_path: str, overrides: list[str] | None = None) -> di
     workdir.mkdir(parents=True, exist_ok=True)
     logger = get_run_logger()
     tracker = MlflowTracker(
-        default_tracking_uri(workdir), config.tracking.experiment, workdir / "mlartifacts"
+        default_tracking_uri(workdir),
+        config.tracking.experiment,
+        workdir / "mlartifacts",
+        registry_record=workdir / REGISTRY_RECORD,
+    )
+    # A registry that lost versions this workdir registered stops the run before any work.
+    check_registry_record(
+        tracker.client,
+        workdir / REGISTRY_RECORD,
+        tracker.tracking_uri,
+        config.tracking.registered_model,
     )
     run_id = tracker.start_run(
         run_name=config.name,
@@ -64,7 +75,13 @@ def distill_pipeline(config_path: str, overrides: list[str] | None = None) -> di
         # The bundle goes with the run before any gate can promote the version, so a champion
         # always has its bundle.
         bundle = stages.bundle(workdir, finished, registration, tracker)
-        promotion = stages.promote(config.promotion, registration, finished, tracker)
+        promotion = stages.promote(
+            config.promotion,
+            registration,
+            finished,
+            tracker,
+            latency_samples=config.export.latency_samples,
+        )
         summary = build_summary(
             finished,
             mlflow_run_id=run_id,

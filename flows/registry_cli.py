@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from distill.config import ConfigError, load_config
+from flows.errors import fail
 
 TrackingUri = Annotated[
     str | None,
@@ -32,18 +33,19 @@ Overrides = Annotated[
 ]
 
 
-def fail(message: object) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
-
-
-def _client(tracking_uri: str | None, workdir: Path | None):
+def _registry_uri(tracking_uri: str | None, workdir: Path | None) -> str:
     if not tracking_uri and workdir is None:
         fail("name the registry with --tracking-uri, --workdir or MLFLOW_TRACKING_URI")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr for errors
-    from tasks.registry import registry_client
+    from tasks.tracking import sqlite_uri
 
-    return registry_client(tracking_uri or f"sqlite:///{workdir.resolve()}/mlflow.db")
+    return tracking_uri or sqlite_uri(workdir)
+
+
+def _client(tracking_uri: str | None, workdir: Path | None):
+    from tasks.tracking import mlflow_client
+
+    return mlflow_client(_registry_uri(tracking_uri, workdir))
 
 
 def _registry_errors() -> tuple[type[Exception], ...]:
@@ -63,11 +65,13 @@ def promote(
     workdir: Workdir = None,
 ) -> None:
     """Make VERSION the champion by hand, whatever its gates said (recorded as an override)."""
-    client = _client(tracking_uri, workdir)
-    from tasks.registry import override_promote
+    uri = _registry_uri(tracking_uri, workdir)
+    from tasks.registry import override_promote, registry_lock
+    from tasks.tracking import mlflow_client
 
     try:
-        outcome = override_promote(client, name, version, by=by, reason=reason)
+        with registry_lock(uri, name):
+            outcome = override_promote(mlflow_client(uri), name, version, by=by, reason=reason)
     except _registry_errors() as err:
         fail(err)
     replaced = f"; v{outcome.replaced} is now previous" if outcome.replaced else ""
@@ -81,11 +85,14 @@ def rollback(
     workdir: Workdir = None,
 ) -> None:
     """Make the previous champion the champion again."""
-    client = _client(tracking_uri, workdir)
+    uri = _registry_uri(tracking_uri, workdir)
+    from tasks.registry import registry_lock
     from tasks.registry import rollback as roll_back
+    from tasks.tracking import mlflow_client
 
     try:
-        outcome = roll_back(client, name, by=by)
+        with registry_lock(uri, name):
+            outcome = roll_back(mlflow_client(uri), name, by=by)
     except _registry_errors() as err:
         fail(err)
     typer.echo(f"{name} v{outcome.version} is champion again ({outcome.reason})")

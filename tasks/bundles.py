@@ -10,42 +10,24 @@ import tempfile
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from deploy.bundle import BUNDLE_DIR, place_folder, tarball_path, write_tarball
 from deploy.runtime import load_bundle
+from tasks.registry import RegistryError, resolve_model_uri
+from tasks.tracking import mlflow_client
 
 
 class BundleFetchError(ValueError):
     """The model URI, its version or its run's bundle cannot be used; the message says which."""
 
 
-def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """(name, alias, version) of `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
-    rest = uri.removeprefix("models:/")
-    if rest == uri or not rest:
-        raise BundleFetchError(f"model URI must look like models:/NAME@ALIAS, got '{uri}'")
-    if "@" in rest:
-        name, alias = rest.rsplit("@", 1)
-        if name and alias:
-            return name, alias, None
-    elif "/" in rest:
-        name, version = rest.rsplit("/", 1)
-        if name and version.isdigit():
-            return name, None, version
-    raise BundleFetchError(f"model URI must look like models:/NAME@ALIAS, got '{uri}'")
-
-
 def resolve_run(client: MlflowClient, uri: str) -> str:
     """The id of the run that logged the model version a model URI points at."""
-    name, alias, version = parse_model_uri(uri)
     try:
-        if alias is not None:
-            found = client.get_model_version_by_alias(name, alias)
-        else:
-            found = client.get_model_version(name, str(version))
-    except MlflowException as err:
-        raise BundleFetchError(f"{uri}: {err.message}") from None
+        name, version = resolve_model_uri(client, uri)
+    except RegistryError as err:
+        raise BundleFetchError(str(err)) from None
+    found = client.get_model_version(name, version)
     if not found.run_id:
         raise BundleFetchError(f"{uri}: version {found.version} has no source run")
     return found.run_id
@@ -53,7 +35,7 @@ def resolve_run(client: MlflowClient, uri: str) -> str:
 
 def fetch_bundle(model_uri: str, out: Path, tracking_uri: str) -> Path:
     """Download the bundle of `model_uri`'s run, verify it, write `out/` and `out.tar.gz`."""
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     run_id = resolve_run(client, model_uri)
     if not client.list_artifacts(run_id, BUNDLE_DIR):
         raise BundleFetchError(f"{model_uri}: run {run_id} has no '{BUNDLE_DIR}' artifact")

@@ -1,4 +1,4 @@
-"""Gate a freshly registered version: measure it, judge it, write its model card, move aliases.
+"""Gate a registered version: measure it, judge it, write its model card, move aliases.
 
 Called by the `promote` task once every stage of a run has finished and the INT8 model is
 registered as `challenger`; it runs nowhere else, so the gates never see a failed or partial run.
@@ -15,7 +15,7 @@ from deploy.benchmark import onnx_latencies, torch_latency
 from deploy.quantize import model_split
 from distill.config import PromotionConfig
 from distill.data import load_split
-from distill.gates import Measurements, evaluate_gates
+from distill.gates import Measurements, Metric, evaluate_gates, majority_baseline, score
 from distill.model_card import ModelPoint, description_text, render_model_card, write_model_card
 from distill.store import Artifact
 from tasks import registry
@@ -79,34 +79,60 @@ def measure_models(
     return points
 
 
+def retention_in(metric: Metric, evaluation: Artifact) -> float | None:
+    """Student score / teacher score (PyTorch, test split) in the gates' metric."""
+    if metric == "accuracy":
+        return evaluation.manifest.get("retention")
+    teacher = evaluation.manifest.get("teacher_macro_f1")
+    student = evaluation.manifest.get("student_macro_f1")
+    if teacher is None or student is None:
+        return None
+    return student / teacher if teacher > 0 else 0.0
+
+
 def gate_and_promote(
     config: PromotionConfig,
     registration: Registration,
     artifacts: Mapping[str, Artifact],
     tracker: MlflowTracker,
+    latency_samples: int,
 ) -> dict[str, Any]:
+    """Measure the registered model, judge the gates, and move aliases when they pass.
+
+    Registry reads and writes are serialised (`registry_lock`) from scoring the champion to
+    moving the aliases, so two runs finishing at once cannot both replace the same champion.
+    A reused registration (the very same model was registered before) is measured and judged
+    for the summary, but its version keeps its tags and aliases."""
     data, export, quantized = artifacts["data"], artifacts["export"], artifacts["quantize"]
+    metric, num_labels = config.metric, len(data.manifest["label_names"])
     test = load_split(data.path, "test")
-    with tempfile.TemporaryDirectory(prefix="distillery-promote-") as tmp:
+    train_labels = list(load_split(data.path, "train")["label"])
+    with (
+        registry.registry_lock(tracker.tracking_uri, registration.name),
+        tempfile.TemporaryDirectory(prefix="distillery-promote-") as tmp,
+    ):
         folder = Path(tmp)
         champion = registry.score_champion(
             tracker.tracking_uri,
             registration.name,
             test,
-            len(data.manifest["label_names"]),
+            num_labels,
             folder / "champion",
             data.manifest["max_length"],
+            metric,
         )
-        points = measure_models(artifacts, test, champion, config.latency_samples)
+        points = measure_models(artifacts, test, champion, latency_samples)
         candidate = points["int8"]
+        predicted, _ = registry.onnx_predictions(
+            quantized.file(quantized.manifest["file"]), model_split(export, data, "test")
+        )
         measured = Measurements(
-            parity_passed=export.manifest.get("parity_passed"),
-            retention=artifacts["evaluation"].manifest.get("retention"),
-            int8_accuracy_drop=quantized.manifest.get("accuracy_drop"),
+            retention=retention_in(metric, artifacts["evaluation"]),
             latency_ms=candidate.p50_ms,
-            accuracy=candidate.accuracy,
+            score=score(metric, test["label"], predicted, num_labels),
+            baseline_score=majority_baseline(metric, train_labels, test["label"], num_labels),
             champion_version=None if champion is None else champion.version,
-            champion_accuracy=None if champion is None else champion.accuracy,
+            champion_score=None if champion is None else champion.score,
         )
         results = evaluate_gates(config, measured, registry.mlflow_check)
         card = render_model_card(
@@ -127,26 +153,48 @@ def gate_and_promote(
             artifacts["evaluation"].file("confusion_matrix.png"),
         )
         tracker.log_artifacts(folder / CARD_ARTIFACTS, CARD_ARTIFACTS)
+        if registration.reused:
+            outcome = reused_outcome(tracker, registration)
+        else:
+            outcome = registry.apply_gates(
+                tracker.client,
+                registration.name,
+                registration.version,
+                results,
+                description_text(card),
+            )
 
-    outcome = registry.apply_gates(
-        tracker.client, registration.name, registration.version, results, description_text(card)
-    )
     tracker.log_metrics(
         {
             "promotion/int8_accuracy": candidate.accuracy,
+            f"promotion/{metric}": measured.score,
+            f"promotion/baseline_{metric}": measured.baseline_score,
             "promotion/latency_p50_ms": candidate.p50_ms,
             "promotion/latency_p95_ms": candidate.p95_ms,
             "promotion/promoted": float(outcome.promoted),
         }
         | {f"gate/{result.name}": float(result.passed) for result in results}
     )
-    tracker.set_tags({"promotion.decision": "promoted" if outcome.promoted else "rejected"})
+    decision = "reused" if registration.reused else "promoted" if outcome.promoted else "rejected"
+    tracker.set_tags({"promotion.decision": decision})
     return {
         "promoted": outcome.promoted,
+        "reused": registration.reused,
         "alias": outcome.alias,
         "replaced_version": outcome.replaced,
         "champion_before": measured.champion_version,
         "reason": outcome.reason,
+        "metric": metric,
         "latency_ms": {"p50": candidate.p50_ms, "p95": candidate.p95_ms},
         "gates": [result.as_dict() for result in results],
     }
+
+
+def reused_outcome(tracker: MlflowTracker, registration: Registration) -> registry.Outcome:
+    """What an unchanged model's rerun did to the registry: nothing."""
+    alias = registry.alias_of(tracker.client, registration.name, registration.version)
+    reason = (
+        f"unchanged model: v{registration.version} has the same ONNX sha256 and data "
+        f"fingerprint; reused, no alias moved"
+    )
+    return registry.Outcome(registration.name, registration.version, False, alias, None, reason)

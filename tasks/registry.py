@@ -1,43 +1,63 @@
-"""The model registry side of promotion: MLflow's validation, the champion's score, aliases, tags.
+"""The model registry side of promotion: registration, MLflow's validation, aliases, tags.
 
-Aliases: `challenger` is the latest registered candidate, `champion` the model to serve,
-`previous` the champion it replaced (what `rollback` goes back to). Every version the gates look
-at carries their results as tags, so a reviewer sees in the registry why it was or was not
-promoted.
+Aliases: `champion` is the model to serve, `previous` the champion it replaced (what `rollback`
+goes back to, never the champion itself), and `challenger` the newest version that was not
+promoted (none when every version was). Every version the gates look at carries their results as
+tags, so a reviewer sees in the registry why it was or was not promoted.
+
+Registration is idempotent: a model whose ONNX sha256 and data fingerprint match a registered
+version reuses that version. Registration and promotion of one registered model are serialised
+by a file lock, and a workdir remembers the highest version it registered, so a registry that was
+reset (its store deleted) is noticed instead of silently restarting at v1.
 """
 
 from __future__ import annotations
 
 import getpass
+import hashlib
+import json
 import logging
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import yaml
+from filelock import FileLock, Timeout
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import MetricThreshold
 from mlflow.models.evaluation import EvaluationResult
 from mlflow.models.evaluation.validation import ModelValidationFailedException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import (
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
 
-from deploy.benchmark import onnx_accuracy
+from deploy.onnx_eval import onnx_logits, open_session
 from deploy.runtime import TOKENIZER as BUNDLE_TOKENIZER
 from deploy.vocab_trim import tokenized_split
-from distill.gates import Gate, GateResult, all_passed, failure_summary
+from distill.gates import Gate, GateResult, Metric, all_passed, failure_summary, score
+from distill.store import write_json_atomic
+from tasks.tracking import MlflowTracker, Registration, mlflow_client
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
-ONNX_FILE = "model.onnx"  # the file mlflow.onnx.log_model writes
+ONNX_FILE = "model.onnx"  # the file mlflow.onnx.save_model writes
 CONFIG_ARTIFACT = "config/config.resolved.yaml"
 BUNDLE_ARTIFACT = "bundle"
 FINISHED_BADLY = {"FAILED", "KILLED"}
+ONNX_SHA256, DATA_FINGERPRINT = "onnx_sha256", "data_fingerprint"  # version tags
+REGISTRY_RECORD = "registry.json"  # in the workdir: the highest version registered through it
+LOCK_TIMEOUT_S = 1800.0  # a promotion measures latency and scores the champion: minutes at most
 
+log = logging.getLogger(__name__)
 # validate_evaluation_results logs two INFO lines per gate; the gate results say more.
 logging.getLogger("mlflow.models.evaluation.validation").setLevel(logging.WARNING)
 
@@ -49,7 +69,8 @@ class RegistryError(RuntimeError):
 @dataclass(frozen=True)
 class ChampionScore:
     version: str
-    accuracy: float | None  # None: the champion cannot be scored on this data
+    score: float | None  # in the gates' metric; None: the champion cannot be scored on this data
+    accuracy: float | None  # for the model card, whatever the metric
     path: Path  # its downloaded ONNX file, valid while the caller's folder lives
     split: Mapping[str, Sequence]  # the test split as the champion's own tokenizer encodes it
 
@@ -59,7 +80,7 @@ class Outcome:
     name: str
     version: str
     promoted: bool
-    alias: str  # the alias that says what this version is now: champion or challenger
+    alias: str  # what this version is now: champion, challenger, or "" (neither)
     replaced: str | None  # the champion it replaced, now `previous`
     reason: str
 
@@ -78,9 +99,10 @@ def mlflow_check(gate: Gate) -> str | None:
             greater_is_better=gate.greater_is_better,
         )
         baseline = EvaluationResult(metrics={gate.name: float(gate.baseline)}, artifacts={})
-    else:  # MetricThreshold wants a positive change; "not worse" is a threshold at the baseline
+    else:  # MetricThreshold wants a positive change: "not worse" (or a negative margin, in
+        # smoke tests) is a plain threshold at baseline + margin
         threshold = MetricThreshold(
-            threshold=float(gate.baseline), greater_is_better=gate.greater_is_better
+            threshold=float(gate.bound), greater_is_better=gate.greater_is_better
         )
     try:
         mlflow.validate_evaluation_results({gate.name: threshold}, candidate, baseline)
@@ -89,8 +111,32 @@ def mlflow_check(gate: Gate) -> str | None:
     return None
 
 
-def registry_client(tracking_uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """(name, alias, version) of `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
+    match = MODEL_URI.match(uri)
+    if match is None:
+        raise RegistryError(
+            f"not a registered model URI: {uri!r} (use models:/NAME@ALIAS or models:/NAME/VERSION)"
+        )
+    return match["name"], match["alias"], match["version"]
+
+
+def resolve_model_uri(client: MlflowClient, uri: str) -> tuple[str, str]:
+    """The one `models:/` resolver: `models:/NAME@ALIAS` or `models:/NAME/VERSION` ->
+    (name, version), the version checked to exist."""
+    name, alias, version = parse_model_uri(uri)
+    if alias is not None:
+        version = aliases(client, name).get(alias)
+        if version is None:
+            raise RegistryError(f"{name} has no version with alias '{alias}'")
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException as err:
+        raise RegistryError(f"{uri}: {err.message}") from None
+    return name, str(version)
 
 
 def aliases(client: MlflowClient, name: str) -> dict[str, str]:
@@ -104,14 +150,191 @@ def aliases(client: MlflowClient, name: str) -> dict[str, str]:
     return {alias: str(version) for alias, version in model.aliases.items()}
 
 
+def versions(client: MlflowClient, name: str) -> list[Any]:
+    """Every version of a registered model (with tags; MLflow leaves their aliases empty)."""
+    escaped = name.replace("'", "\\'")
+    return list(client.search_model_versions(f"name='{escaped}'"))
+
+
+def highest_version(client: MlflowClient, name: str) -> int:
+    return max((int(version.version) for version in versions(client, name)), default=0)
+
+
+# --- serialising registry writes ------------------------------------------------------------
+
+
+def lock_path(tracking_uri: str, name: str) -> Path:
+    """One lock file per (tracking store, registered model), shared by every process here."""
+    key = hashlib.sha256(f"{tracking_uri}\0{name}".encode()).hexdigest()[:24]
+    folder = Path(tempfile.gettempdir()) / "distillery-registry-locks"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{key}.lock"
+
+
+@contextmanager
+def registry_lock(tracking_uri: str, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold while reading and moving a model's versions and aliases: two promotions at once
+    would both see the same champion and both move it."""
+    path = lock_path(tracking_uri, name)
+    try:
+        with FileLock(str(path), timeout=timeout):
+            yield
+    except Timeout:
+        raise RegistryError(
+            f"another registration or promotion of {name} at {tracking_uri} has held {path} "
+            f"for {timeout:.0f} s; try again when it has finished"
+        ) from None
+
+
+# --- registry reset detection ---------------------------------------------------------------
+
+
+def _read_record(record: Path) -> list[dict[str, Any]]:
+    if not record.is_file():
+        return []
+    try:
+        entries = json.loads(record.read_text())["registries"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RegistryError(
+            f"{record} cannot be read ({err}); delete it to start the registry record over"
+        ) from None
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def recorded_version(record: Path, tracking_uri: str, name: str) -> int:
+    """The highest version of `name` at `tracking_uri` that this workdir registered (0: none)."""
+    for entry in _read_record(record):
+        if entry.get("tracking_uri") == tracking_uri and entry.get("registered_model") == name:
+            return int(entry.get("highest_version", 0))
+    return 0
+
+
+def check_registry_record(client: MlflowClient, record: Path, tracking_uri: str, name: str) -> None:
+    """Refuse a registry that has fewer versions than this workdir registered into it: its store
+    was deleted or replaced, and new versions would reuse numbers that old bundles name."""
+    remembered = recorded_version(record, tracking_uri, name)
+    if remembered == 0:
+        return
+    now = highest_version(client, name)
+    if now < remembered:
+        raise RegistryError(
+            f"the registry at {tracking_uri} has {name} up to v{now}, but {record} records that "
+            f"v{remembered} was registered through this workdir: the registry was reset or "
+            f"replaced. Restore it, point MLFLOW_TRACKING_URI at the right store, or delete "
+            f"{record} to start the version numbers over"
+        )
+
+
+def remember_version(record: Path, tracking_uri: str, name: str, version: int) -> None:
+    entries = [
+        entry
+        for entry in _read_record(record)
+        if (entry.get("tracking_uri"), entry.get("registered_model")) != (tracking_uri, name)
+    ]
+    highest = max(version, recorded_version(record, tracking_uri, name))
+    entries.append(
+        {"tracking_uri": tracking_uri, "registered_model": name, "highest_version": highest}
+    )
+    write_json_atomic(record, {"registries": entries})
+
+
+# --- registration ---------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def find_identical(
+    client: MlflowClient, name: str, onnx_sha256: str, fingerprint: str
+) -> str | None:
+    """The oldest version of the same graph trained on the same data, if any."""
+    same = [
+        int(version.version)
+        for version in versions(client, name)
+        if version.tags.get(ONNX_SHA256) == onnx_sha256
+        and version.tags.get(DATA_FINGERPRINT) == fingerprint
+    ]
+    return str(min(same)) if same else None
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+
+
+def refresh_challenger(client: MlflowClient, name: str) -> str | None:
+    """Point `challenger` at the newest version that was not promoted; remove it when every
+    version was. Returns the challenger's version."""
+    waiting = [
+        int(version.version)
+        for version in versions(client, name)
+        if version.tags.get("promotion.decision") != "promoted"
+    ]
+    current = aliases(client, name).get(CHALLENGER)
+    newest = str(max(waiting)) if waiting else None
+    if newest is not None and newest != current:
+        client.set_registered_model_alias(name, CHALLENGER, newest)
+    elif newest is None and current is not None:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    return newest
+
+
+def register_model(
+    tracker: MlflowTracker,
+    onnx_path: Path,
+    name: str,
+    num_labels: int,
+    version_tags: Mapping[str, Any],
+) -> Registration:
+    """Register the run's ONNX model as a new version of `name`, unless a version with the same
+    graph (sha256) and data fingerprint exists: then that version is reused, no alias moves,
+    and both the run and the returned Registration say so. A new version becomes `challenger`.
+    """
+    client, uri = tracker.client, tracker.tracking_uri
+    digest = file_sha256(onnx_path)
+    fingerprint = str(version_tags.get(DATA_FINGERPRINT, ""))
+    with registry_lock(uri, name):
+        if tracker.registry_record is not None:
+            check_registry_record(client, tracker.registry_record, uri, name)
+        same = find_identical(client, name, digest, fingerprint) if fingerprint else None
+        if same is not None:
+            log.info("%s v%s is this very model (same ONNX sha256 and data): reused", name, same)
+            tracker.set_tags({"registry.reused_version": same})
+            return Registration(name, same, f"models:/{name}/{same}", reused=True)
+        source = tracker.log_onnx_model(onnx_path, num_labels)
+        _ensure_registered_model(client, name)
+        created = client.create_model_version(name, source, run_id=tracker.run_id)
+        version = str(created.version)
+        tags = {**version_tags, ONNX_SHA256: digest}
+        set_version_tags(client, name, version, tags)
+        refresh_challenger(client, name)
+        if tracker.registry_record is not None:
+            remember_version(tracker.registry_record, uri, name, int(version))
+    return Registration(name, version, f"models:/{name}/{version}")
+
+
+# --- scoring the champion -------------------------------------------------------------------
+
+
 def download_onnx(tracking_uri: str, name: str, version: str, folder: Path) -> Path:
-    # `models:/` URIs resolve through the process-wide registry URI only.
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    # The version's own source: a `models:/` URI would resolve through the process-wide
+    # registry URI, which this module never sets.
+    source = mlflow_client(tracking_uri).get_model_version_download_uri(name, version)
     local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{name}/{version}", dst_path=str(folder)
+        artifact_uri=source, dst_path=str(folder), tracking_uri=tracking_uri
     )
     return Path(local) / ONNX_FILE
+
+
+def onnx_predictions(path: Path, split: Mapping[str, Sequence]) -> tuple[np.ndarray, int]:
+    """Predicted labels on the split, and the model's number of outputs (classes)."""
+    logits = onnx_logits(open_session(path), split["input_ids"], split["attention_mask"])
+    return logits.argmax(-1), int(logits.shape[-1])
 
 
 def score_champion(
@@ -121,30 +344,39 @@ def score_champion(
     num_labels: int,
     folder: Path,
     max_length: int,
+    metric: Metric = "accuracy",
 ) -> ChampionScore | None:
-    """The current champion's accuracy on this run's test split (data may have changed since
-    it was trained), or None when there is no champion.
+    """The current champion's score (in `metric`) on this run's test split (data may have
+    changed since it was trained), or None when there is no champion.
 
     The texts are encoded with the tokenizer from the champion's own edge bundle: a champion
     with a trimmed vocabulary reads other ids than this run's tokenizer writes."""
-    version = aliases(registry_client(tracking_uri), name).get(CHAMPION)
+    version = aliases(mlflow_client(tracking_uri), name).get(CHAMPION)
     if version is None:
         return None
     path = download_onnx(tracking_uri, name, version, folder)
     tokenizer = download_bundle_tokenizer(tracking_uri, name, version, folder / "bundle")
     split = test_split if tokenizer is None else tokenized_split(tokenizer, test_split, max_length)
-    accuracy, outputs = onnx_accuracy(path, split)
+    predicted, outputs = onnx_predictions(path, split)
     if outputs != num_labels:  # trained for other labels: its score here would mean nothing
-        return ChampionScore(version, None, path, split)
-    return ChampionScore(version, accuracy, path, split)
+        return ChampionScore(version, None, None, path, split)
+    labels = split["label"]
+    return ChampionScore(
+        version,
+        score(metric, labels, predicted, num_labels),
+        score("accuracy", labels, predicted, num_labels),
+        path,
+        split,
+    )
 
 
 def download_bundle_tokenizer(
     tracking_uri: str, name: str, version: str, folder: Path
 ) -> Path | None:
     """The tokenizer of the version's edge bundle, or None for a run that logged no bundle."""
-    run_id = registry_client(tracking_uri).get_model_version(name, version).run_id
-    listed = MlflowClient(tracking_uri).list_artifacts(run_id, BUNDLE_ARTIFACT)
+    client = mlflow_client(tracking_uri)
+    run_id = client.get_model_version(name, version).run_id
+    listed = client.list_artifacts(run_id, BUNDLE_ARTIFACT)
     wanted = f"{BUNDLE_ARTIFACT}/{BUNDLE_TOKENIZER}"
     if wanted not in {item.path for item in listed}:
         return None
@@ -177,21 +409,30 @@ def move_champion(client: MlflowClient, name: str, version: str) -> str | None:
 
     MLflow stores one row per (model, alias) and setting an alias rewrites that row in a single
     statement, so `champion` always names exactly one version and is never deleted here. The
-    order matters if we are stopped between the two calls: moving `previous` first leaves the old
-    champion as both champion and previous (harmless, and a rerun finishes the job); moving
-    `champion` first would lose the version to roll back to.
+    order matters if we are stopped between the calls: moving `previous` first leaves the old
+    champion as both champion and previous until `champion` moves, one statement later;
+    moving `champion` first would lose the version to roll back to. `previous` never ends up
+    naming the new champion.
     """
-    old = aliases(client, name).get(CHAMPION)
+    current = aliases(client, name)
+    old = current.get(CHAMPION)
     if old == version:
         return None
     if old is not None:
         client.set_registered_model_alias(name, PREVIOUS, old)
+    elif current.get(PREVIOUS) == version:
+        client.delete_registered_model_alias(name, PREVIOUS)
     client.set_registered_model_alias(name, CHAMPION, version)
     return old
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def alias_of(client: MlflowClient, name: str, version: str) -> str:
+    now = aliases(client, name)
+    return next((alias for alias in (CHAMPION, CHALLENGER) if now.get(alias) == version), "")
 
 
 def apply_gates(
@@ -204,7 +445,8 @@ def apply_gates(
     """Record the gates on the version and promote it when every gate passed.
 
     Tags are written before any alias moves, so a champion always carries its gate results.
-    A version whose run failed or was killed is never promoted by the gates.
+    A version whose run failed or was killed is never promoted by the gates. The caller holds
+    `registry_lock` from scoring the champion to here.
     """
     run_id = client.get_model_version(name, version).run_id
     run_status = client.get_run(run_id).info.status if run_id else "UNKNOWN"
@@ -224,10 +466,9 @@ def apply_gates(
     if passed and champion is not None and champion != version:
         tags["promotion.replaces"] = champion
     set_version_tags(client, name, version, tags)
-    if not passed:
-        return Outcome(name, version, False, CHALLENGER, None, reason)
-    replaced = move_champion(client, name, version)
-    return Outcome(name, version, True, CHAMPION, replaced, reason)
+    replaced = move_champion(client, name, version) if passed else None
+    refresh_challenger(client, name)
+    return Outcome(name, version, passed, alias_of(client, name, version), replaced, reason)
 
 
 def override_promote(
@@ -249,6 +490,7 @@ def override_promote(
         tags["promotion.replaces"] = champion
     set_version_tags(client, name, version, tags)
     replaced = move_champion(client, name, version)
+    refresh_challenger(client, name)
     return Outcome(name, version, True, CHAMPION, replaced, tags["promotion.reason"])
 
 
@@ -274,23 +516,6 @@ def rollback(client: MlflowClient, name: str, by: str | None = None) -> Outcome:
     else:
         client.delete_registered_model_alias(name, PREVIOUS)
     return Outcome(name, restored, True, CHAMPION, demoted, f"rolled back from v{demoted}")
-
-
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
-
-
-def resolve_model_uri(client: MlflowClient, uri: str) -> tuple[str, str]:
-    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> (name, version)."""
-    match = MODEL_URI.match(uri)
-    if match is None:
-        raise RegistryError(f"not a registered model URI: {uri!r} (use models:/NAME@ALIAS)")
-    name = match["name"]
-    if match["version"]:
-        return name, match["version"]
-    version = aliases(client, name).get(match["alias"])
-    if version is None:
-        raise RegistryError(f"{name} has no version with alias '{match['alias']}'")
-    return name, version
 
 
 def lineage(client: MlflowClient, uri: str) -> dict[str, Any]:
@@ -324,7 +549,7 @@ def lineage(client: MlflowClient, uri: str) -> dict[str, Any]:
 
 def champion_fingerprint(tracking_uri: str, name: str) -> tuple[str, str | None] | None:
     """(version, data_fingerprint tag) of the current champion, or None without one."""
-    client = registry_client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     version = aliases(client, name).get(CHAMPION)
     if version is None:
         return None

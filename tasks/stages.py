@@ -194,7 +194,10 @@ def register_model(
     data: Artifact,
     tracker: MlflowTracker,
 ) -> Registration:
-    return tracker.register_onnx(
+    from tasks.registry import register_model as register
+
+    return register(
+        tracker,
         quantized.file(quantized.manifest["file"]),
         registered_model,
         num_labels=len(data.manifest["label_names"]),
@@ -205,7 +208,6 @@ def register_model(
             "quantization": quantized.manifest["method"],
             "int8_test_accuracy": quantized.manifest["test_accuracy"],
         },
-        alias="challenger",
     )
 
 
@@ -215,12 +217,13 @@ def promote(
     registration: Registration,
     artifacts: Mapping[str, Artifact],
     tracker: MlflowTracker,
+    latency_samples: int,
 ) -> dict[str, Any]:
     """Measure the registered INT8 model, judge the gates, write its model card, and make it
     `champion` when every gate passed (it stays `challenger` otherwise)."""
     from tasks.promotion import gate_and_promote
 
-    return gate_and_promote(config, registration, artifacts, tracker)
+    return gate_and_promote(config, registration, artifacts, tracker, latency_samples)
 
 
 @task(name="bundle-for-edge", cache_policy=NONE)

@@ -1,8 +1,9 @@
-"""The one module that talks to MLflow.
+"""The MLflow tracking side of a run: one client factory, one tracker per pipeline run.
 
-Everything goes through an explicit run id (MlflowClient), never the fluent thread-local
-"active run", so Prefect's worker threads can log safely. The core sees only `MetricsLog`
-callables made here.
+Everything goes through an explicit client and run id (MlflowClient), never the fluent
+thread-local "active run" or the process-wide tracking URI, so Prefect's worker threads can log
+safely and nothing ends a run behind the flow's back. The core sees only `MetricsLog` callables
+made here. Registry policy (aliases, gates, idempotent registration) lives in `tasks.registry`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
@@ -29,9 +29,19 @@ MAX_PARAM_LENGTH = 6000
 BATCH = 100
 
 
+def sqlite_uri(workdir: Path) -> str:
+    """The SQLite store inside a workdir (four slashes: an absolute path)."""
+    return f"sqlite:///{Path(workdir).resolve()}/mlflow.db"
+
+
 def default_tracking_uri(workdir: Path) -> str:
     """MLFLOW_TRACKING_URI when set, else a SQLite store inside the workdir."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir).resolve()}/mlflow.db"
+    return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(workdir)
+
+
+def mlflow_client(tracking_uri: str) -> MlflowClient:
+    """The one way to reach MLflow here: tracking and registry in the same store."""
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def git_commit() -> str | None:
@@ -80,14 +90,24 @@ class Registration:
     name: str
     version: str
     model_uri: str
+    reused: bool = False  # an identical model was registered before: its version, no new one
 
 
 class MlflowTracker:
     """One pipeline run in MLflow: params, metrics by step, artifacts, the registered model."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        artifact_root: Path | None,
+        registry_record: Path | None = None,
+    ) -> None:
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        # Where the highest version registered through this workdir is remembered (see
+        # tasks.registry.check_registry_record); None: not remembered.
+        self.registry_record = registry_record
+        self.client = mlflow_client(tracking_uri)
         try:
             found = self.client.get_experiment_by_name(experiment)
         except MlflowException as err:
@@ -157,23 +177,21 @@ class MlflowTracker:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
-    def register_onnx(
-        self,
-        onnx_path: Path,
-        registered_model: str,
-        num_labels: int,
-        version_tags: Mapping[str, Any],
-        alias: str,
-    ) -> Registration:
+    def log_onnx_model(self, onnx_path: Path, num_labels: int, artifact_path: str = "model") -> str:
+        """Log an ONNX graph as an MLflow model folder of this run; returns its artifact URI.
+
+        Saved locally and uploaded with the client: `mlflow.onnx.log_model` needs the fluent
+        active run, whose context manager would mark this run FINISHED on exit."""
+        import tempfile
+
+        import mlflow.onnx
         import onnx
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
-        with mlflow.start_run(run_id=self.run_id):
-            info = mlflow.onnx.log_model(
+        with tempfile.TemporaryDirectory(prefix="distillery-model-") as tmp:
+            folder = Path(tmp) / artifact_path
+            mlflow.onnx.save_model(
                 onnx.load(str(onnx_path)),
-                name="model",
-                registered_model_name=registered_model,
+                str(folder),
                 signature=onnx_signature(num_labels),
                 onnx_execution_providers=["CPUExecutionProvider"],
                 save_as_external_data=False,
@@ -184,11 +202,9 @@ class MlflowTracker:
                     f"numpy=={np.__version__}",
                 ],
             )
-        version = str(info.registered_model_version)
-        for key, value in version_tags.items():
-            self.client.set_model_version_tag(registered_model, version, key, str(value))
-        self.client.set_registered_model_alias(registered_model, alias, version)
-        return Registration(registered_model, version, f"models:/{registered_model}/{version}")
+            self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+        run = self.client.get_run(self.run_id)
+        return f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
 
 
 def _now_ms() -> int:

@@ -257,7 +257,8 @@ def test_distillery_bundle_names_an_unknown_alias(registry, tmp_path):
 
 @pytest.mark.parametrize("uri", ["runs:/abc/model", "models:/", "models:/name", "models:/@alias"])
 def test_a_malformed_model_uri_is_refused(uri):
-    from tasks.bundles import BundleFetchError, parse_model_uri
+    from tasks.bundles import BundleFetchError, resolve_run
+    from tasks.tracking import mlflow_client
 
     with pytest.raises(BundleFetchError, match="models:/NAME@ALIAS"):
-        parse_model_uri(uri)
+        resolve_run(mlflow_client("sqlite:///:memory:"), uri)

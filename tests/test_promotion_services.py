@@ -24,9 +24,10 @@ pytestmark = pytest.mark.slow
 
 MODEL = "distillery-tiny-student"
 CRON = "0 3 * * 1"
-# The tiny teacher is random and near chance: its retention says nothing, so only the wiring
-# of the gates is under test here (tests/test_gates.py and test_registry.py test the logic).
-LENIENT = ["promotion.min_retention=0", "promotion.max_int8_accuracy_drop=1"]
+# The tiny teacher is random and near chance: its retention and its margin over the majority
+# class say nothing, so only the wiring of the gates is under test here (tests/test_gates.py and
+# test_registry.py test the logic).
+LENIENT = ["promotion.min_retention=0", "promotion.min_margin_over_baseline=-1"]
 CARD_FILES = {
     "model_card.md",
     "gates.json",
@@ -128,19 +129,20 @@ def test_a_gated_run_promotes_the_first_model_and_reports_its_gates(tiny_run):
     assert summary["alias"] == "champion" and summary["promoted"] is True
     gates = {gate["name"]: gate for gate in summary["gates"]}
     assert set(gates) == {
-        "onnx_parity",
         "retention",
-        "int8_accuracy_drop",
+        "accuracy_over_baseline",
         "latency_ms",
         "accuracy_vs_champion",
     }
+    baseline = gates["accuracy_over_baseline"]
+    assert 0 < baseline["threshold"] + 1 <= 1  # the measured majority-class accuracy, margin -1
     assert all(gate["passed"] for gate in gates.values())
     assert 0 < gates["latency_ms"]["value"] == summary["int8_latency_ms"] < 20
 
     client = sqlite_client(workdir)
     version = client.get_model_version_by_alias(MODEL, "champion")
     assert str(version.version) == summary["model_version"]
-    assert set(client.get_registered_model(MODEL).aliases) == {"champion", "challenger"}
+    assert set(client.get_registered_model(MODEL).aliases) == {"champion"}  # not challenger
     assert version.tags["gate.latency_ms"] == "passed"
     assert version.tags["promotion.decision"] == "promoted"
 
@@ -168,7 +170,7 @@ def test_every_version_gets_a_model_card(tiny_run):
     }
     assert files == CARD_FILES
     local = Path(client.download_artifacts(summary["mlflow_run_id"], "model_card/gates.json"))
-    assert [gate["name"] for gate in json.loads(local.read_text())][0] == "onnx_parity"
+    assert [gate["name"] for gate in json.loads(local.read_text())][0] == "retention"
 
 
 def test_lineage_of_the_champion(tiny_run):
@@ -186,6 +188,25 @@ def test_lineage_of_the_champion(tiny_run):
     assert info["teacher_sha256"] == summary["teacher_sha256"]
     assert info["git_commit"] == (commit or "unknown")
     assert info["bundle_uri"].endswith(f"{summary['mlflow_run_id']}/artifacts/bundle")
+
+
+def test_an_unchanged_rerun_reuses_the_registered_version(tiny_run):
+    workdir, summary, _ = tiny_run
+    client = sqlite_client(workdir)
+    aliases_before = dict(client.get_registered_model(MODEL).aliases)
+    distillery("run", TINY_CONFIG, f"workdir={workdir}", *LENIENT)
+    rerun = json.loads((workdir / "summary.json").read_text())
+    assert rerun["model_version"] == summary["model_version"]
+    assert rerun["mlflow_run_id"] != summary["mlflow_run_id"]
+    assert rerun["alias"] == "champion" and rerun["promoted"] is False
+    assert dict(client.get_registered_model(MODEL).aliases) == aliases_before
+    versions = client.search_model_versions(f"name='{MODEL}'")
+    assert [str(v.version) for v in versions] == [summary["model_version"]]
+    tags = client.get_run(rerun["mlflow_run_id"]).data.tags
+    assert tags["registry.reused_version"] == summary["model_version"]
+    assert tags["promotion.decision"] == "reused"
+    record = json.loads((workdir / "registry.json").read_text())["registries"]
+    assert record[0]["highest_version"] == int(summary["model_version"])
 
 
 @pytest.fixture(scope="module")
@@ -300,10 +321,7 @@ def test_a_pipeline_against_an_mlflow_server(tiny_run, tmp_path):
 
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # REST
         model = client.get_registered_model(MODEL)
-        assert {alias: str(v) for alias, v in model.aliases.items()} == {
-            "champion": "1",
-            "challenger": "1",
-        }
+        assert {alias: str(v) for alias, v in model.aliases.items()} == {"champion": "1"}
         version = client.get_model_version(MODEL, "1")
         assert version.tags["data_fingerprint"] == summary["data_fingerprint"]
         assert version.tags["gate.accuracy_vs_champion"] == "passed"

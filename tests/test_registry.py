@@ -4,13 +4,17 @@ The registered models are real ONNX graphs that always answer the same logits, s
 accuracy on a split is known by construction: "positive" scores 0.7 on SPLIT, "negative" 0.3.
 """
 
+import hashlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
+from pathlib import Path
 
 import onnx
 import pytest
@@ -18,20 +22,25 @@ from mlflow import MlflowClient
 from onnx import TensorProto, helper
 
 from distill.config import PromotionConfig
-from distill.gates import CHAMPION_GATE, Measurements, evaluate_gates
+from distill.gates import CHAMPION_GATE, Measurements, baseline_gate, evaluate_gates
 from tasks.registry import (
+    REGISTRY_RECORD,
     RegistryError,
     aliases,
     apply_gates,
+    check_registry_record,
     lineage,
     mlflow_check,
     move_champion,
     override_promote,
-    registry_client,
+    parse_model_uri,
+    register_model,
+    registry_lock,
+    resolve_model_uri,
     rollback,
     score_champion,
 )
-from tasks.tracking import MlflowTracker, TrackingUnavailable
+from tasks.tracking import MlflowTracker, TrackingUnavailable, mlflow_client
 from tests.conftest import REPO
 
 NAME = "registry-test"
@@ -42,7 +51,7 @@ SPLIT = {
 }
 ACCURACY = {"positive": 0.7, "negative": 0.3}
 CONFIG = PromotionConfig(max_latency_ms=10.0, min_improvement=0.0)
-GATES = ["onnx_parity", "retention", "int8_accuracy_drop", "latency_ms", CHAMPION_GATE]
+GATES = ["retention", baseline_gate("accuracy"), "latency_ms", CHAMPION_GATE]
 
 
 def constant_classifier(path, logits):
@@ -83,47 +92,59 @@ def onnx_models(tmp_path_factory):
 def empty_store(tmp_path_factory):
     """A migrated, empty MLflow SQLite file: copying it is much faster than migrating anew."""
     path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    registry_client(f"sqlite:///{path}").search_registered_models()
+    mlflow_client(f"sqlite:///{path}").search_registered_models()
     MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
 
 
 class Registry:
-    """A fresh SQLite registry; each `register` is one run that logs one model version."""
+    """A fresh SQLite registry; each `register` is one run that registers one model, exactly
+    as the pipeline does (`register_model`, with this workdir's registry record)."""
 
     def __init__(self, root, models, store):
         shutil.copyfile(store, root / "mlflow.db")
         self.uri = f"sqlite:///{root}/mlflow.db"
         self.root = root
+        self.record = root / REGISTRY_RECORD
         self.models = models
-        self.client = registry_client(self.uri)
+        self.client = mlflow_client(self.uri)
         self.trackers = {}
+        self.registered = 0
 
-    def register(self, kind, fingerprint="data-1"):
-        tracker = MlflowTracker(self.uri, "registry-tests", self.root / "artifacts")
+    def registration(self, kind, fingerprint=None):
+        # The constant graphs repeat, so each registration gets its own data unless told.
+        self.registered += 1
+        tracker = MlflowTracker(
+            self.uri, "registry-tests", self.root / "artifacts", registry_record=self.record
+        )
         tracker.start_run(kind, tags={"git_commit": "abc123"})
-        registration = tracker.register_onnx(
+        registration = register_model(
+            tracker,
             self.models[kind],
             NAME,
             num_labels=2,
-            version_tags={"data_fingerprint": fingerprint, "teacher_sha256": "t" * 8},
-            alias="challenger",
+            version_tags={
+                "data_fingerprint": fingerprint or f"data-{self.registered}",
+                "teacher_sha256": "t" * 8,
+            },
         )
-        self.trackers[registration.version] = tracker
-        return registration.version
+        self.trackers.setdefault(registration.version, tracker)
+        return registration, tracker
+
+    def register(self, kind, fingerprint=None):
+        return self.registration(kind, fingerprint)[0].version
 
     def gate(self, version, kind, config=CONFIG, **measured):
         champion = score_champion(
             self.uri, NAME, SPLIT, 2, self.root / f"champion-{version}", max_length=8
         )
         values = {
-            "parity_passed": True,
             "retention": 0.97,
-            "int8_accuracy_drop": 0.0,
             "latency_ms": 1.0,
-            "accuracy": ACCURACY[kind],
+            "score": ACCURACY[kind],
+            "baseline_score": 0.0,
             "champion_version": champion and champion.version,
-            "champion_accuracy": champion and champion.accuracy,
+            "champion_score": champion and champion.score,
         }
         results = evaluate_gates(config, Measurements(**(values | measured)), mlflow_check)
         return apply_gates(self.client, NAME, version, results, f"# {NAME} v{version}")
@@ -154,7 +175,7 @@ def test_the_first_model_that_passes_the_gates_becomes_champion(registry):
     version = registry.register("negative")  # even a weak first model: there is nothing to beat
     outcome = registry.gate(version, "negative")
     assert outcome.promoted and outcome.alias == "champion" and outcome.replaced is None
-    assert registry.aliases() == {"champion": version, "challenger": version}
+    assert registry.aliases() == {"champion": version}  # a champion is no challenger
     tags = registry.tags(version)
     assert tags["promotion.decision"] == "promoted" and tags["promotion.by"] == "gates"
     assert all(tags[f"gate.{gate}"] == "passed" for gate in GATES)
@@ -177,7 +198,7 @@ def test_a_first_model_failing_an_absolute_gate_leaves_no_champion(registry):
 
 def test_a_better_model_takes_over_and_the_old_champion_becomes_previous(registry):
     first, second = promoted_chain(registry, "negative", "positive")
-    assert registry.aliases() == {"champion": second, "previous": first, "challenger": second}
+    assert registry.aliases() == {"champion": second, "previous": first}
     assert registry.tags(second)["promotion.replaces"] == first
     assert registry.tags(second)[f"gate.{CHAMPION_GATE}.threshold"] == "0.3"
 
@@ -209,10 +230,13 @@ def test_min_improvement_holds_back_an_equal_model(registry):
 def test_the_champion_is_scored_on_the_current_split(registry, tmp_path):
     promoted_chain(registry, "positive")
     score = score_champion(registry.uri, NAME, SPLIT, 2, tmp_path / "a", 8)
-    assert score.accuracy == pytest.approx(0.7)
+    assert score.score == pytest.approx(0.7)
     relabelled = {**SPLIT, "label": [0] * 10}  # the data changed since it was trained
-    assert score_champion(registry.uri, NAME, relabelled, 2, tmp_path / "b", 8).accuracy == 0.0
-    assert score_champion(registry.uri, NAME, SPLIT, 3, tmp_path / "c", 8).accuracy is None
+    assert score_champion(registry.uri, NAME, relabelled, 2, tmp_path / "b", 8).score == 0.0
+    assert score_champion(registry.uri, NAME, SPLIT, 3, tmp_path / "c", 8).score is None
+    # In macro-F1 the always-positive champion scores F1 0.82 on positives, 0 on negatives.
+    by_f1 = score_champion(registry.uri, NAME, SPLIT, 2, tmp_path / "d", 8, metric="macro_f1")
+    assert by_f1.score == pytest.approx(0.7 / 1.7) and by_f1.accuracy == pytest.approx(0.7)
 
 
 def word_level_tokenizer(path, vocabulary):
@@ -238,10 +262,187 @@ def test_the_champion_reads_the_texts_through_its_own_bundle_tokenizer(registry,
     registry.trackers[version].log_artifacts(bundle, "bundle")
     texts = {**SPLIT, "text": ["great film"] * 5 + ["dull great film indeed"] * 5}
     score = score_champion(registry.uri, NAME, texts, 2, tmp_path / "scored", max_length=4)
-    assert score.accuracy == pytest.approx(0.7)
+    assert score.score == pytest.approx(0.7)
     assert list(score.split["input_ids"][0]) == [1, 3, 4, 2]
     assert list(score.split["input_ids"][-1]) == [1, 0, 3, 2]  # unknown word, truncated at 4
     assert score.split["input_ids"][0] != SPLIT["input_ids"][0]
+
+
+def assert_consistent(registry):
+    """`previous` never names the champion; `challenger` never names a promoted version."""
+    now = registry.aliases()
+    assert now.get("previous") is None or now.get("previous") != now.get("champion"), now
+    if "challenger" in now:
+        assert registry.tags(now["challenger"]).get("promotion.decision") != "promoted", now
+
+
+def test_an_unchanged_model_reuses_its_version_and_moves_no_alias(registry):
+    first, _ = registry.registration("positive", fingerprint="data-x")
+    assert not first.reused
+    assert registry.gate(first.version, "positive").promoted
+    before = registry.aliases()
+    tags_before = registry.tags(first.version)
+
+    again, tracker = registry.registration("positive", fingerprint="data-x")
+    assert again.reused and again.version == first.version
+    assert registry.aliases() == before == {"champion": first.version}
+    assert registry.tags(first.version) == tags_before  # not re-tagged by the new run
+    assert len(registry.client.search_model_versions(f"name='{NAME}'")) == 1
+    run = registry.client.get_run(tracker.run_id)
+    assert run.data.tags["registry.reused_version"] == first.version
+    assert (
+        registry.tags(first.version)["onnx_sha256"]
+        == hashlib.sha256(registry.models["positive"].read_bytes()).hexdigest()
+    )
+
+    # The same graph on other data, or another graph on the same data, is a new version.
+    other_data = registry.register("positive", fingerprint="data-y")
+    other_graph = registry.register("negative", fingerprint="data-x")
+    assert len({first.version, other_data, other_graph}) == 3
+    assert registry.aliases()["challenger"] == other_graph
+
+
+def test_challenger_names_the_newest_version_not_promoted(registry):
+    (champion,) = promoted_chain(registry, "negative")
+    assert "challenger" not in registry.aliases()  # every version so far was promoted
+    rejected = registry.register("negative")
+    assert not registry.gate(rejected, "negative", latency_ms=50.0).promoted
+    assert registry.aliases()["challenger"] == rejected
+    newest = registry.register("positive")
+    assert registry.aliases()["challenger"] == newest  # registered, not yet gated
+    assert registry.gate(newest, "positive").promoted
+    # The new champion stops being challenger; the newest version still waiting is.
+    assert registry.aliases() == {"champion": newest, "previous": champion, "challenger": rejected}
+    assert_consistent(registry)
+    override_promote(registry.client, NAME, rejected, by="dave")
+    assert registry.aliases() == {"champion": rejected, "previous": newest}
+    assert_consistent(registry)
+
+
+def test_previous_never_names_the_champion(registry):
+    first, second = promoted_chain(registry, "negative", "positive")
+    rollback(registry.client, NAME)  # champion v1, nothing before it
+    assert registry.aliases() == {"champion": first}
+    # A stale `previous` that names the version about to become champion is dropped.
+    registry.client.delete_registered_model_alias(NAME, "champion")
+    registry.client.set_registered_model_alias(NAME, "previous", second)
+    move_champion(registry.client, NAME, second)
+    assert registry.aliases() == {"champion": second}
+    override_promote(registry.client, NAME, first, by="erin")
+    assert registry.aliases() == {"champion": first, "previous": second}
+    assert_consistent(registry)
+
+
+def test_two_promotions_at_once_are_serialised(registry):
+    """The strong model scores the (absent) champion and is slow to promote; meanwhile a weak
+    model is gated. Without the lock the weak one also sees "no champion yet" and ends up
+    champion; with it, the weak one waits and is judged against the strong champion."""
+    strong, weak = registry.register("positive"), registry.register("negative")
+    scored, applied = threading.Event(), threading.Event()
+    errors = []
+
+    def promote(version, kind, before_apply):
+        try:
+            with registry_lock(registry.uri, NAME):
+                champion = score_champion(
+                    registry.uri, NAME, SPLIT, 2, registry.root / f"c-{version}", 8
+                )
+                before_apply()
+                values = Measurements(
+                    retention=0.97,
+                    latency_ms=1.0,
+                    score=ACCURACY[kind],
+                    baseline_score=0.0,
+                    champion_version=champion and champion.version,
+                    champion_score=champion and champion.score,
+                )
+                results = evaluate_gates(CONFIG, values, mlflow_check)
+                apply_gates(registry.client, NAME, version, results, "card")
+                applied.set()
+        except Exception as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    def strong_first():
+        scored.set()
+        time.sleep(1.0)
+
+    first = threading.Thread(target=promote, args=(strong, "positive", strong_first))
+    first.start()
+    assert scored.wait(60)
+    second = threading.Thread(target=promote, args=(weak, "negative", lambda: applied.wait(10)))
+    second.start()
+    first.join(120)
+    second.join(120)
+    assert not errors, errors
+    assert registry.aliases() == {"champion": strong, "challenger": weak}
+    assert registry.tags(weak)[f"gate.{CHAMPION_GATE}"] == "failed"
+    assert_consistent(registry)
+
+
+def test_a_held_lock_times_out_with_a_clear_error(registry):
+    with (
+        registry_lock(registry.uri, NAME),
+        pytest.raises(RegistryError, match="another registration or promotion of registry-test"),
+        registry_lock(registry.uri, NAME, timeout=0.2),
+    ):
+        pass
+
+
+def test_a_reset_registry_is_refused_until_its_record_is_deleted(registry, empty_store):
+    registry.register("positive")
+    registry.register("negative")
+    assert json.loads(registry.record.read_text())["registries"] == [
+        {"tracking_uri": registry.uri, "registered_model": NAME, "highest_version": 2}
+    ]
+    shutil.copyfile(empty_store, registry.root / "mlflow.db")  # mlflow.db deleted, recreated
+    with pytest.raises(RegistryError) as refused:
+        registry.register("positive")
+    message = str(refused.value)
+    assert str(registry.record) in message and "v2" in message and "up to v0" in message
+    assert "delete" in message
+    assert registry.client.search_registered_models() == []  # nothing was registered
+    with pytest.raises(RegistryError, match="reset"):
+        check_registry_record(registry.client, registry.record, registry.uri, NAME)
+
+    registry.record.unlink()  # the user starts the numbering over
+    assert registry.register("positive") == "1"
+    check_registry_record(registry.client, registry.record, registry.uri, NAME)
+
+
+def test_a_corrupt_registry_record_is_named(registry):
+    registry.record.write_text("{not json")
+    with pytest.raises(RegistryError, match=f"{registry.record} cannot be read"):
+        check_registry_record(registry.client, registry.record, registry.uri, NAME)
+
+
+def test_registration_leaves_the_run_running_and_the_global_uri_alone(registry):
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    registration, tracker = registry.registration("positive")
+    assert registry.client.get_run(tracker.run_id).info.status == "RUNNING"
+    assert mlflow.get_tracking_uri() == before != registry.uri
+    assert mlflow.active_run() is None
+    tracker.end_run(succeeded=False)  # what the flow does when a later stage fails
+    assert registry.client.get_run(tracker.run_id).info.status == "FAILED"
+    version = registry.client.get_model_version(NAME, registration.version)
+    assert version.run_id == tracker.run_id
+    local = registry.client.download_artifacts(tracker.run_id, "model/MLmodel", str(registry.root))
+    assert "onnx" in Path(local).read_text()
+
+
+def test_one_resolver_for_model_uris(registry):
+    (version,) = promoted_chain(registry, "positive")
+    assert resolve_model_uri(registry.client, f"models:/{NAME}@champion") == (NAME, version)
+    assert resolve_model_uri(registry.client, f"models:/{NAME}/{version}") == (NAME, version)
+    assert parse_model_uri(f"models:/{NAME}@champion") == (NAME, "champion", None)
+    with pytest.raises(RegistryError, match="no version with alias 'previous'"):
+        resolve_model_uri(registry.client, f"models:/{NAME}@previous")
+    with pytest.raises(RegistryError, match=f"models:/{NAME}/99"):
+        resolve_model_uri(registry.client, f"models:/{NAME}/99")
+    for bad in ("runs:/abc/model", "models:/", "models:/name", "models:/@alias", "models:/a/b/1"):
+        with pytest.raises(RegistryError, match="models:/NAME@ALIAS"):
+            parse_model_uri(bad)
 
 
 def test_gates_never_promote_a_version_whose_run_failed(registry):
@@ -259,7 +460,7 @@ def test_a_reviewer_can_override_the_gates_and_is_recorded(registry):
     assert not registry.gate(rejected, "negative").promoted
     outcome = override_promote(registry.client, NAME, rejected, by="alice", reason="hotfix")
     assert outcome.promoted and outcome.replaced == champion
-    expected = {"champion": rejected, "previous": champion, "challenger": rejected}
+    expected = {"champion": rejected, "previous": champion}
     assert registry.aliases() == expected
     tags = registry.tags(rejected)
     assert tags["promotion.override"] == "true" and tags["promotion.by"] == "alice"
@@ -273,10 +474,10 @@ def test_a_reviewer_can_override_the_gates_and_is_recorded(registry):
 def test_rollback_walks_back_through_the_champions(registry):
     first, second, third = promoted_chain(registry, "negative", "positive", "positive")
     assert rollback(registry.client, NAME, by="bob").version == second
-    assert registry.aliases() == {"champion": second, "previous": first, "challenger": third}
+    assert registry.aliases() == {"champion": second, "previous": first}
     assert registry.tags(third)["rollback.by"] == "bob"
     rollback(registry.client, NAME)
-    assert registry.aliases() == {"champion": first, "challenger": third}
+    assert registry.aliases() == {"champion": first}
     with pytest.raises(RegistryError, match="no 'previous' version"):
         rollback(registry.client, NAME)
     assert registry.aliases()["champion"] == first
@@ -325,7 +526,7 @@ def test_lineage_names_run_config_data_teacher_commit_and_bundle(registry, tmp_p
     info = lineage(registry.client, f"models:/{NAME}@champion")
     assert info["run_id"] == tracker.run_id and info["version"] == version
     assert info["config"] == {"name": "tiny", "seed": 42}
-    assert info["data_fingerprint"] == "data-1" and info["teacher_sha256"] == "t" * 8
+    assert info["data_fingerprint"].startswith("data-") and info["teacher_sha256"] == "t" * 8
     assert info["git_commit"] == "abc123"
     assert info["bundle_uri"].endswith(f"{tracker.run_id}/artifacts/bundle")
     assert info["bundle_logged"] is False
@@ -392,3 +593,32 @@ def test_an_unreachable_tracking_server_fails_fast_and_says_so(monkeypatch, tmp_
     with pytest.raises(TrackingUnavailable, match=f"{uri} is unreachable after 2 retries"):
         MlflowTracker(uri, "anything", tmp_path)
     assert time.perf_counter() - started < 30
+
+
+@pytest.mark.parametrize("bad", ["bad/name", "team:model", " ", ".."])
+def test_an_invalid_registered_model_name_fails_at_start_up(bad, tmp_path):
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    with pytest.raises(MlflowException):  # MLflow would refuse it after the whole pipeline ran
+        _validate_model_name(bad)
+    result = distillery(
+        "run",
+        REPO / "configs" / "tiny.yaml",
+        f"workdir={tmp_path}",
+        f"tracking.registered_model={bad}",
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: config key 'tracking.registered_model'")
+    assert not list(tmp_path.iterdir())  # stopped before any work
+
+
+def test_valid_registered_model_names_pass_both_checks():
+    from mlflow.utils.validation import _validate_model_name
+
+    from distill.config import build_config
+
+    for name in ("distillery-movie-reviews", "team.model_v2", "Model Name"):
+        _validate_model_name(name)
+        assert build_config({}, [f"tracking.registered_model={name}"]).tracking.registered_model
