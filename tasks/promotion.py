@@ -13,11 +13,12 @@ from typing import Any
 
 from deploy.benchmark import onnx_latencies, torch_latency
 from deploy.quantize import model_split
+from distill.chain import RunArtifacts
 from distill.config import PromotionConfig
 from distill.data import load_split
+from distill.evaluation import CONFUSION_PNG
 from distill.gates import Measurements, evaluate_gates
 from distill.model_card import ModelPoint, description_text, render_model_card, write_model_card
-from distill.store import Artifact
 from tasks import registry
 from tasks.registry import ChampionScore
 from tasks.tracking import MlflowTracker, Registration
@@ -26,7 +27,7 @@ CARD_ARTIFACTS = "model_card"
 
 
 def measure_models(
-    artifacts: Mapping[str, Artifact],
+    artifacts: RunArtifacts,
     test: Mapping[str, Sequence],
     champion: ChampionScore | None,
     samples: int,
@@ -34,13 +35,13 @@ def measure_models(
     """Accuracy and batch-1 latency on this run's test split: teacher, student fp32 and INT8,
     and the champion when it can be scored. The INT8 and champion models are scored by the
     same code on the same split, so their accuracies compare fairly."""
-    teacher, evaluation = artifacts["teacher"], artifacts["evaluation"]
-    export, quantized = artifacts["export"], artifacts["quantize"]
+    teacher, evaluation = artifacts.teacher, artifacts.evaluation
+    export, quantized = artifacts.export, artifacts.quantize
     # Each model is timed on the ids its own tokenizer writes (the vocabulary may be trimmed).
-    own_split = model_split(export, artifacts["data"], "test")
+    own_split = model_split(export, artifacts.data, "test")
     onnx = {
-        "fp32": (export.file(export.manifest["file"]), own_split),
-        "int8": (quantized.file(quantized.manifest["file"]), own_split),
+        "fp32": (export.file(export.manifest.file), own_split),
+        "int8": (quantized.file(quantized.manifest.file), own_split),
     }
     if champion is not None and champion.accuracy is not None:
         onnx["champion"] = (champion.path, champion.split)
@@ -55,18 +56,18 @@ def measure_models(
         "teacher": point(
             "teacher (PyTorch)",
             "teacher",
-            evaluation.manifest["teacher_accuracy"],
-            teacher.manifest["weights_bytes"],
+            evaluation.manifest.teacher_accuracy,
+            teacher.manifest.weights_bytes,
         ),
         "fp32": point(
-            "student ONNX fp32", "fp32", export.manifest["test_accuracy"], export.manifest["bytes"]
+            "student ONNX fp32", "fp32", export.manifest.test_accuracy, export.manifest.bytes
         ),
         "int8": point(
             "student ONNX INT8",
             "int8",
             # Measured by the quantize stage on the same split with the model's own tokenizer.
-            quantized.manifest["test_accuracy"],
-            quantized.manifest["bytes"],
+            quantized.manifest.test_accuracy,
+            quantized.manifest.bytes,
         ),
     }
     if "champion" in onnx:
@@ -82,10 +83,11 @@ def measure_models(
 def gate_and_promote(
     config: PromotionConfig,
     registration: Registration,
-    artifacts: Mapping[str, Artifact],
+    artifacts: RunArtifacts,
     tracker: MlflowTracker,
+    latency_samples: int,
 ) -> dict[str, Any]:
-    data, export, quantized = artifacts["data"], artifacts["export"], artifacts["quantize"]
+    data, quantized = artifacts.data, artifacts.quantize
     test = load_split(data.path, "test")
     with tempfile.TemporaryDirectory(prefix="distillery-promote-") as tmp:
         folder = Path(tmp)
@@ -93,16 +95,16 @@ def gate_and_promote(
             tracker.tracking_uri,
             registration.name,
             test,
-            len(data.manifest["label_names"]),
+            len(data.manifest.label_names),
             folder / "champion",
-            data.manifest["max_length"],
+            data.manifest.max_length,
         )
-        points = measure_models(artifacts, test, champion, config.latency_samples)
+        points = measure_models(artifacts, test, champion, latency_samples)
         candidate = points["int8"]
         measured = Measurements(
-            parity_passed=export.manifest.get("parity_passed"),
-            retention=artifacts["evaluation"].manifest.get("retention"),
-            int8_accuracy_drop=quantized.manifest.get("accuracy_drop"),
+            parity_passed=True,  # an export artifact exists only when parity held
+            retention=artifacts.evaluation.manifest.retention,
+            int8_accuracy_drop=quantized.manifest.accuracy_drop,
             latency_ms=candidate.p50_ms,
             accuracy=candidate.accuracy,
             champion_version=None if champion is None else champion.version,
@@ -113,7 +115,7 @@ def gate_and_promote(
             registration.name,
             registration.version,
             tracker.run_id,
-            {name: artifact.manifest for name, artifact in artifacts.items()},
+            artifacts,
             list(points.values()),
             results,
             measured.champion_version,
@@ -121,10 +123,13 @@ def gate_and_promote(
         write_model_card(
             folder / CARD_ARTIFACTS,
             card,
-            {role: artifacts[role].manifest.get("history", []) for role in ("teacher", "student")},
+            {
+                "teacher": artifacts.teacher.manifest.history,
+                "student": artifacts.student.manifest.history,
+            },
             list(points.values()),
             results,
-            artifacts["evaluation"].file("confusion_matrix.png"),
+            artifacts.evaluation.file(CONFUSION_PNG),
         )
         tracker.log_artifacts(folder / CARD_ARTIFACTS, CARD_ARTIFACTS)
 
