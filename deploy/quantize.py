@@ -67,6 +67,8 @@ class QuantizeManifest(StageManifest):
     latency_samples: int
     gate: dict[str, Any]
     candidates: dict[str, dict[str, Any]]
+    # Candidate name -> its file in the folder, when `quantize.keep_candidates` is on.
+    candidate_files: dict[str, str]
     calibration: dict[str, Any]
     optimization: dict[str, Any] | None
     # The tokenizer the shipped graph's input ids come from (trimmed or not): bundle this.
@@ -362,8 +364,9 @@ def build_quantized(
     shipped = folder / (FP32_FILE if winner == "fp32" else INT8_FILE)
     source = base if winner == "fp32" else built[winner]
     shutil.copyfile(source, shipped)
-    for path in built.values():
-        path.unlink()
+    if not config.keep_candidates:
+        for path in built.values():
+            path.unlink()
     if base.parent == folder:
         base.unlink()  # the optimised fp32 graph: shipped (as a copy) or not needed
     shutil.copyfile(export.file(export.manifest.tokenizer), folder / TOKENIZER_FILE)
@@ -389,6 +392,9 @@ def build_quantized(
             "reject_slower_int8": config.reject_slower_int8,
         },
         candidates=candidate_records(fp32, measured, winner, reasons),
+        candidate_files=(
+            {name: path.name for name, path in built.items()} if config.keep_candidates else {}
+        ),
         calibration={
             "split": "train",
             "samples": sum(len(batch["input_ids"]) for batch in batches),

@@ -211,6 +211,8 @@ class QuantizeConfig(Section):
     reject_slower_int8: bool = True
     # Batch-1 latency (here and at promotion) is timed over at most this many test texts.
     latency_samples: int = Field(48, ge=1)
+    # Keep every INT8 candidate's file in the stage folder (benchmarks compare them all).
+    keep_candidates: bool = False
 
 
 class TrackingConfig(Section):
