@@ -67,8 +67,11 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 5])
     parser.add_argument("--output", default=str(RESULTS / "cache_speed.json"))
     parser.add_argument("--section", default="cache-speed")
+    parser.add_argument("--store", help="the stage store to use (default: the config's store)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.store:  # an override, so every config loaded below names the same store
+        args.overrides = [*args.overrides, f"store={args.store}"]
 
     # The logit loss only: the Patient-KD term would need the cached [CLS] states online too.
     config = load_config(args.config, [*args.overrides, "student.hidden.weight=0"])

@@ -52,8 +52,11 @@ def main() -> None:
     parser.add_argument(
         "--section", default="quality", help="section name in benchmarks.md ('' to skip)"
     )
+    parser.add_argument("--store", help="the stage store to use (default: the config's store)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.store:  # an override, so every config loaded below names the same store
+        args.overrides = [*args.overrides, f"store={args.store}"]
 
     base = load_config(args.config, args.overrides)
     store = base.store_dir  # the pipeline's store: a run of the same config shares the teacher

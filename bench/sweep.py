@@ -33,8 +33,11 @@ def main() -> None:
         help="only these (temperature, alpha) cells instead of the full grid, e.g. 1:0.5 2:0",
     )
     parser.add_argument("--output", default=str(RESULTS / "sweep.json"))
+    parser.add_argument("--store", help="the stage store to use (default: the config's store)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.store:  # an override, so every config loaded below names the same store
+        args.overrides = [*args.overrides, f"store={args.store}"]
 
     base = load_config(args.config, args.overrides)
     store = base.store_dir

@@ -131,3 +131,22 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
     # Vocabulary trimming is on by default: the tokenizer that ships is the export stage's.
     vocab = json.loads(quantized.file("tokenizer.json").read_text())["model"]["vocab"]
     assert len(vocab) == tiny_stages.export.manifest.vocabulary["kept_size"] < 30522
+
+
+def test_quantization_mutes_the_root_logger_only_while_it_runs(tiny_stages, tmp_path):
+    import logging
+
+    from deploy.quantize import prepare, quiet_root_logger
+
+    root = logging.getLogger()
+    before = root.level
+    try:
+        root.setLevel(logging.INFO)
+        export = tiny_stages.export
+        prepare(export.file(export.manifest.file), tmp_path / "prepared.onnx")
+        assert root.level == logging.INFO  # later log lines of the process still show
+        with quiet_root_logger():
+            assert root.level == logging.ERROR
+        assert root.level == logging.INFO
+    finally:
+        root.setLevel(before)
