@@ -50,13 +50,9 @@ class CacheArtifacts:
 
 
 @dataclass(frozen=True)
-class RunArtifacts:
+class RunArtifacts(CacheArtifacts):
     """Every stage of one pipeline run, typed; what the summary, bundle, card and gates read."""
 
-    data: Artifact[DataManifest]
-    teacher: Artifact[TeacherManifest]
-    augmented: Artifact[AugmentManifest] | None
-    cache: Artifact[CacheManifest]
     student: Artifact[StudentManifest]
     evaluation: Artifact[EvaluationManifest]
     export: Artifact[ExportManifest]
