@@ -2,10 +2,13 @@
 
     .venv/bin/python -m bench.cache_speed [--layers 0 5] [key=value ...]
 
-Both epochs run in this process on the same batches from the same student initialisation. The
-ideal speed-up of the cache is (teacher forward + student step) / student step, both measured in
-the online epoch: what the cache would give if reading it cost nothing. Results go to
-bench/results/cache_speed.json and docs/benchmarks.md.
+Both epochs run the pipeline's own training step (`distill.training.train_classifier` with the
+student stage's `student_loss`) in this process, on the same batches from the same student
+initialisation; only where the teacher logits come from differs. The upstream stages come from
+`distill.chain` (augmentation included), in the config's store. The ideal speed-up of the cache
+is (teacher forward + student step) / student step, both measured in the online epoch: what the
+cache would give if reading it cost nothing. Results go to bench/results/cache_speed.json and
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -19,98 +22,87 @@ import numpy as np
 import torch
 
 from bench.report import REPO, RESULTS, header, markdown_table, write_section
-from distill.batching import collate, length_grouped_batches
+from distill.batching import collate
+from distill.chain import run_until_cache
 from distill.config import TeacherLayersInit, load_config
-from distill.data import data_stage, load_split
-from distill.logit_cache import logit_cache_stage, open_targets
-from distill.losses import distillation_loss
+from distill.data import load_split
+from distill.logit_cache import TeacherTargets, open_targets, training_rows
 from distill.models import load_classifier, student_from_teacher
-from distill.teacher import teacher_stage
-from distill.training import build_optimizer
+from distill.student import student_loss
+from distill.training import train_classifier
+
+VALIDATION_ROWS = 64  # train_classifier validates after the epoch; keep that small and equal
 
 
-def epoch(student, split, batches, settings, alpha, temperature, soft_targets) -> dict[str, float]:
-    """One training epoch; `soft_targets(batch)` returns teacher logits and the seconds it took."""
-    optimizer = build_optimizer(student, settings)
-    student.train()
-    teacher_s = student_s = 0.0
+class TimedLogits:
+    """Teacher logits by training row, `[rows]`-indexable like the cached array; times each read."""
+
+    def __init__(self, read) -> None:
+        self.read = read
+        self.seconds = 0.0
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        logits = self.read(rows)
+        self.seconds += time.perf_counter() - started
+        return logits
+
+
+def epoch(config, teacher, init, split, validation, logits: TimedLogits) -> dict[str, float]:
+    """One epoch of the student stage's training step with targets read through `logits`."""
+    student = student_from_teacher(teacher, init)
+    settings = config.student.training.model_copy(update={"epochs": 1})
+    targets = TeacherTargets(logits, np.empty((0, 0, 0), dtype=np.float16))
     started = time.perf_counter()
-    for indices in batches:
-        batch = collate(split, indices)
-        soft, seconds = soft_targets(batch)
-        teacher_s += seconds
-        step_started = time.perf_counter()
-        logits = student(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits
-        loss = distillation_loss(logits, soft, batch["label"], alpha, temperature).total
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), settings.max_grad_norm)
-        optimizer.step()
-        student_s += time.perf_counter() - step_started
-    return {
-        "epoch_s": time.perf_counter() - started,
-        "targets_s": teacher_s,
-        "student_s": student_s,
-    }
+    train_classifier(
+        student, split, validation, settings, student_loss(config.student, targets), log=None
+    )
+    wall = time.perf_counter() - started
+    return {"epoch_s": wall, "targets_s": logits.seconds, "student_s": wall - logits.seconds}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(REPO / "configs" / "movie_reviews.yaml"))
-    parser.add_argument("--workdir", default=str(REPO / "runs" / "bench-quality"))
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 5])
     parser.add_argument("--output", default=str(RESULTS / "cache_speed.json"))
     parser.add_argument("--section", default="cache-speed")
+    parser.add_argument("--store", help="the stage store to use (default: the config's store)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.store:  # an override, so every config loaded below names the same store
+        args.overrides = [*args.overrides, f"store={args.store}"]
 
-    config = load_config(args.config, [f"workdir={args.workdir}", *args.overrides])
-    workdir = Path(config.workdir)
-    data = data_stage(workdir, config.data, config.teacher.model)
-    teacher_artifact = teacher_stage(workdir, config.teacher, data)
-    cache = logit_cache_stage(workdir, teacher_artifact, data)
-    cached_logits = open_targets(cache).logits
-    teacher = load_classifier(teacher_artifact.path)
-    split = load_split(data.path, "train")
-    settings = config.student.training
-    lengths = [len(ids) for ids in split["input_ids"]]
-    batches = length_grouped_batches(lengths, settings.batch_size, np.random.default_rng(0))
+    # The logit loss only: the Patient-KD term would need the cached [CLS] states online too.
+    config = load_config(args.config, [*args.overrides, "student.hidden.weight=0"])
+    upstream = run_until_cache(config, config.store_dir)
+    cached = open_targets(upstream.cache).logits
+    teacher = load_classifier(upstream.teacher.path)
+    split = training_rows(upstream.data, upstream.augmented)
+    validation = load_split(upstream.data.path, "validation")
+    validation = validation.select(range(min(VALIDATION_ROWS, len(validation))))
     init = TeacherLayersInit(layers=args.layers)
 
-    def from_cache(batch):
-        started = time.perf_counter()
-        soft = torch.from_numpy(cached_logits[batch["index"].numpy()])
-        return soft, time.perf_counter() - started
-
     @torch.inference_mode()
-    def online(batch):
-        started = time.perf_counter()
-        soft = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return soft.clone(), time.perf_counter() - started
+    def online(rows: np.ndarray) -> np.ndarray:
+        batch = collate(split, rows)
+        out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return out.logits.float().numpy()
 
-    student = student_from_teacher(teacher, init)
-    epoch(student, split, batches[:5], settings, config.student.alpha, 2.0, from_cache)  # warm-up
+    readers = {"cached": lambda rows: np.asarray(cached[rows]), "online": online}
+    batches = -(-len(split) // config.student.training.batch_size)
+    warm_up = split.select(range(min(5 * config.student.training.batch_size, len(split))))
+    epoch(config, teacher, init, warm_up, validation, TimedLogits(readers["cached"]))
     runs = {}
-    for name, targets in (("cached", from_cache), ("online", online)):
-        student = student_from_teacher(teacher, init)
-        runs[name] = epoch(
-            student,
-            split,
-            batches,
-            settings,
-            config.student.alpha,
-            config.student.temperature,
-            targets,
-        )
+    for name, read in readers.items():
+        runs[name] = epoch(config, teacher, init, split, validation, TimedLogits(read))
         print(name, json.dumps(runs[name]), flush=True)
     teacher_s, student_s = runs["online"]["targets_s"], runs["online"]["student_s"]
     ideal = (teacher_s + student_s) / student_s
     achieved = runs["online"]["epoch_s"] / runs["cached"]["epoch_s"]
     result = {
         "student_layers": args.layers,
-        "batches": len(batches),
+        "batches": batches,
         "cached_epoch_s": runs["cached"]["epoch_s"],
         "cache_read_s": runs["cached"]["targets_s"],
         "online_epoch_s": runs["online"]["epoch_s"],

@@ -2,16 +2,17 @@
 INT8 and static INT8; batch-1 latency on one thread and batch-32 throughput on every thread,
 at a typical (25 tokens) and the maximum (64) sequence length; the edge runtime's cold start.
 
-    .venv/bin/python -m bench.latency [--workdir /tmp/default1] [--scratch DIR] [key=value ...]
+    .venv/bin/python -m bench.latency [--workdir runs/movie_reviews] [--scratch DIR] [key=value ...]
 
-The teacher, student and data come from a finished pipeline workdir, which is only read. The
-export and quantize stages run again into `--scratch` (content-addressed, so a rerun reuses
-them) with the workdir's config plus the given overrides (e.g. export.trim_vocabulary=true),
-and a bundle is built there for the cold-start and size numbers. Writes
+The stages come from the pipeline's own wiring (`deploy.chain`) with the workdir's resolved
+config plus the given overrides (e.g. export.trim_vocabulary=true), in its store: an unchanged
+config reuses every finished stage; changed export settings export and quantize again. The
+quantize stage runs with `quantize.keep_candidates=true`, so every INT8 candidate it built can be
+timed. A bundle is built in `--scratch` for the cold-start and size numbers. Writes
 bench/results/latency.json and the "latency" section of docs/benchmarks.md.
 
-Models are timed in interleaved rounds, so load from other jobs on a shared machine slows all of
-them alike; the load average before and after is recorded with the numbers.
+Models are timed in interleaved rounds (deploy/latency.py), so load from other jobs on a shared
+machine slows all of them alike; the load average before and after is recorded with the numbers.
 """
 
 from __future__ import annotations
@@ -31,20 +32,13 @@ from typing import Any
 import numpy as np
 
 from bench.report import REPO, RESULTS, command_line, header, machine, markdown_table, write_section
-from deploy.export import export_stage
-from deploy.latency import Timing, summarize
+from deploy.chain import run_pipeline_stages
+from deploy.latency import Timing, interleaved_seconds, summarize
 from deploy.onnx_eval import open_session
-from deploy.quantize import (
-    calibration_batches,
-    model_split,
-    prepare,
-    quantize_dynamic_all,
-    quantize_stage,
-    quantize_static_int8,
-)
+from deploy.quantize import QuantizeManifest, model_split
 from distill.config import load_config
 from distill.data import load_split
-from distill.store import Artifact, read_manifest
+from distill.store import Artifact
 
 SEQ_LENS = (25, 64)
 BATCH = 32
@@ -106,95 +100,32 @@ def torch_runner(folder: Path, threads: int) -> Runner:
 def time_interleaved(
     runners: dict[str, Runner], inputs: dict[str, np.ndarray], batch: int, calls: int
 ) -> dict[str, list[float]]:
-    """Seconds per call of each runner, in ROUNDS rounds that alternate between runners."""
-    seconds: dict[str, list[float]] = {name: [] for name in runners}
-    for name, run in runners.items():  # warm-up
-        ids = inputs[name][:batch]
-        run(ids, np.ones_like(ids))
-    for round_ in range(ROUNDS):
-        for name, run in runners.items():
-            rows = inputs[name]
-            for call in range(calls):
-                start = ((round_ * calls + call) * batch) % (len(rows) - batch + 1)
-                ids = rows[start : start + batch]
-                mask = np.ones_like(ids)
-                started = time.perf_counter()
-                run(ids, mask)
-                seconds[name].append(time.perf_counter() - started)
-    return seconds
+    """Seconds per call of each runner: `calls` windows of `batch` rows each, ROUNDS rounds that
+    alternate between runners (deploy.latency's interleaving)."""
+
+    def feeds(rows: np.ndarray) -> list[dict[str, np.ndarray]]:
+        starts = [(call * batch) % (len(rows) - batch + 1) for call in range(calls)]
+        windows = [rows[start : start + batch] for start in starts]
+        return [{"input_ids": ids, "attention_mask": np.ones_like(ids)} for ids in windows]
+
+    return interleaved_seconds(
+        {
+            name: (
+                lambda feed, run=run: run(feed["input_ids"], feed["attention_mask"]),
+                feeds(inputs[name]),
+            )
+            for name, run in runners.items()
+        },
+        ROUNDS,
+    )
 
 
 # --- the pipeline pieces this benchmark needs ----------------------------------------------
 
 
-def stage_artifact(workdir: Path, stage: str, summary: dict[str, Any]) -> Artifact:
-    """The stage folder the workdir's summary names, or its only one."""
-    key = summary.get("stages", {}).get(stage, {}).get("key")
-    if key is None:
-        folders = [p for p in (workdir / stage).iterdir() if (p / "manifest.json").is_file()]
-        if len(folders) != 1:
-            raise SystemExit(f"{workdir / stage}: expected one finished stage, found {folders}")
-        key = folders[0].name
-    folder = workdir / stage / key
-    return Artifact(stage, key, folder, read_manifest(folder))
-
-
-def int8_variants(
-    export: Artifact, quantized: Artifact, data: Artifact, folder: Path, config
-) -> dict[str, Path]:
-    """Dynamic and static INT8 of the exported graph, as the quantize stage builds them (its
-    shipped file is used for the method it shipped)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    prepared = folder / "prepared.onnx"
-    prepare(export.file(export.manifest["file"]), prepared)
-    paths = {"dynamic": folder / "dynamic.onnx", "static": folder / "static.onnx"}
-    if not paths["dynamic"].exists():
-        quantize_dynamic_all(prepared, paths["dynamic"], config.quantization_per_channel)
-    if not paths["static"].exists():
-        batches = calibration_batches(
-            model_split(export, data, "train"),
-            config.calibration_samples,
-            config.calibration_seed,
-        )
-        quantize_static_int8(prepared, paths["static"], batches)
-    prepared.unlink()
-    method = quantized.manifest["method"]
-    if method in paths:
-        paths[method] = quantized.file(quantized.manifest["file"])
-    return paths
-
-
-def build_bench_bundle(
-    scratch: Path, quantized: Artifact, data: Artifact, export: Artifact
-) -> Path:
-    from deploy.bundle import BundleInputs, build_bundle, tarball_path, write_tarball
-
-    manifest = quantized.manifest
-    inputs = BundleInputs(
-        onnx_path=quantized.file(manifest["file"]),
-        tokenizer_path=quantized.file(manifest["tokenizer"]),
-        label_names=tuple(data.manifest["label_names"]),
-        max_length=int(data.manifest["max_length"]),
-        quantization={
-            "method": manifest["method"],
-            "weight_type": manifest["weight_type"],
-            "per_channel": manifest["per_channel"],
-        },
-        test_metrics={
-            "onnx_fp32_accuracy": manifest["fp32_test_accuracy"],
-            "int8_accuracy": manifest["test_accuracy"],
-        },
-        provenance={
-            "mlflow_run_id": "bench-latency",
-            "model_version": "0",
-            "data_fingerprint": data.manifest["fingerprint"],
-            "student_sha256": export.manifest["student_sha256"],
-        },
-        golden_texts=tuple(load_split(data.path, "test")["text"][:8]),
-    )
-    folder = build_bundle(inputs, scratch / "bundle")
-    write_tarball(folder, tarball_path(folder))
-    return folder
+def int8_variants(quantized: Artifact[QuantizeManifest]) -> dict[str, Path]:
+    """Every INT8 candidate the quantize stage built (kept with `quantize.keep_candidates`)."""
+    return {name: quantized.file(file) for name, file in quantized.manifest.candidate_files.items()}
 
 
 COLD_START = """
@@ -272,11 +203,8 @@ def measure_rows(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workdir", default="/tmp/default1")
+    parser.add_argument("--workdir", default=str(REPO / "runs" / "movie_reviews"))
     parser.add_argument("--scratch", default="/tmp/bench-latency")
-    parser.add_argument(
-        "--summary", help="the run summary naming the stages (default: WORKDIR/summary.json)"
-    )
     parser.add_argument("--output", default=str(RESULTS / "latency.json"))
     parser.add_argument("--section", default="latency", help="benchmarks.md section ('' skips)")
     parser.add_argument("overrides", nargs="*")
@@ -284,29 +212,25 @@ def main() -> None:
 
     load_before = uptime()
     workdir, scratch = Path(args.workdir), Path(args.scratch)
-    config = load_config(workdir / "config.resolved.yaml", [*args.overrides, f"workdir={scratch}"])
-    summary_path = Path(args.summary) if args.summary else workdir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    data, teacher, student = (
-        stage_artifact(workdir, s, summary) for s in ("data", "teacher", "student")
+    config = load_config(
+        workdir / "config.resolved.yaml", [*args.overrides, "quantize.keep_candidates=true"]
     )
-    export = export_stage(scratch, config.export, student, data)
-    quantized = quantize_stage(scratch, config.export, export, data)
-    int8 = int8_variants(export, quantized, data, scratch / "bench-models", config.export)
-    bundle = build_bench_bundle(scratch, quantized, data, export)
+    stages = run_pipeline_stages(config, config.store_dir)
+    data, teacher, student = stages.data, stages.teacher, stages.student
+    export, quantized = stages.export, stages.quantize
+    from deploy.bundle import bundle_from_stages
 
-    fp32_path = export.file(export.manifest["file"])
-    method = quantized.manifest["method"]
+    bundle = bundle_from_stages(scratch, stages, run_id="bench-latency", model_version="0")
+
+    fp32_path = export.file(export.manifest.file)
+    method = quantized.manifest.method
     models = {
         "teacher": ("teacher", "pytorch-fp32", lambda t: torch_runner(teacher.path, t)),
         "student": ("student", "pytorch-fp32", lambda t: torch_runner(student.path, t)),
         "fp32": ("student", "onnx-fp32", lambda t: onnx_runner(fp32_path, t)),
-        "dynamic": ("student", "onnx-int8-dynamic", lambda t: onnx_runner(int8["dynamic"], t)),
-        "static": ("student", "onnx-int8-static", lambda t: onnx_runner(int8["static"], t)),
     }
-    if method not in models:  # e.g. dynamic_matmul_only: time the shipped file too
-        shipped_path = quantized.file(quantized.manifest["file"])
-        models[method] = ("student", f"onnx-int8-{method}", lambda t: onnx_runner(shipped_path, t))
+    for name, path in int8_variants(quantized).items():
+        models[name] = ("student", f"onnx-int8-{name}", lambda t, p=path: onnx_runner(p, t))
     original = load_split(data.path, "test")["input_ids"]
     exported = model_split(export, data, "test")["input_ids"]  # trimmed ids when trimmed
     count = ROUNDS * max(CALLS_PER_ROUND, BATCHES_PER_ROUND * BATCH)
@@ -335,7 +259,7 @@ def main() -> None:
         "bundle_tar_gz_bytes": bundle.with_name("bundle.tar.gz").stat().st_size,
         "teacher_fp32_bytes": (teacher.path / "model.safetensors").stat().st_size,
         "quantize": summarize_quantize(quantized),
-        "vocabulary": export.manifest.get("vocabulary"),
+        "vocabulary": export.manifest.vocabulary,
     }
     result["goals"] = goals(result)
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
@@ -345,17 +269,18 @@ def main() -> None:
         write_section(args.section, render(result, args.section))
 
 
-def summarize_quantize(quantized: Artifact) -> dict[str, Any]:
+def summarize_quantize(quantized: Artifact[QuantizeManifest]) -> dict[str, Any]:
     manifest = quantized.manifest
-    keep = ("method", "test_accuracy", "fp32_test_accuracy", "accuracy_drop", "bytes")
     return {
-        **{key: manifest[key] for key in keep},
-        "label_agreement_with_fp32": manifest["label_agreement_with_fp32"],
+        **manifest.model_dump(
+            include={"method", "test_accuracy", "fp32_test_accuracy", "accuracy_drop", "bytes"}
+        ),
+        "label_agreement_with_fp32": manifest.label_agreement_with_fp32,
         "candidates": {
             name: {k: record.get(k) for k in ("test_accuracy", "agreement", "p50_ms", "reason")}
-            for name, record in manifest["candidates"].items()
+            for name, record in manifest.candidates.items()
         },
-        "optimization": manifest.get("optimization"),
+        "optimization": manifest.optimization,
     }
 
 

@@ -17,29 +17,28 @@ import time
 from pathlib import Path
 
 from bench.report import REPO, RESULTS, header, markdown_table, write_section
-from deploy.export import export_stage
-from deploy.quantize import quantize_stage
-from distill.augment import augmentation_stage
+from deploy.chain import run_after_cache
+from distill.chain import run_until_cache
 from distill.config import load_config
-from distill.data import data_stage
-from distill.evaluation import evaluation_stage
-from distill.logit_cache import logit_cache_stage
-from distill.student import student_stage
-from distill.teacher import teacher_stage
 
 LAYER_CHOICES = {2: [0, 5], 3: [0, 2, 5], 4: [0, 2, 3, 5]}
 
 
-def timed(run):
-    started = time.perf_counter()
-    artifact = run()
-    return artifact, time.perf_counter() - started
+def timing_runner(seconds: dict[str, float]):
+    """A `distill.chain` runner that runs each stage here and notes its wall seconds."""
+
+    def run(stage, build):
+        started = time.perf_counter()
+        artifact = build(None)
+        seconds[stage] = time.perf_counter() - started
+        return artifact
+
+    return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(REPO / "configs" / "movie_reviews.yaml"))
-    parser.add_argument("--workdir", default=str(REPO / "runs" / "bench-quality"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument(
@@ -53,23 +52,24 @@ def main() -> None:
     parser.add_argument(
         "--section", default="quality", help="section name in benchmarks.md ('' to skip)"
     )
+    parser.add_argument("--store", help="the stage store to use (default: the config's store)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.store:  # an override, so every config loaded below names the same store
+        args.overrides = [*args.overrides, f"store={args.store}"]
 
-    base = load_config(args.config, [f"workdir={args.workdir}", *args.overrides])
-    workdir = Path(base.workdir)
-    data, data_s = timed(lambda: data_stage(workdir, base.data, base.teacher.model))
-    teacher, teacher_s = timed(lambda: teacher_stage(workdir, base.teacher, data))
-    augmented = None
-    if base.augmentation.multiplier > 0:
-        augmented = augmentation_stage(workdir, base.augmentation, data, teacher.path)
-    cache, cache_s = timed(lambda: logit_cache_stage(workdir, teacher, data, augmented))
+    base = load_config(args.config, args.overrides)
+    store = base.store_dir  # the pipeline's store: a run of the same config shares the teacher
+    seconds: dict[str, float] = {}
+    runner = timing_runner(seconds)
+    upstream = run_until_cache(base, store, runner)
+    teacher, cache = upstream.teacher, upstream.cache
     shared = {
-        "data_seconds": data_s,
-        "teacher_seconds": teacher_s,
-        "cache_seconds": cache_s,
+        "data_seconds": seconds["data"],
+        "teacher_seconds": seconds["teacher"],
+        "cache_seconds": seconds["logit_cache"],
         "teacher_reused": teacher.reused,
-        "teacher_train_seconds": teacher.manifest.get("train_seconds"),
+        "teacher_train_seconds": teacher.manifest.train_seconds,
         "cache_reused": cache.reused,
         "cache_key": cache.key,
     }
@@ -80,7 +80,6 @@ def main() -> None:
         for layers in args.layers:
             for kd in [choice == "kd" for choice in args.training]:
                 overrides = [
-                    f"workdir={args.workdir}",
                     *args.overrides,
                     f"student.init.layers={LAYER_CHOICES[layers]}",
                     f"student.training.seed={seed}",
@@ -88,41 +87,28 @@ def main() -> None:
                 if not kd:  # labels only: no soft targets, no hidden-state term
                     overrides += ["student.alpha=1.0", "student.hidden.weight=0"]
                 config = load_config(args.config, overrides)
-                student, student_s = timed(
-                    lambda c=config: student_stage(
-                        workdir, c.student, teacher, cache, data, augmented
-                    )
-                )
-                evaluation, eval_s = timed(
-                    lambda s=student: evaluation_stage(workdir, teacher, s, data)
-                )
-                export, export_s = timed(
-                    lambda s=student, c=config: export_stage(workdir, c.export, s, data)
-                )
-                quantized, quant_s = timed(
-                    lambda e=export, c=config: quantize_stage(workdir, c.export, e, data)
-                )
-                report = evaluation.manifest
+                run = run_after_cache(config, store, upstream, runner)
+                student, report = run.student, run.evaluation.manifest
                 row = {
                     "layers": layers,
                     "kd": kd,
                     "seed": seed,
-                    "test_accuracy": report["student_accuracy"],
-                    "macro_f1": report["student_macro_f1"],
-                    "teacher_accuracy": report["teacher_accuracy"],
-                    "retention": report["retention"],
-                    "int8_accuracy": quantized.manifest["test_accuracy"],
-                    "fp32_onnx_accuracy": export.manifest["test_accuracy"],
-                    "params": report["student_params"],
-                    "best_epoch": student.manifest["best_epoch"],
+                    "test_accuracy": report.student_accuracy,
+                    "macro_f1": report.student_macro_f1,
+                    "teacher_accuracy": report.teacher_accuracy,
+                    "retention": report.retention,
+                    "int8_accuracy": run.quantize.manifest.test_accuracy,
+                    "fp32_onnx_accuracy": run.export.manifest.test_accuracy,
+                    "params": report.student_params,
+                    "best_epoch": student.manifest.best_epoch,
                     "seconds": {
                         # A student reused from an earlier run reports its training time then.
                         "student": (
-                            student.manifest["train_seconds"] if student.reused else student_s
+                            student.manifest.train_seconds if student.reused else seconds["student"]
                         ),
-                        "evaluation": eval_s,
-                        "export": export_s,
-                        "quantize": quant_s,
+                        "evaluation": seconds["evaluation"],
+                        "export": seconds["export"],
+                        "quantize": seconds["quantize"],
                     },
                     "student_reused": student.reused,
                 }
@@ -170,7 +156,7 @@ def render(rows: list[dict], shared: dict, args) -> str:
     teacher_time = f" (fine-tuned once in {trained:.0f} s)" if trained else ""
     extra = " ".join(args.overrides) or "none"
     built = (
-        "built by an earlier run in this workdir"
+        "built by an earlier run in this store"
         if shared["cache_reused"]
         else f"built in {shared['cache_seconds']:.0f} s"
     )

@@ -4,7 +4,10 @@
     .venv/bin/python -m bench.sweep [key=value ...] --pairs 1:0.5 2:0   # only these cells
 
 Each (T, a) trains one student (no teacher re-runs: T is applied at training time) and reports
-its best validation accuracy. Writes bench/results/sweep.json and a table in docs/benchmarks.md.
+its best validation accuracy. The stages are wired by `distill.chain`, exactly as in the
+pipeline (augmentation included), in the config's store: the sweep reuses the teacher and cache
+of a pipeline run of the same config. Writes bench/results/sweep.json and a table in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -14,17 +17,13 @@ import json
 from pathlib import Path
 
 from bench.report import REPO, RESULTS, header, markdown_table, write_section
+from distill.chain import run_student, run_until_cache
 from distill.config import load_config
-from distill.data import data_stage
-from distill.logit_cache import logit_cache_stage
-from distill.student import student_stage
-from distill.teacher import teacher_stage
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(REPO / "configs" / "movie_reviews.yaml"))
-    parser.add_argument("--workdir", default=str(REPO / "runs" / "bench-quality"))
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
     parser.add_argument(
@@ -34,32 +33,29 @@ def main() -> None:
         help="only these (temperature, alpha) cells instead of the full grid, e.g. 1:0.5 2:0",
     )
     parser.add_argument("--output", default=str(RESULTS / "sweep.json"))
+    parser.add_argument("--store", help="the stage store to use (default: the config's store)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.store:  # an override, so every config loaded below names the same store
+        args.overrides = [*args.overrides, f"store={args.store}"]
 
-    base = load_config(args.config, [f"workdir={args.workdir}", *args.overrides])
-    workdir = Path(base.workdir)
-    data = data_stage(workdir, base.data, base.teacher.model)
-    teacher = teacher_stage(workdir, base.teacher, data)
-    cache = logit_cache_stage(workdir, teacher, data)
+    base = load_config(args.config, args.overrides)
+    store = base.store_dir
+    upstream = run_until_cache(base, store)
+    cache = upstream.cache
     rows = []
     for temperature, alpha in cells(args):
         config = load_config(
             args.config,
-            [
-                f"workdir={args.workdir}",
-                *args.overrides,
-                f"student.temperature={temperature}",
-                f"student.alpha={alpha}",
-            ],
+            [*args.overrides, f"student.temperature={temperature}", f"student.alpha={alpha}"],
         )
-        student = student_stage(workdir, config.student, teacher, cache, data)
+        student = run_student(config.student, store, upstream)
         row = {
             "temperature": temperature,
             "alpha": alpha,
-            "val_accuracy": student.manifest["best_val_accuracy"],
-            "best_epoch": student.manifest["best_epoch"],
-            "train_seconds": student.manifest["train_seconds"],
+            "val_accuracy": student.manifest.best_val_accuracy,
+            "best_epoch": student.manifest.best_epoch,
+            "train_seconds": student.manifest.train_seconds,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import onnxruntime as ort
@@ -42,6 +42,11 @@ from deploy.runtime import (
     version_tuple,
 )
 from distill.store import Artifact, write_json_atomic
+
+if TYPE_CHECKING:
+    from deploy.quantize import QuantizeManifest
+    from distill.chain import RunArtifacts
+    from distill.evaluation import EvaluationManifest
 
 BUNDLE_DIR = "bundle"
 GOLDEN_COUNT = 8
@@ -67,37 +72,31 @@ class BundleInputs:
 
 
 def bundle_from_stages(
-    workdir: Path,
-    quantized: Artifact,
-    student: Artifact,
-    data: Artifact,
-    evaluation: Artifact,
-    teacher: Artifact,
-    run_id: str,
-    model_version: str,
+    workdir: Path, artifacts: RunArtifacts, run_id: str, model_version: str
 ) -> Path:
     """Build `<workdir>/bundle/` and `<workdir>/bundle.tar.gz`; return the bundle folder."""
     from distill.data import load_split  # datasets is only needed here, at build time
 
+    quantized, data = artifacts.quantize, artifacts.data
     inputs = BundleInputs(
-        onnx_path=quantized.file(quantized.manifest["file"]),
+        onnx_path=quantized.file(quantized.manifest.file),
         # The quantize stage carries the tokenizer that matches its model (a trimmed
         # vocabulary changes the ids), so the bundle takes both from there.
-        tokenizer_path=quantized.file(quantized.manifest.get("tokenizer", TOKENIZER)),
-        label_names=tuple(data.manifest["label_names"]),
-        max_length=int(data.manifest["max_length"]),
+        tokenizer_path=quantized.file(quantized.manifest.tokenizer),
+        label_names=tuple(data.manifest.label_names),
+        max_length=data.manifest.max_length,
         quantization={
-            "method": quantized.manifest["method"],
-            "weight_type": quantized.manifest["weight_type"],
-            "per_channel": quantized.manifest["per_channel"],
+            "method": quantized.manifest.method,
+            "weight_type": quantized.manifest.weight_type,
+            "per_channel": quantized.manifest.per_channel,
         },
-        test_metrics=collect_test_metrics(evaluation, quantized),
+        test_metrics=collect_test_metrics(artifacts.evaluation, quantized),
         provenance={
             "mlflow_run_id": str(run_id),
             "model_version": str(model_version),
-            "teacher_sha256": teacher.manifest["weights_sha256"],
-            "student_sha256": student.manifest["weights_sha256"],
-            "data_fingerprint": data.manifest["fingerprint"],
+            "teacher_sha256": artifacts.teacher.manifest.weights_sha256,
+            "student_sha256": artifacts.student.manifest.weights_sha256,
+            "data_fingerprint": data.manifest.fingerprint,
         },
         golden_texts=tuple(golden_texts(load_split(data.path, "test")["text"])),
     )
@@ -110,17 +109,22 @@ def tarball_path(folder: Path) -> Path:
     return folder.with_name(f"{folder.name}.tar.gz")
 
 
-def collect_test_metrics(evaluation: Artifact, quantized: Artifact) -> dict[str, float]:
+def collect_test_metrics(
+    evaluation: Artifact[EvaluationManifest], quantized: Artifact[QuantizeManifest]
+) -> dict[str, float]:
     """Test-split numbers of the PyTorch models (evaluation) and of the shipped INT8 model."""
-    names = ("teacher_accuracy", "teacher_macro_f1", "student_accuracy", "student_macro_f1")
+    scores, shipped = evaluation.manifest, quantized.manifest
     return {
-        **{name: evaluation.manifest[name] for name in names},
-        "retention": evaluation.manifest["retention"],
-        "agreement": evaluation.manifest["agreement"],
-        "onnx_fp32_accuracy": quantized.manifest["fp32_test_accuracy"],
-        "int8_accuracy": quantized.manifest["test_accuracy"],
-        "int8_accuracy_drop": quantized.manifest["accuracy_drop"],
-        "int8_label_agreement_with_fp32": quantized.manifest["label_agreement_with_fp32"],
+        "teacher_accuracy": scores.teacher_accuracy,
+        "teacher_macro_f1": scores.teacher_macro_f1,
+        "student_accuracy": scores.student_accuracy,
+        "student_macro_f1": scores.student_macro_f1,
+        "retention": scores.retention,
+        "agreement": scores.agreement,
+        "onnx_fp32_accuracy": shipped.fp32_test_accuracy,
+        "int8_accuracy": shipped.test_accuracy,
+        "int8_accuracy_drop": shipped.accuracy_drop,
+        "int8_label_agreement_with_fp32": shipped.label_agreement_with_fp32,
     }
 
 

@@ -18,19 +18,43 @@ import torch
 from deploy.onnx_eval import onnx_logits, open_session
 from deploy.vocab_trim import tokenized_split, trim_vocabulary, untrimmable_reason
 from distill.config import ExportConfig
-from distill.data import load_split
+from distill.data import DataManifest, load_split
 from distill.metrics import accuracy
 from distill.models import load_classifier
-from distill.store import Artifact, file_sha256, run_stage, stable_hash
+from distill.store import Artifact, StageManifest, file_sha256, run_stage, stage_key
+from distill.student import StudentManifest
 from distill.training import predict_logits
 
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
-# The export settings this stage depends on; the quantization settings only key the next stage.
-KEY_SETTINGS = {"opset", "parity_tolerance", "trim_vocabulary"}
 # Bumped when the exported graph changes for the same settings (2: eager attention).
-GRAPH_FORMAT = 2
+VERSION = 2
+
+
+class ExportManifest(StageManifest):
+    file: str
+    sha256: str
+    bytes: int
+    opset: int
+    student_sha256: str
+    test_accuracy: float
+    max_abs_logit_diff: float
+    label_agreement: float
+    # The tokenizer the graph's input ids come from: the edge bundle must ship this one.
+    tokenizer: str
+    tokenizer_sha256: str
+    vocabulary: dict[str, Any]
+    max_length: int
+    # For onnxruntime's BERT fusions in the quantize stage.
+    num_heads: int
+    hidden_size: int
+    optimize_graph: bool
+    parity_tolerance: float
+
+    @property
+    def trimmed(self) -> bool:
+        return bool(self.vocabulary.get("trimmed"))
 
 
 class ParityError(RuntimeError):
@@ -88,30 +112,39 @@ def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     }
 
 
+def export_key(
+    config: ExportConfig, student: Artifact[StudentManifest], data: Artifact[DataManifest]
+) -> str:
+    return stage_key("export", VERSION, config.model_dump(mode="json"), student.key, data.key)
+
+
 def export_stage(
-    workdir: Path, config: ExportConfig, student: Artifact, data: Artifact
-) -> Artifact:
-    key = stable_hash(
-        "export",
-        GRAPH_FORMAT,
-        config.model_dump(mode="json", include=KEY_SETTINGS),
-        student.manifest["weights_sha256"],
-        data.manifest["fingerprint"],
-    )
+    store: Path,
+    config: ExportConfig,
+    student: Artifact[StudentManifest],
+    data: Artifact[DataManifest],
+) -> Artifact[ExportManifest]:
     return run_stage(
-        workdir, "export", key, lambda folder: build_export(config, student, data, folder)
+        store,
+        "export",
+        export_key(config, student, data),
+        lambda folder: build_export(config, student, data, folder),
+        ExportManifest,
     )
 
 
 def build_export(
-    config: ExportConfig, student: Artifact, data: Artifact, folder: Path
-) -> dict[str, Any]:
+    config: ExportConfig,
+    student: Artifact[StudentManifest],
+    data: Artifact[DataManifest],
+    folder: Path,
+) -> ExportManifest:
     model = load_classifier(student.path)
     # Eager attention exports as plain MatMul/Softmax; SDPA's mask handling adds many small
     # operators that cost ~10% of batch-1 INT8 latency on this machine (docs/benchmarks.md).
     model.set_attn_implementation("eager")
     test = load_split(data.path, "test")
-    max_length = data.manifest["max_length"]
+    max_length = data.manifest.max_length
     tokenizer = folder / TOKENIZER_FILE
     # A tokenizer that cannot be trimmed safely ships whole; the manifest says why.
     skip_reason = untrimmable_reason(student.file(TOKENIZER_FILE))
@@ -141,21 +174,20 @@ def build_export(
             f"ONNX export differs from PyTorch by {result['max_abs_logit_diff']:.3g} "
             f"(tolerance export.parity_tolerance={config.parity_tolerance})"
         )
-    return {
-        "file": ONNX_FILE,
-        "sha256": file_sha256(path),
-        "bytes": path.stat().st_size,
-        "opset": config.opset,
-        "student_sha256": student.manifest["weights_sha256"],
-        "test_accuracy": accuracy(candidate, test["label"]),
-        "parity_passed": True,
+    return ExportManifest(
+        file=ONNX_FILE,
+        sha256=file_sha256(path),
+        bytes=path.stat().st_size,
+        opset=config.opset,
+        student_sha256=student.manifest.weights_sha256,
+        test_accuracy=accuracy(candidate, test["label"]),
         **result,
-        # The tokenizer the graph's input ids come from: the edge bundle must ship this one.
-        "tokenizer": TOKENIZER_FILE,
-        "tokenizer_sha256": file_sha256(tokenizer),
-        "vocabulary": vocabulary,
-        "max_length": max_length,
-        # For onnxruntime's BERT fusions in the quantize stage.
-        "num_heads": model.config.num_attention_heads,
-        "hidden_size": model.config.hidden_size,
-    }
+        tokenizer=TOKENIZER_FILE,
+        tokenizer_sha256=file_sha256(tokenizer),
+        vocabulary=vocabulary,
+        max_length=max_length,
+        num_heads=model.config.num_attention_heads,
+        hidden_size=model.config.hidden_size,
+        optimize_graph=config.optimize_graph,
+        parity_tolerance=config.parity_tolerance,
+    )

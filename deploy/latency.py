@@ -66,19 +66,28 @@ def compare_onnx_latency_each(
 ) -> dict[str, Timing]:
     """Batch-1 latency of each model over its own feeds (models with different tokenizers see
     the same texts as different ids), timed in `rounds` interleaved rounds."""
-    if any(not feeds for _, feeds in models.values()):
-        raise ValueError("cannot time a model on zero examples")
     runners = {
         name: (_runner(open_session(path, threads=threads)), feeds)
         for name, (path, feeds) in models.items()
     }
+    seconds = interleaved_seconds(runners, rounds)
+    return {name: summarize(values) for name, values in seconds.items()}
+
+
+def interleaved_seconds(
+    runners: Mapping[str, tuple[Callable[[Feeds], object], Sequence[Feeds]]], rounds: int = 3
+) -> dict[str, list[float]]:
+    """Seconds per call of each runner over its own feeds, after a short warm-up, in `rounds`
+    rounds that alternate between the runners (any callables: ONNX sessions, PyTorch models)."""
+    if any(not feeds for _, feeds in runners.values()):
+        raise ValueError("cannot time a model on zero examples")
     for run, feeds in runners.values():  # warm-up: first calls allocate and pick kernels
         time_calls(run, feeds[:3])
-    seconds: dict[str, list[float]] = {name: [] for name in models}
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, (run, feeds) in runners.items():
             seconds[name] += time_calls(run, feeds)
-    return {name: summarize(values) for name, values in seconds.items()}
+    return seconds
 
 
 def _runner(session) -> Callable[[Feeds], object]:

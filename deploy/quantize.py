@@ -4,7 +4,7 @@ Candidates, in order of preference: static INT8 (QDQ, calibrated on a seeded sam
 train split), dynamic INT8 per-channel, and dynamic INT8 of the MatMul weights only (the
 embedding lookup and the pooler/classifier stay fp32). Each is scored on the test split against
 the fp32 graph and timed at batch 1 on one thread beside it. The first candidate that keeps
-accuracy within `export.max_accuracy_drop`, agrees with fp32 on at least `export.min_agreement`
+accuracy within `quantize.max_accuracy_drop`, agrees with fp32 on at least `quantize.min_agreement`
 of the labels and is not slower than fp32 ships; when none does, fp32 ships. Every candidate's
 numbers and the reason it was passed over go into the manifest.
 
@@ -13,9 +13,10 @@ Before that, onnxruntime's BERT fusions may replace the fp32 graph (deploy/optim
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,15 +31,16 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from deploy.export import ExportManifest
 from deploy.latency import Timing, batch1_feeds, compare_onnx_latency
 from deploy.onnx_eval import onnx_logits, open_session
 from deploy.optimize import try_optimize
 from deploy.vocab_trim import tokenized_split
-from distill.config import ExportConfig
-from distill.data import load_split
+from distill.config import QuantizeConfig
+from distill.data import DataManifest, load_split
 from distill.metrics import accuracy
 from distill.padding import pad
-from distill.store import Artifact, file_sha256, run_stage, stable_hash
+from distill.store import Artifact, StageManifest, file_sha256, run_stage, stage_key
 
 INT8_FILE = "model.int8.onnx"
 FP32_FILE = "model.fp32.onnx"
@@ -46,6 +48,34 @@ TOKENIZER_FILE = "tokenizer.json"
 CALIBRATION_BATCH = 32
 # Float tolerance for comparing measured shares with thresholds (1 of 1000 texts is 1e-3).
 EPSILON = 1e-9
+VERSION = 1  # bump when the shipped model changes for the same settings and export
+
+
+class QuantizeManifest(StageManifest):
+    file: str
+    sha256: str
+    bytes: int
+    method: str  # "static", "dynamic", "dynamic_matmul_only" or "fp32"
+    weight_type: str
+    per_channel: bool
+    quant_format: str | None
+    test_accuracy: float
+    fp32_test_accuracy: float
+    accuracy_drop: float
+    label_agreement_with_fp32: float
+    p50_ms: float
+    fp32_p50_ms: float
+    fp32_bytes: int
+    latency_samples: int
+    gate: dict[str, Any]
+    candidates: dict[str, dict[str, Any]]
+    # Candidate name -> its file in the folder, when `quantize.keep_candidates` is on.
+    candidate_files: dict[str, str]
+    calibration: dict[str, Any]
+    optimization: dict[str, Any] | None
+    # The tokenizer the shipped graph's input ids come from (trimmed or not): bundle this.
+    tokenizer: str
+    tokenizer_sha256: str
 
 
 @dataclass(frozen=True)
@@ -138,10 +168,23 @@ def calibration_batches(
     return batches
 
 
+@contextlib.contextmanager
+def quiet_root_logger(level: int = logging.ERROR) -> Iterator[None]:
+    """onnxruntime's quantization tools log chatter through the root logger: raise its level for
+    the duration of the call only, then restore it (never mute the process for good)."""
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(max(level, previous))
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
+
+
 def prepare(source: Path, target: Path) -> None:
-    logging.getLogger("root").setLevel(logging.ERROR)  # quant tools log through the root logger
     # Symbolic shape inference fails on BERT graphs; ONNX shape inference is enough here.
-    quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+    with quiet_root_logger():
+        quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
 
 
 def quantize_int8(source: Path, target: Path, per_channel: bool) -> None:
@@ -206,24 +249,23 @@ CANDIDATES = {
 def build_candidates(
     prepared: Path,
     folder: Path,
-    config: ExportConfig,
+    config: QuantizeConfig,
     batches: Sequence[dict[str, np.ndarray]],
 ) -> tuple[dict[str, Path], dict[str, str]]:
     """Candidate name -> its file, and name -> error for candidates that could not be built."""
     builders: dict[str, Callable[[Path], None]] = {
         "static": lambda target: quantize_static_int8(prepared, target, batches),
-        "dynamic": lambda target: quantize_dynamic_all(
-            prepared, target, config.quantization_per_channel
-        ),
+        "dynamic": lambda target: quantize_dynamic_all(prepared, target, config.per_channel),
         "dynamic_matmul_only": lambda target: quantize_dynamic_matmul(
-            prepared, target, config.quantization_per_channel
+            prepared, target, config.per_channel
         ),
     }
     built, failed = {}, {}
     for name, build in builders.items():
         target = folder / f"candidate-{name}.onnx"
         try:
-            build(target)
+            with quiet_root_logger():
+                build(target)
             built[name] = target
         except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is skipped
             failed[name] = f"could not be built: {type(err).__name__}: {err}"[:300]
@@ -233,26 +275,33 @@ def build_candidates(
 # --- the stage -----------------------------------------------------------------------------
 
 
+def quantize_key(
+    config: QuantizeConfig, export: Artifact[ExportManifest], data: Artifact[DataManifest]
+) -> str:
+    return stage_key("quantize", VERSION, config.model_dump(mode="json"), export.key, data.key)
+
+
 def quantize_stage(
-    workdir: Path, config: ExportConfig, export: Artifact, data: Artifact
-) -> Artifact:
-    key = stable_hash(
-        "quantize",
-        config.model_dump(mode="json"),
-        export.manifest["sha256"],
-        data.manifest["fingerprint"],
-    )
+    store: Path,
+    config: QuantizeConfig,
+    export: Artifact[ExportManifest],
+    data: Artifact[DataManifest],
+) -> Artifact[QuantizeManifest]:
     return run_stage(
-        workdir, "quantize", key, lambda folder: build_quantized(config, export, data, folder)
+        store,
+        "quantize",
+        quantize_key(config, export, data),
+        lambda folder: build_quantized(config, export, data, folder),
+        QuantizeManifest,
     )
 
 
-def model_split(export: Artifact, data: Artifact, split: str):
+def model_split(export: Artifact[ExportManifest], data: Artifact[DataManifest], split: str):
     """A split as the exported graph expects it: re-tokenized when the vocabulary was trimmed."""
     rows = load_split(data.path, split)
-    if export.manifest.get("vocabulary", {}).get("trimmed"):
-        tokenizer = export.file(export.manifest["tokenizer"])
-        return tokenized_split(tokenizer, rows, data.manifest["max_length"])
+    if export.manifest.trimmed:
+        tokenizer = export.file(export.manifest.tokenizer)
+        return tokenized_split(tokenizer, rows, data.manifest.max_length)
     return rows
 
 
@@ -274,24 +323,27 @@ def score(
 
 
 def build_quantized(
-    config: ExportConfig, export: Artifact, data: Artifact, folder: Path
-) -> dict[str, Any]:
-    exported = export.file(export.manifest["file"])
+    config: QuantizeConfig,
+    export: Artifact[ExportManifest],
+    data: Artifact[DataManifest],
+    folder: Path,
+) -> QuantizeManifest:
+    exported = export.file(export.manifest.file)
     test = model_split(export, data, "test")
     count = min(config.latency_samples, len(test))
     feeds = batch1_feeds(test["input_ids"][:count], test["attention_mask"][:count])
 
     base, optimization = exported, None
-    if config.optimize_graph and "num_heads" in export.manifest:
+    if export.manifest.optimize_graph:
         base, result = try_optimize(
             exported,
             folder,
-            export.manifest["num_heads"],
-            export.manifest["hidden_size"],
+            export.manifest.num_heads,
+            export.manifest.hidden_size,
             test["input_ids"],
             test["attention_mask"],
             feeds,
-            config.parity_tolerance,
+            export.manifest.parity_tolerance,
         )
         optimization = result.record()
 
@@ -314,50 +366,53 @@ def build_quantized(
     shipped = folder / (FP32_FILE if winner == "fp32" else INT8_FILE)
     source = base if winner == "fp32" else built[winner]
     shutil.copyfile(source, shipped)
-    for path in built.values():
-        path.unlink()
+    if not config.keep_candidates:
+        for path in built.values():
+            path.unlink()
     if base.parent == folder:
         base.unlink()  # the optimised fp32 graph: shipped (as a copy) or not needed
-    shutil.copyfile(export.file(export.manifest["tokenizer"]), folder / TOKENIZER_FILE)
+    shutil.copyfile(export.file(export.manifest.tokenizer), folder / TOKENIZER_FILE)
 
     chosen = fp32 if winner == "fp32" else next(m for m in measured if m.name == winner)
-    return {
-        "file": shipped.name,
-        "sha256": file_sha256(shipped),
-        "bytes": shipped.stat().st_size,
-        "method": winner,
+    return QuantizeManifest(
+        file=shipped.name,
+        sha256=file_sha256(shipped),
+        bytes=shipped.stat().st_size,
+        method=winner,
         **describe_method(winner, config),
-        "test_accuracy": chosen.test_accuracy,
-        "fp32_test_accuracy": fp32.test_accuracy,
-        "accuracy_drop": fp32.test_accuracy - chosen.test_accuracy,
-        "label_agreement_with_fp32": chosen.agreement,
-        "p50_ms": chosen.p50_ms,
-        "fp32_p50_ms": fp32.p50_ms,
-        "fp32_bytes": fp32.bytes,
-        "latency_samples": count,
-        "gate": {
+        test_accuracy=chosen.test_accuracy,
+        fp32_test_accuracy=fp32.test_accuracy,
+        accuracy_drop=fp32.test_accuracy - chosen.test_accuracy,
+        label_agreement_with_fp32=chosen.agreement,
+        p50_ms=chosen.p50_ms,
+        fp32_p50_ms=fp32.p50_ms,
+        fp32_bytes=fp32.bytes,
+        latency_samples=count,
+        gate={
             "max_accuracy_drop": config.max_accuracy_drop,
             "min_agreement": config.min_agreement,
             "reject_slower_int8": config.reject_slower_int8,
         },
-        "candidates": candidate_records(fp32, measured, winner, reasons),
-        "calibration": {
+        candidates=candidate_records(fp32, measured, winner, reasons),
+        candidate_files=(
+            {name: path.name for name, path in built.items()} if config.keep_candidates else {}
+        ),
+        calibration={
             "split": "train",
             "samples": sum(len(batch["input_ids"]) for batch in batches),
             "seed": config.calibration_seed,
             "method": "MinMax",
         },
-        "optimization": optimization,
-        # The tokenizer the shipped graph's input ids come from (trimmed or not): bundle this.
-        "tokenizer": TOKENIZER_FILE,
-        "tokenizer_sha256": file_sha256(folder / TOKENIZER_FILE),
-    }
+        optimization=optimization,
+        tokenizer=TOKENIZER_FILE,
+        tokenizer_sha256=file_sha256(folder / TOKENIZER_FILE),
+    )
 
 
-def describe_method(winner: str, config: ExportConfig) -> dict[str, Any]:
+def describe_method(winner: str, config: QuantizeConfig) -> dict[str, Any]:
     if winner == "fp32":
         return {"weight_type": "float32", "per_channel": False, "quant_format": None}
-    return {"per_channel": config.quantization_per_channel, **CANDIDATES[winner]}
+    return {"per_channel": config.per_channel, **CANDIDATES[winner]}
 
 
 def candidate_records(

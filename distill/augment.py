@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from distill.config import AugmentationConfig
-from distill.data import load_split
-from distill.store import Artifact, run_stage, stable_hash
+from distill.data import DataManifest, load_split
+from distill.store import Artifact, StageManifest, run_stage, stable_hash, stage_key
 
+VERSION = 1  # bump when the augmented rows change for the same settings and data
 AUGMENTED = "augmented"
+
+
+class AugmentManifest(StageManifest):
+    rows: int
+    fingerprint: str
+    data_fingerprint: str
 
 
 def augment_sentence(
@@ -64,21 +70,29 @@ def augment_texts(texts: list[str], config: AugmentationConfig) -> list[str]:
     return out
 
 
+def augmentation_key(config: AugmentationConfig, data: Artifact[DataManifest]) -> str:
+    # The tokenizer is the data stage's (its identity is part of the data key).
+    return stage_key("augment", VERSION, config.model_dump(mode="json"), data.key)
+
+
 def augmentation_stage(
-    workdir: Path, config: AugmentationConfig, data: Artifact, tokenizer_folder: Path
-) -> Artifact:
-    key = stable_hash("augment", config.model_dump(mode="json"), data.manifest["fingerprint"])
+    store: Path,
+    config: AugmentationConfig,
+    data: Artifact[DataManifest],
+    tokenizer_folder: Path,
+) -> Artifact[AugmentManifest]:
     return run_stage(
-        workdir,
+        store,
         "augment",
-        key,
+        augmentation_key(config, data),
         lambda folder: build_augmentation(config, data, tokenizer_folder, folder),
+        AugmentManifest,
     )
 
 
 def build_augmentation(
-    config: AugmentationConfig, data: Artifact, tokenizer_folder: Path, folder: Path
-) -> dict[str, Any]:
+    config: AugmentationConfig, data: Artifact[DataManifest], tokenizer_folder: Path, folder: Path
+) -> AugmentManifest:
     from datasets import Dataset
 
     from distill.losses import UNLABELLED
@@ -86,7 +100,7 @@ def build_augmentation(
 
     texts = augment_texts(load_split(data.path, "train")["text"], config)
     encoded = load_tokenizer(str(tokenizer_folder))(
-        texts, truncation=True, max_length=data.manifest["max_length"]
+        texts, truncation=True, max_length=data.manifest.max_length
     )
     Dataset.from_dict(
         {
@@ -96,14 +110,14 @@ def build_augmentation(
             "attention_mask": encoded["attention_mask"],
         }
     ).save_to_disk(str(folder / AUGMENTED))
-    return {
-        "rows": len(texts),
-        "fingerprint": stable_hash(texts, data.manifest["fingerprint"], length=24),
-        "data_fingerprint": data.manifest["fingerprint"],
-    }
+    return AugmentManifest(
+        rows=len(texts),
+        fingerprint=stable_hash(texts, data.manifest.fingerprint, length=24),
+        data_fingerprint=data.manifest.fingerprint,
+    )
 
 
-def load_augmented(augmented: Artifact):
+def load_augmented(augmented: Artifact[AugmentManifest]):
     from datasets import load_from_disk
 
     return load_from_disk(str(augmented.path / AUGMENTED))

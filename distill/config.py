@@ -213,16 +213,26 @@ class AugmentationConfig(Section):
 
 
 class ExportConfig(Section):
+    """The export stage: the student as an fp32 ONNX graph, parity-checked against PyTorch."""
+
     opset: int = Field(20, ge=17)
-    # Largest |logit difference| between ONNX Runtime and PyTorch the export stage accepts.
+    # Largest |logit difference| between ONNX Runtime and PyTorch the export stage accepts (also
+    # for the fused graph below).
     parity_tolerance: float = Field(1e-3, gt=0)
-    quantization_per_channel: bool = True
     # Keep only the word pieces the train split uses (plus special tokens): a smaller embedding
     # matrix and tokenizer.json (on the movie reviews 12,879 of 30,522 pieces; most of the
     # bundle's size). Words outside it split into smaller kept pieces, rarely into [UNK].
     trim_vocabulary: bool = True
-    # Try onnxruntime's BERT fusions on the fp32 graph; kept only when faster and in parity.
+    # Try onnxruntime's BERT fusions on the fp32 graph (in the quantize stage, recorded in the
+    # export manifest); kept only when faster and in parity.
     optimize_graph: bool = True
+
+
+class QuantizeConfig(Section):
+    """The quantize stage: INT8 candidates behind an accuracy, agreement and speed gate."""
+
+    # Dynamic INT8 candidates quantize weights per output channel.
+    per_channel: bool = True
     # An INT8 candidate ships only if it loses at most this much test accuracy against fp32 ...
     max_accuracy_drop: float = Field(0.005, ge=0, le=1)
     # ... and agrees with fp32's predicted label on at least this share of test texts.
@@ -233,7 +243,10 @@ class ExportConfig(Section):
     # Never ship INT8 slower than fp32 (batch 1, one thread, timed on `latency_samples` test
     # texts). Only smoke tests whose models are too small to time should turn this off.
     reject_slower_int8: bool = True
+    # Batch-1 latency (here and at promotion) is timed over at most this many test texts.
     latency_samples: int = Field(48, ge=1)
+    # Keep every INT8 candidate's file in the stage folder (benchmarks compare them all).
+    keep_candidates: bool = False
 
 
 class TrackingConfig(Section):
@@ -320,16 +333,26 @@ class ComputeConfig(Section):
 
 class PipelineConfig(Section):
     name: str = "movie_reviews"
+    # Run-specific files: summary, bundle, MLflow store, resolved config, Prefect state.
     workdir: Path = Path("runs")
+    # The content-addressed stage folders (data, teacher, cache, ...); configs that name the
+    # same store share finished stages. None: the workdir.
+    store: Path | None = None
     seed: int = 42
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
     augmentation: AugmentationConfig = AugmentationConfig()
     export: ExportConfig = ExportConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
     tracking: TrackingConfig = TrackingConfig()
     promotion: PromotionConfig = PromotionConfig()
     compute: ComputeConfig = ComputeConfig()
+
+    @property
+    def store_dir(self) -> Path:
+        """Where the stage folders live: `store`, or the workdir when it is unset."""
+        return self.store if self.store is not None else self.workdir
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from distill.config import DataConfig, SplitConfig
-from distill.store import file_sha256, stable_hash
+from distill.store import Artifact, StageManifest, file_sha256, run_stage, stable_hash, stage_key
 
+VERSION = 1  # bump when prepared data changes for the same settings (splits, tokenization)
 SPLITS = ("train", "validation", "test")
 FILE_FORMATS = {
     ".csv": "csv",
@@ -28,6 +29,18 @@ FILE_FORMATS = {
     ".parquet": "parquet",
 }
 MOVIE_REVIEWS = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+
+
+class DataManifest(StageManifest):
+    fingerprint: str
+    source: dict[str, Any]
+    label_names: list[str]
+    sizes: dict[str, int]
+    label_balance: dict[str, dict[str, int]]
+    max_length: int
+    tokenizer_id: str
+    truncated_train_fraction: float
+    mean_train_tokens: float
 
 
 class DataError(ValueError):
@@ -282,7 +295,7 @@ def data_fingerprint(splits: dict[str, dict[str, list]], tokenizer_id: str, max_
 
 def prepare_data(
     config: DataConfig, tokenizer, tokenizer_id: str, folder: Path, cache_dir: Path | None = None
-) -> dict[str, Any]:
+) -> DataManifest:
     """Write tokenized splits (`dataset/`), `labels.json` and `split.json`; return the manifest."""
     from datasets import Dataset, DatasetDict
 
@@ -316,17 +329,17 @@ def prepare_data(
         for name, part in splits.items()
     }
     lengths = [len(ids) for ids in tables["train"]["input_ids"]]
-    return {
-        "fingerprint": data_fingerprint(splits, tokenizer_id, config.max_length),
-        "source": examples.source,
-        "label_names": examples.label_names,
-        "sizes": sizes,
-        "label_balance": balance,
-        "max_length": config.max_length,
-        "tokenizer_id": tokenizer_id,
-        "truncated_train_fraction": float(np.mean([n >= config.max_length for n in lengths])),
-        "mean_train_tokens": float(np.mean(lengths)),
-    }
+    return DataManifest(
+        fingerprint=data_fingerprint(splits, tokenizer_id, config.max_length),
+        source=examples.source,
+        label_names=examples.label_names,
+        sizes=sizes,
+        label_balance=balance,
+        max_length=config.max_length,
+        tokenizer_id=tokenizer_id,
+        truncated_train_fraction=float(np.mean([n >= config.max_length for n in lengths])),
+        mean_train_tokens=float(np.mean(lengths)),
+    )
 
 
 def load_split(folder: Path, split: str):
@@ -335,21 +348,26 @@ def load_split(folder: Path, split: str):
     return load_from_disk(str(folder / "dataset"))[split]
 
 
-def data_stage(workdir: Path, config: DataConfig, tokenizer_model: str):
+def data_key(config: DataConfig, tokenizer_id: str) -> str:
+    return stage_key(
+        "data", VERSION, config.model_dump(mode="json"), source_identity(config), tokenizer_id
+    )
+
+
+def data_stage(store: Path, config: DataConfig, tokenizer_model: str) -> Artifact[DataManifest]:
     """Prepared data for `config`, tokenized with the tokenizer of `tokenizer_model`."""
     from distill.models import TOKENIZER_FILES, load_tokenizer, resolve_model_source
     from distill.models import source_identity as model_identity
-    from distill.store import run_stage
 
     source = resolve_model_source(tokenizer_model)
     tokenizer_id = model_identity(source, TOKENIZER_FILES)
-    key = stable_hash("data", config.model_dump(mode="json"), source_identity(config), tokenizer_id)
-    cache_dir = Path(workdir) / ".hf-datasets-cache"
+    cache_dir = Path(store) / ".hf-datasets-cache"
     return run_stage(
-        workdir,
+        store,
         "data",
-        key,
+        data_key(config, tokenizer_id),
         lambda folder: prepare_data(
             config, load_tokenizer(source), tokenizer_id, folder, cache_dir
         ),
+        DataManifest,
     )

@@ -4,37 +4,70 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from distill.data import load_split
 from distill.metrics import classification_metrics
 from distill.models import count_parameters, load_classifier
-from distill.store import Artifact, run_stage, stable_hash
+from distill.store import Artifact, StageManifest, run_stage, stage_key
 from distill.training import predict_logits
 
+if TYPE_CHECKING:
+    from distill.data import DataManifest
+    from distill.student import StudentManifest
+    from distill.teacher import TeacherManifest
+
+VERSION = 1  # bump when the evaluation of the same models changes
 REPORT = "report.json"
+CONFUSION_PNG = "confusion_matrix.png"
+
+
+class EvaluationManifest(StageManifest):
+    report: str
+    teacher_accuracy: float
+    teacher_macro_f1: float
+    student_accuracy: float
+    student_macro_f1: float
+    retention: float
+    agreement: float
+    teacher_params: int
+    student_params: int
+
+
+def evaluation_key(
+    teacher: Artifact[TeacherManifest],
+    student: Artifact[StudentManifest],
+    data: Artifact[DataManifest],
+) -> str:
+    return stage_key("evaluation", VERSION, teacher.key, student.key, data.key)
 
 
 def evaluation_stage(
-    workdir: Path, teacher: Artifact, student: Artifact, data: Artifact
-) -> Artifact:
-    key = stable_hash(
-        "evaluation",
-        teacher.manifest["weights_sha256"],
-        student.manifest["weights_sha256"],
-        data.manifest["fingerprint"],
-    )
+    store: Path,
+    teacher: Artifact[TeacherManifest],
+    student: Artifact[StudentManifest],
+    data: Artifact[DataManifest],
+) -> Artifact[EvaluationManifest]:
     return run_stage(
-        workdir, "evaluation", key, lambda folder: evaluate(teacher, student, data, folder)
+        store,
+        "evaluation",
+        evaluation_key(teacher, student, data),
+        lambda folder: evaluate(teacher, student, data, folder),
+        EvaluationManifest,
     )
 
 
-def evaluate(teacher: Artifact, student: Artifact, data: Artifact, folder: Path) -> dict[str, Any]:
+def evaluate(
+    teacher: Artifact[TeacherManifest],
+    student: Artifact[StudentManifest],
+    data: Artifact[DataManifest],
+    folder: Path,
+) -> EvaluationManifest:
     test = load_split(data.path, "test")
     labels = np.asarray(test["label"])
-    label_names = list(data.manifest["label_names"])
+    label_names = list(data.manifest.label_names)
     report: dict[str, Any] = {"label_names": label_names, "test_size": len(labels)}
     predictions = {}
     for role, artifact in (("teacher", teacher), ("student", student)):
@@ -45,7 +78,7 @@ def evaluate(teacher: Artifact, student: Artifact, data: Artifact, folder: Path)
         report[role] = {
             **classification_metrics(logits, labels, len(label_names)),
             "params": count_parameters(model),
-            "weights_bytes": artifact.manifest["weights_bytes"],
+            "weights_bytes": artifact.manifest.weights_bytes,
         }
     report["retention"] = report["student"]["accuracy"] / report["teacher"]["accuracy"]
     report["agreement"] = float(np.mean(predictions["teacher"] == predictions["student"]))
@@ -54,19 +87,19 @@ def evaluate(teacher: Artifact, student: Artifact, data: Artifact, folder: Path)
     plot_confusion_matrix(
         np.asarray(report["student"]["confusion_matrix"]),
         label_names,
-        folder / "confusion_matrix.png",
+        folder / CONFUSION_PNG,
     )
-    return {
-        "report": REPORT,
-        "teacher_accuracy": report["teacher"]["accuracy"],
-        "teacher_macro_f1": report["teacher"]["macro_f1"],
-        "student_accuracy": report["student"]["accuracy"],
-        "student_macro_f1": report["student"]["macro_f1"],
-        "retention": report["retention"],
-        "agreement": report["agreement"],
-        "teacher_params": report["teacher"]["params"],
-        "student_params": report["student"]["params"],
-    }
+    return EvaluationManifest(
+        report=REPORT,
+        teacher_accuracy=report["teacher"]["accuracy"],
+        teacher_macro_f1=report["teacher"]["macro_f1"],
+        student_accuracy=report["student"]["accuracy"],
+        student_macro_f1=report["student"]["macro_f1"],
+        retention=report["retention"],
+        agreement=report["agreement"],
+        teacher_params=report["teacher"]["params"],
+        student_params=report["student"]["params"],
+    )
 
 
 def plot_confusion_matrix(matrix: np.ndarray, label_names: list[str], path: Path) -> None:
@@ -74,24 +107,15 @@ def plot_confusion_matrix(matrix: np.ndarray, label_names: list[str], path: Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     size = max(3.0, 0.6 * len(label_names) + 2)
     figure, axes = plt.subplots(figsize=(size, size))
-    axes.imshow(matrix, cmap="Blues")
-    axes.set_xticks(range(len(label_names)), label_names, rotation=45, ha="right")
-    axes.set_yticks(range(len(label_names)), label_names)
+    display = ConfusionMatrixDisplay(matrix, display_labels=label_names)
+    display.plot(ax=axes, cmap="Blues", colorbar=False, xticks_rotation=45)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title("Student confusion matrix (test)")
-    for (row, col), value in np.ndenumerate(matrix):
-        axes.text(
-            col,
-            row,
-            str(value),
-            ha="center",
-            va="center",
-            color="white" if value > matrix.max() / 2 else "black",
-        )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,11 +23,30 @@ from distill.config import TrainingConfig
 from distill.data import load_split
 from distill.devices import CPU, Runtime, move_batch, resolve_runtime
 from distill.models import load_classifier
-from distill.store import Artifact, file_sha256, run_stage, stable_hash
+from distill.store import Artifact, StageManifest, file_sha256, run_stage, stage_key
+
+if TYPE_CHECKING:
+    from distill.augment import AugmentManifest
+    from distill.data import DataManifest
+    from distill.teacher import TeacherManifest
 
 LOGITS_FILE = "train_logits.npy"
 CLS_FILE = "train_cls_states.npy"
-FORMAT = 2  # bump when what the cache holds changes
+VERSION = 2  # bump when what the cache holds changes
+
+
+class CacheManifest(StageManifest):
+    file: str
+    cls_file: str
+    rows: dict[str, int]  # "train", "augmented"
+    shape: list[int]
+    dtype: str
+    cls_shape: list[int]
+    sha256: str
+    cls_sha256: str
+    teacher_sha256: str
+    data_fingerprint: str
+    augmented_fingerprint: str | None
 
 
 class CacheError(RuntimeError):
@@ -40,17 +59,25 @@ class TeacherTargets:
     cls_states: np.ndarray  # [rows, teacher_layers + 1, hidden] float16
 
 
-def cache_key(teacher: Artifact, data: Artifact, augmented: Artifact | None = None) -> str:
-    return stable_hash(
-        "logits",
-        FORMAT,
-        teacher.manifest["weights_sha256"],
-        data.manifest["fingerprint"],
-        augmented.manifest["fingerprint"] if augmented else None,
+def cache_key(
+    teacher: Artifact[TeacherManifest],
+    data: Artifact[DataManifest],
+    augmented: Artifact[AugmentManifest] | None = None,
+    precision: str = "fp32",
+) -> str:
+    """Teacher, data, augmented rows and the inference precision; never temperature or loss
+    weights (bf16 logits differ from fp32 ones, so precision is part of what the cache holds)."""
+    return stage_key(
+        "logit_cache",
+        VERSION,
+        teacher.key,
+        data.key,
+        augmented.key if augmented else None,
+        precision,
     )
 
 
-def training_rows(data: Artifact, augmented: Artifact | None):
+def training_rows(data: Artifact[DataManifest], augmented: Artifact[AugmentManifest] | None):
     """The student's training rows: the train split, then the augmented rows if any."""
     train = load_split(data.path, "train")
     if augmented is None:
@@ -63,20 +90,21 @@ def training_rows(data: Artifact, augmented: Artifact | None):
 
 
 def logit_cache_stage(
-    workdir: Path,
-    teacher: Artifact,
-    data: Artifact,
-    augmented: Artifact | None = None,
+    store: Path,
+    teacher: Artifact[TeacherManifest],
+    data: Artifact[DataManifest],
+    augmented: Artifact[AugmentManifest] | None = None,
     batch_size: int = 128,
     training: TrainingConfig | None = None,
-) -> Artifact:
+) -> Artifact[CacheManifest]:
     """`training` (the teacher's section) picks the device and precision; None: CPU, fp32."""
     runtime = CPU if training is None else resolve_runtime(training, "teacher.training")
     return run_stage(
-        workdir,
+        store,
         "logit_cache",
-        cache_key(teacher, data, augmented),
+        cache_key(teacher, data, augmented, runtime.precision),
         lambda folder: build_logit_cache(teacher, data, augmented, folder, batch_size, runtime),
+        CacheManifest,
     )
 
 
@@ -107,36 +135,38 @@ def teacher_outputs(
 
 
 def build_logit_cache(
-    teacher: Artifact,
-    data: Artifact,
-    augmented: Artifact | None,
+    teacher: Artifact[TeacherManifest],
+    data: Artifact[DataManifest],
+    augmented: Artifact[AugmentManifest] | None,
     folder: Path,
     batch_size: int,
     runtime: Runtime = CPU,
-) -> dict[str, Any]:
+) -> CacheManifest:
     rows = training_rows(data, augmented)
     targets = teacher_outputs(load_classifier(teacher.path), rows, batch_size, runtime)
     np.save(folder / LOGITS_FILE, targets.logits)
     np.save(folder / CLS_FILE, targets.cls_states)
-    return {
-        "file": LOGITS_FILE,
-        "cls_file": CLS_FILE,
-        "rows": {
-            "train": data.manifest["sizes"]["train"],
-            "augmented": augmented.manifest["rows"] if augmented else 0,
+    return CacheManifest(
+        file=LOGITS_FILE,
+        cls_file=CLS_FILE,
+        rows={
+            "train": data.manifest.sizes["train"],
+            "augmented": augmented.manifest.rows if augmented else 0,
         },
-        "shape": list(targets.logits.shape),
-        "dtype": str(targets.logits.dtype),
-        "cls_shape": list(targets.cls_states.shape),
-        "sha256": file_sha256(folder / LOGITS_FILE),
-        "cls_sha256": file_sha256(folder / CLS_FILE),
-        "teacher_sha256": teacher.manifest["weights_sha256"],
-        "data_fingerprint": data.manifest["fingerprint"],
-        "augmented_fingerprint": augmented.manifest["fingerprint"] if augmented else None,
-    }
+        shape=list(targets.logits.shape),
+        dtype=str(targets.logits.dtype),
+        cls_shape=list(targets.cls_states.shape),
+        sha256=file_sha256(folder / LOGITS_FILE),
+        cls_sha256=file_sha256(folder / CLS_FILE),
+        teacher_sha256=teacher.manifest.weights_sha256,
+        data_fingerprint=data.manifest.fingerprint,
+        augmented_fingerprint=augmented.manifest.fingerprint if augmented else None,
+    )
 
 
-def _open_checked(cache: Artifact, name: str, sha: str, shape: list[int], verify: bool):
+def _open_checked(
+    cache: Artifact[CacheManifest], name: str, sha: str, shape: list[int], verify: bool
+):
     path = cache.file(name)
     if verify and file_sha256(path) != sha:
         raise CacheError(f"logit cache {path} does not match the checksum in its manifest")
@@ -146,12 +176,10 @@ def _open_checked(cache: Artifact, name: str, sha: str, shape: list[int], verify
     return array
 
 
-def open_targets(cache: Artifact, verify: bool = True) -> TeacherTargets:
+def open_targets(cache: Artifact[CacheManifest], verify: bool = True) -> TeacherTargets:
     """The cached targets as read-only memmaps, checked against the manifest."""
     manifest = cache.manifest
     return TeacherTargets(
-        _open_checked(cache, manifest["file"], manifest["sha256"], manifest["shape"], verify),
-        _open_checked(
-            cache, manifest["cls_file"], manifest["cls_sha256"], manifest["cls_shape"], verify
-        ),
+        _open_checked(cache, manifest.file, manifest.sha256, manifest.shape, verify),
+        _open_checked(cache, manifest.cls_file, manifest.cls_sha256, manifest.cls_shape, verify),
     )

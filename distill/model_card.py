@@ -11,9 +11,13 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill.gates import GateResult, all_passed
+
+if TYPE_CHECKING:
+    from deploy.export import ExportManifest
+    from distill.chain import RunArtifacts
 
 CARD = "model_card.md"
 CURVES = "training_curves.png"
@@ -59,23 +63,23 @@ def render_model_card(
     name: str,
     version: str,
     run_id: str,
-    manifests: Mapping[str, Mapping[str, Any]],
+    artifacts: RunArtifacts,
     points: Sequence[ModelPoint],
     results: Sequence[GateResult],
     champion_version: str | None,
 ) -> str:
-    data, teacher, student = manifests["data"], manifests["teacher"], manifests["student"]
-    evaluation = manifests["evaluation"]
-    export, quantized = manifests["export"], manifests["quantize"]
+    data, teacher = artifacts.data.manifest, artifacts.teacher.manifest
+    student, evaluation = artifacts.student.manifest, artifacts.evaluation.manifest
+    export, quantized = artifacts.export.manifest, artifacts.quantize.manifest
     decision = (
         "passed every gate: promoted to `champion`"
         if all_passed(results)
         else "failed a gate: stays `challenger`"
     )
-    source = data["source"]
-    sizes = {split: data["sizes"][split] for split in SPLIT_ORDER if split in data["sizes"]}
+    source = data.source
+    sizes = {split: data.sizes[split] for split in SPLIT_ORDER if split in data.sizes}
     balance_rows = [
-        [split, *(data["label_balance"][split].get(label, 0) for label in data["label_names"])]
+        [split, *(data.label_balance[split].get(label, 0) for label in data.label_names)]
         for split in sizes
     ]
     sections = [
@@ -88,41 +92,41 @@ def render_model_card(
             [
                 [
                     source.get("name") or source.get("path"),
-                    f"`{data['fingerprint']}`",
-                    f"`{data['tokenizer_id']}`",
-                    data["max_length"],
+                    f"`{data.fingerprint}`",
+                    f"`{data.tokenizer_id}`",
+                    data.max_length,
                 ]
             ],
         ),
         _table(["split", "examples"], [[split, size] for split, size in sizes.items()]),
-        _table(["split", *data["label_names"]], balance_rows),
+        _table(["split", *data.label_names], balance_rows),
         "## Models",
         _table(
             ["model", "architecture", "parameters", "size"],
             [
                 [
-                    f"teacher ({teacher['source']})",
-                    f"{teacher['num_layers']} layers, hidden {teacher['hidden_size']}",
-                    teacher["params"],
-                    _megabytes(teacher["weights_bytes"]),
+                    f"teacher ({teacher.source})",
+                    f"{teacher.num_layers} layers, hidden {teacher.hidden_size}",
+                    teacher.params,
+                    _megabytes(teacher.weights_bytes),
                 ],
                 [
                     "student",
-                    f"{student['num_layers']} layers, hidden {student['hidden_size']}",
-                    student["params"],
-                    _megabytes(student["weights_bytes"]),
+                    f"{student.num_layers} layers, hidden {student.hidden_size}",
+                    student.params,
+                    _megabytes(student.weights_bytes),
                 ],
                 [
                     "student ONNX fp32",
-                    f"opset {export['opset']}",
+                    f"opset {export.opset}",
                     None,
-                    _megabytes(export["bytes"]),
+                    _megabytes(export.bytes),
                 ],
                 [
                     "student ONNX INT8 (this version)",
-                    f"{quantized['method']} {quantized['weight_type']}",
+                    f"{quantized.method} {quantized.weight_type}",
                     None,
-                    _megabytes(quantized["bytes"]),
+                    _megabytes(quantized.bytes),
                 ],
             ],
         ),
@@ -135,11 +139,11 @@ def render_model_card(
             ["teacher macro F1", "student macro F1", "retention", "agreement", "INT8 drop"],
             [
                 [
-                    evaluation["teacher_macro_f1"],
-                    evaluation["student_macro_f1"],
-                    evaluation["retention"],
-                    evaluation["agreement"],
-                    quantized["accuracy_drop"],
+                    evaluation.teacher_macro_f1,
+                    evaluation.student_macro_f1,
+                    evaluation.retention,
+                    evaluation.agreement,
+                    quantized.accuracy_drop,
                 ]
             ],
         ),
@@ -256,10 +260,10 @@ def write_model_card(
     return sorted(folder.iterdir())
 
 
-def _tokenizer_note(export: Mapping[str, Any]) -> str:
+def _tokenizer_note(export: ExportManifest) -> str:
     """Which tokenizer the graph's input ids must come from."""
-    vocabulary = export.get("vocabulary") or {}
-    if not vocabulary.get("trimmed"):
+    vocabulary = export.vocabulary
+    if not export.trimmed:
         return "Input ids come from the data tokenizer below; the run's `bundle/` holds it too."
     return (
         f"The vocabulary is trimmed to {vocabulary['kept_size']} of "

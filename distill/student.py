@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,36 +19,62 @@ from distill.models import (
     save_classifier,
     student_from_teacher,
 )
-from distill.store import Artifact, run_stage, stable_hash
+from distill.store import Artifact, StageManifest, run_stage, stage_key
 from distill.training import LossFn, MetricsLog, train_classifier
 
-# Settings added after students were first cached, whose unset value (None) keeps the earlier
-# behaviour: left out of the key while unset, so students trained before they existed stay valid.
-LATER_OPTIONAL_SETTINGS = (("init", "intermediate_size"),)
+if TYPE_CHECKING:
+    from distill.augment import AugmentManifest
+    from distill.data import DataManifest
+    from distill.logit_cache import CacheManifest
+    from distill.teacher import TeacherManifest
+
+VERSION = 1  # bump when the student trained for the same settings and inputs changes
 
 
-def student_key(config: StudentConfig, cache: Artifact, data: Artifact) -> str:
-    settings = config.model_dump(mode="json")
-    for section, name in LATER_OPTIONAL_SETTINGS:
-        if settings[section][name] is None:
-            del settings[section][name]
-    return stable_hash("student", settings, cache.key, data.manifest["fingerprint"])
+class StudentManifest(StageManifest):
+    weights_sha256: str
+    teacher_sha256: str
+    cache_key: str
+    data_fingerprint: str
+    training_rows: dict[str, int]
+    params: int
+    num_layers: int
+    hidden_size: int
+    weights_bytes: int
+    best_epoch: int
+    best_val_accuracy: float
+    history: list[dict[str, Any]]
+    train_seconds: float
+
+
+def student_key(
+    config: StudentConfig,
+    teacher: Artifact[TeacherManifest],
+    cache: Artifact[CacheManifest],
+    data: Artifact[DataManifest],
+) -> str:
+    # The cache key already covers the teacher, the data and any augmented rows; naming the
+    # teacher and data keys too keeps the dependency visible here.
+    return stage_key(
+        "student", VERSION, config.model_dump(mode="json"), teacher.key, cache.key, data.key
+    )
 
 
 def student_stage(
-    workdir: Path,
+    store: Path,
     config: StudentConfig,
-    teacher: Artifact,
-    cache: Artifact,
-    data: Artifact,
-    augmented: Artifact | None = None,
+    teacher: Artifact[TeacherManifest],
+    cache: Artifact[CacheManifest],
+    data: Artifact[DataManifest],
+    augmented: Artifact[AugmentManifest] | None = None,
     log: MetricsLog | None = None,
-) -> Artifact:
+) -> Artifact[StudentManifest]:
     return run_stage(
-        workdir,
+        store,
         "student",
-        student_key(config, cache, data),
+        student_key(config, teacher, cache, data),
         lambda folder: build_student(config, teacher, cache, data, augmented, folder, log),
+        StudentManifest,
     )
 
 
@@ -94,13 +120,13 @@ def student_loss(config: StudentConfig, targets: TeacherTargets) -> LossFn:
 
 def build_student(
     config: StudentConfig,
-    teacher: Artifact,
-    cache: Artifact,
-    data: Artifact,
-    augmented: Artifact | None,
+    teacher: Artifact[TeacherManifest],
+    cache: Artifact[CacheManifest],
+    data: Artifact[DataManifest],
+    augmented: Artifact[AugmentManifest] | None,
     folder: Path,
     log: MetricsLog | None,
-) -> dict[str, Any]:
+) -> StudentManifest:
     model = init_student(config, teacher.path)
     targets = open_targets(cache)
     for _, teacher_layer in config.hidden_layer_map():
@@ -120,18 +146,18 @@ def build_student(
         section="student.training",
     )
     weights_sha256 = save_classifier(model, load_tokenizer(str(teacher.path)), folder)
-    return {
-        "weights_sha256": weights_sha256,
-        "teacher_sha256": teacher.manifest["weights_sha256"],
-        "cache_key": cache.key,
-        "data_fingerprint": data.manifest["fingerprint"],
-        "training_rows": cache.manifest["rows"],
-        "params": count_parameters(model),
-        "num_layers": model.config.num_hidden_layers,
-        "hidden_size": model.config.hidden_size,
-        "weights_bytes": (folder / "model.safetensors").stat().st_size,
-        "best_epoch": result.best_epoch,
-        "best_val_accuracy": result.best_val_accuracy,
-        "history": result.history,
-        "train_seconds": result.seconds,
-    }
+    return StudentManifest(
+        weights_sha256=weights_sha256,
+        teacher_sha256=teacher.manifest.weights_sha256,
+        cache_key=cache.key,
+        data_fingerprint=data.manifest.fingerprint,
+        training_rows=cache.manifest.rows,
+        params=count_parameters(model),
+        num_layers=model.config.num_hidden_layers,
+        hidden_size=model.config.hidden_size,
+        weights_bytes=(folder / "model.safetensors").stat().st_size,
+        best_epoch=result.best_epoch,
+        best_val_accuracy=result.best_val_accuracy,
+        history=result.history,
+        train_seconds=result.seconds,
+    )

@@ -5,36 +5,36 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from distill.store import Artifact
+from distill.chain import RunArtifacts
 
 
 def build_summary(
-    stages: Mapping[str, Artifact],
+    artifacts: RunArtifacts,
     mlflow_run_id: str,
     registered_model: str,
     model_version: str,
     wall_seconds: float,
     promotion: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    evaluation = stages["evaluation"].manifest
-    export = stages["export"].manifest
-    quantized = stages["quantize"].manifest
+    evaluation = artifacts.evaluation.manifest
+    export = artifacts.export.manifest
+    quantized = artifacts.quantize.manifest
     return {
-        "teacher_accuracy": evaluation["teacher_accuracy"],
-        "student_accuracy": evaluation["student_accuracy"],
-        "retention": evaluation["retention"],
-        "agreement": evaluation["agreement"],
-        "teacher_macro_f1": evaluation["teacher_macro_f1"],
-        "student_macro_f1": evaluation["student_macro_f1"],
-        "onnx_fp32_accuracy": export["test_accuracy"],
-        "int8_accuracy": quantized["test_accuracy"],
-        "teacher_params": evaluation["teacher_params"],
-        "student_params": evaluation["student_params"],
-        "onnx_fp32_bytes": export["bytes"],
-        "onnx_int8_bytes": quantized["bytes"],
-        "onnx_max_abs_logit_diff": export["max_abs_logit_diff"],
-        "data_fingerprint": stages["data"].manifest["fingerprint"],
-        "teacher_sha256": stages["teacher"].manifest["weights_sha256"],
+        "teacher_accuracy": evaluation.teacher_accuracy,
+        "student_accuracy": evaluation.student_accuracy,
+        "retention": evaluation.retention,
+        "agreement": evaluation.agreement,
+        "teacher_macro_f1": evaluation.teacher_macro_f1,
+        "student_macro_f1": evaluation.student_macro_f1,
+        "onnx_fp32_accuracy": export.test_accuracy,
+        "int8_accuracy": quantized.test_accuracy,
+        "teacher_params": evaluation.teacher_params,
+        "student_params": evaluation.student_params,
+        "onnx_fp32_bytes": export.bytes,
+        "onnx_int8_bytes": quantized.bytes,
+        "onnx_max_abs_logit_diff": export.max_abs_logit_diff,
+        "data_fingerprint": artifacts.data.manifest.fingerprint,
+        "teacher_sha256": artifacts.teacher.manifest.weights_sha256,
         "mlflow_run_id": mlflow_run_id,
         "registered_model": registered_model,
         "model_version": model_version,
@@ -47,7 +47,7 @@ def build_summary(
                 "key": artifact.key,
                 "path": str(artifact.path),
             }
-            for name, artifact in stages.items()
+            for name, artifact in artifacts.by_stage().items()
         },
     }
 

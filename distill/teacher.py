@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from distill.config import TeacherConfig
-from distill.data import load_split
+from distill.data import DataManifest, load_split
 from distill.losses import LossTerms, hard_label_ce
 from distill.models import (
     count_parameters,
@@ -20,30 +20,52 @@ from distill.models import (
     save_classifier,
     source_identity,
 )
-from distill.store import Artifact, run_stage, stable_hash
+from distill.store import Artifact, StageManifest, run_stage, stage_key
 from distill.training import MetricsLog, seed_everything, train_classifier
 
+VERSION = 1  # bump when the teacher trained for the same settings and data changes
 WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
 
 
-def teacher_key(config: TeacherConfig, data: Artifact) -> str:
+class TeacherManifest(StageManifest):
+    fine_tuned: bool
+    history: list[dict[str, Any]]
+    best_epoch: int | None = None
+    best_val_accuracy: float | None = None
+    train_seconds: float | None = None
+    source: str
+    weights_sha256: str
+    data_fingerprint: str
+    params: int
+    num_layers: int
+    hidden_size: int
+    weights_bytes: int
+
+
+def teacher_key(config: TeacherConfig, data: Artifact[DataManifest]) -> str:
+    """Data + teacher settings + the model source's files; never anything of the student."""
     source = resolve_model_source(config.model)
-    return stable_hash(
+    return stage_key(
         "teacher",
+        VERSION,
         config.model_dump(mode="json"),
         source_identity(source, WEIGHT_FILES),
-        data.manifest["fingerprint"],
+        data.key,
     )
 
 
 def teacher_stage(
-    workdir: Path, config: TeacherConfig, data: Artifact, log: MetricsLog | None = None
-) -> Artifact:
+    store: Path,
+    config: TeacherConfig,
+    data: Artifact[DataManifest],
+    log: MetricsLog | None = None,
+) -> Artifact[TeacherManifest]:
     return run_stage(
-        workdir,
+        store,
         "teacher",
         teacher_key(config, data),
         lambda folder: build_teacher(config, data, folder, log),
+        TeacherManifest,
     )
 
 
@@ -55,16 +77,16 @@ def teacher_loss(model: torch.nn.Module, batch) -> LossTerms:
 
 
 def build_teacher(
-    config: TeacherConfig, data: Artifact, folder: Path, log: MetricsLog | None
-) -> dict[str, Any]:
+    config: TeacherConfig, data: Artifact[DataManifest], folder: Path, log: MetricsLog | None
+) -> TeacherManifest:
     source = resolve_model_source(config.model)
-    label_names = list(data.manifest["label_names"])
+    label_names = list(data.manifest.label_names)
     tokenizer = load_tokenizer(source)
     # The new classification head is drawn from torch's global generator: seed it first, or two
     # runs of the same config fine-tune different teachers.
     seed_everything(config.training.seed)
     if config.random_init is not None:
-        max_positions = max(128, data.manifest["max_length"])
+        max_positions = max(128, data.manifest.max_length)
         model = random_classifier(
             config.random_init, len(tokenizer), max_positions, label_names, config.training.seed
         )
@@ -92,13 +114,13 @@ def build_teacher(
             train_seconds=result.seconds,
         )
     weights_sha256 = save_classifier(model, tokenizer, folder)
-    return {
+    return TeacherManifest(
         **summary,
-        "source": config.model,
-        "weights_sha256": weights_sha256,
-        "data_fingerprint": data.manifest["fingerprint"],
-        "params": count_parameters(model),
-        "num_layers": model.config.num_hidden_layers,
-        "hidden_size": model.config.hidden_size,
-        "weights_bytes": (folder / "model.safetensors").stat().st_size,
-    }
+        source=config.model,
+        weights_sha256=weights_sha256,
+        data_fingerprint=data.manifest.fingerprint,
+        params=count_parameters(model),
+        num_layers=model.config.num_hidden_layers,
+        hidden_size=model.config.hidden_size,
+        weights_bytes=(folder / "model.safetensors").stat().st_size,
+    )

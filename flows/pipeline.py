@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from deploy.chain import run_pipeline_stages
 from distill.config import config_to_yaml, flatten, load_config
 from distill.store import write_json_atomic
 from distill.summary import build_summary
@@ -20,11 +21,14 @@ SUMMARY = "summary.json"
 
 @flow(name="distillery-pipeline")
 def distill_pipeline(config_path: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    """data -> teacher -> logit cache -> student -> evaluation -> ONNX -> INT8 -> registry."""
+    """data -> teacher -> [augment] -> logit cache -> student -> evaluation -> ONNX -> INT8
+    -> registry -> bundle -> gates. Stage folders live in the config's store (default: the
+    workdir); run-specific files in the workdir."""
     started = time.perf_counter()
     config = load_config(config_path, overrides or [])
     workdir = config.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    store = config.store_dir.resolve()
     logger = get_run_logger()
     tracker = MlflowTracker(
         default_tracking_uri(workdir),
@@ -50,40 +54,20 @@ def distill_pipeline(config_path: str, overrides: list[str] | None = None) -> di
     tracker.log_artifact(config_file, "config")
     succeeded = False
     try:
-        data = stages.prepare_data(workdir, config.data, config.teacher.model, tracker)
-        teacher = stages.fine_tune_teacher(workdir, config.teacher, data, tracker)
-        augmented = stages.augment(workdir, config.augmentation, data, teacher, tracker)
-        cache = stages.cache_teacher_logits(workdir, teacher, data, augmented, tracker)
-        student = stages.train_student(
-            workdir, config.student, teacher, cache, data, augmented, tracker
-        )
-        evaluation = stages.evaluate(workdir, teacher, student, data, tracker)
-        export = stages.export_onnx(workdir, config.export, student, data, tracker)
-        quantized = stages.quantize(workdir, config.export, export, data, tracker)
-        registration = stages.register_model(
-            config.tracking.registered_model, quantized, teacher, data, tracker
-        )
-        finished = {
-            "data": data,
-            "teacher": teacher,
-            "logit_cache": cache,
-            "student": student,
-            "evaluation": evaluation,
-            "export": export,
-            "quantize": quantized,
-        }
+        artifacts = run_pipeline_stages(config, store, stages.prefect_runner(tracker))
+        registration = stages.register_model(config.tracking.registered_model, artifacts, tracker)
         # The bundle goes with the run before any gate can promote the version, so a champion
         # always has its bundle.
-        bundle = stages.bundle(workdir, finished, registration, tracker)
+        bundle = stages.bundle(workdir, artifacts, registration, tracker)
         promotion = stages.promote(
             config.promotion,
             registration,
-            finished,
+            artifacts,
             tracker,
-            latency_samples=config.export.latency_samples,
+            latency_samples=config.quantize.latency_samples,
         )
         summary = build_summary(
-            finished,
+            artifacts,
             mlflow_run_id=run_id,
             registered_model=registration.name,
             model_version=registration.version,

@@ -23,8 +23,8 @@ def retrain_flow(config_path: str, overrides: list[str] | None = None) -> dict[s
     logger = get_run_logger()
     config = load_config(config_path, overrides or [])
     workdir = config.workdir.resolve()
-    data = data_stage(workdir, config.data, config.teacher.model)
-    fingerprint = data.manifest["fingerprint"]
+    data = data_stage(config.store_dir.resolve(), config.data, config.teacher.model)
+    fingerprint = data.manifest.fingerprint
     champion = champion_fingerprint(default_tracking_uri(workdir), config.tracking.registered_model)
     if champion is not None and champion[1] == fingerprint:
         logger.info(

@@ -13,8 +13,10 @@ from typing import Any
 
 from deploy.benchmark import onnx_latencies, torch_latency
 from deploy.quantize import model_split
+from distill.chain import RunArtifacts
 from distill.config import PromotionConfig
 from distill.data import load_split
+from distill.evaluation import CONFUSION_PNG, EvaluationManifest
 from distill.gates import Measurements, Metric, evaluate_gates, majority_baseline, score
 from distill.model_card import ModelPoint, description_text, render_model_card, write_model_card
 from distill.store import Artifact
@@ -26,7 +28,7 @@ CARD_ARTIFACTS = "model_card"
 
 
 def measure_models(
-    artifacts: Mapping[str, Artifact],
+    artifacts: RunArtifacts,
     test: Mapping[str, Sequence],
     champion: ChampionScore | None,
     samples: int,
@@ -34,13 +36,13 @@ def measure_models(
     """Accuracy and batch-1 latency on this run's test split: teacher, student fp32 and INT8,
     and the champion when it can be scored. The INT8 and champion models are scored by the
     same code on the same split, so their accuracies compare fairly."""
-    teacher, evaluation = artifacts["teacher"], artifacts["evaluation"]
-    export, quantized = artifacts["export"], artifacts["quantize"]
+    teacher, evaluation = artifacts.teacher, artifacts.evaluation
+    export, quantized = artifacts.export, artifacts.quantize
     # Each model is timed on the ids its own tokenizer writes (the vocabulary may be trimmed).
-    own_split = model_split(export, artifacts["data"], "test")
+    own_split = model_split(export, artifacts.data, "test")
     onnx = {
-        "fp32": (export.file(export.manifest["file"]), own_split),
-        "int8": (quantized.file(quantized.manifest["file"]), own_split),
+        "fp32": (export.file(export.manifest.file), own_split),
+        "int8": (quantized.file(quantized.manifest.file), own_split),
     }
     if champion is not None and champion.accuracy is not None:
         onnx["champion"] = (champion.path, champion.split)
@@ -55,18 +57,18 @@ def measure_models(
         "teacher": point(
             "teacher (PyTorch)",
             "teacher",
-            evaluation.manifest["teacher_accuracy"],
-            teacher.manifest["weights_bytes"],
+            evaluation.manifest.teacher_accuracy,
+            teacher.manifest.weights_bytes,
         ),
         "fp32": point(
-            "student ONNX fp32", "fp32", export.manifest["test_accuracy"], export.manifest["bytes"]
+            "student ONNX fp32", "fp32", export.manifest.test_accuracy, export.manifest.bytes
         ),
         "int8": point(
             "student ONNX INT8",
             "int8",
             # Measured by the quantize stage on the same split with the model's own tokenizer.
-            quantized.manifest["test_accuracy"],
-            quantized.manifest["bytes"],
+            quantized.manifest.test_accuracy,
+            quantized.manifest.bytes,
         ),
     }
     if "champion" in onnx:
@@ -79,21 +81,19 @@ def measure_models(
     return points
 
 
-def retention_in(metric: Metric, evaluation: Artifact) -> float | None:
+def retention_in(metric: Metric, evaluation: Artifact[EvaluationManifest]) -> float:
     """Student score / teacher score (PyTorch, test split) in the gates' metric."""
+    manifest = evaluation.manifest
     if metric == "accuracy":
-        return evaluation.manifest.get("retention")
-    teacher = evaluation.manifest.get("teacher_macro_f1")
-    student = evaluation.manifest.get("student_macro_f1")
-    if teacher is None or student is None:
-        return None
+        return manifest.retention
+    teacher, student = manifest.teacher_macro_f1, manifest.student_macro_f1
     return student / teacher if teacher > 0 else 0.0
 
 
 def gate_and_promote(
     config: PromotionConfig,
     registration: Registration,
-    artifacts: Mapping[str, Artifact],
+    artifacts: RunArtifacts,
     tracker: MlflowTracker,
     latency_samples: int,
 ) -> dict[str, Any]:
@@ -103,8 +103,8 @@ def gate_and_promote(
     moving the aliases, so two runs finishing at once cannot both replace the same champion.
     A reused registration (the very same model was registered before) is measured and judged
     for the summary, but its version keeps its tags and aliases."""
-    data, export, quantized = artifacts["data"], artifacts["export"], artifacts["quantize"]
-    metric, num_labels = config.metric, len(data.manifest["label_names"])
+    data, export, quantized = artifacts.data, artifacts.export, artifacts.quantize
+    metric, num_labels = config.metric, len(data.manifest.label_names)
     test = load_split(data.path, "test")
     train_labels = list(load_split(data.path, "train")["label"])
     with (
@@ -118,16 +118,16 @@ def gate_and_promote(
             test,
             num_labels,
             folder / "champion",
-            data.manifest["max_length"],
+            data.manifest.max_length,
             metric,
         )
         points = measure_models(artifacts, test, champion, latency_samples)
         candidate = points["int8"]
         predicted, _ = registry.onnx_predictions(
-            quantized.file(quantized.manifest["file"]), model_split(export, data, "test")
+            quantized.file(quantized.manifest.file), model_split(export, data, "test")
         )
         measured = Measurements(
-            retention=retention_in(metric, artifacts["evaluation"]),
+            retention=retention_in(metric, artifacts.evaluation),
             latency_ms=candidate.p50_ms,
             score=score(metric, test["label"], predicted, num_labels),
             baseline_score=majority_baseline(metric, train_labels, test["label"], num_labels),
@@ -139,7 +139,7 @@ def gate_and_promote(
             registration.name,
             registration.version,
             tracker.run_id,
-            {name: artifact.manifest for name, artifact in artifacts.items()},
+            artifacts,
             list(points.values()),
             results,
             measured.champion_version,
@@ -147,10 +147,13 @@ def gate_and_promote(
         write_model_card(
             folder / CARD_ARTIFACTS,
             card,
-            {role: artifacts[role].manifest.get("history", []) for role in ("teacher", "student")},
+            {
+                "teacher": artifacts.teacher.manifest.history,
+                "student": artifacts.student.manifest.history,
+            },
             list(points.values()),
             results,
-            artifacts["evaluation"].file("confusion_matrix.png"),
+            artifacts.evaluation.file(CONFUSION_PNG),
         )
         tracker.log_artifacts(folder / CARD_ARTIFACTS, CARD_ARTIFACTS)
         if registration.reused:

@@ -47,27 +47,10 @@ def tiny_classifier():
 
 @pytest.fixture(scope="session")
 def tiny_stages(tiny_config, tiny_data):
-    """Every stage up to INT8 on the tiny config, by calling the core stages (no Prefect)."""
-    from deploy.export import export_stage
-    from deploy.quantize import quantize_stage
-    from distill.evaluation import evaluation_stage
-    from distill.logit_cache import logit_cache_stage
-    from distill.student import student_stage
-    from distill.teacher import teacher_stage
+    """Every stage up to INT8 on the tiny config, wired as the flow wires them (no Prefect)."""
+    from deploy.chain import run_pipeline_stages
 
-    workdir, data = tiny_config.workdir, tiny_data
-    teacher = teacher_stage(workdir, tiny_config.teacher, data)
-    cache = logit_cache_stage(workdir, teacher, data)
-    student = student_stage(workdir, tiny_config.student, teacher, cache, data)
-    export = export_stage(workdir, tiny_config.export, student, data)
-    return {
-        "data": data,
-        "teacher": teacher,
-        "student": student,
-        "evaluation": evaluation_stage(workdir, teacher, student, data),
-        "export": export,
-        "quantize": quantize_stage(workdir, tiny_config.export, export, data),
-    }
+    return run_pipeline_stages(tiny_config, tiny_config.store_dir)
 
 
 @pytest.fixture(scope="session")
@@ -76,12 +59,5 @@ def tiny_bundle(tiny_stages, tmp_path_factory):
     from deploy.bundle import bundle_from_stages
 
     return bundle_from_stages(
-        tmp_path_factory.mktemp("bundle-workdir"),
-        tiny_stages["quantize"],
-        tiny_stages["student"],
-        tiny_stages["data"],
-        tiny_stages["evaluation"],
-        tiny_stages["teacher"],
-        run_id="run-tiny",
-        model_version="3",
+        tmp_path_factory.mktemp("bundle-workdir"), tiny_stages, run_id="run-tiny", model_version="3"
     )

@@ -70,7 +70,7 @@ def test_parts_are_reassembled_checked_and_unpacked_without_desktop_ini(site, tm
         assert (first.path / name).read_bytes() == data
     assert not (first.path / "tiny-model" / "desktop.ini").exists()
     assert not list(first.path.glob("*.zip"))  # the reassembled archive is not kept
-    assert first.manifest["sha256"] == asset.sha256
+    assert first.manifest.sha256 == asset.sha256
     assert unpack_asset(asset, root).reused  # second use: nothing rebuilt
     assert leftovers(root) == [first.path.name]
 

@@ -44,7 +44,7 @@ def test_augmented_rows_are_unlabelled_and_cached_after_the_train_rows(
     plain = logit_cache_stage(tiny_config.workdir, tiny_teacher, tiny_data)
     with_augmented = logit_cache_stage(tiny_config.workdir, tiny_teacher, tiny_data, augmented)
     assert plain.key != with_augmented.key
-    assert with_augmented.manifest["shape"] == [280 + 140, 2]
+    assert with_augmented.manifest.shape == [280 + 140, 2]
     both, train_only = open_targets(with_augmented), open_targets(plain)
     np.testing.assert_allclose(both.logits[:280], train_only.logits, atol=1e-5)
     assert both.cls_states.shape == (420, 3, 32)  # embeddings + 2 teacher layers, hidden 32

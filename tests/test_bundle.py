@@ -39,16 +39,7 @@ def read_json(path):
 
 
 def build(stages, workdir, run_id="run-tiny", model_version="3"):
-    return bundle_from_stages(
-        workdir,
-        stages["quantize"],
-        stages["student"],
-        stages["data"],
-        stages["evaluation"],
-        stages["teacher"],
-        run_id=run_id,
-        model_version=model_version,
-    )
+    return bundle_from_stages(workdir, stages, run_id=run_id, model_version=model_version)
 
 
 def test_bundle_holds_the_content_files_and_a_manifest_hashing_each(tiny_bundle):
@@ -62,11 +53,11 @@ def test_bundle_holds_the_content_files_and_a_manifest_hashing_each(tiny_bundle)
 def test_bundle_ships_the_quantized_model_its_tokenizer_and_the_data_labels(
     tiny_bundle, tiny_stages
 ):
-    quantized = tiny_stages["quantize"]
-    assert file_sha256(tiny_bundle / "model.onnx") == quantized.manifest["sha256"]
-    tokenizer = quantized.file(quantized.manifest["tokenizer"])
+    quantized = tiny_stages.quantize
+    assert file_sha256(tiny_bundle / "model.onnx") == quantized.manifest.sha256
+    tokenizer = quantized.file(quantized.manifest.tokenizer)
     assert (tiny_bundle / "tokenizer.json").read_bytes() == tokenizer.read_bytes()
-    assert read_json(tiny_bundle / "labels.json") == tiny_stages["data"].manifest["label_names"]
+    assert read_json(tiny_bundle / "labels.json") == tiny_stages.data.manifest.label_names
 
 
 def test_manifest_describes_what_the_runtime_needs(tiny_bundle, tiny_config):
@@ -100,19 +91,19 @@ def test_min_onnxruntime_follows_opset_and_ir_version():
 
 def test_manifest_records_metrics_and_provenance(tiny_bundle, tiny_stages):
     manifest = read_json(tiny_bundle / "manifest.json")
-    quantized, evaluation = tiny_stages["quantize"], tiny_stages["evaluation"]
+    quantized, evaluation = tiny_stages.quantize, tiny_stages.evaluation
     # configs/tiny.yaml ships INT8 even when too small to time: the calibrated static candidate.
-    assert manifest["quantization"]["method"] == quantized.manifest["method"] == "static"
+    assert manifest["quantization"]["method"] == quantized.manifest.method == "static"
     metrics = manifest["test_metrics"]
-    assert metrics["int8_accuracy"] == quantized.manifest["test_accuracy"]
-    assert metrics["onnx_fp32_accuracy"] == quantized.manifest["fp32_test_accuracy"]
-    assert metrics["student_accuracy"] == evaluation.manifest["student_accuracy"]
-    assert metrics["teacher_accuracy"] == evaluation.manifest["teacher_accuracy"]
-    assert metrics["retention"] == evaluation.manifest["retention"]
+    assert metrics["int8_accuracy"] == quantized.manifest.test_accuracy
+    assert metrics["onnx_fp32_accuracy"] == quantized.manifest.fp32_test_accuracy
+    assert metrics["student_accuracy"] == evaluation.manifest.student_accuracy
+    assert metrics["teacher_accuracy"] == evaluation.manifest.teacher_accuracy
+    assert metrics["retention"] == evaluation.manifest.retention
     assert manifest["mlflow_run_id"] == "run-tiny"
     assert manifest["model_version"] == "3"
-    assert manifest["teacher_sha256"] == tiny_stages["teacher"].manifest["weights_sha256"]
-    assert manifest["data_fingerprint"] == tiny_stages["data"].manifest["fingerprint"]
+    assert manifest["teacher_sha256"] == tiny_stages.teacher.manifest.weights_sha256
+    assert manifest["data_fingerprint"] == tiny_stages.data.manifest.fingerprint
 
 
 def test_golden_examples_are_test_texts_scored_like_the_quantize_stage_scores_them(
@@ -120,14 +111,14 @@ def test_golden_examples_are_test_texts_scored_like_the_quantize_stage_scores_th
 ):
     """The runtime's own tokenizer must give the ids the quantize stage scored: same
     probabilities (with the vocabulary trimmed, those are the export tokenizer's ids)."""
-    test = model_split(tiny_stages["export"], tiny_stages["data"], "test")
+    test = model_split(tiny_stages.export, tiny_stages.data, "test")
     texts = list(test["text"])
     labels = read_json(tiny_bundle / "labels.json")
     golden = read_json(tiny_bundle / "golden.json")["examples"]
     assert 3 <= len(golden) <= 8
     assert any(example["truncated"] for example in golden), "the longest test text is included"
-    quantized = tiny_stages["quantize"]
-    session = open_session(quantized.file(quantized.manifest["file"]), threads=1)
+    quantized = tiny_stages.quantize
+    session = open_session(quantized.file(quantized.manifest.file), threads=1)
     for example in golden:
         row = texts.index(example["text"])
         logits = onnx_logits(session, [test["input_ids"][row]], [test["attention_mask"][row]])

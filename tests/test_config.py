@@ -144,3 +144,19 @@ def test_a_config_that_extends_itself_is_refused(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(ConfigError, match="missing.yaml"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_the_shipped_profiles_share_one_stage_store_and_keep_their_own_workdirs():
+    default = load_config(REPO / "configs" / "movie_reviews.yaml")
+    edge = load_config(REPO / "configs" / "movie_reviews_edge.yaml")
+    assert default.store_dir == edge.store_dir != default.workdir
+    assert edge.workdir != default.workdir
+    tiny = load_config(TINY_CONFIG, ["workdir=/tmp/somewhere"])
+    assert tiny.store is None and tiny.store_dir == tiny.workdir  # default: inside the workdir
+
+
+def test_export_and_quantize_are_separate_sections():
+    config = build_config({}, ["quantize.max_accuracy_drop=0.01", "export.opset=18"])
+    assert config.quantize.max_accuracy_drop == 0.01 and config.export.opset == 18
+    with pytest.raises(ConfigError, match="unknown config key 'export.max_accuracy_drop'"):
+        build_config({}, ["export.max_accuracy_drop=0.01"])

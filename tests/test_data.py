@@ -115,9 +115,9 @@ def test_unknown_file_format(tmp_path):
 
 def test_data_stage_writes_tokenized_splits_and_manifest(tiny_config, tiny_data):
     manifest = tiny_data.manifest
-    assert manifest["sizes"] == {"train": 280, "validation": 60, "test": 60}
-    assert manifest["label_names"] == ["negative", "positive"]
-    assert len(manifest["fingerprint"]) == 24
+    assert manifest.sizes == {"train": 280, "validation": 60, "test": 60}
+    assert manifest.label_names == ["negative", "positive"]
+    assert len(manifest.fingerprint) == 24
     train = load_split(tiny_data.path, "train")
     assert max(len(ids) for ids in train["input_ids"]) <= tiny_config.data.max_length
     split = json.loads((tiny_data.path / "split.json").read_text())
@@ -139,4 +139,4 @@ def test_data_stage_key_follows_the_source_file(tmp_path):
     write_source(path, [(text + "!", label) for text, label in ROWS])
     second = data_stage(tmp_path / "work", config, "minilm")
     assert first.key != second.key
-    assert first.manifest["fingerprint"] != second.manifest["fingerprint"]
+    assert first.manifest.fingerprint != second.manifest.fingerprint

@@ -265,21 +265,20 @@ def test_family_runs_teacher_cache_student_export_int8(
     )
     data = data_stage(workdir, tiny_config.data, str(folder))
     teacher = teacher_stage(workdir, teacher_config, data)
-    assert teacher.manifest["fine_tuned"]
+    assert teacher.manifest.fine_tuned
     assert AutoConfig.from_pretrained(teacher.path).model_type == family
 
     cache = logit_cache_stage(workdir, teacher, data)
-    rows = data.manifest["sizes"]["train"]
-    assert cache.manifest["cls_shape"] == [rows, 3 + 1, 32]  # embeddings + every block
+    rows = data.manifest.sizes["train"]
+    assert cache.manifest.cls_shape == [rows, 3 + 1, 32]  # embeddings + every block
 
     student = student_stage(workdir, tiny_config.student, teacher, cache, data)
     assert AutoConfig.from_pretrained(student.path).model_type == family
-    assert student.manifest["num_layers"] == len(tiny_config.student.init.layers)
+    assert student.manifest.num_layers == len(tiny_config.student.init.layers)
 
     export = export_stage(workdir, tiny_config.export, student, data)
-    assert export.manifest["parity_passed"]
-    assert export.manifest["max_abs_logit_diff"] <= tiny_config.export.parity_tolerance
-    vocabulary = export.manifest["vocabulary"]
+    assert export.manifest.max_abs_logit_diff <= tiny_config.export.parity_tolerance
+    vocabulary = export.manifest.vocabulary
     kind = FAMILY_SPECS[family][2]
     if kind == "WordPiece":
         assert vocabulary["trimmed"] and vocabulary["kept_size"] < vocabulary["original_size"]
@@ -287,6 +286,6 @@ def test_family_runs_teacher_cache_student_export_int8(
         assert not vocabulary["trimmed"] and kind in vocabulary["reason"]
         assert export.file(TOKENIZER_FILE).read_bytes() == student.file(TOKENIZER_FILE).read_bytes()
 
-    shipped = quantize_stage(workdir, tiny_config.export, export, data)
-    assert shipped.file(shipped.manifest["file"]).is_file()
-    assert shipped.manifest["test_accuracy"] >= 0.0
+    shipped = quantize_stage(workdir, tiny_config.quantize, export, data)
+    assert shipped.file(shipped.manifest.file).is_file()
+    assert shipped.manifest.test_accuracy >= 0.0

@@ -89,12 +89,10 @@ def test_calibration_batches_are_seeded_sorted_and_padded():
 
 
 def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config):
-    quantized = tiny_stages["quantize"]
+    quantized = tiny_stages.quantize
     manifest = quantized.manifest
-    for key in ("file", "sha256", "bytes", "method", "test_accuracy", "accuracy_drop"):
-        assert key in manifest, key
-    assert file_sha256(quantized.file(manifest["file"])) == manifest["sha256"]
-    candidates = manifest["candidates"]
+    assert file_sha256(quantized.file(manifest.file)) == manifest.sha256
+    candidates = manifest.candidates
     assert list(candidates) == ["static", "dynamic", "dynamic_matmul_only", "fp32"]
 
     # The recorded numbers, put through the pure gate again, give the recorded winner.
@@ -109,27 +107,46 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
             record["bytes"],
         )
 
-    export = tiny_config.export
+    gate = tiny_config.quantize
     winner, reasons = choose(
         [measured(name) for name in ("static", "dynamic", "dynamic_matmul_only")],
         measured("fp32"),
-        export.max_accuracy_drop,
-        export.min_agreement,
-        export.reject_slower_int8,
+        gate.max_accuracy_drop,
+        gate.min_agreement,
+        gate.reject_slower_int8,
     )
-    assert manifest["method"] == winner
+    assert manifest.method == winner
     assert candidates[winner]["accepted"] is True
     assert sum(record["accepted"] for record in candidates.values()) == 1
     for name, reason in reasons.items():
         assert candidates[name]["reason"] == reason
-    assert manifest["test_accuracy"] == candidates[winner]["test_accuracy"]
-    assert manifest["accuracy_drop"] == pytest.approx(
-        manifest["fp32_test_accuracy"] - manifest["test_accuracy"]
+    assert manifest.test_accuracy == candidates[winner]["test_accuracy"]
+    assert manifest.accuracy_drop == pytest.approx(
+        manifest.fp32_test_accuracy - manifest.test_accuracy
     )
     # Only the shipped model stays in the folder, beside the tokenizer its ids come from.
     assert sorted(p.name for p in quantized.path.iterdir()) == sorted(
-        ["manifest.json", manifest["file"], "tokenizer.json"]
+        ["manifest.json", manifest.file, "tokenizer.json"]
     )
     # Vocabulary trimming is on by default: the tokenizer that ships is the export stage's.
     vocab = json.loads(quantized.file("tokenizer.json").read_text())["model"]["vocab"]
-    assert len(vocab) == tiny_stages["export"].manifest["vocabulary"]["kept_size"] < 30522
+    assert len(vocab) == tiny_stages.export.manifest.vocabulary["kept_size"] < 30522
+
+
+def test_quantization_mutes_the_root_logger_only_while_it_runs(tiny_stages, tmp_path):
+    import logging
+
+    from deploy.quantize import prepare, quiet_root_logger
+
+    root = logging.getLogger()
+    before = root.level
+    try:
+        root.setLevel(logging.INFO)
+        export = tiny_stages.export
+        prepare(export.file(export.manifest.file), tmp_path / "prepared.onnx")
+        assert root.level == logging.INFO  # later log lines of the process still show
+        with quiet_root_logger():
+            assert root.level == logging.ERROR
+        assert root.level == logging.INFO
+    finally:
+        root.setLevel(before)

@@ -14,8 +14,8 @@ def test_a_ready_classifier_for_the_same_labels_is_not_fine_tuned_again(
     save_classifier(tiny_classifier, tokenizer, folder)
     config = TeacherConfig(model=str(folder), training=TrainingConfig(epochs=1))
     teacher = teacher_stage(tmp_path / "work", config, tiny_data)
-    assert teacher.manifest["fine_tuned"] is False
-    assert teacher.manifest["history"] == []
+    assert teacher.manifest.fine_tuned is False
+    assert teacher.manifest.history == []
     reloaded = load_classifier(teacher.path)
     for name, value in tiny_classifier.state_dict().items():
         assert torch.equal(value, reloaded.state_dict()[name]), name
@@ -24,11 +24,11 @@ def test_a_ready_classifier_for_the_same_labels_is_not_fine_tuned_again(
 def test_fine_tuning_keeps_the_best_epoch_by_validation_accuracy(tiny_config, tiny_data):
     teacher = teacher_stage(tiny_config.workdir, tiny_config.teacher, tiny_data)
     manifest = teacher.manifest
-    assert manifest["fine_tuned"] is True
-    epochs = [h for h in manifest["history"] if "val_accuracy" in h]
+    assert manifest.fine_tuned is True
+    epochs = [h for h in manifest.history if "val_accuracy" in h]
     assert len(epochs) == tiny_config.teacher.training.epochs
     best = max(epochs, key=lambda h: h["val_accuracy"])
-    assert manifest["best_val_accuracy"] == best["val_accuracy"]
+    assert manifest.best_val_accuracy == best["val_accuracy"]
     assert (teacher.path / "model.safetensors").is_file()
     assert (teacher.path / "tokenizer.json").is_file()
 
@@ -44,4 +44,4 @@ def test_the_same_config_fine_tunes_the_same_teacher(tiny_config, tiny_data, tmp
     first = teacher_stage(tmp_path / "a", config, tiny_data)
     torch.manual_seed(456)
     second = teacher_stage(tmp_path / "b", config, tiny_data)
-    assert first.manifest["weights_sha256"] == second.manifest["weights_sha256"]
+    assert first.manifest.weights_sha256 == second.manifest.weights_sha256

@@ -121,27 +121,26 @@ def test_export_and_quantize_stages_ship_the_trimmed_tokenizer(tiny_stages, tiny
     from deploy.quantize import quantize_stage
     from distill.data import load_split
 
-    config = tiny_config.export.model_copy(
-        update={"trim_vocabulary": True, "reject_slower_int8": False}
-    )
-    data = tiny_stages["data"]
-    export = export_stage(tmp_path, config, tiny_stages["student"], data)
-    vocabulary = export.manifest["vocabulary"]
+    config = tiny_config.export.model_copy(update={"trim_vocabulary": True})
+    quantize = tiny_config.quantize.model_copy(update={"reject_slower_int8": False})
+    data = tiny_stages.data
+    export = export_stage(tmp_path, config, tiny_stages.student, data)
+    vocabulary = export.manifest.vocabulary
     assert vocabulary["trimmed"] and vocabulary["kept_size"] < vocabulary["original_size"]
     assert 0 < vocabulary["test_unk_token_rate"] <= vocabulary["test_changed_token_rate"] < 1
-    tokenizer = Tokenizer.from_file(str(export.file(export.manifest["tokenizer"])))
+    tokenizer = Tokenizer.from_file(str(export.file(export.manifest.tokenizer)))
     assert tokenizer.get_vocab_size() == vocabulary["kept_size"]
 
-    quantized = quantize_stage(tmp_path, config, export, data)
-    assert quantized.manifest["method"] == "static"  # nothing to lose on a random tiny model
-    shipped = quantized.file(quantized.manifest["tokenizer"])
+    quantized = quantize_stage(tmp_path, quantize, export, data)
+    assert quantized.manifest.method == "static"  # nothing to lose on a random tiny model
+    shipped = quantized.file(quantized.manifest.tokenizer)
     assert shipped.read_bytes() == export.file("tokenizer.json").read_bytes()
     # The shipped model, fed by the shipped tokenizer, scores what the manifest says.
     test = load_split(data.path, "test")
-    ids, mask = encode_texts(tokenizer, test["text"], data.manifest["max_length"])
-    logits = onnx_logits(open_session(quantized.file(quantized.manifest["file"])), ids, mask)
+    ids, mask = encode_texts(tokenizer, test["text"], data.manifest.max_length)
+    logits = onnx_logits(open_session(quantized.file(quantized.manifest.file)), ids, mask)
     accuracy = float(np.mean(logits.argmax(-1) == np.asarray(test["label"])))
-    assert accuracy == quantized.manifest["test_accuracy"]
+    assert accuracy == quantized.manifest.test_accuracy
 
 
 def test_a_pad_id_that_numbers_positions_never_moves(tmp_path):

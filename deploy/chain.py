@@ -1,0 +1,71 @@
+"""The whole pipeline's stage wiring: `distill.chain` up to evaluation, then export and quantize.
+
+Prefect-free like `distill.chain`; the flow, the benchmarks and the tests call these functions,
+so none of them can wire stages differently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deploy.export import ExportManifest, export_stage
+from deploy.quantize import QuantizeManifest, quantize_stage
+from distill.chain import (
+    CacheArtifacts,
+    RunArtifacts,
+    StageRunner,
+    run_directly,
+    run_evaluation,
+    run_student,
+    run_until_cache,
+)
+from distill.config import ExportConfig, PipelineConfig, QuantizeConfig
+from distill.data import DataManifest
+from distill.store import Artifact
+from distill.student import StudentManifest
+
+
+def run_export_quantize(
+    export: ExportConfig,
+    quantize: QuantizeConfig,
+    store: Path,
+    student: Artifact[StudentManifest],
+    data: Artifact[DataManifest],
+    runner: StageRunner = run_directly,
+) -> tuple[Artifact[ExportManifest], Artifact[QuantizeManifest]]:
+    """The student as a parity-checked fp32 ONNX graph, then the gated INT8 (or fp32) model."""
+    exported = runner("export", lambda log: export_stage(store, export, student, data))
+    quantized = runner("quantize", lambda log: quantize_stage(store, quantize, exported, data))
+    return exported, quantized
+
+
+def run_pipeline_stages(
+    config: PipelineConfig, store: Path, runner: StageRunner = run_directly
+) -> RunArtifacts:
+    """Every content-addressed stage of the pipeline, in order."""
+    upstream = run_until_cache(config, store, runner)
+    return run_after_cache(config, store, upstream, runner)
+
+
+def run_after_cache(
+    config: PipelineConfig,
+    store: Path,
+    upstream: CacheArtifacts,
+    runner: StageRunner = run_directly,
+) -> RunArtifacts:
+    """student -> evaluation -> export -> quantize, from finished upstream stages."""
+    student = run_student(config.student, store, upstream, runner)
+    evaluation = run_evaluation(store, upstream, student, runner)
+    exported, quantized = run_export_quantize(
+        config.export, config.quantize, store, student, upstream.data, runner
+    )
+    return RunArtifacts(
+        data=upstream.data,
+        teacher=upstream.teacher,
+        augmented=upstream.augmented,
+        cache=upstream.cache,
+        student=student,
+        evaluation=evaluation,
+        export=exported,
+        quantize=quantized,
+    )

@@ -1,0 +1,85 @@
+"""Stage tasks under the real Prefect engine: a transient failure is retried, bad input is not,
+and the flow's runner records each stage in a real (SQLite) MLflow run."""
+
+import pytest
+
+from distill.store import StageManifest, run_stage
+
+
+class CountManifest(StageManifest):
+    attempts: int
+
+
+@pytest.fixture(scope="module")
+def prefect_engine():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    from tasks.tracking import MlflowTracker
+
+    tracker = MlflowTracker(
+        f"sqlite:///{tmp_path}/mlflow.db", "stage-task-tests", tmp_path / "artifacts"
+    )
+    tracker.start_run(run_name="stage-tasks", tags={})
+    yield tracker
+    tracker.end_run(True)
+
+
+def failing_build(tmp_path, failures: int, error: Exception):
+    """A stage build that raises `error` on its first `failures` attempts (counted on disk)."""
+    counter = tmp_path / "attempts"
+
+    def build(log):
+        attempts = int(counter.read_text()) + 1 if counter.exists() else 1
+        counter.write_text(str(attempts))
+        if attempts <= failures:
+            raise error
+        return run_stage(
+            tmp_path / "store",
+            "logit_cache",
+            "key",
+            lambda folder: CountManifest(attempts=attempts),
+            CountManifest,
+        )
+
+    return build, counter
+
+
+def test_a_transient_failure_is_retried(prefect_engine, tracker, tmp_path):
+    from prefect import flow
+
+    from tasks.stages import prefect_runner
+
+    build, counter = failing_build(tmp_path, failures=1, error=OSError("disk hiccup"))
+
+    @flow
+    def one_stage():
+        return prefect_runner(tracker)("logit_cache", build)
+
+    artifact = one_stage()
+    assert counter.read_text() == "2"
+    assert artifact.manifest == CountManifest(attempts=2)
+    run = tracker.client.get_run(tracker.run_id)
+    assert run.data.tags["stage.logit_cache.key"] == "key"
+    assert run.data.metrics["logit_cache/reused"] == 0.0
+
+
+def test_bad_input_is_not_retried(prefect_engine, tracker, tmp_path):
+    from prefect import flow
+
+    from tasks.stages import prefect_runner
+
+    build, counter = failing_build(tmp_path, failures=5, error=ValueError("column 'text' empty"))
+
+    @flow
+    def one_stage():
+        return prefect_runner(tracker)("logit_cache", build)
+
+    with pytest.raises(ValueError, match="column 'text'"):
+        one_stage()
+    assert counter.read_text() == "1"
