@@ -47,6 +47,8 @@ class CacheManifest(StageManifest):
     teacher_sha256: str
     data_fingerprint: str
     augmented_fingerprint: str | None
+    device: str  # where the teacher ran; the logits on disk are float32 whatever the precision
+    precision: str
 
 
 class CacheError(RuntimeError):
@@ -161,6 +163,8 @@ def build_logit_cache(
         teacher_sha256=teacher.manifest.weights_sha256,
         data_fingerprint=data.manifest.fingerprint,
         augmented_fingerprint=augmented.manifest.fingerprint if augmented else None,
+        device=runtime.device_name,
+        precision=runtime.precision,
     )
 
 

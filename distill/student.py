@@ -45,6 +45,8 @@ class StudentManifest(StageManifest):
     best_val_accuracy: float
     history: list[dict[str, Any]]
     train_seconds: float
+    device: str  # where training ran, and in which precision
+    precision: str
 
 
 def student_key(
@@ -160,4 +162,6 @@ def build_student(
         best_val_accuracy=result.best_val_accuracy,
         history=result.history,
         train_seconds=result.seconds,
+        device=result.device,
+        precision=result.precision,
     )

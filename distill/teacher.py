@@ -33,6 +33,9 @@ class TeacherManifest(StageManifest):
     best_epoch: int | None = None
     best_val_accuracy: float | None = None
     train_seconds: float | None = None
+    # Where fine-tuning ran and in which precision (None when the model was used as is).
+    device: str | None = None
+    precision: str | None = None
     source: str
     weights_sha256: str
     data_fingerprint: str
@@ -112,6 +115,8 @@ def build_teacher(
             best_val_accuracy=result.best_val_accuracy,
             history=result.history,
             train_seconds=result.seconds,
+            device=result.device,
+            precision=result.precision,
         )
     weights_sha256 = save_classifier(model, tokenizer, folder)
     return TeacherManifest(

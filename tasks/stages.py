@@ -35,7 +35,14 @@ class Recording:
     metrics: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
     tags: dict[str, str] = dataclasses.field(default_factory=dict)  # tag -> manifest field
+    # param -> manifest field: settings resolved at run time (e.g. the device actually used)
+    params: dict[str, str] = dataclasses.field(default_factory=dict)
     curves: bool = False  # the stage logs training curves through a metrics log
+
+
+def runtime_params(stage: str) -> dict[str, str]:
+    """MLflow params for the device and precision a stage actually used."""
+    return {f"resolved.{stage}.device": "device", f"resolved.{stage}.precision": "precision"}
 
 
 RECORDINGS: dict[str, Recording] = {
@@ -45,11 +52,16 @@ RECORDINGS: dict[str, Recording] = {
     "teacher": Recording(
         metrics=("best_val_accuracy", "best_epoch", "params"),
         tags={"teacher_sha256": "weights_sha256"},
+        params=runtime_params("teacher"),
         curves=True,
     ),
     "augment": Recording(metrics=("rows",)),
-    "logit_cache": Recording(),
-    "student": Recording(metrics=("best_val_accuracy", "best_epoch", "params"), curves=True),
+    "logit_cache": Recording(params=runtime_params("logit_cache")),
+    "student": Recording(
+        metrics=("best_val_accuracy", "best_epoch", "params"),
+        params=runtime_params("student"),
+        curves=True,
+    ),
     "evaluation": Recording(
         metrics=(
             "teacher_accuracy",
@@ -92,6 +104,8 @@ def record_stage(tracker: MlflowTracker, artifact: Artifact, recording: Recordin
         {f"stage.{stage}.key": artifact.key}
         | {tag: getattr(manifest, field) for tag, field in recording.tags.items()}
     )
+    resolved = {param: getattr(manifest, field, None) for param, field in recording.params.items()}
+    tracker.log_params({param: value for param, value in resolved.items() if value is not None})
     tracker.log_artifact(artifact.file(MANIFEST), f"manifests/{stage}")
     for name in recording.files:
         tracker.log_artifact(artifact.file(name.format(file=getattr(manifest, "file", ""))), stage)

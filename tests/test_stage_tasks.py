@@ -83,3 +83,17 @@ def test_bad_input_is_not_retried(prefect_engine, tracker, tmp_path):
     with pytest.raises(ValueError, match="column 'text'"):
         one_stage()
     assert counter.read_text() == "1"
+
+
+def test_manifests_and_mlflow_params_record_the_device_and_precision_used(tiny_stages, tracker):
+    from tasks.stages import RECORDINGS, record_stage
+
+    for stage in ("teacher", "cache", "student"):
+        artifact = getattr(tiny_stages, stage)
+        # The tiny config asks for `auto`: on this CPU-only machine that resolves to cpu / fp32.
+        assert (artifact.manifest.device, artifact.manifest.precision) == ("cpu", "fp32")
+        record_stage(tracker, artifact, RECORDINGS[artifact.stage])
+    params = tracker.client.get_run(tracker.run_id).data.params
+    for stage in ("teacher", "logit_cache", "student"):
+        assert params[f"resolved.{stage}.device"] == "cpu"
+        assert params[f"resolved.{stage}.precision"] == "fp32"
