@@ -9,6 +9,7 @@ import pytest
 from distill.config import DataConfig, SplitConfig
 from distill.data import (
     DataError,
+    Examples,
     clean_splits,
     data_fingerprint,
     data_stage,
@@ -17,6 +18,7 @@ from distill.data import (
     load_split,
     normalise_text,
     plan_splits,
+    split_examples,
     stratified_split,
 )
 
@@ -274,3 +276,30 @@ def test_non_utf8_file_names_the_file_and_suggests_data_encoding(tmp_path):
         load_examples(config, tmp_path / "cache")
     examples = load_examples(config.model_copy(update={"encoding": "latin-1"}), tmp_path / "c2")
     assert examples.texts["all"][0] == "caf\xe9 cr\xe8me 0"
+
+
+def test_model_card_states_the_data_quality_in_one_line():
+    from distill.model_card import data_quality_line
+
+    splits = split_of(
+        train=[("same", 1), ("Loved it", 1), ("loved it", 0)], validation=[("SAME", 1)], test=[]
+    )
+    _, quality = clean_splits(splits, DataConfig())
+    line = data_quality_line(quality)
+    assert "\n" not in line
+    assert "train/validation 1, train/test 0, validation/test 0" in line
+    assert "1 train copies of validation/test texts dropped" in line
+    assert "1 texts with conflicting labels (0 rows dropped)" in line
+
+
+def test_a_presplit_source_with_one_class_in_train_is_refused():
+    examples = Examples(
+        texts={
+            name: [f"{name} {i}" for i in range(20)] for name in ("train", "validation", "test")
+        },
+        labels={"train": [0] * 20, "validation": [0, 1] * 10, "test": [1, 0] * 10},
+        label_names=["bad", "good"],
+        source={"kind": "hub", "name": "example"},
+    )
+    with pytest.raises(DataError, match=r"only the class 'bad' in the train split"):
+        split_examples(examples, DataConfig())
