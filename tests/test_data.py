@@ -303,3 +303,13 @@ def test_a_presplit_source_with_one_class_in_train_is_refused():
     )
     with pytest.raises(DataError, match=r"only the class 'bad' in the train split"):
         split_examples(examples, DataConfig())
+
+
+def test_an_unwritable_reader_cache_is_named_instead_of_blaming_the_file(tmp_path):
+    from tests.test_preflight import unwritable_folder
+
+    path = write_source(tmp_path / "reviews.csv")
+    cache = unwritable_folder(tmp_path) / "distillery-cache"
+    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    with pytest.raises(DataError, match=rf"cannot write {cache}.* while reading {path}"):
+        load_examples(config, cache)
