@@ -124,7 +124,7 @@ def check_writable(folder: Path, key: str) -> None:
     existing = next(path for path in (folder, *folder.parents) if path.exists())
     if not existing.is_dir():
         raise ConfigError(f"config key '{key}': {existing} is a file, not a folder")
-    try:  # a real write: os.access ignores read-only mounts' semantics for root and ACLs
+    try:  # a real write tells the truth where os.access may not (ACLs, network filesystems)
         with tempfile.TemporaryFile(dir=existing, prefix=".distillery-write-check-"):
             pass
     except OSError as err:
@@ -134,19 +134,20 @@ def check_writable(folder: Path, key: str) -> None:
         ) from None
 
 
-def check_tokenizer_source(model: str, key: str) -> None:
+def check_tokenizer_source(model: str, key: str, note: str = "") -> None:
     """The model whose tokenizer the data is tokenized with is there (also with random_init)."""
     from transformers import AutoTokenizer
 
     try:
         AutoTokenizer.from_pretrained(resolve_model_source(model))
     except Exception as err:  # noqa: BLE001 - missing folder, missing files, unreachable hub
-        where = "local folder" if Path(model).exists() else "local folder nor a reachable hub model"
-        note = " (teacher.random_init still uses its tokenizer)" if key == "teacher.model" else ""
-        raise ConfigError(
-            f"config key '{key}': '{model}' is neither a {where} with a tokenizer{note}: "
-            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
-        ) from None
+        what = (
+            "has no usable tokenizer"
+            if Path(model).exists()
+            else "is neither a local folder nor a reachable hub model"
+        )
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"config key '{key}': '{model}' {what}{note}: {reason}") from None
 
 
 SAFETENSORS_HEADER_LIMIT = 100_000_000  # the format's own cap on the JSON header
@@ -204,8 +205,10 @@ def check_inputs(config: PipelineConfig) -> None:
         check_writable(config.store, "store")
     check_devices(config)
     check_data(config)
-    check_tokenizer_source(config.teacher.model, "teacher.model")
-    if config.teacher.random_init is None:
+    random_teacher = config.teacher.random_init is not None
+    note = " (teacher.random_init still uses its tokenizer)" if random_teacher else ""
+    check_tokenizer_source(config.teacher.model, "teacher.model", note)
+    if not random_teacher:
         check_weight_files(config.teacher.model, "teacher.model")
     teacher = teacher_shape(config)
     init = config.student.init
