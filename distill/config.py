@@ -6,7 +6,9 @@ Stages receive the sections they use, never the whole config.
 
 from __future__ import annotations
 
+import codecs
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,8 +18,10 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictInt,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -27,8 +31,24 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 
+def _takes_numbers_only(annotation: Any) -> bool:
+    """True for int, float and their optional forms: fields where a YAML `true` is a mistake."""
+    options = typing.get_args(annotation) or (annotation,)
+    return bool not in options and any(option in (int, float) for option in options)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads `epochs: true` as 1; strict mode would also refuse the
+        # string "1e-3" that YAML gives for that spelling, so only booleans are refused here.
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _takes_numbers_only(field.annotation):
+            raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
 
 
 class SplitConfig(Section):
@@ -47,6 +67,25 @@ class DataConfig(Section):
     max_examples: int | None = Field(None, gt=0)
     max_length: int = Field(64, ge=8, le=512)
     split: SplitConfig = SplitConfig()
+    # Text encoding of CSV/TSV/JSONL files (e.g. latin-1, cp1252); any name Python's codecs know.
+    encoding: str = "utf-8"
+    # Every class needs this many examples after `max_examples` subsampling, or the run stops in
+    # the pre-flight naming the class: fewer cannot fill a stratified train/validation/test split.
+    min_examples_per_class: int = Field(10, ge=3)
+    # Drop the train copies of texts that also occur in validation or test (after whitespace and
+    # case normalisation), so the evaluation splits stay as recorded and measure unseen text.
+    drop_cross_split_duplicates: bool = True
+    # Drop every copy of a text that occurs with different labels (always counted and reported).
+    drop_conflicting_labels: bool = False
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, name: str) -> str:
+        try:
+            codecs.lookup(name)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {name!r} (e.g. utf-8, latin-1)") from None
+        return name
 
 
 class TrainingConfig(Section):
@@ -158,7 +197,14 @@ class HiddenDistillConfig(Section):
     weight: float = Field(0.0, ge=0)
     # Pairs [student_layer, teacher_layer] (0-based transformer blocks). None maps student block
     # i to the teacher block it was copied from (teacher-layer init only).
-    layer_map: list[tuple[int, int]] | None = None
+    layer_map: list[tuple[StrictInt, StrictInt]] | None = None
+
+    @field_validator("layer_map")
+    @classmethod
+    def _pairs_given(cls, pairs: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+        if pairs is not None and not pairs:
+            raise ValueError("must name at least one [student_layer, teacher_layer] pair, or null")
+        return pairs
 
 
 class StudentConfig(Section):

@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ import numpy as np
 from distill.config import DataConfig, SplitConfig
 from distill.store import Artifact, StageManifest, file_sha256, run_stage, stable_hash, stage_key
 
-VERSION = 1  # bump when prepared data changes for the same settings (splits, tokenization)
+# bump when prepared data changes for the same settings (splits, tokenization)
+# 2: label names in the fingerprint; cross-split duplicates dropped from train
+VERSION = 2
 SPLITS = ("train", "validation", "test")
 FILE_FORMATS = {
     ".csv": "csv",
@@ -29,6 +32,21 @@ FILE_FORMATS = {
     ".parquet": "parquet",
 }
 MOVIE_REVIEWS = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+
+
+class DataQuality(StageManifest):
+    """Exact duplicates (after whitespace and case normalisation) found, and what was dropped."""
+
+    # "train/validation", "train/test", "validation/test" -> distinct texts in both (found before
+    # any drop), with a few of them as examples
+    cross_split_duplicates: dict[str, int]
+    duplicate_examples: list[str]
+    # distinct texts that occur with more than one label
+    conflicting_label_texts: int
+    conflicting_examples: list[str]
+    # "train_cross_split": train rows also in validation/test; "conflicting_labels": rows of texts
+    # with several labels (every split, only with data.drop_conflicting_labels)
+    dropped: dict[str, int]
 
 
 class DataManifest(StageManifest):
@@ -41,6 +59,7 @@ class DataManifest(StageManifest):
     tokenizer_id: str
     truncated_train_fraction: float
     mean_train_tokens: float
+    quality: DataQuality
 
 
 class DataError(ValueError):
@@ -107,7 +126,24 @@ def _read_table(path: Path, cache_dir: Path | None, fmt: str | None = None, **kw
             fmt, data_files=str(path), split="train", cache_dir=_cache(cache_dir), **kwargs
         )
     except Exception as err:  # noqa: BLE001 - any reader failure is a data problem to report
-        raise DataError(f"data file {path} could not be read as {fmt}: {err}") from None
+        raise _read_error(path, fmt, kwargs.get("encoding"), err) from None
+
+
+def _read_error(path: Path, fmt: str, encoding: str | None, err: Exception) -> Exception:
+    """The error to report for a file the reader failed on: bad text encoding, a folder it may
+    not write (its cache), or anything else as "could not be read"."""
+    cause: BaseException | None = err
+    while cause is not None:  # datasets wraps the reader's error
+        if isinstance(cause, UnicodeDecodeError):
+            return DataError(
+                f"data file {path} is not valid {encoding or 'utf-8'} text (byte "
+                f"{cause.object[cause.start : cause.start + 1]!r} at position {cause.start}); "
+                "set data.encoding to the file's encoding, e.g. data.encoding=latin-1"
+            )
+        if isinstance(cause, OSError) and cause.filename and str(cause.filename) != str(path):
+            return DataError(f"cannot write {cause.filename} while reading {path}: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    return DataError(f"data file {path} could not be read as {fmt}: {err}")
 
 
 def _cache(cache_dir: Path | None) -> str | None:
@@ -134,7 +170,8 @@ def _movie_reviews(path: Path, cache_dir: Path | None) -> Examples:
 
 
 def _local_file(path: Path, config: DataConfig, cache_dir: Path | None) -> Examples:
-    table = _read_table(path, cache_dir)
+    text_format = FILE_FORMATS.get(path.suffix.lower()) in ("csv", "json")
+    table = _read_table(path, cache_dir, **({"encoding": config.encoding} if text_format else {}))
     _require_columns(path, table.column_names, [config.text_column, config.label_column])
     texts, raw_labels = _validated_rows(
         str(path), table[config.text_column], table[config.label_column], config, first_row=2
@@ -261,6 +298,12 @@ def subsample(labels: list[int], keep: int, seed: int) -> list[int]:
 def split_examples(examples: Examples, config: DataConfig) -> dict[str, dict[str, list]]:
     """Split name -> {"text", "label", "source_index"}; sources without a split get one."""
     if set(SPLITS) <= set(examples.texts):
+        check_class_counts(
+            examples.labels["train"],
+            examples.label_names,
+            config.min_examples_per_class,
+            "in the train split",
+        )
         return {
             name: {
                 "text": examples.texts[name],
@@ -271,8 +314,22 @@ def split_examples(examples: Examples, config: DataConfig) -> dict[str, dict[str
         }
     pool_name = "all" if "all" in examples.texts else "train"
     texts, labels = examples.texts[pool_name], examples.labels[pool_name]
-    keep = subsample(labels, config.max_examples or len(labels), config.split.seed)
+    check_class_counts(labels, examples.label_names, config.min_examples_per_class, "in the data")
+    try:
+        keep = subsample(labels, config.max_examples or len(labels), config.split.seed)
+    except ValueError as err:  # sklearn: fewer kept examples than classes
+        raise DataError(
+            f"data.max_examples={config.max_examples} cannot keep every one of the "
+            f"{len(examples.label_names)} classes: {err}"
+        ) from None
     kept_labels = [labels[i] for i in keep]
+    if len(keep) < len(labels):
+        check_class_counts(
+            kept_labels,
+            examples.label_names,
+            config.min_examples_per_class,
+            f"after data.max_examples={config.max_examples} keeps {len(keep)} of {len(labels)}",
+        )
     parts = stratified_split(kept_labels, config.split)
     return {
         name: {
@@ -284,11 +341,112 @@ def split_examples(examples: Examples, config: DataConfig) -> dict[str, dict[str
     }
 
 
-def data_fingerprint(splits: dict[str, dict[str, list]], tokenizer_id: str, max_length: int) -> str:
+def check_class_counts(labels: list[int], label_names: list[str], minimum: int, where: str) -> None:
+    """Refuse one-class data and classes with fewer than `minimum` examples, named by label."""
+    counts = Counter(labels)
+    present = [name for index, name in enumerate(label_names) if counts[index]]
+    if len(present) < 2:
+        found = f"only the class {present[0]!r}" if present else "no labelled examples"
+        raise DataError(f"{found} {where}: a classifier needs at least two classes with examples")
+    rare = [
+        f"{name!r} ({counts[index]})"
+        for index, name in enumerate(label_names)
+        if counts[index] < minimum
+    ]
+    if rare:
+        raise DataError(
+            f"{'class' if len(rare) == 1 else 'classes'} {', '.join(rare)} {where} "
+            f"{'has' if len(rare) == 1 else 'have'} fewer than data.min_examples_per_class="
+            f"{minimum} examples: too few for a stratified train/validation/test split "
+            "(add examples, raise data.max_examples or lower data.min_examples_per_class)"
+        )
+
+
+def normalise_text(text: str) -> str:
+    """What counts as "the same text" for duplicate checks: case and whitespace ignored."""
+    return " ".join(text.casefold().split())
+
+
+EXAMPLES_SHOWN = 3
+
+
+def _shown(texts: list[str]) -> list[str]:
+    return [text[:120] for text in texts[:EXAMPLES_SHOWN]]
+
+
+def clean_splits(
+    splits: dict[str, dict[str, list]], config: DataConfig
+) -> tuple[dict[str, dict[str, list]], DataQuality]:
+    """Find exact duplicates across splits and texts with conflicting labels; drop the train
+    copies of validation/test texts (and, when asked, conflicting texts) as configured."""
+    normal = {
+        name: [normalise_text(text) for text in part["text"]] for name, part in splits.items()
+    }
+    sets = {name: set(texts) for name, texts in normal.items()}
+    shared = {f"{a}/{b}": sorted(sets[a] & sets[b]) for a, b in combinations(SPLITS, 2)}
+    labels_of: dict[str, set[int]] = defaultdict(set)
+    for name, part in splits.items():
+        for text, label in zip(normal[name], part["label"], strict=True):
+            labels_of[text].add(label)
+    conflicting = sorted(text for text, labels in labels_of.items() if len(labels) > 1)
+    held_out = sets["validation"] | sets["test"]
+    drop_conflicting = set(conflicting) if config.drop_conflicting_labels else set()
+    dropped = {"train_cross_split": 0, "conflicting_labels": 0}
+    cleaned = {}
+    for name, part in splits.items():
+        keep = []
+        for row, text in enumerate(normal[name]):
+            if text in drop_conflicting:
+                dropped["conflicting_labels"] += 1
+            elif name == "train" and config.drop_cross_split_duplicates and text in held_out:
+                dropped["train_cross_split"] += 1
+            else:
+                keep.append(row)
+        cleaned[name] = {column: [values[i] for i in keep] for column, values in part.items()}
+    quality = DataQuality(
+        cross_split_duplicates={pair: len(texts) for pair, texts in shared.items()},
+        duplicate_examples=_shown([text for texts in shared.values() for text in texts]),
+        conflicting_label_texts=len(conflicting),
+        conflicting_examples=_shown(conflicting),
+        dropped=dropped,
+    )
+    return cleaned, quality
+
+
+def plan_splits(
+    examples: Examples, config: DataConfig
+) -> tuple[dict[str, dict[str, list]], DataQuality]:
+    """The splits the data stage writes: split, cleaned, and checked to still train every class.
+
+    Cheap (no tokenizer), so the pre-flight runs it and a bad split stops a run before any work.
+    """
+    splits, quality = clean_splits(split_examples(examples, config), config)
+    present = {label for part in splits.values() for label in part["label"]}
+    lost = sorted(present - set(splits["train"]["label"]))
+    if lost:
+        names = [examples.label_names[index] for index in lost]
+        raise DataError(
+            f"after dropping duplicate texts ({quality.dropped}), classes {names} have no train "
+            "examples left"
+        )
+    for name, part in splits.items():
+        if not part["text"]:
+            raise DataError(f"split '{name}' is empty: the data set is too small")
+    return splits, quality
+
+
+def data_fingerprint(
+    splits: dict[str, dict[str, list]],
+    tokenizer_id: str,
+    max_length: int,
+    label_names: list[str],
+) -> str:
+    """Identity of the prepared data: texts, labels, label names (0/1 -> neg/pos is new data)."""
     return stable_hash(
         {name: [part["text"], part["label"]] for name, part in splits.items()},
         tokenizer_id,
         max_length,
+        list(label_names),
         length=24,
     )
 
@@ -300,10 +458,7 @@ def prepare_data(
     from datasets import Dataset, DatasetDict
 
     examples = load_examples(config, cache_dir)
-    splits = split_examples(examples, config)
-    for name, part in splits.items():
-        if not part["text"]:
-            raise DataError(f"split '{name}' is empty: the data set is too small")
+    splits, quality = plan_splits(examples, config)
     tables = {}
     for name, part in splits.items():
         encoded = tokenizer(part["text"], truncation=True, max_length=config.max_length)
@@ -330,7 +485,7 @@ def prepare_data(
     }
     lengths = [len(ids) for ids in tables["train"]["input_ids"]]
     return DataManifest(
-        fingerprint=data_fingerprint(splits, tokenizer_id, config.max_length),
+        fingerprint=data_fingerprint(splits, tokenizer_id, config.max_length, examples.label_names),
         source=examples.source,
         label_names=examples.label_names,
         sizes=sizes,
@@ -339,6 +494,7 @@ def prepare_data(
         tokenizer_id=tokenizer_id,
         truncated_train_fraction=float(np.mean([n >= config.max_length for n in lengths])),
         mean_train_tokens=float(np.mean(lengths)),
+        quality=quality,
     )
 
 

@@ -23,7 +23,14 @@ from distill.config import TrainingConfig
 from distill.data import load_split
 from distill.devices import CPU, Runtime, move_batch, resolve_runtime
 from distill.models import load_classifier
-from distill.store import Artifact, StageManifest, file_sha256, run_stage, stage_key
+from distill.store import (
+    MANIFEST,
+    Artifact,
+    StageManifest,
+    file_sha256,
+    run_stage,
+    stage_key,
+)
 
 if TYPE_CHECKING:
     from distill.augment import AugmentManifest
@@ -172,12 +179,24 @@ def _open_checked(
     cache: Artifact[CacheManifest], name: str, sha: str, shape: list[int], verify: bool
 ):
     path = cache.file(name)
-    if verify and file_sha256(path) != sha:
-        raise CacheError(f"logit cache {path} does not match the checksum in its manifest")
-    array = np.load(path, mmap_mode="r")
+    try:
+        if verify and file_sha256(path) != sha:
+            raise _corrupt(cache, f"{name} does not match the sha256 in its manifest")
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as err:  # missing, unreadable or not a .npy file
+        raise _corrupt(cache, f"{name} cannot be read ({err})") from None
     if list(array.shape) != list(shape):
-        raise CacheError(f"logit cache {path} has shape {array.shape}, manifest says {shape}")
+        raise _corrupt(cache, f"{name} has shape {list(array.shape)}, its manifest says {shape}")
     return array
+
+
+def _corrupt(cache: Artifact[CacheManifest], problem: str) -> CacheError:
+    """Unmark the folder as finished, so the next run rebuilds it instead of failing again."""
+    cache.file(MANIFEST).unlink(missing_ok=True)
+    return CacheError(
+        f"logit cache stage folder {cache.path} is corrupt: {problem}; its manifest was "
+        "removed, so the next run rebuilds it"
+    )
 
 
 def open_targets(cache: Artifact[CacheManifest], verify: bool = True) -> TeacherTargets:

@@ -18,6 +18,7 @@ from distill.gates import GateResult, all_passed
 if TYPE_CHECKING:
     from deploy.export import ExportManifest
     from distill.chain import RunArtifacts
+    from distill.data import DataQuality
 
 CARD = "model_card.md"
 CURVES = "training_curves.png"
@@ -57,6 +58,18 @@ def _cell(value: Any) -> str:
 
 def _megabytes(size: int | None) -> str | None:
     return None if size is None else f"{size / 1e6:.2f} MB"
+
+
+def data_quality_line(quality: DataQuality) -> str:
+    """One line on duplicates across splits and conflicting labels, and what was dropped."""
+    found = ", ".join(f"{pair} {count}" for pair, count in quality.cross_split_duplicates.items())
+    dropped = quality.dropped
+    return (
+        f"Data quality: texts in two splits (after case/whitespace normalisation): {found}; "
+        f"{dropped.get('train_cross_split', 0)} train copies of validation/test texts dropped; "
+        f"{quality.conflicting_label_texts} texts with conflicting labels "
+        f"({dropped.get('conflicting_labels', 0)} rows dropped)."
+    )
 
 
 def render_model_card(
@@ -100,6 +113,7 @@ def render_model_card(
         ),
         _table(["split", "examples"], [[split, size] for split, size in sizes.items()]),
         _table(["split", *data.label_names], balance_rows),
+        data_quality_line(data.quality),
         "## Models",
         _table(
             ["model", "architecture", "parameters", "size"],

@@ -6,6 +6,9 @@ depth and width are checked here, before the teacher is fine-tuned.
 
 from __future__ import annotations
 
+import json
+import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from distill.config import (
     RandomInit,
     TeacherLayersInit,
 )
-from distill.data import load_examples
+from distill.data import load_examples, plan_splits
 from distill.models import (
     UnsupportedModelError,
     feed_forward_width,
@@ -89,6 +92,13 @@ def check_carving(init: TeacherLayersInit | PretrainedInit, shape: Shape, owner:
 
 def check_hidden_distillation(config: PipelineConfig, teacher: Shape) -> None:
     """Patient-KD compares [CLS] states elementwise: both models must be equally wide."""
+    layer_map = config.student.hidden.layer_map or []
+    too_deep = [teacher_layer for _, teacher_layer in layer_map if teacher_layer >= teacher.layers]
+    if too_deep:
+        raise ConfigError(
+            f"config key 'student.hidden.layer_map': teacher has layers "
+            f"0..{teacher.layers - 1}, no layer {too_deep}"
+        )
     if config.student.hidden.weight == 0:
         return
     student = student_hidden_size(config, teacher)
@@ -97,13 +107,6 @@ def check_hidden_distillation(config: PipelineConfig, teacher: Shape) -> None:
             f"config key 'student.hidden.weight': Patient-KD compares hidden states, but the "
             f"student is {student} wide and the teacher {teacher.hidden}; set "
             "student.hidden.weight=0 or pick models of the same width"
-        )
-    layer_map = config.student.hidden.layer_map or []
-    too_deep = [teacher_layer for _, teacher_layer in layer_map if teacher_layer >= teacher.layers]
-    if too_deep:
-        raise ConfigError(
-            f"config key 'student.hidden.layer_map': teacher has layers "
-            f"0..{teacher.layers - 1}, no layer {too_deep}"
         )
 
 
@@ -115,14 +118,103 @@ def check_devices(config: PipelineConfig) -> None:
     resolve_runtime(config.student.training, "student.training")
 
 
+def check_writable(folder: Path, key: str) -> None:
+    """`folder` (or the nearest folder above it that exists) accepts new files."""
+    folder = Path(folder).expanduser().absolute()
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"config key '{key}': {existing} is a file, not a folder")
+    try:  # a real write tells the truth where os.access may not (ACLs, network filesystems)
+        with tempfile.TemporaryFile(dir=existing, prefix=".distillery-write-check-"):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"config key '{key}': {folder} is not writable "
+            f"({existing}: {err.strerror or err}); choose a folder this user can write"
+        ) from None
+
+
+def check_tokenizer_source(model: str, key: str, note: str = "") -> None:
+    """The model whose tokenizer the data is tokenized with is there (also with random_init)."""
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(resolve_model_source(model))
+    except Exception as err:  # noqa: BLE001 - missing folder, missing files, unreachable hub
+        what = (
+            "has no usable tokenizer"
+            if Path(model).exists()
+            else "is neither a local folder nor a reachable hub model"
+        )
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"config key '{key}': '{model}' {what}{note}: {reason}") from None
+
+
+SAFETENSORS_HEADER_LIMIT = 100_000_000  # the format's own cap on the JSON header
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why `path` is not a complete safetensors file (header, size), or None when it is.
+
+    Reads only the header: the tensors' byte ranges say how long the file must be.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return f"{size} bytes, too short for a safetensors header"
+        (header_size,) = struct.unpack("<Q", prefix)
+        if header_size > min(SAFETENSORS_HEADER_LIMIT, size - 8):
+            return f"header of {header_size} bytes does not fit in {size} bytes (truncated?)"
+        try:
+            header = json.loads(handle.read(header_size))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return "its header is not valid JSON"
+    ends = [
+        entry["data_offsets"][1]
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
+    ]
+    needed = 8 + header_size + max(ends, default=0)
+    if size < needed:
+        return f"truncated: {size} bytes, its header needs {needed}"
+    return None
+
+
+def check_weight_files(model: str, key: str) -> None:
+    """Every safetensors file of a local model folder is complete (a cheap header check)."""
+    folder = Path(resolve_model_source(model))
+    if not folder.is_dir():
+        return  # a hub model: downloaded and checked by the hub client
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            raise ConfigError(f"config key '{key}': weights file {path} is not usable: {problem}")
+
+
+def check_data(config: PipelineConfig) -> None:
+    """The data reads, has enough examples of every class and splits as the data stage will."""
+    examples = load_examples(config.data, Path(config.workdir) / ".hf-datasets-cache")
+    plan_splits(examples, config.data)
+
+
 def check_inputs(config: PipelineConfig) -> None:
     """Raise ConfigError or DataError naming the problem; return quietly when all is usable."""
+    check_writable(config.workdir, "workdir")
+    if config.store is not None:
+        check_writable(config.store, "store")
     check_devices(config)
-    load_examples(config.data, Path(config.workdir) / ".hf-datasets-cache")
+    check_data(config)
+    random_teacher = config.teacher.random_init is not None
+    note = " (teacher.random_init still uses its tokenizer)" if random_teacher else ""
+    check_tokenizer_source(config.teacher.model, "teacher.model", note)
+    if not random_teacher:
+        check_weight_files(config.teacher.model, "teacher.model")
     teacher = teacher_shape(config)
     init = config.student.init
     if isinstance(init, TeacherLayersInit):
         check_carving(init, teacher, "teacher")
     elif isinstance(init, PretrainedInit):
         check_carving(init, model_shape(init.model, "student.init.model"), f"model {init.model}")
+        check_weight_files(init.model, "student.init.model")
     check_hidden_distillation(config, teacher)

@@ -22,10 +22,11 @@ USER_ERRORS = (ConfigError, DataError, FileNotFoundError)
 
 def pipeline_errors() -> tuple[type[Exception], ...]:
     """USER_ERRORS plus what only a running pipeline raises (imported late: they pull in mlflow)."""
+    from distill.logit_cache import CacheError
     from tasks.registry import RegistryError
     from tasks.tracking import TrackingUnavailable
 
-    return (*USER_ERRORS, RegistryError, TrackingUnavailable)
+    return (*USER_ERRORS, RegistryError, TrackingUnavailable, CacheError)
 
 
 @app.callback()

@@ -22,6 +22,7 @@ def distillery(*args, cwd=REPO):
 def error_line(result):
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
     return lines[0]
 
 
@@ -32,6 +33,9 @@ def error_line(result):
         ("teacher.training.epochs=two", "config key 'teacher.training.epochs'"),
         ("student.init.layers=[0, 7]", "student.init.layers"),
         ("student.init.intermediate_size=100000", "student.init.intermediate_size"),
+        ("teacher.training.epochs=true", "'teacher.training.epochs': expected a number, got true"),
+        ("student.hidden.layer_map=[[0, 9]]", "'student.hidden.layer_map': teacher has layers"),
+        ("teacher.model=/nonexistent/teacher", "'teacher.model': '/nonexistent/teacher'"),
     ],
 )
 def test_config_mistakes_stop_the_run_and_name_the_key(tmp_path, override, expected):
@@ -61,3 +65,37 @@ def test_show_config_prints_the_resolved_config():
     result = distillery("show-config", TINY_CONFIG, "student.alpha=0.9")
     assert result.returncode == 0, result.stderr
     assert "alpha: 0.9" in result.stdout
+
+
+def test_a_class_made_rare_by_max_examples_is_named_before_any_mlflow_run(tmp_path):
+    path = tmp_path / "skewed.csv"
+    labels = ["pos"] * 300 + ["neg"] * 24
+    texts = [f"review number {i}" for i in range(len(labels))]
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
+    workdir = tmp_path / "w"
+    result = distillery(
+        "run", TINY_CONFIG, f"workdir={workdir}", f"data.source={path}", "data.max_examples=100"
+    )
+    assert result.returncode == 2
+    assert "class 'neg' (7) after data.max_examples=100" in error_line(result)
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "data").exists()
+
+
+def test_a_latin1_file_is_named_with_the_data_encoding_hint(tmp_path):
+    path = tmp_path / "latin.csv"
+    rows = "text,label\n" + "".join(f"caf\xe9 number {i},{i % 2}\n" for i in range(60))
+    path.write_bytes(rows.encode("latin-1"))
+    result = distillery("run", TINY_CONFIG, f"workdir={tmp_path / 'w'}", f"data.source={path}")
+    assert result.returncode == 2
+    line = error_line(result)
+    assert f"data file {path} is not valid utf-8 text" in line and "data.encoding=" in line
+
+
+def test_a_read_only_workdir_is_reported_as_such(tmp_path):
+    from tests.test_preflight import unwritable_folder
+
+    workdir = unwritable_folder(tmp_path) / "distillery-workdir"
+    result = distillery("run", TINY_CONFIG, f"workdir={workdir}")
+    assert result.returncode == 2
+    line = error_line(result)
+    assert f"'workdir': {workdir} is not writable" in line and "could not be read" not in line

@@ -160,3 +160,54 @@ def test_export_and_quantize_are_separate_sections():
     assert config.quantize.max_accuracy_drop == 0.01 and config.export.opset == 18
     with pytest.raises(ConfigError, match="unknown config key 'export.max_accuracy_drop'"):
         build_config({}, ["export.max_accuracy_drop=0.01"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "teacher.training.epochs=true",
+        "student.training.learning_rate=false",
+        "student.alpha=true",
+        "data.max_examples=true",
+        "quantize.max_accuracy_drop=true",
+        "teacher.random_init.num_layers=true",
+    ],
+)
+def test_a_boolean_where_a_number_belongs_is_refused_naming_the_key(override):
+    key = override.partition("=")[0]
+    with pytest.raises(
+        ConfigError, match=rf"config key '{key}': expected a number, got (true|false)"
+    ):
+        build_config({"teacher": {"random_init": {}}}, [override])
+
+
+def test_numbers_and_booleans_still_parse_where_they_belong():
+    config = build_config(
+        {},
+        [
+            "teacher.training.epochs=3",
+            "student.training.learning_rate=1e-3",  # YAML reads this spelling as a string
+            "student.alpha=1",  # an int where a float belongs
+            "export.trim_vocabulary=false",
+            "data.drop_cross_split_duplicates=false",
+        ],
+    )
+    assert config.teacher.training.epochs == 3
+    assert config.student.training.learning_rate == pytest.approx(1e-3)
+    assert config.student.alpha == 1.0
+    assert config.export.trim_vocabulary is False
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("student.hidden.layer_map=[]", "at least one"),
+        ("student.hidden.layer_map=[[0, true]]", "valid integer"),
+        ("data.encoding=klingon", "unknown text encoding 'klingon'"),
+        ("data.min_examples_per_class=1", "greater than or equal to 3"),
+    ],
+)
+def test_bad_data_and_layer_map_settings_name_the_key(override, expected):
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"config key '{key}[.0-9]*': .*{expected}"):
+        build_config({}, ["student.hidden.weight=1", override])

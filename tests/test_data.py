@@ -9,10 +9,16 @@ import pytest
 from distill.config import DataConfig, SplitConfig
 from distill.data import (
     DataError,
+    Examples,
+    clean_splits,
+    data_fingerprint,
     data_stage,
     encode_labels,
     load_examples,
     load_split,
+    normalise_text,
+    plan_splits,
+    split_examples,
     stratified_split,
 )
 
@@ -116,6 +122,7 @@ def test_unknown_file_format(tmp_path):
 def test_data_stage_writes_tokenized_splits_and_manifest(tiny_config, tiny_data):
     manifest = tiny_data.manifest
     assert manifest.sizes == {"train": 280, "validation": 60, "test": 60}
+    assert manifest.quality.dropped == {"train_cross_split": 0, "conflicting_labels": 0}
     assert manifest.label_names == ["negative", "positive"]
     assert len(manifest.fingerprint) == 24
     train = load_split(tiny_data.path, "train")
@@ -140,3 +147,169 @@ def test_data_stage_key_follows_the_source_file(tmp_path):
     second = data_stage(tmp_path / "work", config, "minilm")
     assert first.key != second.key
     assert first.manifest.fingerprint != second.manifest.fingerprint
+
+
+def labelled(counts: dict[str, int]) -> list[tuple[str, str]]:
+    """Distinct texts with the given number of examples per label."""
+    return [(f"{label} review number {i}", label) for label, n in counts.items() for i in range(n)]
+
+
+def test_one_class_data_is_refused_naming_the_class(tmp_path):
+    path = write_source(tmp_path / "one.csv", labelled({"pos": 60}))
+    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    with pytest.raises(DataError, match=r"only the class 'pos' in the data.*at least two classes"):
+        plan_splits(load_examples(config), config)
+
+
+def test_a_rare_class_is_refused_by_label_name_and_count(tmp_path):
+    path = write_source(tmp_path / "rare.csv", labelled({"pos": 60, "neg": 6}))
+    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    with pytest.raises(DataError, match=r"class 'neg' \(6\) in the data has fewer than .*=10"):
+        plan_splits(load_examples(config), config)
+    lowered = config.model_copy(update={"min_examples_per_class": 5})
+    splits, _ = plan_splits(load_examples(lowered), lowered)
+    assert set(splits["train"]["label"]) == {0, 1}
+
+
+def test_a_class_made_rare_by_max_examples_is_refused_without_a_traceback(tmp_path):
+    # 300 positive, 24 negative: fine as a whole, but 100 kept examples hold 7 negatives.
+    path = write_source(tmp_path / "skewed.csv", labelled({"pos": 300, "neg": 24}))
+    config = DataConfig(
+        source=str(path), text_column="review", label_column="sentiment", max_examples=100
+    )
+    with pytest.raises(DataError, match=r"class 'neg' \(7\) after data.max_examples=100 keeps"):
+        plan_splits(load_examples(config), config)
+    tiny = config.model_copy(update={"max_examples": 1, "min_examples_per_class": 3})
+    with pytest.raises(DataError, match="max_examples=1"):  # sklearn's ValueError, named
+        plan_splits(load_examples(tiny), tiny)
+
+
+def split_of(train, validation, test):
+    def part(rows):
+        return {
+            "text": [text for text, _ in rows],
+            "label": [label for _, label in rows],
+            "source_index": list(range(len(rows))),
+        }
+
+    return {"train": part(train), "validation": part(validation), "test": part(test)}
+
+
+def test_cross_split_duplicates_are_reported_and_train_copies_dropped():
+    splits = split_of(
+        train=[("A great film", 1), ("a  GREAT film ", 1), ("dull", 0), ("fine", 1), ("x", 0)],
+        validation=[("a great film", 1), ("boring", 0)],
+        test=[("Dull", 0), ("boring", 0), ("new", 1)],
+    )
+    cleaned, quality = clean_splits(splits, DataConfig())
+    assert quality.cross_split_duplicates == {
+        "train/validation": 1,
+        "train/test": 1,
+        "validation/test": 1,
+    }
+    assert quality.dropped == {"train_cross_split": 3, "conflicting_labels": 0}
+    assert "a great film" in quality.duplicate_examples
+    assert cleaned["train"]["text"] == ["fine", "x"]
+    assert cleaned["train"]["source_index"] == [3, 4]
+    assert cleaned["validation"] == splits["validation"]  # evaluation splits stay as recorded
+    assert cleaned["test"] == splits["test"]
+    kept, quality = clean_splits(splits, DataConfig(drop_cross_split_duplicates=False))
+    assert kept == splits and quality.dropped["train_cross_split"] == 0
+
+
+def test_conflicting_labels_are_counted_and_dropped_on_request():
+    splits = split_of(
+        train=[("Loved it", 1), ("loved it", 0), ("meh", 0)],
+        validation=[("ok", 1)],
+        test=[("meh", 1), ("bad", 0)],
+    )
+    kept, quality = clean_splits(splits, DataConfig(drop_cross_split_duplicates=False))
+    assert quality.conflicting_label_texts == 2  # "loved it" and "meh"
+    assert quality.dropped["conflicting_labels"] == 0 and kept == splits
+    dropped, quality = clean_splits(splits, DataConfig(drop_conflicting_labels=True))
+    assert quality.dropped == {"train_cross_split": 0, "conflicting_labels": 4}
+    assert dropped["train"]["text"] == [] and dropped["test"]["text"] == ["bad"]
+
+
+def test_data_manifest_records_leakage_and_what_was_dropped(tmp_path):
+    rows = labelled({"pos": 40, "neg": 40})
+    rows += [(text.upper(), label) for text, label in rows[:20]]  # 20 case-only duplicates
+    path = write_source(tmp_path / "dupes.csv", rows)
+    config = DataConfig(
+        source=str(path),
+        text_column="review",
+        label_column="sentiment",
+        split=SplitConfig(validation=0.2, test=0.2),
+    )
+    data = data_stage(tmp_path / "work", config, "minilm")
+    quality = data.manifest.quality
+    assert sum(quality.cross_split_duplicates.values()) > 0
+    dropped = quality.dropped["train_cross_split"]
+    assert dropped > 0 and data.manifest.sizes["train"] == 60 - dropped
+    train = {normalise_text(text) for text in load_split(data.path, "train")["text"]}
+    for split in ("validation", "test"):
+        held_out = {normalise_text(text) for text in load_split(data.path, split)["text"]}
+        assert not train & held_out
+
+
+def test_label_names_are_part_of_the_fingerprint(tmp_path):
+    numbered = [(f"review {i}", i % 2) for i in range(60)]
+    named = [(text, ["neg", "pos"][label]) for text, label in numbered]
+    fingerprints = []
+    for name, rows in (("numbered", numbered), ("named", named)):
+        path = write_source(tmp_path / f"{name}.csv", rows)
+        config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+        fingerprints.append(data_stage(tmp_path / "work", config, "minilm").manifest.fingerprint)
+    assert fingerprints[0] != fingerprints[1]
+    splits = split_of([("a", 0), ("b", 1)], [("c", 0)], [("d", 1)])
+    assert data_fingerprint(splits, "tok", 32, ["0", "1"]) != data_fingerprint(
+        splits, "tok", 32, ["neg", "pos"]
+    )
+
+
+def test_non_utf8_file_names_the_file_and_suggests_data_encoding(tmp_path):
+    path = tmp_path / "latin.csv"
+    rows = "review,sentiment\n" + "".join(f"caf\xe9 cr\xe8me {i},{i % 2}\n" for i in range(40))
+    path.write_bytes(rows.encode("latin-1"))
+    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    with pytest.raises(DataError, match=rf"{path} is not valid utf-8 text.*data\.encoding="):
+        load_examples(config, tmp_path / "cache")
+    examples = load_examples(config.model_copy(update={"encoding": "latin-1"}), tmp_path / "c2")
+    assert examples.texts["all"][0] == "caf\xe9 cr\xe8me 0"
+
+
+def test_model_card_states_the_data_quality_in_one_line():
+    from distill.model_card import data_quality_line
+
+    splits = split_of(
+        train=[("same", 1), ("Loved it", 1), ("loved it", 0)], validation=[("SAME", 1)], test=[]
+    )
+    _, quality = clean_splits(splits, DataConfig())
+    line = data_quality_line(quality)
+    assert "\n" not in line
+    assert "train/validation 1, train/test 0, validation/test 0" in line
+    assert "1 train copies of validation/test texts dropped" in line
+    assert "1 texts with conflicting labels (0 rows dropped)" in line
+
+
+def test_a_presplit_source_with_one_class_in_train_is_refused():
+    examples = Examples(
+        texts={
+            name: [f"{name} {i}" for i in range(20)] for name in ("train", "validation", "test")
+        },
+        labels={"train": [0] * 20, "validation": [0, 1] * 10, "test": [1, 0] * 10},
+        label_names=["bad", "good"],
+        source={"kind": "hub", "name": "example"},
+    )
+    with pytest.raises(DataError, match=r"only the class 'bad' in the train split"):
+        split_examples(examples, DataConfig())
+
+
+def test_an_unwritable_reader_cache_is_named_instead_of_blaming_the_file(tmp_path):
+    from tests.test_preflight import unwritable_folder
+
+    path = write_source(tmp_path / "reviews.csv")
+    cache = unwritable_folder(tmp_path) / "distillery-cache"
+    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    with pytest.raises(DataError, match=rf"cannot write {cache}.* while reading {path}"):
+        load_examples(config, cache)

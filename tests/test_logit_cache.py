@@ -8,7 +8,7 @@ import pytest
 from distill.data import load_split
 from distill.logit_cache import CacheError, cache_key, logit_cache_stage, open_targets
 from distill.models import load_classifier
-from distill.store import Artifact
+from distill.store import MANIFEST, Artifact
 from distill.teacher import teacher_stage
 from distill.training import predict_logits
 
@@ -33,9 +33,23 @@ def test_a_tampered_cache_is_refused(tiny_config, tiny_data, tiny_teacher, tmp_p
     data = np.load(cache.file(cache.manifest.file))
     data[0, 0] += 1.0
     np.save(copy, data)
+    (tmp_path / MANIFEST).write_text((cache.path / MANIFEST).read_text())
     tampered = Artifact(cache.stage, cache.key, tmp_path, cache.manifest)
-    with pytest.raises(CacheError, match="checksum"):
+    with pytest.raises(CacheError, match=f"{tmp_path}.*sha256.*next run rebuilds it"):
         open_targets(tampered)
+    assert not (tmp_path / MANIFEST).exists()  # no longer looks finished: the next run rebuilds
+
+
+def test_a_truncated_cache_is_rebuilt_by_the_next_run(tiny_config, tiny_data, tiny_teacher):
+    store = tiny_config.workdir / "truncated-cache-store"
+    cache = logit_cache_stage(store, tiny_teacher, tiny_data)
+    logits = cache.file(cache.manifest.file)
+    logits.write_bytes(logits.read_bytes()[:100])
+    with pytest.raises(CacheError, match=f"logit cache stage folder {cache.path} is corrupt"):
+        open_targets(cache, verify=False)  # the .npy cannot be read at all
+    again = logit_cache_stage(store, tiny_teacher, tiny_data)
+    assert not again.reused
+    assert open_targets(again).logits.shape == (280, 2)
 
 
 def test_key_depends_on_teacher_and_data_not_on_student_settings(tiny_data, tiny_teacher):

@@ -157,6 +157,7 @@ def test_every_version_gets_a_model_card(tiny_run):
         summary["data_fingerprint"],  # data
         "| train | 280 |",  # split sizes
         "| split | negative | positive |",  # label balance
+        "Data quality: texts in two splits",  # duplicates across splits, what was dropped
         "teacher (minilm)",  # models
         "student ONNX INT8",
         "| latency_ms |",  # gates
