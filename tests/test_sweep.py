@@ -9,6 +9,7 @@ accuracies and a cache byte-identical to the unsharded one.
 from __future__ import annotations
 
 import json
+import time
 
 import distributed
 import pytest
@@ -139,15 +140,18 @@ def sequential(tmp_path_factory):
     return cache_bytes(upstream.cache), rows
 
 
-def tasks_done_by_scheduler(address: str) -> int:
-    def count(dask_scheduler) -> int:
-        return sum(
-            p.states.get("memory", 0) + p.states.get("released", 0)
-            for p in dask_scheduler.task_prefixes.values()
-        )
+class TaskStream:
+    """What the scheduler ran from now on, and where (Dask's task-stream plugin)."""
 
-    with distributed.Client(address, timeout=30, set_as_default=False) as client:
-        return client.run_on_scheduler(count)
+    def __init__(self, address: str) -> None:
+        self.client = distributed.Client(address, timeout=30, set_as_default=False)
+        self.client.get_task_stream()  # installs the plugin
+        self.start = time.time()
+
+    def workers(self) -> list[str]:
+        """The worker of every task finished since this stream was opened."""
+        with self.client:
+            return [record["worker"] for record in self.client.get_task_stream(start=self.start)]
 
 
 def check_against_sequential(summary, workdir, sequential) -> None:
@@ -192,13 +196,14 @@ def test_sweep_on_a_real_scheduler_and_two_workers(prefect_api, dask_cluster, se
     from flows.sweep import run_sweep
     from tasks.tracking import mlflow_client, sqlite_uri
 
-    address, _ = dask_cluster
-    before = tasks_done_by_scheduler(address)
+    address, workers = dask_cluster
+    stream = TaskStream(address)
     summary = run_sweep(
         str(TINY_CONFIG), tiny(tmp_path, f"compute.cluster={address}"), GRID, register_best=True
     )
-    # 3 shards and 2 cells went through the scheduler to the workers.
-    assert tasks_done_by_scheduler(address) - before >= 5
+    # 3 shards and 2 cells went through the scheduler to the two workers.
+    ran_on = stream.workers()
+    assert len(ran_on) >= 5 and set(ran_on) <= workers, ran_on
     check_against_sequential(summary, tmp_path, sequential)
     check_mlflow(summary, tmp_path)
     best = max(summary["rows"], key=lambda r: r["val_accuracy"])
