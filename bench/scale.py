@@ -196,6 +196,7 @@ def sharded_labelling(args, store: Path, scratch: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     base = load_config(args.config, args.overrides)
+    base.workdir.mkdir(parents=True, exist_ok=True)  # Prefect's home goes there
     from flows.runtime_env import configure_environment, quiet_weight_loading
 
     configure_environment(base.workdir)  # before prefect is imported
