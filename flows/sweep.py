@@ -17,8 +17,8 @@ from typing import Any
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from prefect import flow, get_run_logger
 
-from distill.chain import RunArtifacts
-from distill.config import config_to_yaml, flatten, load_config
+from distill.chain import RunArtifacts, run_until_cache
+from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
 from distill.store import write_json_atomic
 from flows.sweep_grid import (
     best_row,
@@ -106,13 +106,16 @@ def distill_sweep(
     )
     logger.info("MLflow parent run %s: %d cells", parent_id, len(cells))
     tracker.log_params(flatten(config) | {f"sweep.grid.{k}": ",".join(v) for k, v in grid.items()})
-    config_file = workdir / "config.resolved.yaml"
+    config_file = workdir / SWEEP_FOLDER / "config.resolved.yaml"  # not the pipeline run's
+    config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(config_to_yaml(config))
     tracker.log_artifact(config_file, "config")
     cell_trackers: list[MlflowTracker] = []
     succeeded = False
     try:
-        upstream = stages_until_cache(config, store, tracker)
+        upstream = run_until_cache(
+            config, store, stages.prefect_runner(tracker), stages.prefect_fan_out
+        )
         results = run_cells(configs, store, upstream, stages.prefect_fan_out)
         rows = [cell_row(cell, artifacts) for cell, artifacts in zip(cells, results, strict=True)]
         for cell, row, artifacts in zip(cells, rows, results, strict=True):
@@ -148,13 +151,9 @@ def distill_sweep(
         tracker.end_run(succeeded)
 
 
-def stages_until_cache(config, store, tracker: MlflowTracker):
-    from distill.chain import run_until_cache
-
-    return run_until_cache(config, store, stages.prefect_runner(tracker), stages.prefect_fan_out)
-
-
-def register_and_gate(config, artifacts: RunArtifacts, tracker: MlflowTracker) -> dict[str, Any]:
+def register_and_gate(
+    config: PipelineConfig, artifacts: RunArtifacts, tracker: MlflowTracker
+) -> dict[str, Any]:
     """The best cell as the pipeline's last steps treat a run: registered (`challenger`),
     bundled, then through the promotion gates (`champion` only when every gate passes)."""
     registration = stages.register_model(config.tracking.registered_model, artifacts, tracker)
