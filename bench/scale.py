@@ -276,8 +276,9 @@ def report(result: dict[str, Any]) -> str:
             f"{result['identical_accuracies']}.",
             cells,
             f"Sharded teacher labelling of {cache['rows']:,} rows (train {cache['train_rows']:,} "
-            f"+ augmented {cache['augmented_rows']:,}) in {cache['shards']} shards of "
-            f"{cache['shard_rows']} rows: {result['workers']} workers / 1 worker = "
+            f"+ augmented {cache['augmented_rows']:,}) in {cache['shards']} shards "
+            f"({cache['shard_rows']} rows asked per shard, rounded up to whole inference batches "
+            f"of 128): {result['workers']} workers / 1 worker = "
             f"**{cache['ratio']:.2f}**; caches byte-identical to the unsharded one: "
             f"{all(r['byte_identical'] for r in cache['runs'].values())}.",
             runs,
