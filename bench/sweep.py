@@ -3,11 +3,12 @@
     .venv/bin/python -m bench.sweep [--temperatures 1 2 4 8] [--alphas 0 0.5] [key=value ...]
     .venv/bin/python -m bench.sweep [key=value ...] --pairs 1:0.5 2:0   # only these cells
 
-Each (T, a) trains one student (no teacher re-runs: T is applied at training time) and reports
-its best validation accuracy. The stages are wired by `distill.chain`, exactly as in the
-pipeline (augmentation included), in the config's store: the sweep reuses the teacher and cache
-of a pipeline run of the same config. Writes bench/results/sweep.json and a table in
-docs/benchmarks.md.
+Each (T, a) is one sweep cell (`flows/sweep_grid.py`, the code `distillery sweep` runs: student,
+evaluation, export, quantize; no teacher re-runs: T is applied at training time); the table
+reports each student's best validation accuracy. The stages are wired by `distill.chain` and
+`deploy.chain`, exactly as in the pipeline (augmentation included), in the config's store: the
+sweep reuses the teacher and cache of a pipeline run of the same config. Writes
+bench/results/sweep.json and a table in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import json
 from pathlib import Path
 
 from bench.report import REPO, RESULTS, header, markdown_table, write_section
-from distill.chain import run_student, run_until_cache
+from distill.chain import run_until_cache
 from distill.config import load_config
+from flows.sweep_grid import Cell, cell_configs, cell_row, grid_cells, run_cells
 
 
 def main() -> None:
@@ -43,19 +45,19 @@ def main() -> None:
     store = base.store_dir
     upstream = run_until_cache(base, store)
     cache = upstream.cache
+    chosen = cells(args)
+    # The same cell code as `distillery sweep` (student, evaluation, export, quantize), here
+    # one cell after another in this process.
+    results = run_cells(cell_configs(args.config, args.overrides, chosen), store, upstream)
     rows = []
-    for temperature, alpha in cells(args):
-        config = load_config(
-            args.config,
-            [*args.overrides, f"student.temperature={temperature}", f"student.alpha={alpha}"],
-        )
-        student = run_student(config.student, store, upstream)
+    for cell, artifacts in zip(chosen, results, strict=True):
+        full = cell_row(cell, artifacts)
         row = {
-            "temperature": temperature,
-            "alpha": alpha,
-            "val_accuracy": student.manifest.best_val_accuracy,
-            "best_epoch": student.manifest.best_epoch,
-            "train_seconds": student.manifest.train_seconds,
+            "temperature": float(cell.values["student.temperature"]),
+            "alpha": float(cell.values["student.alpha"]),
+            "val_accuracy": full["val_accuracy"],
+            "best_epoch": artifacts.student.manifest.best_epoch,
+            "train_seconds": full["train_seconds"],
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -84,11 +86,20 @@ def main() -> None:
     )
 
 
-def cells(args) -> list[tuple[float, float]]:
+def cells(args) -> list[Cell]:
     """The (temperature, alpha) cells to train: the given pairs, or the full grid."""
     if args.pairs:
-        return [tuple(float(x) for x in pair.split(":")) for pair in args.pairs]
-    return [(t, a) for t in args.temperatures for a in args.alphas]
+        pairs = [pair.split(":") for pair in args.pairs]
+        return [
+            Cell(i, {"student.temperature": t, "student.alpha": a})
+            for i, (t, a) in enumerate(pairs)
+        ]
+    return grid_cells(
+        {
+            "student.temperature": [f"{t:g}" for t in args.temperatures],
+            "student.alpha": [f"{a:g}" for a in args.alphas],
+        }
+    )
 
 
 if __name__ == "__main__":

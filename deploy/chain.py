@@ -21,6 +21,7 @@ from distill.chain import (
 )
 from distill.config import ExportConfig, PipelineConfig, QuantizeConfig
 from distill.data import DataManifest
+from distill.shards import FanOut, run_each_here
 from distill.store import Artifact
 from distill.student import StudentManifest
 
@@ -40,10 +41,13 @@ def run_export_quantize(
 
 
 def run_pipeline_stages(
-    config: PipelineConfig, store: Path, runner: StageRunner = run_directly
+    config: PipelineConfig,
+    store: Path,
+    runner: StageRunner = run_directly,
+    fan_out: FanOut = run_each_here,
 ) -> RunArtifacts:
-    """Every content-addressed stage of the pipeline, in order."""
-    upstream = run_until_cache(config, store, runner)
+    """Every content-addressed stage of the pipeline, in order; cache shards go to `fan_out`."""
+    upstream = run_until_cache(config, store, runner, fan_out)
     return run_after_cache(config, store, upstream, runner)
 
 

@@ -18,6 +18,7 @@ from distill.config import PipelineConfig, StudentConfig
 from distill.data import DataManifest, data_stage
 from distill.evaluation import EvaluationManifest, evaluation_stage
 from distill.logit_cache import CacheManifest, logit_cache_stage
+from distill.shards import FanOut, run_each_here
 from distill.store import Artifact
 from distill.student import StudentManifest, student_stage
 from distill.teacher import TeacherManifest, teacher_stage
@@ -77,9 +78,12 @@ class RunArtifacts(CacheArtifacts):
 
 
 def run_until_cache(
-    config: PipelineConfig, store: Path, runner: StageRunner = run_directly
+    config: PipelineConfig,
+    store: Path,
+    runner: StageRunner = run_directly,
+    fan_out: FanOut = run_each_here,
 ) -> CacheArtifacts:
-    """data -> teacher -> [augmentation] -> logit cache."""
+    """data -> teacher -> [augmentation] -> logit cache; the cache's shards go to `fan_out`."""
     data = runner("data", lambda log: data_stage(store, config.data, config.teacher.model))
     teacher = runner("teacher", lambda log: teacher_stage(store, config.teacher, data, log))
     augmented = None
@@ -91,7 +95,13 @@ def run_until_cache(
     cache = runner(
         "logit_cache",
         lambda log: logit_cache_stage(
-            store, teacher, data, augmented, training=config.teacher.training
+            store,
+            teacher,
+            data,
+            augmented,
+            training=config.teacher.training,
+            shard_rows=config.compute.shard_rows,
+            fan_out=fan_out,
         ),
     )
     return CacheArtifacts(data, teacher, augmented, cache)

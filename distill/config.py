@@ -348,6 +348,9 @@ class ComputeConfig(Section):
     # Dask threads per local worker, and torch threads in every worker process. 1 fits torch
     # work: two 2-thread torch processes on 2 cores halve each other's speed.
     threads_per_worker: int = Field(1, ge=1)
+    # Teacher labelling is cut into shards of this many rows (rounded up to whole inference
+    # batches), one task each; the shard size never changes the cache's bytes. Small data: one.
+    shard_rows: int = Field(100_000, ge=1)
 
     @field_validator("cluster")
     @classmethod

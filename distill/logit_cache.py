@@ -10,27 +10,20 @@ sweeping them reuses the cache.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from distill.batching import iterate_sorted
+from distill.batching import sorted_batches
 from distill.config import TrainingConfig
 from distill.data import load_split
-from distill.devices import CPU, Runtime, move_batch, resolve_runtime
-from distill.models import load_classifier
-from distill.store import (
-    MANIFEST,
-    Artifact,
-    StageManifest,
-    file_sha256,
-    run_stage,
-    stage_key,
-)
+from distill.devices import CPU, Runtime, resolve_runtime
+from distill.shards import FanOut, assemble, label_batches, label_shard, plan_shards, run_each_here
+from distill.store import MANIFEST, Artifact, StageManifest, file_sha256, run_stage, stage_key
 
 if TYPE_CHECKING:
     from distill.augment import AugmentManifest
@@ -98,6 +91,10 @@ def training_rows(data: Artifact[DataManifest], augmented: Artifact[AugmentManif
     return concatenate_datasets([train, load_augmented(augmented)])
 
 
+# Rows per shard when the config does not say (compute.shard_rows): small data is one shard.
+DEFAULT_SHARD_ROWS = 100_000
+
+
 def logit_cache_stage(
     store: Path,
     teacher: Artifact[TeacherManifest],
@@ -105,41 +102,42 @@ def logit_cache_stage(
     augmented: Artifact[AugmentManifest] | None = None,
     batch_size: int = 128,
     training: TrainingConfig | None = None,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    fan_out: FanOut = run_each_here,
 ) -> Artifact[CacheManifest]:
-    """`training` (the teacher's section) picks the device and precision; None: CPU, fp32."""
+    """`training` (the teacher's section) picks the device and precision; None: CPU, fp32.
+    The rows are labelled in shards of `shard_rows` (distill/shards.py), each run by `fan_out`;
+    the shard size never changes the cache's bytes, so it is not part of the key."""
     runtime = CPU if training is None else resolve_runtime(training, "teacher.training")
-    return run_stage(
-        store,
-        "logit_cache",
-        cache_key(teacher, data, augmented, runtime.precision),
-        lambda folder: build_logit_cache(teacher, data, augmented, folder, batch_size, runtime),
-        CacheManifest,
+    key = cache_key(teacher, data, augmented, runtime.precision)
+    build = functools.partial(
+        build_logit_cache,
+        teacher,
+        data,
+        augmented,
+        batch_size=batch_size,
+        runtime=runtime,
+        store=store,
+        key=key,
+        shard_rows=shard_rows,
+        fan_out=fan_out,
     )
+    return run_stage(store, "logit_cache", key, build, CacheManifest)
 
 
-@torch.inference_mode()
 def teacher_outputs(
     model: torch.nn.Module, rows, batch_size: int, runtime: Runtime = CPU
 ) -> TeacherTargets:
     """The teacher's logits (float32) and per-layer [CLS] states (float16) for every row, in
-    row order, computed on `runtime`'s device and precision; always stored as these dtypes."""
-    model.to(runtime.device).eval()
-    logits = np.empty((len(rows), model.config.num_labels), dtype=np.float32)
-    layers, hidden = model.config.num_hidden_layers + 1, model.config.hidden_size
-    cls_states = np.empty((len(rows), layers, hidden), dtype=np.float16)
-    batches = iterate_sorted(rows, batch_size)
-    for batch in tqdm(batches, desc="teacher targets", disable=None, leave=False):
-        batch = move_batch(batch, runtime.device)
-        with runtime.autocast():
-            out = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                output_hidden_states=True,
-            )
-        index = batch["index"].numpy()
-        logits[index] = out.logits.float().cpu().numpy()
-        states = torch.stack([h[:, 0] for h in out.hidden_states], 1)
-        cls_states[index] = states.float().cpu().numpy()  # numpy rounds to float16
+    row order, computed on `runtime`'s device and precision; always stored as these dtypes.
+    Batches are the length-sorted ones every shard plan is cut from."""
+    batches = sorted_batches([len(ids) for ids in rows["input_ids"]], batch_size)
+    targets = label_batches(model, rows, batches, runtime)
+    order = np.concatenate(batches) if batches else np.empty(0, dtype=np.int64)
+    logits = np.empty_like(targets.logits)
+    cls_states = np.empty_like(targets.cls_states)
+    logits[order] = targets.logits
+    cls_states[order] = targets.cls_states
     return TeacherTargets(logits, cls_states)
 
 
@@ -148,11 +146,25 @@ def build_logit_cache(
     data: Artifact[DataManifest],
     augmented: Artifact[AugmentManifest] | None,
     folder: Path,
+    *,
     batch_size: int,
     runtime: Runtime = CPU,
+    store: Path,
+    key: str,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    fan_out: FanOut = run_each_here,
 ) -> CacheManifest:
+    """Plan the shards, have `fan_out` build (or reuse) each, assemble them in row order."""
     rows = training_rows(data, augmented)
-    targets = teacher_outputs(load_classifier(teacher.path), rows, batch_size, runtime)
+    shards = plan_shards([len(ids) for ids in rows["input_ids"]], batch_size, shard_rows)
+    works = [
+        functools.partial(
+            label_shard, store, key, teacher.path, data, augmented, shard, batch_size, runtime
+        )
+        for shard in shards
+    ]
+    assembled = assemble(fan_out("logit_shard", works), len(rows))
+    targets = TeacherTargets(assembled.logits, assembled.cls_states)
     np.save(folder / LOGITS_FILE, targets.logits)
     np.save(folder / CLS_FILE, targets.cls_states)
     return CacheManifest(

@@ -59,10 +59,13 @@ def run(
     except USER_ERRORS as err:
         fail(err)
 
+    from flows.cluster import prefect_api_for_workers, with_compute
     from flows.pipeline import distill_pipeline
 
     try:
-        summary = distill_pipeline(str(config), overrides)
+        # compute.cluster: the logit cache's shards run on it (one shard for small data).
+        with prefect_api_for_workers(settings.compute):
+            summary = with_compute(distill_pipeline, settings.compute)(str(config), overrides)
     except pipeline_errors() as err:
         fail(err)
     print_summary(summary, Path(settings.workdir).resolve())
@@ -102,6 +105,98 @@ def print_summary(summary: dict[str, Any], workdir: Path) -> None:
     console.print(metrics)
     console.print(stages)
     console.print(f"summary: {workdir / 'summary.json'}")
+
+
+def split_sweep_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """`[override ...] --grid key=v1,v2 [key=v1,v2 ...]` -> (overrides, grid items); `--grid`
+    may be repeated, each taking the words after it."""
+    overrides: list[str] = []
+    grid: list[str] = []
+    target = overrides
+    for arg in args:
+        if arg == "--grid":
+            target = grid
+        elif arg.startswith("--grid="):
+            target = grid
+            grid.append(arg.removeprefix("--grid="))
+        elif arg.startswith("-"):
+            raise ConfigError(f"sweep: unknown option {arg!r}")
+        else:
+            target.append(arg)
+    if not grid:
+        raise ConfigError("sweep: give the grid, e.g. --grid student.alpha=0.3,0.5")
+    return overrides, grid
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def sweep(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="Pipeline config (YAML).")],
+    register_best: Annotated[
+        bool,
+        typer.Option(
+            "--register-best",
+            help="Register the best cell (validation accuracy) as challenger and gate it.",
+        ),
+    ] = False,
+) -> None:
+    """Train a grid of students from one teacher cache, e.g.
+    `distillery sweep CONFIG [key=value ...] --grid student.alpha=0.3,0.5 student.temperature=1,2`.
+    Cells run on `compute.cluster`; finished cells are reused."""
+    try:
+        overrides, grid_items = split_sweep_args(list(ctx.args))
+        settings = load_config(config, overrides)
+        from flows.sweep_grid import cell_configs, grid_cells, parse_grid
+
+        cell_configs(config, overrides, grid_cells(parse_grid(grid_items)))
+    except USER_ERRORS as err:
+        fail(err)
+    from flows.runtime_env import configure_environment, quiet_weight_loading
+
+    configure_environment(settings.workdir)
+    quiet_weight_loading()
+    try:
+        from distill.preflight import check_inputs
+
+        check_inputs(settings)
+    except USER_ERRORS as err:
+        fail(err)
+    from flows.sweep import run_sweep
+
+    try:
+        summary = run_sweep(str(config), overrides, grid_items, register_best)
+    except pipeline_errors() as err:
+        fail(err)
+    print_sweep(summary)
+
+
+def print_sweep(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = summary["rows"]
+    table = Table(title=f"distillery sweep (MLflow run {summary['mlflow_run_id']})")
+    hidden = ("student_key", "train_seconds", "fp32_p50_ms")
+    columns = [c for c in rows[0] if c not in hidden]
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        marked = row["cell"] == summary["best_cell"]
+        table.add_row(
+            *[f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns],
+            style="bold" if marked else None,
+        )
+    console = Console()
+    console.print(table)
+    registered = summary.get("registered")
+    if registered:
+        console.print(
+            f"best cell {summary['best_cell']} registered as {registered['registered_model']} "
+            f"v{registered['model_version']} ({registered['promotion'].get('alias', 'challenger')})"
+        )
+    console.print(f"results: {', '.join(summary['results'])}")
 
 
 @app.command("show-config")

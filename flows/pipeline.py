@@ -54,7 +54,9 @@ def distill_pipeline(config_path: str, overrides: list[str] | None = None) -> di
     tracker.log_artifact(config_file, "config")
     succeeded = False
     try:
-        artifacts = run_pipeline_stages(config, store, stages.prefect_runner(tracker))
+        artifacts = run_pipeline_stages(
+            config, store, stages.prefect_runner(tracker), stages.prefect_fan_out
+        )
         registration = stages.register_model(config.tracking.registered_model, artifacts, tracker)
         # The bundle goes with the run before any gate can promote the version, so a champion
         # always has its bundle.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,28 @@ def prefect_runner(tracker: MlflowTracker) -> StageRunner:
         return run_stage_task(stage, build, tracker)
 
     return run
+
+
+@task(
+    name="unit",
+    task_run_name="{name}",
+    cache_policy=NONE,
+    retries=STAGE_RETRIES,
+    retry_delay_seconds=STAGE_RETRY_DELAY_SECONDS,
+    retry_condition_fn=_worth_retrying,
+)
+def run_unit(name: str, work: Callable[[], Any]) -> Any:
+    """One independent unit of work (a cache shard, a sweep cell); a retry rebuilds only what
+    has no finished stage folder yet."""
+    return work()
+
+
+def prefect_fan_out(name: str, works: Sequence[Callable[[], Any]]) -> list[Any]:
+    """A `distill.shards.FanOut`: every unit submitted as a Prefect task to the flow's task
+    runner (a Dask cluster's workers under `compute.cluster`), results in the given order.
+    Works are pickled to the workers: module-level functions and paths, no open handles."""
+    futures = [run_unit.submit(f"{name}-{number}", work) for number, work in enumerate(works)]
+    return [future.result() for future in futures]
 
 
 @task(name="register-model", cache_policy=NONE)

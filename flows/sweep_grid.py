@@ -1,0 +1,191 @@
+"""A student sweep without the engine: the grid, its cells, running them, the results table.
+
+`--grid student.alpha=0.3,0.5 student.temperature=1,2,4` is the product of the listed values;
+each cell is the base config plus that cell's overrides. A cell may change only what comes
+after the teacher-target cache (the student, export and quantize sections), so every cell
+trains from the one shared cache. Each cell runs student -> evaluation -> export -> quantize as
+normal content-addressed stages (`deploy.chain.run_after_cache`), so a rerun reuses finished
+cells. Cells go to a `FanOut`: one after another here by default, Prefect tasks on the cluster
+in `distillery sweep`. `bench/sweep.py` and `bench/scale.py` run cells through this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy.chain import run_after_cache
+from distill.chain import CacheArtifacts, RunArtifacts
+from distill.config import ConfigError, PipelineConfig, load_config
+from distill.shards import FanOut, run_each_here
+
+# Sections read only after the cache: a grid over anything else would need another cache.
+SWEEPABLE = ("student.", "export.", "quantize.")
+RESULTS_CSV = "sweep_results.csv"
+RESULTS_JSON = "sweep_results.json"
+GRID_PNG = "sweep_grid.png"
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int
+    values: dict[str, str]  # dotted key -> the value as written in the grid
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{key}={value}" for key, value in self.values.items()]
+
+    @property
+    def label(self) -> str:
+        return " ".join(self.overrides)
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
+    """`key=v1,v2,...` items -> {key: [v1, v2, ...]}, in the order given."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        values = [value.strip() for value in raw.split(",")]
+        if not sep or not key or not all(values):
+            raise ConfigError(f"--grid {item!r}: expected key=value1,value2,... (no empty values)")
+        if not key.startswith(SWEEPABLE):
+            raise ConfigError(
+                f"--grid {item!r}: only keys under {', '.join(s[:-1] for s in SWEEPABLE)} can be "
+                "swept (every cell shares one data, teacher and logit cache)"
+            )
+        if key in grid:
+            raise ConfigError(f"--grid: key {key!r} is given twice")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--grid {item!r}: a value is listed twice")
+        grid[key] = values
+    if not grid:
+        raise ConfigError("--grid: give at least one key=value1,value2,...")
+    return grid
+
+
+def grid_cells(grid: dict[str, list[str]]) -> list[Cell]:
+    """Every combination, the last key varying fastest."""
+    keys = list(grid)
+    return [
+        Cell(index, dict(zip(keys, combination, strict=True)))
+        for index, combination in enumerate(itertools.product(*grid.values()))
+    ]
+
+
+def cell_configs(
+    config_path: str | Path, overrides: Sequence[str], cells: Sequence[Cell]
+) -> list[PipelineConfig]:
+    """Each cell's config (base overrides, then the cell's); a bad value fails here, naming its
+    key, before any work starts."""
+    return [load_config(config_path, [*overrides, *cell.overrides]) for cell in cells]
+
+
+def run_cell(config: PipelineConfig, store: Path, upstream: CacheArtifacts) -> RunArtifacts:
+    """One cell: student -> evaluation -> export -> quantize from the shared cache."""
+    return run_after_cache(config, store, upstream)
+
+
+def run_cells(
+    configs: Sequence[PipelineConfig],
+    store: Path,
+    upstream: CacheArtifacts,
+    fan_out: FanOut = run_each_here,
+) -> list[RunArtifacts]:
+    works = [functools.partial(run_cell, config, store, upstream) for config in configs]
+    return fan_out("sweep-cell", works)
+
+
+def cell_row(cell: Cell, artifacts: RunArtifacts) -> dict[str, Any]:
+    """The results-table row of one cell: its settings and what it measured."""
+    student, evaluation, quantized = artifacts.student, artifacts.evaluation, artifacts.quantize
+    return {
+        "cell": cell.index,
+        **cell.values,
+        "val_accuracy": student.manifest.best_val_accuracy,
+        "test_accuracy": evaluation.manifest.student_accuracy,
+        "int8_accuracy": quantized.manifest.test_accuracy,
+        "int8_p50_ms": quantized.manifest.p50_ms,
+        "fp32_p50_ms": quantized.manifest.fp32_p50_ms,
+        "retention": evaluation.manifest.retention,
+        "train_seconds": student.manifest.train_seconds,
+        "student_key": student.key,
+        # Every stage of the cell came from an earlier run's folders.
+        "reused": all(a.reused for a in (student, evaluation, artifacts.export, quantized)),
+    }
+
+
+def best_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The cell with the highest validation accuracy (the first one on a tie)."""
+    return max(rows, key=lambda row: row["val_accuracy"])
+
+
+def results_csv(rows: Sequence[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_results(
+    folder: Path, grid: dict[str, list[str]], rows: Sequence[dict[str, Any]]
+) -> list[Path]:
+    """The table as CSV and JSON and the grid as a PNG, in `folder`; returns the three paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RESULTS_CSV).write_text(results_csv(rows))
+    best = best_row(rows)
+    (folder / RESULTS_JSON).write_text(
+        json.dumps({"grid": grid, "best_cell": best["cell"], "rows": list(rows)}, indent=2)
+    )
+    plot_grid(grid, rows, folder / GRID_PNG)
+    return [folder / RESULTS_CSV, folder / RESULTS_JSON, folder / GRID_PNG]
+
+
+def plot_grid(grid: dict[str, list[str]], rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Validation accuracy: a heatmap over two swept keys, else one bar per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(grid)
+    if len(keys) == 2:
+        first, second = keys
+        table = [
+            [
+                next(r["val_accuracy"] for r in rows if r[first] == a and r[second] == b)
+                for b in grid[second]
+            ]
+            for a in grid[first]
+        ]
+        figure, axes = plt.subplots(
+            figsize=(1.2 * len(grid[second]) + 3, 0.8 * len(grid[first]) + 2)
+        )
+        image = axes.imshow(table, cmap="viridis")
+        axes.set_xticks(range(len(grid[second])), grid[second])
+        axes.set_yticks(range(len(grid[first])), grid[first])
+        axes.set_xlabel(second)
+        axes.set_ylabel(first)
+        for i, line in enumerate(table):
+            for j, value in enumerate(line):
+                axes.text(j, i, f"{value:.3f}", ha="center", va="center", color="white")
+        figure.colorbar(image, ax=axes, label="validation accuracy")
+    else:
+        figure, axes = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 2), 4))
+        labels = [", ".join(str(row[key]) for key in keys) for row in rows]
+        axes.bar(range(len(rows)), [row["val_accuracy"] for row in rows])
+        axes.set_xticks(range(len(rows)), labels, rotation=45, ha="right")
+        axes.set_xlabel(", ".join(keys))
+        axes.set_ylabel("validation accuracy")
+    axes.set_title("Student sweep: validation accuracy")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

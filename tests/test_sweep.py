@@ -1,0 +1,232 @@
+"""`distillery sweep` and sharded labelling: the grid, and real runs on a Dask cluster.
+
+The grid tests are pure. The engine tests run the sweep flow (real Prefect, real SQLite MLflow)
+with a 2-cell grid and a 3-shard cache against a real `dask scheduler` and two `dask worker`
+processes, and against `local:2`; both must give the sequential, in-process results: equal cell
+accuracies and a cache byte-identical to the unsharded one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import distributed
+import pytest
+from typer.testing import CliRunner
+
+from distill.chain import run_until_cache
+from distill.config import ConfigError, load_config
+from distill.shards import SHARD_STAGE
+from distill.store import file_sha256
+from flows.cli import app, split_sweep_args
+from flows.sweep_grid import (
+    GRID_PNG,
+    RESULTS_CSV,
+    cell_configs,
+    cell_row,
+    grid_cells,
+    parse_grid,
+    run_cells,
+    write_results,
+)
+from tests.conftest import TINY_CONFIG
+from tests.test_cluster import dask_cluster, prefect_api  # noqa: F401 - module fixtures
+
+GRID = ["student.alpha=0.3,0.7"]
+SHARD_ROWS = 96  # the tiny train split has 280 rows: 3 shards
+
+
+# --- the grid -------------------------------------------------------------------------------
+
+
+def test_grid_is_the_product_of_the_listed_values_last_key_fastest():
+    grid = parse_grid(["student.alpha=0.3,0.5", "student.temperature=1, 2 ,4"])
+    assert grid == {"student.alpha": ["0.3", "0.5"], "student.temperature": ["1", "2", "4"]}
+    cells = grid_cells(grid)
+    assert [cell.index for cell in cells] == list(range(6))
+    assert cells[1].overrides == ["student.alpha=0.3", "student.temperature=2"]
+    assert cells[5].values == {"student.alpha": "0.5", "student.temperature": "4"}
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["teacher.model=minilm,mpnet"], r"'teacher\.model=minilm,mpnet': only keys under student"),
+        (["student.alpha"], r"'student\.alpha': expected key=value1,value2"),
+        (["student.alpha=0.3,"], "no empty values"),
+        (["student.alpha=0.3", "student.alpha=0.5"], r"'student\.alpha' is given twice"),
+        (["student.alpha=0.3,0.3"], "listed twice"),
+        ([], "at least one"),
+    ],
+)
+def test_bad_grids_are_refused_naming_the_item(items, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_grid(items)
+
+
+def test_a_bad_cell_value_fails_before_any_work_naming_its_key():
+    cells = grid_cells(parse_grid(["student.alpha=0.5,lots"]))
+    with pytest.raises(ConfigError, match=r"student\.alpha"):
+        cell_configs(TINY_CONFIG, [], cells)
+
+
+def test_sweep_arguments_split_into_overrides_and_grid():
+    args = ["workdir=/tmp/x", "--grid", "student.alpha=0.3,0.5", "student.temperature=1,2"]
+    assert split_sweep_args(args) == (
+        ["workdir=/tmp/x"],
+        ["student.alpha=0.3,0.5", "student.temperature=1,2"],
+    )
+    assert split_sweep_args(["--grid=student.alpha=1,2", "--grid", "export.opset=18,20"]) == (
+        [],
+        ["student.alpha=1,2", "export.opset=18,20"],
+    )
+    with pytest.raises(ConfigError, match="give the grid"):
+        split_sweep_args(["workdir=/tmp/x"])
+    with pytest.raises(ConfigError, match="unknown option '--gird'"):
+        split_sweep_args(["--gird", "student.alpha=1,2"])
+
+
+def test_cli_refuses_a_grid_over_the_teacher_in_one_line(tmp_path):
+    result = CliRunner().invoke(
+        app, ["sweep", str(TINY_CONFIG), f"workdir={tmp_path}", "--grid", "data.max_length=16,32"]
+    )
+    assert result.exit_code != 0
+    assert "only keys under student" in result.output and "Traceback" not in result.output
+
+
+def test_results_table_and_grid_png(tmp_path):
+    grid = parse_grid(["student.alpha=0.3,0.5", "student.temperature=1,2"])
+    rows = [
+        {"cell": c.index, **c.values, "val_accuracy": acc}
+        for c, acc in zip(grid_cells(grid), [0.5, 0.75, 0.6, 0.7], strict=True)
+    ]
+    paths = write_results(tmp_path, grid, rows)
+    assert [p.name for p in paths] == [RESULTS_CSV, "sweep_results.json", GRID_PNG]
+    lines = (tmp_path / RESULTS_CSV).read_text().splitlines()
+    assert lines[0] == "cell,student.alpha,student.temperature,val_accuracy"
+    assert lines[2] == "1,0.3,2,0.75"
+    assert json.loads(paths[1].read_text())["best_cell"] == 1
+    assert (tmp_path / GRID_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- real engine ----------------------------------------------------------------------------
+
+
+def tiny(workdir, *more: str):
+    return [f"workdir={workdir}", f"compute.shard_rows={SHARD_ROWS}", *more]
+
+
+def cache_bytes(cache) -> tuple[str, str]:
+    manifest = cache.manifest
+    return file_sha256(cache.file(manifest.file)), file_sha256(cache.file(manifest.cls_file))
+
+
+def accuracies(rows) -> list[tuple]:
+    keys = ("cell", "student.alpha", "val_accuracy", "test_accuracy", "int8_accuracy")
+    return [tuple(row[k] for k in keys) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    """The reference: an unsharded cache and both cells, one after another in this process."""
+    workdir = tmp_path_factory.mktemp("sweep-sequential")
+    overrides = [f"workdir={workdir}"]  # default shard size: one shard
+    config = load_config(TINY_CONFIG, overrides)
+    upstream = run_until_cache(config, config.store_dir)
+    cells = grid_cells(parse_grid(GRID))
+    results = run_cells(cell_configs(TINY_CONFIG, overrides, cells), config.store_dir, upstream)
+    rows = [cell_row(cell, artifacts) for cell, artifacts in zip(cells, results, strict=True)]
+    return cache_bytes(upstream.cache), rows
+
+
+class TaskStream:
+    """What the scheduler ran from now on, and where (Dask's task-stream plugin)."""
+
+    def __init__(self, address: str) -> None:
+        self.client = distributed.Client(address, timeout=30, set_as_default=False)
+        self.client.get_task_stream()  # installs the plugin
+        self.start = time.time()
+
+    def workers(self) -> list[str]:
+        """The worker of every task finished since this stream was opened."""
+        with self.client:
+            return [record["worker"] for record in self.client.get_task_stream(start=self.start)]
+
+
+def check_against_sequential(summary, workdir, sequential) -> None:
+    cache_sha, rows = sequential
+    config = load_config(TINY_CONFIG, [f"workdir={workdir}"])
+    (cache_folder,) = [p for p in (config.store_dir / "logit_cache").iterdir() if p.is_dir()]
+    assert cache_folder.name == summary["cache_key"]
+    manifest = json.loads((cache_folder / "manifest.json").read_text())
+    sharded = (
+        file_sha256(cache_folder / manifest["file"]),
+        file_sha256(cache_folder / manifest["cls_file"]),
+    )
+    assert sharded == cache_sha  # byte-identical to the unsharded, in-process cache
+    shards = [p for p in (config.store_dir / SHARD_STAGE).iterdir() if not p.name.startswith(".")]
+    assert len(shards) == 3
+    assert accuracies(summary["rows"]) == accuracies(rows)
+
+
+def check_mlflow(summary, workdir) -> None:
+    from tasks.tracking import mlflow_client, sqlite_uri
+
+    client = mlflow_client(sqlite_uri(workdir))
+    parent = client.get_run(summary["mlflow_run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    assert sorted(r.info.run_id for r in children) == sorted(summary["cell_run_ids"])
+    by_cell = {int(r.data.tags["sweep.cell"]): r for r in children}
+    for row in summary["rows"]:
+        run = by_cell[row["cell"]]
+        assert run.data.params == {"student.alpha": row["student.alpha"]}
+        assert run.data.metrics["val_accuracy"] == pytest.approx(row["val_accuracy"])
+        assert run.data.metrics["int8_accuracy"] == pytest.approx(row["int8_accuracy"])
+        assert "int8_p50_ms" in run.data.metrics
+    logged = {f.path for f in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert {"sweep/sweep_results.csv", "sweep/sweep_grid.png"} <= logged
+
+
+@pytest.mark.slow
+def test_sweep_on_a_real_scheduler_and_two_workers(prefect_api, dask_cluster, sequential, tmp_path):  # noqa: F811
+    from flows.sweep import run_sweep
+    from tasks.tracking import mlflow_client, sqlite_uri
+
+    address, workers = dask_cluster
+    stream = TaskStream(address)
+    summary = run_sweep(
+        str(TINY_CONFIG), tiny(tmp_path, f"compute.cluster={address}"), GRID, register_best=True
+    )
+    # 3 shards and 2 cells went through the scheduler to the two workers.
+    ran_on = stream.workers()
+    assert len(ran_on) >= 5 and set(ran_on) <= workers, ran_on
+    check_against_sequential(summary, tmp_path, sequential)
+    check_mlflow(summary, tmp_path)
+    best = max(summary["rows"], key=lambda r: r["val_accuracy"])
+    assert summary["best_cell"] == best["cell"]
+    registered = summary["registered"]
+    client = mlflow_client(sqlite_uri(tmp_path))
+    version = client.get_model_version(registered["registered_model"], registered["model_version"])
+    assert version.run_id == summary["cell_run_ids"][best["cell"]]
+    assert set(version.aliases) & {"challenger", "champion"}
+    assert registered["promotion"]["alias"] in ("challenger", "champion")
+    # A rerun reuses every cell and shard: the same students, nothing trained again.
+    again = run_sweep(str(TINY_CONFIG), tiny(tmp_path, f"compute.cluster={address}"), GRID)
+    assert [r["student_key"] for r in again["rows"]] == [r["student_key"] for r in summary["rows"]]
+    assert [r["reused"] for r in again["rows"]] == [True, True]
+    assert not any(r["reused"] for r in summary["rows"])
+    assert accuracies(again["rows"]) == accuracies(summary["rows"])
+
+
+@pytest.mark.slow
+def test_sweep_on_local_2(prefect_api, sequential, tmp_path):  # noqa: F811
+    from flows.sweep import run_sweep
+
+    summary = run_sweep(str(TINY_CONFIG), tiny(tmp_path, "compute.cluster=local:2"), GRID)
+    check_against_sequential(summary, tmp_path, sequential)
+    check_mlflow(summary, tmp_path)
+    assert "registered" not in summary
