@@ -114,8 +114,10 @@ def load_unlabeled(config: UnlabeledConfig, cache_dir: Path | None = None) -> li
     else:
         path = _unlabeled_path(config)
         where = f"data.unlabeled file {path}"
-        table = _read_table(path, cache_dir)
-        first_row = 2 if FILE_FORMATS.get(path.suffix.lower()) == "csv" else 1
+        is_csv = FILE_FORMATS.get(path.suffix.lower()) == "csv"
+        # A blank line is an empty text to report, not a line to skip silently.
+        table = _read_table(path, cache_dir, **({"skip_blank_lines": False} if is_csv else {}))
+        first_row = 2 if is_csv else 1
     _require_columns(where, table.column_names, [config.text_column])
     texts = []
     for index, text in enumerate(table[config.text_column]):
