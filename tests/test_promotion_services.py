@@ -157,7 +157,8 @@ def test_every_version_gets_a_model_card(tiny_run):
         summary["data_fingerprint"],  # data
         "| train | 280 |",  # split sizes
         "| split | negative | positive |",  # label balance
-        "teacher (minilm)",  # models
+        "| teacher | `minilm` (bert) |",  # both models: source and family
+        "| student | `teacher` (bert, init teacher_layers) |",
         "student ONNX INT8",
         "| latency_ms |",  # gates
         "accuracy_vs_latency.png",  # plots
@@ -186,6 +187,9 @@ def test_lineage_of_the_champion(tiny_run):
     assert info["config"]["promotion"]["min_retention"] == 0
     assert info["data_fingerprint"] == summary["data_fingerprint"]
     assert info["teacher_sha256"] == summary["teacher_sha256"]
+    assert info["teacher"] == {"source": "minilm", "family": "bert"}
+    assert info["student"]["source"] == "teacher" and info["student"]["init"] == "teacher_layers"
+    assert info["student"]["family"] == "bert" and len(info["student"]["sha256"]) == 64
     assert info["git_commit"] == (commit or "unknown")
     assert info["bundle_uri"].endswith(f"{summary['mlflow_run_id']}/artifacts/bundle")
 
