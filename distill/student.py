@@ -117,6 +117,19 @@ def student_tokenizer_model(config: StudentConfig, teacher_model: str) -> str:
     return teacher_model
 
 
+def check_tokenizer(init: PretrainedInit, data: Artifact[DataManifest]) -> None:
+    """A pretrained student must read its own token ids, never another tokenizer's."""
+    from distill.data import tokenizer_identity
+
+    _, tokenizer_id = tokenizer_identity(init.model)
+    if tokenizer_id != data.manifest.tokenizer_id:
+        raise AlignmentError(
+            f"student.init.model '{init.model}' has its own tokenizer ({tokenizer_id}), but the "
+            f"data {data.path} is tokenized with another ({data.manifest.tokenizer_id}): pass "
+            "the rows distill.chain.run_student_rows makes"
+        )
+
+
 def check_alignment(
     cache: Artifact[CacheManifest],
     data: Artifact[DataManifest],
@@ -178,6 +191,8 @@ def build_student(
     folder: Path,
     log: MetricsLog | None,
 ) -> StudentManifest:
+    if isinstance(config.init, PretrainedInit):
+        check_tokenizer(config.init, data)
     label_names = list(data.manifest.label_names)
     model = init_student(config, teacher.path, label_names)
     targets = open_targets(cache)

@@ -194,10 +194,23 @@ def test_student_with_its_own_tokenizer_trains_on_the_cache_rows_by_index(
     saved = json.loads((student.path / "tokenizer.json").read_text())
     assert len(saved["model"]["vocab"]) <= 600  # the student's own tokenizer, not MiniLM's
 
-    # Rows that do not line up with the cache (here: the transfer text is missing) are refused.
+    # Rows that do not line up with the cache (here: the transfer text is missing) are refused ...
     without = run_until_cache(tiny_config, store)
+    unaligned = run_student_rows(
+        tiny_config.model_copy(update={"student": config.student}), store, without
+    )
     with pytest.raises(AlignmentError, match="do not match the logit cache"):
-        student_stage(store, config.student, upstream.teacher, upstream.cache, without.data)
+        student_stage(store, config.student, upstream.teacher, upstream.cache, unaligned.data)
+    # ... and so are the teacher's token ids for a student with its own tokenizer.
+    with pytest.raises(AlignmentError, match="has its own tokenizer"):
+        student_stage(
+            store,
+            config.student,
+            upstream.teacher,
+            upstream.cache,
+            upstream.data,
+            upstream.augmented,
+        )
 
 
 def test_soft_targets_of_transfer_rows_reach_the_student(tiny_config, transfer_file):
