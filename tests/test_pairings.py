@@ -114,3 +114,41 @@ def test_runtime_pads_with_the_tokenizers_own_pad_id(family_folder):  # noqa: F8
     assert pad_of(bert) == (0, "[PAD]")
     bert.enable_padding(pad_id=bert.token_to_id("[PAD]"), pad_token="[PAD]")
     assert pad_of(bert) == (0, "[PAD]")
+
+
+def test_batches_pad_with_the_models_pad_id_in_training_prediction_and_caching(
+    family_folder,  # noqa: F811
+    tiny_data,
+):
+    """MPNet pads with 1 (and numbers positions from it): every padded batch must use 1."""
+    from transformers import AutoModelForSequenceClassification
+
+    from distill.config import TrainingConfig
+    from distill.data import tokenized_table
+    from distill.logit_cache import teacher_outputs
+    from distill.models import load_tokenizer
+    from distill.teacher import teacher_loss
+    from distill.training import predict_logits, train_classifier
+
+    folder = family_folder("mpnet")
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    texts = list(load_split(tiny_data.path, "train")["text"])[:24]
+    split = tokenized_table(load_tokenizer(str(folder)), texts, [0, 1] * 12, 32)
+    seen: list[tuple] = []
+
+    def record(module, args, kwargs):
+        seen.append((kwargs["input_ids"].clone(), kwargs["attention_mask"].clone()))
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+
+    def padded_ids() -> set[int]:
+        ids = {int(i) for batch, mask in seen for i in batch[mask == 0]}
+        seen.clear()
+        return ids
+
+    predict_logits(model, split, batch_size=8)
+    assert padded_ids() == {1}
+    teacher_outputs(model, split, batch_size=8)
+    assert padded_ids() == {1}
+    train_classifier(model, split, split, TrainingConfig(epochs=1, batch_size=8), teacher_loss)
+    assert padded_ids() == {1}
