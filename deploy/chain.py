@@ -17,6 +17,7 @@ from distill.chain import (
     run_directly,
     run_evaluation,
     run_student,
+    run_student_rows,
     run_until_cache,
 )
 from distill.config import ExportConfig, PipelineConfig, QuantizeConfig
@@ -57,11 +58,13 @@ def run_after_cache(
     upstream: CacheArtifacts,
     runner: StageRunner = run_directly,
 ) -> RunArtifacts:
-    """student -> evaluation -> export -> quantize, from finished upstream stages."""
-    student = run_student(config.student, store, upstream, runner)
-    evaluation = run_evaluation(store, upstream, student, runner)
+    """[the student's own tokenization] -> student -> evaluation -> export -> quantize, from
+    finished upstream stages. Export and quantize read the student's ids."""
+    rows = run_student_rows(config, store, upstream, runner)
+    student = run_student(config.student, store, upstream, runner, rows)
+    evaluation = run_evaluation(store, upstream, student, runner, rows.data)
     exported, quantized = run_export_quantize(
-        config.export, config.quantize, store, student, upstream.data, runner
+        config.export, config.quantize, store, student, rows.data, runner
     )
     return RunArtifacts(
         data=upstream.data,
@@ -72,4 +75,6 @@ def run_after_cache(
         evaluation=evaluation,
         export=exported,
         quantize=quantized,
+        student_data=rows.data,
+        student_augmented=rows.augmented,
     )

@@ -147,10 +147,8 @@ def open_bundle(folder: Path, manifest: Mapping[str, Any], threads: int = 0) -> 
     """Load the files of an (already verified) bundle folder into memory."""
     labels = tuple(json.loads((folder / LABELS).read_text()))
     tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
-    padding = tokenizer.padding or {}  # keep the pad token, drop any fixed padding length
-    tokenizer.enable_padding(
-        pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]")
-    )
+    pad_id, pad_token = pad_of(tokenizer)
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)  # no fixed padding length
     tokenizer.enable_truncation(int(manifest["max_length"]))
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -165,6 +163,24 @@ def open_bundle(folder: Path, manifest: Mapping[str, Any], threads: int = 0) -> 
     golden_path = folder / GOLDEN
     golden = json.loads(golden_path.read_text())["examples"] if golden_path.is_file() else []
     return Bundle(manifest, labels, tokenizer, session, tuple(golden))
+
+
+PAD_TOKENS = ("[PAD]", "<pad>")  # BERT-style, RoBERTa/MPNet-style
+
+
+def pad_of(tokenizer: Tokenizer) -> tuple[int, str]:
+    """The pad id and token: the tokenizer's padding settings, else its pad token's id.
+
+    Not always 0: RoBERTa and MPNet pad with 1 and number positions from where it occurs, so a
+    batch padded with another id scores differently from its texts one by one.
+    """
+    if tokenizer.padding:
+        return int(tokenizer.padding["pad_id"]), str(tokenizer.padding["pad_token"])
+    for token in PAD_TOKENS:
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return int(token_id), token
+    return 0, "[PAD]"
 
 
 def predict(bundle: Bundle, texts: Sequence[object], batch_size: int = 32) -> list[dict[str, Any]]:

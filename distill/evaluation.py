@@ -40,8 +40,12 @@ def evaluation_key(
     teacher: Artifact[TeacherManifest],
     student: Artifact[StudentManifest],
     data: Artifact[DataManifest],
+    student_data: Artifact[DataManifest] | None = None,
 ) -> str:
-    return stage_key("evaluation", VERSION, teacher.key, student.key, data.key)
+    inputs = [teacher.key, student.key, data.key]
+    if student_data is not None and student_data.key != data.key:  # the student's own ids
+        inputs.append(student_data.key)
+    return stage_key("evaluation", VERSION, *inputs)
 
 
 def evaluation_stage(
@@ -49,12 +53,14 @@ def evaluation_stage(
     teacher: Artifact[TeacherManifest],
     student: Artifact[StudentManifest],
     data: Artifact[DataManifest],
+    student_data: Artifact[DataManifest] | None = None,
 ) -> Artifact[EvaluationManifest]:
+    """`data` is tokenized for the teacher, `student_data` (default: `data`) for the student."""
     return run_stage(
         store,
         "evaluation",
-        evaluation_key(teacher, student, data),
-        lambda folder: evaluate(teacher, student, data, folder),
+        evaluation_key(teacher, student, data, student_data),
+        lambda folder: evaluate(teacher, student, data, folder, student_data),
         EvaluationManifest,
     )
 
@@ -64,15 +70,25 @@ def evaluate(
     student: Artifact[StudentManifest],
     data: Artifact[DataManifest],
     folder: Path,
+    student_data: Artifact[DataManifest] | None = None,
 ) -> EvaluationManifest:
-    test = load_split(data.path, "test")
-    labels = np.asarray(test["label"])
+    """Each model scored on the test split tokenized with its own tokenizer (same rows)."""
+    tests = {
+        "teacher": load_split(data.path, "test"),
+        "student": load_split((student_data or data).path, "test"),
+    }
+    labels = np.asarray(tests["teacher"]["label"])
+    if list(tests["student"]["label"]) != labels.tolist():
+        raise ValueError(
+            f"evaluation: the student's test split ({(student_data or data).path}) holds other "
+            f"rows than the teacher's ({data.path})"
+        )
     label_names = list(data.manifest.label_names)
     report: dict[str, Any] = {"label_names": label_names, "test_size": len(labels)}
     predictions = {}
     for role, artifact in (("teacher", teacher), ("student", student)):
         model = load_classifier(artifact.path)
-        logits = predict_logits(model, test)
+        logits = predict_logits(model, tests[role])
         np.save(folder / f"{role}_test_logits.npy", logits)
         predictions[role] = logits.argmax(-1)
         report[role] = {

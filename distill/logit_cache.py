@@ -2,10 +2,10 @@
 
 Stored per row: the logits and the [CLS] state after the embeddings and after every teacher
 layer (float16; small next to the data, and they feed the intermediate-layer loss). The rows are
-the train split followed by any augmented rows. The key covers exactly what the targets depend
-on: the teacher's weights, the tokenized data (its fingerprint includes the tokenizer and max
-length) and the augmented rows. Temperature and loss weights are applied at training time, so
-sweeping them reuses the cache.
+the train split followed by any augmented rows and any transfer text. The key covers exactly
+what the targets depend on: the teacher's weights, the tokenized data (its fingerprint includes
+the tokenizer, max length and transfer text) and the augmented rows. Temperature and loss
+weights are applied at training time, so sweeping them reuses the cache.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ VERSION = 2  # bump when what the cache holds changes
 class CacheManifest(StageManifest):
     file: str
     cls_file: str
-    rows: dict[str, int]  # "train", "augmented"
+    rows: dict[str, int]  # "train", "augmented", "transfer" (older caches lack "transfer")
     shape: list[int]
     dtype: str
     cls_shape: list[int]
@@ -80,15 +80,36 @@ def cache_key(
 
 
 def training_rows(data: Artifact[DataManifest], augmented: Artifact[AugmentManifest] | None):
-    """The student's training rows: the train split, then the augmented rows if any."""
-    train = load_split(data.path, "train")
-    if augmented is None:
-        return train
+    """The student's training rows: the train split, then the augmented rows if any, then the
+    transfer text if any. Cached targets are matched to these rows by index, so this order is
+    the contract between the cache (teacher ids) and the student (its own ids)."""
+    from distill.data import UNLABELED
+
+    parts = [load_split(data.path, "train")]
+    if augmented is not None:
+        from distill.augment import load_augmented
+
+        parts.append(load_augmented(augmented))
+    if UNLABELED in data.manifest.sizes:
+        parts.append(load_split(data.path, UNLABELED))
+    if len(parts) == 1:
+        return parts[0]
     from datasets import concatenate_datasets
 
-    from distill.augment import load_augmented
+    return concatenate_datasets(parts)
 
-    return concatenate_datasets([train, load_augmented(augmented)])
+
+def row_counts(
+    data: Artifact[DataManifest], augmented: Artifact[AugmentManifest] | None
+) -> dict[str, int]:
+    """Rows per source, in training-row order (what the cache manifest records)."""
+    from distill.data import UNLABELED
+
+    return {
+        "train": data.manifest.sizes["train"],
+        "augmented": augmented.manifest.rows if augmented else 0,
+        "transfer": data.manifest.sizes.get(UNLABELED, 0),
+    }
 
 
 # Rows per shard when the config does not say (compute.shard_rows): small data is one shard.
@@ -170,10 +191,7 @@ def build_logit_cache(
     return CacheManifest(
         file=LOGITS_FILE,
         cls_file=CLS_FILE,
-        rows={
-            "train": data.manifest.sizes["train"],
-            "augmented": augmented.manifest.rows if augmented else 0,
-        },
+        rows=row_counts(data, augmented),
         shape=list(targets.logits.shape),
         dtype=str(targets.logits.dtype),
         cls_shape=list(targets.cls_states.shape),

@@ -72,6 +72,27 @@ def data_quality_line(quality: DataQuality) -> str:
     )
 
 
+def model_identities(artifacts: RunArtifacts) -> dict[str, str]:
+    """Both models by source, family and (for the student) how it was made: card and lineage.
+
+    The family is the `model_type` of each saved model's config.json."""
+    student = artifacts.student.manifest
+    return {
+        "teacher_source": artifacts.teacher.manifest.source,
+        "teacher_family": _model_type(artifacts.teacher.path),
+        "student_source": student.source or "teacher",
+        "student_family": student.model_type or _model_type(artifacts.student.path),
+        "student_init": student.init_kind or "teacher_layers",
+    }
+
+
+def _model_type(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "config.json").read_text()).get("model_type", "unknown"))
+    except (OSError, json.JSONDecodeError):
+        return "unknown"
+
+
 def render_model_card(
     name: str,
     version: str,
@@ -84,6 +105,7 @@ def render_model_card(
     data, teacher = artifacts.data.manifest, artifacts.teacher.manifest
     student, evaluation = artifacts.student.manifest, artifacts.evaluation.manifest
     export, quantized = artifacts.export.manifest, artifacts.quantize.manifest
+    models = model_identities(artifacts)
     decision = (
         "passed every gate: promoted to `champion`"
         if all_passed(results)
@@ -116,28 +138,33 @@ def render_model_card(
         data_quality_line(data.quality),
         "## Models",
         _table(
-            ["model", "architecture", "parameters", "size"],
+            ["model", "source", "architecture", "parameters", "size"],
             [
                 [
-                    f"teacher ({teacher.source})",
+                    "teacher",
+                    f"`{models['teacher_source']}` ({models['teacher_family']})",
                     f"{teacher.num_layers} layers, hidden {teacher.hidden_size}",
                     teacher.params,
                     _megabytes(teacher.weights_bytes),
                 ],
                 [
                     "student",
+                    f"`{models['student_source']}` ({models['student_family']}, "
+                    f"init {models['student_init']})",
                     f"{student.num_layers} layers, hidden {student.hidden_size}",
                     student.params,
                     _megabytes(student.weights_bytes),
                 ],
                 [
                     "student ONNX fp32",
+                    None,
                     f"opset {export.opset}",
                     None,
                     _megabytes(export.bytes),
                 ],
                 [
                     "student ONNX INT8 (this version)",
+                    None,
                     f"{quantized.method} {quantized.weight_type}",
                     None,
                     _megabytes(quantized.bytes),

@@ -19,7 +19,7 @@ from distill.config import (
     RandomInit,
     TeacherLayersInit,
 )
-from distill.data import load_examples, plan_splits
+from distill.data import load_examples, load_unlabeled, plan_splits
 from distill.models import (
     UnsupportedModelError,
     feed_forward_width,
@@ -205,6 +205,8 @@ def check_inputs(config: PipelineConfig) -> None:
         check_writable(config.store, "store")
     check_devices(config)
     check_data(config)
+    if config.data.unlabeled is not None:  # a missing file or an empty text fails here
+        load_unlabeled(config.data.unlabeled, Path(config.workdir) / ".hf-datasets-cache")
     random_teacher = config.teacher.random_init is not None
     note = " (teacher.random_init still uses its tokenizer)" if random_teacher else ""
     check_tokenizer_source(config.teacher.model, "teacher.model", note)

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from distill.batching import collate, sorted_batches
 from distill.devices import CPU, Runtime, move_batch
-from distill.models import load_classifier
+from distill.models import load_classifier, pad_token_id
 from distill.store import Artifact, StageManifest, file_sha256, run_stage, stage_key
 
 if TYPE_CHECKING:
@@ -121,9 +122,9 @@ def label_batches(
     logits = np.empty((count, model.config.num_labels), dtype=np.float32)
     layers, hidden = model.config.num_hidden_layers + 1, model.config.hidden_size
     cls_states = np.empty((count, layers, hidden), dtype=np.float16)
-    start = 0
-    for indices in batches:
-        batch = move_batch(collate(rows, indices), runtime.device)
+    start, pad_id = 0, pad_token_id(model.config)  # MPNet and RoBERTa pad with 1, not 0
+    for indices in tqdm(batches, desc="teacher targets", disable=None, leave=False):
+        batch = move_batch(collate(rows, indices, pad_id), runtime.device)
         with runtime.autocast():
             out = model(
                 input_ids=batch["input_ids"],

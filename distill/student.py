@@ -7,16 +7,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from distill.config import RandomInit, StudentConfig
+from distill.config import PretrainedInit, RandomInit, StudentConfig
 from distill.data import load_split
-from distill.logit_cache import TeacherTargets, open_targets, training_rows
+from distill.logit_cache import TeacherTargets, open_targets, row_counts, training_rows
 from distill.losses import LossTerms, distillation_loss, patient_kd_loss
 from distill.models import (
     count_parameters,
     load_classifier,
     load_tokenizer,
     random_student,
+    resolve_model_source,
     save_classifier,
+    source_identity,
+    student_from_pretrained,
     student_from_teacher,
 )
 from distill.store import Artifact, StageManifest, run_stage, stage_key
@@ -47,6 +50,17 @@ class StudentManifest(StageManifest):
     train_seconds: float
     device: str  # where training ran, and in which precision
     precision: str
+    # Where the student came from: "teacher" (carved from it), "random", or the pretrained
+    # checkpoint it was carved from; its init kind, family and the tokenizer its ids come from.
+    # (None in manifests written before these fields existed: a teacher_layers student.)
+    source: str | None = None
+    init_kind: str | None = None
+    model_type: str | None = None
+    tokenizer_id: str | None = None
+
+
+class AlignmentError(ValueError):
+    """The student's training rows do not line up with the cached teacher targets."""
 
 
 def student_key(
@@ -55,11 +69,17 @@ def student_key(
     cache: Artifact[CacheManifest],
     data: Artifact[DataManifest],
 ) -> str:
-    # The cache key already covers the teacher, the data and any augmented rows; naming the
-    # teacher and data keys too keeps the dependency visible here.
-    return stage_key(
-        "student", VERSION, config.model_dump(mode="json"), teacher.key, cache.key, data.key
-    )
+    # The cache key already covers the teacher, the teacher's data and any augmented rows; `data`
+    # is the student's own tokenization of the same rows (the teacher's when they share one).
+    inputs: list[Any] = [config.model_dump(mode="json"), teacher.key, cache.key, data.key]
+    if isinstance(config.init, PretrainedInit):  # the checkpoint's files, not only its name
+        source = resolve_model_source(config.init.model)
+        inputs.append(source_identity(source, PRETRAINED_FILES))
+    return stage_key("student", VERSION, *inputs)
+
+
+SOURCES = {"teacher_layers": "teacher", "random": "random"}
+PRETRAINED_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
 
 
 def student_stage(
@@ -80,11 +100,55 @@ def student_stage(
     )
 
 
-def init_student(config: StudentConfig, teacher_folder: Path) -> torch.nn.Module:
+def init_student(
+    config: StudentConfig, teacher_folder: Path, label_names: list[str]
+) -> torch.nn.Module:
+    if isinstance(config.init, PretrainedInit):
+        source = resolve_model_source(config.init.model)
+        return student_from_pretrained(source, config.init, label_names)
     teacher = load_classifier(teacher_folder)
     if isinstance(config.init, RandomInit):
         return random_student(teacher, config.init, config.training.seed)
     return student_from_teacher(teacher, config.init)
+
+
+def student_tokenizer_model(config: StudentConfig, teacher_model: str) -> str:
+    """The model whose tokenizer the student reads: its own checkpoint's, else the teacher's."""
+    if isinstance(config.init, PretrainedInit):
+        return config.init.model
+    return teacher_model
+
+
+def check_tokenizer(init: PretrainedInit, data: Artifact[DataManifest]) -> None:
+    """A pretrained student must read its own token ids, never another tokenizer's."""
+    from distill.data import tokenizer_identity
+
+    _, tokenizer_id = tokenizer_identity(init.model)
+    if tokenizer_id != data.manifest.tokenizer_id:
+        raise AlignmentError(
+            f"student.init.model '{init.model}' has its own tokenizer ({tokenizer_id}), but the "
+            f"data {data.path} is tokenized with another ({data.manifest.tokenizer_id}): pass "
+            "the rows distill.chain.run_student_rows makes"
+        )
+
+
+def check_alignment(
+    cache: Artifact[CacheManifest],
+    data: Artifact[DataManifest],
+    augmented: Artifact[AugmentManifest] | None,
+    rows: int,
+) -> None:
+    """Cached targets are matched to training rows by index: the rows must be the same ones."""
+    expected = dict(cache.manifest.rows)
+    expected.setdefault("transfer", 0)  # caches written before transfer text existed
+    found = row_counts(data, augmented)
+    if found != expected or rows != cache.manifest.shape[0]:
+        raise AlignmentError(
+            f"the student's training rows {found} ({rows} in all) do not match the logit "
+            f"cache {cache.path} ({expected}, {cache.manifest.shape[0]} rows): cached targets "
+            "are matched to rows by index, so both must come from the same data, augmentation "
+            "and transfer text"
+        )
 
 
 def student_loss(config: StudentConfig, targets: TeacherTargets) -> LossFn:
@@ -129,8 +193,18 @@ def build_student(
     folder: Path,
     log: MetricsLog | None,
 ) -> StudentManifest:
-    model = init_student(config, teacher.path)
+    if isinstance(config.init, PretrainedInit):
+        check_tokenizer(config.init, data)
+    label_names = list(data.manifest.label_names)
+    model = init_student(config, teacher.path, label_names)
     targets = open_targets(cache)
+    rows = training_rows(data, augmented)
+    check_alignment(cache, data, augmented, len(rows))
+    if config.hidden_layer_map() and model.config.hidden_size != targets.cls_states.shape[2]:
+        raise ValueError(
+            f"student.hidden.weight: Patient-KD compares hidden states, but the student is "
+            f"{model.config.hidden_size} wide and the teacher {targets.cls_states.shape[2]}"
+        )
     for _, teacher_layer in config.hidden_layer_map():
         if teacher_layer + 1 >= targets.cls_states.shape[1]:
             raise ValueError(
@@ -139,7 +213,7 @@ def build_student(
             )
     result = train_classifier(
         model,
-        training_rows(data, augmented),
+        rows,
         load_split(data.path, "validation"),
         config.training,
         student_loss(config, targets),
@@ -147,7 +221,12 @@ def build_student(
         description="student",
         section="student.training",
     )
-    weights_sha256 = save_classifier(model, load_tokenizer(str(teacher.path)), folder)
+    tokenizer_source = (
+        resolve_model_source(config.init.model)
+        if isinstance(config.init, PretrainedInit)
+        else str(teacher.path)
+    )
+    weights_sha256 = save_classifier(model, load_tokenizer(tokenizer_source), folder)
     return StudentManifest(
         weights_sha256=weights_sha256,
         teacher_sha256=teacher.manifest.weights_sha256,
@@ -164,4 +243,10 @@ def build_student(
         train_seconds=result.seconds,
         device=result.device,
         precision=result.precision,
+        source=config.init.model
+        if isinstance(config.init, PretrainedInit)
+        else SOURCES[config.init.kind],
+        init_kind=config.init.kind,
+        model_type=model.config.model_type,
+        tokenizer_id=data.manifest.tokenizer_id,
     )

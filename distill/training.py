@@ -23,6 +23,7 @@ from distill.config import TrainingConfig
 from distill.devices import CPU, Runtime, move_batch, resolve_runtime
 from distill.losses import LossTerms
 from distill.metrics import accuracy
+from distill.models import pad_token_id
 
 LossFn = Callable[[torch.nn.Module, Mapping[str, torch.Tensor]], LossTerms]
 MetricsLog = Callable[[Mapping[str, float], int], None]
@@ -151,10 +152,11 @@ def train_epoch(
     means of the loss and its parts.
     """
     model.train()
+    pad_id = pad_token_id(getattr(model, "config", None))
     running, epoch = RunningMeans(), RunningMeans()
     batch_size = optimisation.settings.batch_size
     for indices in length_grouped_batches(lengths, batch_size, rng):
-        batch = move_batch(collate(split, indices), optimisation.runtime.device)
+        batch = move_batch(collate(split, indices, pad_id), optimisation.runtime.device)
         terms = optimisation.apply(model, loss_fn, batch)
         values = {"train_loss": terms.total.item(), **terms.parts()}
         running.add(values)
@@ -317,7 +319,7 @@ def predict_logits(
     was_training = model.training
     model.eval()
     out: np.ndarray | None = None
-    batches = iterate_sorted(split, batch_size)
+    batches = iterate_sorted(split, batch_size, pad_token_id(getattr(model, "config", None)))
     for batch in tqdm(batches, desc=description, disable=None, leave=False):
         batch = move_batch(batch, runtime.device)
         with runtime.autocast():

@@ -39,7 +39,7 @@ def measure_models(
     teacher, evaluation = artifacts.teacher, artifacts.evaluation
     export, quantized = artifacts.export, artifacts.quantize
     # Each model is timed on the ids its own tokenizer writes (the vocabulary may be trimmed).
-    own_split = model_split(export, artifacts.data, "test")
+    own_split = model_split(export, artifacts.student_data, "test")
     onnx = {
         "fp32": (export.file(export.manifest.file), own_split),
         "int8": (quantized.file(quantized.manifest.file), own_split),

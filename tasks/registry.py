@@ -519,7 +519,7 @@ def rollback(client: MlflowClient, name: str, by: str | None = None) -> Outcome:
 
 
 def lineage(client: MlflowClient, uri: str) -> dict[str, Any]:
-    """Where a registered version came from: run, config, data, teacher, code and edge bundle."""
+    """Where a registered version came from: run, config, data, both models, code, bundle."""
     name, version = resolve_model_uri(client, uri)
     model_version = client.get_model_version(name, version)
     run = client.get_run(model_version.run_id)
@@ -541,6 +541,11 @@ def lineage(client: MlflowClient, uri: str) -> dict[str, Any]:
         "config": config,
         "data_fingerprint": tags.get("data_fingerprint"),
         "teacher_sha256": tags.get("teacher_sha256"),
+        # Both models (versions registered before these tags existed show None).
+        "teacher": {key: tags.get(f"teacher_{key}") for key in ("source", "family")},
+        "student": {
+            key: tags.get(f"student_{key}") for key in ("source", "family", "init", "sha256")
+        },
         "git_commit": run.data.tags.get("git_commit"),
         "bundle_uri": f"{run.info.artifact_uri.rstrip('/')}/{BUNDLE_ARTIFACT}",
         "bundle_logged": bool(bundle),

@@ -56,6 +56,10 @@ RECORDINGS: dict[str, Recording] = {
         curves=True,
     ),
     "augment": Recording(metrics=("rows",)),
+    # A student with its own tokenizer: the same rows in its ids (absent when it shares the
+    # teacher's tokenizer).
+    "student_data": Recording(files=("labels.json",)),
+    "student_augment": Recording(metrics=("rows",)),
     "logit_cache": Recording(params=runtime_params("logit_cache")),
     "student": Recording(
         metrics=("best_val_accuracy", "best_epoch", "params"),
@@ -176,6 +180,7 @@ def prefect_fan_out(name: str, works: Sequence[Callable[[], Any]]) -> list[Any]:
 def register_model(
     registered_model: str, artifacts: RunArtifacts, tracker: MlflowTracker
 ) -> Registration:
+    from distill.model_card import model_identities
     from tasks.registry import register_model as register
 
     quantized, teacher, data = artifacts.quantize, artifacts.teacher, artifacts.data
@@ -188,6 +193,8 @@ def register_model(
             "run_id": tracker.run_id,
             "data_fingerprint": data.manifest.fingerprint,
             "teacher_sha256": teacher.manifest.weights_sha256,
+            "student_sha256": artifacts.student.manifest.weights_sha256,
+            **model_identities(artifacts),
             "quantization": quantized.manifest.method,
             "int8_test_accuracy": quantized.manifest.test_accuracy,
         },

@@ -211,3 +211,32 @@ def test_bad_data_and_layer_map_settings_name_the_key(override, expected):
     key = override.partition("=")[0]
     with pytest.raises(ConfigError, match=rf"config key '{key}[.0-9]*': .*{expected}"):
         build_config({}, ["student.hidden.weight=1", override])
+
+
+def test_the_mpnet_profile_is_the_default_with_a_strong_teacher_and_a_minilm_student():
+    from distill.config import PretrainedInit
+
+    default = load_config(REPO / "configs" / "movie_reviews.yaml")
+    mpnet = load_config(REPO / "configs" / "movie_reviews_mpnet.yaml")
+    assert mpnet.data == default.data and mpnet.store_dir == default.store_dir
+    assert mpnet.workdir != default.workdir
+    assert mpnet.tracking.registered_model == "distillery-movie-reviews-mpnet"
+    assert mpnet.teacher.model == "mpnet"
+    training = mpnet.teacher.training
+    assert (training.epochs, training.batch_size, training.learning_rate) == (1, 32, 3e-5)
+    assert training.warmup_ratio == 0.1
+    assert mpnet.student.init == PretrainedInit(model="minilm", layers=[0, 2, 5])
+    assert mpnet.augmentation.multiplier == 1.0
+
+
+def test_transfer_text_section_is_optional_and_checked():
+    assert build_config({}).data.unlabeled is None
+    config = build_config({}, ["data.unlabeled.source=extra.csv", "data.unlabeled.max_examples=5"])
+    assert config.data.unlabeled.source == "extra.csv"
+    assert config.data.unlabeled.text_column == "text"
+    with pytest.raises(ConfigError, match="data.unlabeled.source"):
+        build_config({}, ["data.unlabeled.source= "])
+    with pytest.raises(ConfigError, match="data.unlabeled.max_examples"):
+        build_config({}, ["data.unlabeled.source=x.csv", "data.unlabeled.max_examples=0"])
+    with pytest.raises(ConfigError, match="unknown config key 'data.unlabeled.label_column'"):
+        build_config({}, ["data.unlabeled.source=x.csv", "data.unlabeled.label_column=y"])

@@ -159,6 +159,8 @@ def test_every_version_gets_a_model_card(tiny_run):
         "| split | negative | positive |",  # label balance
         "Data quality: texts in two splits",  # duplicates across splits, what was dropped
         "teacher (minilm)",  # models
+        "| teacher | `minilm` (bert) |",  # both models: source and family
+        "| student | `teacher` (bert, init teacher_layers) |",
         "student ONNX INT8",
         "| latency_ms |",  # gates
         "accuracy_vs_latency.png",  # plots
@@ -187,6 +189,9 @@ def test_lineage_of_the_champion(tiny_run):
     assert info["config"]["promotion"]["min_retention"] == 0
     assert info["data_fingerprint"] == summary["data_fingerprint"]
     assert info["teacher_sha256"] == summary["teacher_sha256"]
+    assert info["teacher"] == {"source": "minilm", "family": "bert"}
+    assert info["student"]["source"] == "teacher" and info["student"]["init"] == "teacher_layers"
+    assert info["student"]["family"] == "bert" and len(info["student"]["sha256"]) == 64
     assert info["git_commit"] == (commit or "unknown")
     assert info["bundle_uri"].endswith(f"{summary['mlflow_run_id']}/artifacts/bundle")
 

@@ -1,0 +1,267 @@
+"""Teacher benchmark: what a stronger teacher and extra teacher-labelled text add over labels.
+
+    .venv/bin/python -m bench.teachers [--seeds 1 2 3] [--arms labels kd_minilm kd_mpnet ...]
+    .venv/bin/python -m bench.teachers --dry-run        # the plan: every run's config, no training
+
+One student shape for every arm (3 layers carved from the pretrained MiniLM, its own tokenizer),
+on the default data and split:
+
+    labels            labels only (alpha = 1; the MiniLM teacher is scored alongside)
+    kd_minilm         KD from the fine-tuned MiniLM teacher (the default run's teacher)
+    kd_mpnet          KD from the fine-tuned MPNet teacher (configs/movie_reviews_mpnet.yaml)
+    kd_mpnet_augment  kd_mpnet plus one augmented copy of the train split labelled by MPNet
+    kd_mpnet_transfer kd_mpnet plus transfer text (only with --unlabeled FILE)
+
+Every run goes through the library's own wiring (distill.chain / deploy.chain: data, teacher,
+cache, student, evaluation, export, INT8), so teachers and caches are content-addressed stages of
+the store and shared by every seed and arm that needs them. Writes bench/results/teachers.json
+(one row per student, written after each) and a table into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.report import REPO, RESULTS, header, markdown_table, write_section
+from deploy.chain import run_after_cache
+from distill.chain import run_until_cache
+from distill.config import PipelineConfig, load_config
+
+STUDENT_INIT = "{kind: pretrained, model: minilm, layers: [0, 2, 5]}"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row group of the table: which teacher config, and what changes on top of it."""
+
+    name: str
+    teacher: str  # "minilm" or "mpnet": which --*-config the arm builds on
+    transfer: str  # "none", "augmentation x1", "unlabeled"
+    overrides: tuple[str, ...]
+    kd: bool = True
+
+
+ARMS = {
+    "labels": Arm(
+        "labels", "minilm", "none", ("student.alpha=1.0", "augmentation.multiplier=0"), kd=False
+    ),
+    "kd_minilm": Arm("kd_minilm", "minilm", "none", ("augmentation.multiplier=0",)),
+    "kd_mpnet": Arm("kd_mpnet", "mpnet", "none", ("augmentation.multiplier=0",)),
+    "kd_mpnet_augment": Arm(
+        "kd_mpnet_augment", "mpnet", "augmentation x1", ("augmentation.multiplier=1.0",)
+    ),
+    "kd_mpnet_transfer": Arm("kd_mpnet_transfer", "mpnet", "unlabeled", ()),
+}
+DEFAULT_ARMS = ["labels", "kd_minilm", "kd_mpnet", "kd_mpnet_augment"]
+
+
+def timing_runner(seconds: dict[str, float]):
+    """A `distill.chain` runner that runs each stage here and notes its wall seconds."""
+
+    def run(stage, build):
+        started = time.perf_counter()
+        artifact = build(None)
+        seconds[stage] = time.perf_counter() - started
+        return artifact
+
+    return run
+
+
+def arm_overrides(arm: Arm, seed: int, args) -> list[str]:
+    """Every override of one run: the shared student shape, the arm's changes, the seed."""
+    overrides = [
+        *args.overrides,  # first: what defines an arm wins over them
+        f"student.init={args.student_init}",
+        "student.hidden.weight=0",  # Patient-KD needs equal widths: MPNet is 768 wide
+        *arm.overrides,
+        f"student.training.seed={seed}",
+    ]
+    if arm.transfer == "unlabeled":
+        overrides.append(f"data.unlabeled.source={args.unlabeled}")
+    if args.store:
+        overrides.append(f"store={args.store}")
+    return overrides
+
+
+def plan(args) -> list[tuple[Arm, int, PipelineConfig]]:
+    """Every run of the benchmark with its resolved config (loading checks every override)."""
+    configs = {"minilm": args.minilm_config, "mpnet": args.mpnet_config}
+    runs = []
+    for seed in args.seeds:  # seeds outermost: a grid stopped early has every arm at some seeds
+        for name in args.arms:
+            arm = ARMS[name]
+            if arm.transfer == "unlabeled" and not args.unlabeled:
+                raise SystemExit("arm kd_mpnet_transfer needs --unlabeled FILE")
+            config = load_config(configs[arm.teacher], arm_overrides(arm, seed, args))
+            runs.append((arm, seed, config))
+    return runs
+
+
+def measure(arm: Arm, seed: int, config: PipelineConfig) -> tuple[dict, dict]:
+    """Run (or reuse) every stage of one cell; its table row and its teacher's numbers."""
+    seconds: dict[str, float] = {}
+    runner = timing_runner(seconds)
+    store = config.store_dir
+    upstream = run_until_cache(config, store, runner)
+    run = run_after_cache(config, store, upstream, runner)
+    student, report = run.student, run.evaluation.manifest
+    teacher = upstream.teacher.manifest
+    row = {
+        "arm": arm.name,
+        "teacher": "none" if not arm.kd else teacher.source,
+        "student_init": config.student.init.model_dump(mode="json"),
+        "transfer": arm.transfer,
+        "seed": seed,
+        "test_accuracy": report.student_accuracy,
+        "macro_f1": report.student_macro_f1,
+        "teacher_accuracy": report.teacher_accuracy,
+        "retention": report.retention,
+        "int8_accuracy": run.quantize.manifest.test_accuracy,
+        "params": report.student_params,
+        # A student reused from an earlier run reports its training time then.
+        "seconds": student.manifest.train_seconds,
+        "training_rows": student.manifest.training_rows,
+        "student_reused": student.reused,
+    }
+    scored_teacher = {
+        "teacher": teacher.source,
+        "test_accuracy": report.teacher_accuracy,
+        "test_macro_f1": report.teacher_macro_f1,
+        "params": report.teacher_params,
+        "fine_tune_seconds": teacher.train_seconds,
+        "key": upstream.teacher.key,
+    }
+    return row, scored_teacher
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minilm-config", default=str(REPO / "configs" / "movie_reviews.yaml"))
+    parser.add_argument(
+        "--mpnet-config", default=str(REPO / "configs" / "movie_reviews_mpnet.yaml")
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=DEFAULT_ARMS)
+    parser.add_argument("--student-init", default=STUDENT_INIT, help="student.init of every run")
+    parser.add_argument("--unlabeled", help="transfer-text file for the kd_mpnet_transfer arm")
+    parser.add_argument("--output", default=str(RESULTS / "teachers.json"))
+    parser.add_argument(
+        "--section", default="teachers", help="section name in benchmarks.md ('' to skip)"
+    )
+    parser.add_argument("--store", help="the stage store to use (default: the configs' store)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print every run's settings and stop"
+    )
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    args = parser.parse_args(argv)
+
+    runs = plan(args)
+    if args.dry_run:
+        for arm, seed, config in runs:
+            print(
+                json.dumps(
+                    {
+                        "arm": arm.name,
+                        "seed": seed,
+                        "teacher": config.teacher.model,
+                        "student_init": config.student.init.model_dump(mode="json"),
+                        "alpha": config.student.alpha,
+                        "augmentation": config.augmentation.multiplier,
+                        "unlabeled": config.data.unlabeled and config.data.unlabeled.source,
+                        "store": str(config.store_dir),
+                    }
+                ),
+                flush=True,
+            )
+        return
+    rows: list[dict] = []
+    teachers: dict[str, dict] = {}
+    for arm, seed, config in runs:
+        row, teacher = measure(arm, seed, config)
+        rows.append(row)
+        teachers[teacher["key"]] = teacher
+        print(json.dumps(row), flush=True)
+        save(rows, list(teachers.values()), args)
+
+
+def save(rows: list[dict], teachers: list[dict], args) -> None:
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"rows": rows, "teachers": teachers}, indent=2))
+    if args.section:
+        write_section(args.section, render(rows, teachers, args))
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def render(rows: list[dict], teachers: list[dict], args) -> str:
+    table = []
+    for name in args.arms:
+        group = [row for row in rows if row["arm"] == name]
+        if not group:
+            continue
+        table.append(
+            [
+                name,
+                group[0]["teacher"],
+                group[0]["transfer"],
+                str(len(group)),
+                mean_std([r["test_accuracy"] for r in group]),
+                mean_std([r["macro_f1"] for r in group]),
+                mean_std([r["teacher_accuracy"] for r in group]),
+                mean_std([r["retention"] for r in group]),
+                mean_std([r["int8_accuracy"] for r in group]),
+                f"{group[0]['params'] / 1e6:.1f}M",
+                f"{statistics.mean(r['seconds'] for r in group):.0f}",
+            ]
+        )
+    teacher_rows = [
+        [
+            t["teacher"],
+            f"{t['test_accuracy']:.4f}",
+            f"{t['test_macro_f1']:.4f}",
+            f"{t['params'] / 1e6:.1f}M",
+            "-" if t["fine_tune_seconds"] is None else f"{t['fine_tune_seconds']:.0f}",
+        ]
+        for t in teachers
+    ]
+    return "\n\n".join(
+        [
+            f"## Teachers and transfer text ({args.section})",
+            header("teachers"),
+            f"Student for every arm: `{args.student_init}`. Mean ± standard deviation over the "
+            "seeds in the `seeds` column; `student s` is the student's training time.",
+            markdown_table(
+                [
+                    "arm",
+                    "teacher",
+                    "transfer",
+                    "seeds",
+                    "test accuracy",
+                    "macro-F1",
+                    "teacher accuracy",
+                    "retention",
+                    "INT8 accuracy",
+                    "params",
+                    "student s",
+                ],
+                table,
+            ),
+            markdown_table(
+                ["teacher", "test accuracy", "macro-F1", "params", "fine-tune s"], teacher_rows
+            ),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""bench/teachers.py: the plan it runs, and one tiny run through the library's own wiring."""
+
+from __future__ import annotations
+
+import json
+
+from bench import teachers
+from tests.conftest import REPO, TINY_CONFIG
+
+
+def test_dry_run_plans_the_issue_grid_on_the_shipped_profiles(capsys):
+    teachers.main(["--dry-run"])
+    runs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(runs) == 12  # four arms, seeds 1 2 3
+    assert [r["seed"] for r in runs[:4]] == [1, 1, 1, 1]
+    by_arm = {r["arm"]: r for r in runs if r["seed"] == 2}
+    assert set(by_arm) == {"labels", "kd_minilm", "kd_mpnet", "kd_mpnet_augment"}
+    student = {"kind": "pretrained", "model": "minilm", "layers": [0, 2, 5]}
+    for run in runs:
+        assert run["student_init"]["kind"] == "pretrained"
+        assert {k: run["student_init"][k] for k in student} == student
+        assert run["store"].endswith("runs/store")  # shares the default run's teacher
+    assert by_arm["labels"]["alpha"] == 1.0 and by_arm["kd_minilm"]["alpha"] == 0.5
+    assert by_arm["labels"]["teacher"] == by_arm["kd_minilm"]["teacher"] == "minilm"
+    assert by_arm["kd_mpnet"]["teacher"] == "mpnet" and by_arm["kd_mpnet"]["augmentation"] == 0
+    assert by_arm["kd_mpnet_augment"]["augmentation"] == 1.0
+
+
+def test_transfer_arm_needs_and_uses_a_file(capsys, tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match="--unlabeled"):
+        teachers.main(["--dry-run", "--arms", "kd_mpnet_transfer"])
+    teachers.main(
+        ["--dry-run", "--arms", "kd_mpnet_transfer", "--unlabeled", "x.csv", "--seeds", "1"]
+    )
+    (run,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert run["unlabeled"] == "x.csv" and run["teacher"] == "mpnet"
+
+
+def test_tiny_run_writes_rows_and_teachers(tiny_config, tmp_path):
+    strong = tmp_path / "strong.yaml"
+    strong.write_text(
+        f"extends: {TINY_CONFIG}\n"
+        "teacher:\n  random_init: {num_layers: 2, hidden_size: 48, num_heads: 2, "
+        "intermediate_size: 64}\n"
+    )
+    output = tmp_path / "teachers.json"
+    teachers.main(
+        [
+            "--minilm-config", str(TINY_CONFIG),
+            "--mpnet-config", str(strong),
+            "--arms", "labels", "kd_mpnet_augment",
+            "--seeds", "1",
+            "--student-init", "{kind: teacher_layers, layers: [0]}",
+            "--output", str(output),
+            "--section", "",
+            f"workdir={tiny_config.workdir}",
+            "augmentation.multiplier=0.25",  # the arms' own settings win over this
+        ]
+    )  # fmt: skip
+    result = json.loads(output.read_text())
+    rows = {row["arm"]: row for row in result["rows"]}
+    assert set(rows) == {"labels", "kd_mpnet_augment"}
+    for row in rows.values():
+        assert set(row) >= {
+            "teacher", "student_init", "transfer", "seed", "test_accuracy", "macro_f1",
+            "teacher_accuracy", "retention", "int8_accuracy", "params", "seconds",
+        }  # fmt: skip
+        assert 0 <= row["test_accuracy"] <= 1 and row["params"] > 0
+    assert rows["labels"]["teacher"] == "none"
+    # The labels arm trains on the train split only; the augment arm adds teacher-labelled rows.
+    assert rows["labels"]["training_rows"]["augmented"] == 0
+    assert rows["kd_mpnet_augment"]["training_rows"]["augmented"] == 280
+    assert len(result["teachers"]) == 2  # two different teachers, each scored once
+    assert str(REPO) in teachers.__file__
