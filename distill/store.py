@@ -213,8 +213,6 @@ def sweep_stale_builds(store: Path) -> list[Path]:
                 removed.append(tmp)
         finally:
             lock.release()
-    for tmp in removed:
-        log.warning("removed %s: a build folder left by an interrupted run", tmp)
     return removed
 
 

@@ -39,18 +39,40 @@ def run(
     overrides: Annotated[
         list[str] | None, typer.Argument(help="Dotted key=value overrides, e.g. workdir=/tmp/x")
     ] = None,
+    lock_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait when another run holds the workdir (0: refuse at once; "
+            "-1: wait until it finishes)."
+        ),
+    ] = -1,
 ) -> None:
-    """Run the whole pipeline; finished stages are reused."""
+    """Run the whole pipeline; finished stages are reused. One run per workdir at a time."""
     overrides = overrides or []
     try:
         settings = load_config(config, overrides)
     except USER_ERRORS as err:
         fail(err)
     from flows.runtime_env import configure_environment, quiet_weight_loading
+    from flows.workdir import WorkdirBusy, recover_workdir, workdir_lock
 
     # Before anything imports transformers, datasets or prefect: they read it at import.
     configure_environment(settings.workdir)
     quiet_weight_loading()
+    workdir = Path(settings.workdir).resolve()
+    say = lambda line: typer.echo(line, err=True)  # noqa: E731
+    try:
+        # Before the embedded Prefect server starts: its database lives in the workdir.
+        with workdir_lock(workdir, timeout=lock_timeout, say=say):
+            recover_workdir(workdir, settings.store_dir.resolve(), say)
+            summary = _checked_run(config, overrides, settings)
+    except WorkdirBusy as err:
+        fail(err)
+    print_summary(summary, workdir)
+
+
+def _checked_run(config: Path, overrides: list[str], settings) -> dict[str, Any]:
+    """Pre-flight checks, then the flow; a user's mistake ends as one line, no traceback."""
     try:
         from distill.preflight import check_inputs
 
@@ -61,10 +83,9 @@ def run(
     from flows.pipeline import distill_pipeline
 
     try:
-        summary = distill_pipeline(str(config), overrides)
+        return distill_pipeline(str(config), overrides)
     except pipeline_errors() as err:
         fail(err)
-    print_summary(summary, Path(settings.workdir).resolve())
 
 
 def print_summary(summary: dict[str, Any], workdir: Path) -> None:
