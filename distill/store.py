@@ -188,7 +188,7 @@ def verified_manifest(
     return None
 
 
-def _key_lock(stage_dir: Path, key: str) -> FileLock:
+def key_lock(stage_dir: Path, key: str) -> FileLock:
     return FileLock(stage_dir / f".{key}.lock")
 
 
@@ -202,7 +202,7 @@ def sweep_stale_builds(store: Path) -> list[Path]:
         if not tmp.is_dir():
             continue
         key = tmp.name[len(TMP_PREFIX) :].rsplit("-", 1)[0]
-        lock = _key_lock(tmp.parent, key)
+        lock = key_lock(tmp.parent, key)
         try:
             lock.acquire(timeout=0)
         except Timeout:
@@ -232,7 +232,7 @@ def run_stage(
     """
     final = Path(store) / stage / key
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _key_lock(final.parent, key):
+    with key_lock(final.parent, key):
         existing = verified_manifest(final, stage, key, manifest_type, accept)
         if existing is not None:
             return Artifact(stage, key, final, existing, reused=True)

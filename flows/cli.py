@@ -124,6 +124,47 @@ def print_summary(summary: dict[str, Any], workdir: Path) -> None:
     console.print(f"summary: {workdir / 'summary.json'}")
 
 
+@app.command()
+def gc(
+    workdir: Annotated[
+        list[Path],
+        typer.Option(help="A workdir whose registry and runs say what to keep (repeatable)."),
+    ],
+    store: Annotated[
+        Path | None, typer.Option(help="The stage store (default: the single workdir).")
+    ] = None,
+    keep_runs: Annotated[int, typer.Option(help="Keep what the newest N runs used.")] = 5,
+    keep_days: Annotated[float, typer.Option(help="Keep what runs younger than this used.")] = 7,
+    dry_run: Annotated[bool, typer.Option(help="List what would go; remove nothing.")] = False,
+) -> None:
+    """Remove stage folders no registered version and no recent run uses, and stale debris."""
+    from contextlib import ExitStack
+
+    from flows.gc import collect
+    from flows.workdir import WorkdirBusy, workdir_lock
+
+    if store is None and len(workdir) != 1:
+        fail("--store is needed when several workdirs are named")
+    for folder in workdir:
+        if not folder.is_dir():
+            fail(f"workdir {folder} does not exist")
+    root = (store or workdir[0]).resolve()
+    if not root.is_dir():
+        fail(f"store {root} does not exist")
+    try:
+        with ExitStack() as locks:
+            for folder in workdir:  # no run may start or finish while its stages are judged
+                locks.enter_context(workdir_lock(folder, timeout=0))
+            removals = collect(workdir, root, keep_runs, keep_days, dry_run)
+    except WorkdirBusy as err:
+        fail(err)
+    verb = "would remove" if dry_run else "removed"
+    for removal in removals:
+        typer.echo(f"{verb} {removal.path} ({removal.bytes:,} bytes: {removal.reason})")
+    total = sum(removal.bytes for removal in removals)
+    typer.echo(f"{verb} {len(removals)} folders, {total:,} bytes ({total / 1e6:.1f} MB) freed")
+
+
 @app.command("show-config")
 def show_config(
     config: Annotated[Path, typer.Argument(help="Pipeline config (YAML).")],
