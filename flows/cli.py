@@ -54,7 +54,7 @@ def run(
     except USER_ERRORS as err:
         fail(err)
     from flows.runtime_env import configure_environment, quiet_weight_loading
-    from flows.workdir import WorkdirBusy, recover_workdir, workdir_lock
+    from flows.workdir import WorkdirError, recover_workdir, workdir_lock
 
     # Before anything imports transformers, datasets or prefect: they read it at import.
     configure_environment(settings.workdir)
@@ -66,7 +66,7 @@ def run(
         with workdir_lock(workdir, timeout=lock_timeout, say=say):
             recover_workdir(workdir, settings.store_dir.resolve(), say)
             summary = _checked_run(config, overrides, settings)
-    except WorkdirBusy as err:
+    except WorkdirError as err:
         fail(err)
     print_summary(summary, workdir)
 
@@ -141,7 +141,7 @@ def gc(
     from contextlib import ExitStack
 
     from flows.gc import collect
-    from flows.workdir import WorkdirBusy, workdir_lock
+    from flows.workdir import WorkdirError, workdir_lock
 
     if store is None and len(workdir) != 1:
         fail("--store is needed when several workdirs are named")
@@ -156,7 +156,7 @@ def gc(
             for folder in workdir:  # no run may start or finish while its stages are judged
                 locks.enter_context(workdir_lock(folder, timeout=0))
             removals = collect(workdir, root, keep_runs, keep_days, dry_run)
-    except WorkdirBusy as err:
+    except WorkdirError as err:
         fail(err)
     verb = "would remove" if dry_run else "removed"
     for removal in removals:

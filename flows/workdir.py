@@ -39,7 +39,11 @@ _held: dict[Path, int] = {}  # workdir -> nesting depth, for re-entrant use in o
 _held_guard = threading.Lock()
 
 
-class WorkdirBusy(RuntimeError):
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used (it cannot be created or written); the message names it."""
+
+
+class WorkdirBusy(WorkdirError):
     """Another run holds the workdir's lock and the wait timed out."""
 
 
@@ -80,11 +84,16 @@ def workdir_lock(
                 _held[workdir] -= 1
         return
 
-    workdir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(workdir / LOCK_FILE)
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     try:
+        workdir.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
+    except OSError as err:  # read-only, not a folder, no permission: name the workdir
+        raise WorkdirError(
+            f"workdir {workdir} cannot be used: {err.strerror or err} (it must be a writable "
+            "folder)"
+        ) from None
     except Timeout:
         who = describe_holder(holder(workdir))
         if timeout == 0:

@@ -190,3 +190,13 @@ def test_workdir_debris_is_removed_but_the_bundle_is_kept(tmp_path):
         p.name for p in Path(tmp_path).iterdir() if not p.name.startswith(".distillery")
     ) == ["bundle"]
     assert len(said) == 4
+
+
+def test_a_workdir_that_cannot_be_created_is_named(tmp_path):
+    from flows.workdir import WorkdirError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    wanted = f"workdir {blocker / 'w'} cannot be used"
+    with pytest.raises(WorkdirError, match=wanted), workdir_lock(blocker / "w"):
+        pass
