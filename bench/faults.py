@@ -148,7 +148,8 @@ def clean_error(result: subprocess.CompletedProcess, *words: str) -> tuple[bool,
         and bool(line)
         and all(word.lower() in line.lower() for word in words)
     )
-    return ok, (line or text.strip().splitlines()[-1:] or ["(no output)"])[0][:300]
+    last = text.strip().splitlines()[-1] if text.strip() else "(no output)"
+    return ok, (line or f"exit {result.returncode}: {last}")[:300]
 
 
 def client(workdir: Path):
@@ -577,17 +578,20 @@ def mlflow_db_deleted(s: Suite) -> Verdict:
 
 
 def label_names_changed(s: Suite) -> Verdict:
+    """The same file, its labels renamed in place (0/1 -> neg/pos)."""
     workdir, _ = s.fresh("label_names_changed")
-    numeric = write_csv(workdir / "numeric.csv", review_rows(120, ("0", "1")))
-    named = write_csv(workdir / "named.csv", review_rows(120, ("neg", "pos")))
-    first = _data_stage(workdir / "store", numeric)
-    second = _data_stage(workdir / "store", named)
+    path = workdir / "labels.csv"
+    write_csv(path, review_rows(120, ("0", "1")))
+    first = _data_stage(workdir / "store", path)
+    write_csv(path, review_rows(120, ("neg", "pos")))
+    second = _data_stage(workdir / "store", path)
     return Verdict(
         first.manifest.fingerprint != second.manifest.fingerprint,
         second.manifest.label_names == ["neg", "pos"] and first.key != second.key,
         False,
         f"labels {first.manifest.label_names} -> {second.manifest.label_names}: fingerprints "
-        f"{first.manifest.fingerprint} / {second.manifest.fingerprint}",
+        f"{first.manifest.fingerprint} / {second.manifest.fingerprint}, data keys "
+        f"{'differ' if first.key != second.key else 'equal (stale stages reused)'}",
     )
 
 
@@ -1117,11 +1121,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/distillery-faults"))
     parser.add_argument("--only", nargs="*", help="run only these faults (after the base run)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep a finished base run in --scratch (development)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.monotonic()
     suite = Suite(args.scratch.resolve())
-    suite.prepare()
+    if args.reuse and (suite.base / "summary.json").is_file():
+        suite.base_summary = json.loads((suite.base / "summary.json").read_text())
+    else:
+        suite.prepare()
     print(f"base run ready in {time.monotonic() - started:.0f} s", flush=True)
     rows = []
     for name, item, check in FAULTS:

@@ -89,26 +89,13 @@ def workdir_lock(
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
+    except Timeout:  # before OSError: filelock's Timeout is a TimeoutError, an OSError
+        _wait(lock, workdir, timeout, say)
     except OSError as err:  # read-only, not a folder, no permission: name the workdir
         raise WorkdirError(
             f"workdir {workdir} cannot be used: {err.strerror or err} (it must be a writable "
             "folder)"
         ) from None
-    except Timeout:
-        who = describe_holder(holder(workdir))
-        if timeout == 0:
-            raise WorkdirBusy(
-                f"workdir {workdir} is in use by {who}; wait for it to finish or use another "
-                "workdir"
-            ) from None
-        say(f"workdir {workdir} is in use by {who}; waiting for it to finish")
-        try:
-            lock.acquire(timeout=timeout)
-        except Timeout:
-            raise WorkdirBusy(
-                f"workdir {workdir} is still in use by {who} after {timeout:g} s; "
-                "wait for it to finish or use another workdir"
-            ) from None
     try:
         info = {
             "pid": os.getpid(),
@@ -125,6 +112,23 @@ def workdir_lock(
             _held.pop(workdir, None)
         (workdir / HOLDER_FILE).unlink(missing_ok=True)
         lock.release()
+
+
+def _wait(lock: FileLock, workdir: Path, timeout: float, say: Callable[[str], None]) -> None:
+    """Another run holds the workdir: refuse (timeout 0) or wait, saying who holds it."""
+    who = describe_holder(holder(workdir))
+    if timeout == 0:
+        raise WorkdirBusy(
+            f"workdir {workdir} is in use by {who}; wait for it to finish or use another workdir"
+        )
+    say(f"workdir {workdir} is in use by {who}; waiting for it to finish")
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise WorkdirBusy(
+            f"workdir {workdir} is still in use by {who} after {timeout:g} s; "
+            "wait for it to finish or use another workdir"
+        ) from None
 
 
 def remove_workdir_debris(workdir: Path) -> list[Path]:
