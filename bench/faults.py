@@ -95,15 +95,17 @@ class Suite:
                 err.cmd, 124, out or "", f"timed out after {timeout}s"
             )
 
-    def popen(self, *args: str, own_prefect: bool = False) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", *args],
-            cwd=REPO,
-            env=self.env(own_prefect),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+    def popen(self, log: Path, *args: str, own_prefect: bool = False) -> subprocess.Popen:
+        """A CLI process writing to `log` (not a pipe: a server orphaned by SIGKILL would hold
+        a pipe open, and a full pipe would stall the run)."""
+        with open(log, "w") as handle:
+            return subprocess.Popen(
+                [sys.executable, "-m", "flows.cli", *args],
+                cwd=REPO,
+                env=self.env(own_prefect),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
 
     def run(self, workdir: Path, *overrides: str, store: Path | None = None, **env):
         store = store or self.store
@@ -447,9 +449,10 @@ def concurrent_runs_same_workdir(s: Suite) -> Verdict:
     workdir, _ = s.fresh("concurrent_runs_same_workdir")
     store = workdir / "store"  # a fresh store: the teacher must be trained once, not twice
     args = ("run", str(TINY), f"workdir={workdir}", f"store={store}")
-    first, second = s.popen(*args, own_prefect=True), s.popen(*args, own_prefect=True)
-    outs = [p.communicate(timeout=2 * RUN_TIMEOUT)[0] for p in (first, second)]
-    codes = [first.returncode, second.returncode]
+    logs = [workdir.parent / f"{workdir.name}-{i}.log" for i in (1, 2)]
+    first, second = (s.popen(log, *args, own_prefect=True) for log in logs)
+    codes = [p.wait(timeout=2 * RUN_TIMEOUT) for p in (first, second)]
+    outs = [log.read_text() for log in logs]
     text = "\n".join(outs)
     teachers = [
         p for p in (store / "teacher").iterdir() if p.is_dir() and not p.name.startswith(".")
@@ -473,12 +476,14 @@ def _kill_when(s: Suite, name: str, ready: Callable[[Path, Path], bool], sig: in
     if copy:  # the student (and what follows) must be built, so there is a stage to kill
         for stage in ("student", "evaluation", "export", "quantize"):
             shutil.rmtree(store / stage, ignore_errors=True)
-    process = s.popen("run", str(TINY), f"workdir={workdir}", f"store={store}", own_prefect=True)
+    log = workdir.parent / f"{name}.log"
+    args = ("run", str(TINY), f"workdir={workdir}", f"store={store}")
+    process = s.popen(log, *args, own_prefect=True)
     reached = wait_for(lambda: ready(workdir, store) or process.poll() is not None, RUN_TIMEOUT)
     alive = process.poll() is None
     os.kill(process.pid, sig)
-    tail = process.communicate(timeout=120)[0]
-    return workdir, store, reached and alive, tail
+    process.wait(timeout=120)
+    return workdir, store, reached and alive, log.read_text()
 
 
 def kill9_mid_stage(s: Suite) -> Verdict:
