@@ -478,7 +478,7 @@ def _kill_when(s: Suite, name: str, ready: Callable[[Path, Path], bool], sig: in
             shutil.rmtree(store / stage, ignore_errors=True)
     log = workdir.parent / f"{name}.log"
     args = ("run", str(TINY), f"workdir={workdir}", f"store={store}")
-    process = s.popen(log, *args, own_prefect=True)
+    process = s.popen(log, *args)
     reached = wait_for(lambda: ready(workdir, store) or process.poll() is not None, RUN_TIMEOUT)
     alive = process.poll() is None
     os.kill(process.pid, sig)
@@ -495,14 +495,14 @@ def kill9_mid_stage(s: Suite) -> Verdict:
         return Verdict(False, False, False, "the run ended before the student stage was reached")
     time.sleep(1)
     left_tmp = list((store / "student").glob(".tmp-*"))
-    servers = orphans(workdir / ".prefect")
+    servers = orphans(s.prefect_home)
     stuck = [rid for rid, status in run_statuses(workdir).items() if status == "RUNNING"]
-    result = s.run(workdir, store=store, own_prefect=True)
+    result = s.run(workdir, store=store)
     text = output(result)
     statuses = run_statuses(workdir)
     after = dict(
         tmp_gone=not list((store / "student").glob(".tmp-*")),
-        server_gone=not orphans(workdir / ".prefect"),
+        server_gone=not orphans(s.prefect_home),
         run_killed=all(statuses.get(rid) == "KILLED" for rid in stuck),
         rerun_ok=result.returncode == 0,
     )
@@ -528,7 +528,7 @@ def kill9_after_registration(s: Suite) -> Verdict:
     time.sleep(1)
     ungated_current = (workdir / "bundle").exists() or (workdir / "summary.json").exists()
     killed_versions = versions(workdir)
-    result = s.run(workdir, own_prefect=True)
+    result = s.run(workdir)
     text = output(result)
     statuses = run_statuses(workdir)
     ok = result.returncode == 0
@@ -561,7 +561,7 @@ def sigint_mid_run(s: Suite) -> Verdict:
     statuses = run_statuses(workdir)
     return Verdict(
         bool(statuses) and all(status in ("KILLED", "FAILED") for status in statuses.values()),
-        not list((store / "student").glob(".tmp-*")) and not orphans(workdir / ".prefect"),
+        not list((store / "student").glob(".tmp-*")) and not orphans(s.prefect_home),
         False,
         f"MLflow runs after Ctrl-C: {sorted(statuses.values())}",
     )
