@@ -59,6 +59,7 @@ def keys_of_run_tags(tags: dict[str, str]) -> set[tuple[str, str]]:
 def kept_keys(tracking_uri: str, keep_runs: int, keep_days: float) -> set[tuple[str, str]]:
     """(stage, key) pairs that registered versions and recent runs of one MLflow store use."""
     from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
 
     from tasks.tracking import mlflow_client
 
@@ -88,7 +89,7 @@ def kept_keys(tracking_uri: str, keep_runs: int, keep_days: float) -> set[tuple[
     for run_id in run_ids:
         try:
             keep |= keys_of_run_tags(client.get_run(run_id).data.tags)
-        except Exception:  # a version whose run was deleted: nothing to keep for it
+        except MlflowException:  # a version whose run was deleted: nothing to keep for it
             continue
     return keep
 
