@@ -182,11 +182,9 @@ def run_statuses(workdir: Path) -> dict[str, str]:
     return {r.info.run_id: r.info.status for r in mlflow.search_runs(ids)} if ids else {}
 
 
-def stage_dir(store: Path, stage: str) -> Path:
-    folders = [p for p in (store / stage).iterdir() if p.is_dir() and not p.name.startswith(".")]
-    if len(folders) != 1:
-        raise RuntimeError(f"expected one {stage} folder in {store}, found {len(folders)}")
-    return folders[0]
+def stage_dir(s: Suite, store: Path, stage: str) -> Path:
+    """The base run's folder of `stage` in `store` (the shared store or a copy of it)."""
+    return store / stage / s.base_summary["stages"][stage]["key"]
 
 
 def sha256(path: Path) -> str:
@@ -231,7 +229,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float, poll: float = 0.05) 
 def single_class_data(s: Suite) -> Verdict:
     workdir, _ = s.fresh("single_class_data")
     data = write_csv(workdir / "one.csv", [(t, "pos") for t, _ in review_rows(80)])
-    result = s.run(workdir, f"data.source={data}", "data.max_examples=null")
+    result = s.run(
+        workdir, f"data.source={data}", "data.max_examples=null", store=workdir / "store"
+    )
     ok, line = clean_error(result)
     return Verdict(ok and "class" in line.lower(), not versions(workdir), False, line)
 
@@ -295,8 +295,8 @@ def minority_collapse_macro_f1(s: Suite) -> Verdict:
 
 def vocab_trim_cost_gated(s: Suite) -> Verdict:
     """The shipped model is compared with the trained student, trimming and INT8 together."""
-    quantize = json.loads((stage_dir(s.store, "quantize") / "manifest.json").read_text())
-    export = json.loads((stage_dir(s.store, "export") / "manifest.json").read_text())
+    quantize = json.loads((stage_dir(s, s.store, "quantize") / "manifest.json").read_text())
+    export = json.loads((stage_dir(s, s.store, "export") / "manifest.json").read_text())
     gates = [g["name"] for g in s.base_summary.get("gates", [])]
     end_to_end = [g for g in gates if "end_to_end" in g or "student" in g]
     fields = [k for k in quantize if "student" in k or "end_to_end" in k]
@@ -376,7 +376,7 @@ def _damaged_rerun(s: Suite, name: str, damage: Callable[[Path], str], stage: st
         return Verdict("does not match" in text, False, False, f"{what}; run failed: {text[-300:]}")
     summary = json.loads((workdir / "summary.json").read_text())
     rebuilt = summary["stages"][stage]["reused"] is False
-    teacher = stage_dir(store, "teacher")
+    teacher = stage_dir(s, store, "teacher")
     weights_ok = sha256(teacher / "model.safetensors") == summary["teacher_sha256"]
     aside = list((store / stage).glob(".corrupt-*"))
     warned = "does not match its manifest" in text
@@ -391,7 +391,7 @@ def _damaged_rerun(s: Suite, name: str, damage: Callable[[Path], str], stage: st
 
 def teacher_weights_overwritten(s: Suite) -> Verdict:
     def damage(store: Path) -> str:
-        path = stage_dir(store, "teacher") / "model.safetensors"
+        path = stage_dir(s, store, "teacher") / "model.safetensors"
         blob = bytearray(path.read_bytes())
         blob[-8:] = bytes(8)
         path.write_bytes(bytes(blob))
@@ -402,7 +402,7 @@ def teacher_weights_overwritten(s: Suite) -> Verdict:
 
 def teacher_weights_truncated(s: Suite) -> Verdict:
     def damage(store: Path) -> str:
-        path = stage_dir(store, "teacher") / "model.safetensors"
+        path = stage_dir(s, store, "teacher") / "model.safetensors"
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
         return "teacher safetensors truncated to half"
 
@@ -411,7 +411,7 @@ def teacher_weights_truncated(s: Suite) -> Verdict:
 
 def logit_cache_corrupt(s: Suite) -> Verdict:
     def damage(store: Path) -> str:
-        path = stage_dir(store, "logit_cache") / "train_logits.npy"
+        path = stage_dir(s, store, "logit_cache") / "train_logits.npy"
         blob = bytearray(path.read_bytes())
         blob[-4:] = b"\xff\xff\xff\x7f"
         path.write_bytes(bytes(blob))
@@ -422,7 +422,7 @@ def logit_cache_corrupt(s: Suite) -> Verdict:
 
 def stage_manifest_garbage(s: Suite) -> Verdict:
     def damage(store: Path) -> str:
-        (stage_dir(store, "student") / "manifest.json").write_text("{not json")
+        (stage_dir(s, store, "student") / "manifest.json").write_text("{not json")
         return "student manifest.json is not JSON"
 
     workdir, store = s.fresh("stage_manifest_garbage", copy_store=True)
@@ -439,7 +439,7 @@ def stage_manifest_garbage(s: Suite) -> Verdict:
 
 def stage_file_deleted(s: Suite) -> Verdict:
     def damage(store: Path) -> str:
-        (stage_dir(store, "export") / "model.onnx").unlink()
+        (stage_dir(s, store, "export") / "model.onnx").unlink()
         return "export model.onnx deleted"
 
     return _damaged_rerun(s, "stage_file_deleted", damage, "export")
@@ -603,7 +603,7 @@ def label_names_changed(s: Suite) -> Verdict:
 # -- 11-13: errors ----------------------------------------------------------------------------
 def _refused(s: Suite, name: str, *overrides: str, words: tuple[str, ...] = ()) -> Verdict:
     workdir, _ = s.fresh(name)
-    result = s.run(workdir, *overrides)
+    result = s.run(workdir, *overrides, store=workdir / "store")  # never the shared store
     ok, line = clean_error(result, *words)
     return Verdict(ok, not versions(workdir), False, line)
 
@@ -612,7 +612,7 @@ def rare_class_max_examples(s: Suite) -> Verdict:
     workdir, _ = s.fresh("rare_class_max_examples")
     rows = review_rows(120) + [("a lone meh review", "meh"), ("another meh review", "meh")]
     data = write_csv(workdir / "rare.csv", rows)
-    result = s.run(workdir, f"data.source={data}", "data.max_examples=60")
+    result = s.run(workdir, f"data.source={data}", "data.max_examples=60", store=workdir / "store")
     ok, line = clean_error(result, "meh")
     return Verdict(ok, not versions(workdir), False, line)
 
@@ -656,7 +656,7 @@ def latin1_csv(s: Suite) -> Verdict:
     workdir, _ = s.fresh("latin1_csv")
     rows = [(f"{text} très café", label) for text, label in review_rows(120)]
     data = write_csv(workdir / "latin1.csv", rows, encoding="latin-1")
-    result = s.run(workdir, f"data.source={data}")
+    result = s.run(workdir, f"data.source={data}", store=workdir / "store")
     ok, line = clean_error(result, "encoding")
     return Verdict(ok, not versions(workdir), False, line)
 
@@ -993,7 +993,7 @@ def progress_lines(s: Suite) -> Verdict:
 
 
 def workdir_growth_gc(s: Suite) -> Verdict:
-    student = stage_dir(s.store, "student")
+    student = stage_dir(s, s.store, "student")
     unused = student.with_name("0" * 16)  # a variant no run or version uses
     shutil.copytree(student, unused)
     corrupt = student.with_name(".corrupt-x-1")
