@@ -160,7 +160,8 @@ def client(workdir: Path):
     return mlflow_client(sqlite_uri(workdir))
 
 
-def versions(workdir: Path) -> list:
+def versions(workdir: Path | str) -> list:
+    workdir = Path(workdir)
     if not (workdir / "mlflow.db").exists():
         return []
     found = client(workdir).search_model_versions(f"name = '{MODEL}'")
@@ -573,9 +574,21 @@ def mlflow_db_deleted(s: Suite) -> Verdict:
     (s.base / "mlflow.db").unlink()
     result = s.run(s.base)
     ok, line = clean_error(result, "registry")
+    # Asked in a fresh process: this one's cached SQLite engine still reads the deleted file.
+    fresh = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from bench.faults import versions; print(len(versions({str(s.base)!r})))",
+        ],
+        cwd=REPO,
+        env=s.env(),
+        capture_output=True,
+        text=True,
+    )
     return Verdict(
         ok,
-        not versions(s.base),
+        fresh.stdout.strip().splitlines()[-1:] == ["0"],
         not (s.base / "bundle" / "manifest.json").is_file()
         or not (s.base / "registry.json").is_file(),
         f"{line} (registry.json remembered v{record['registries'][0]['highest_version']})",
