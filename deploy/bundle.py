@@ -72,9 +72,17 @@ class BundleInputs:
 
 
 def bundle_from_stages(
-    workdir: Path, artifacts: RunArtifacts, run_id: str, model_version: str
+    workdir: Path,
+    artifacts: RunArtifacts,
+    run_id: str,
+    model_version: str,
+    folder_name: str = BUNDLE_DIR,
+    tarball: bool = True,
 ) -> Path:
-    """Build `<workdir>/bundle/` and `<workdir>/bundle.tar.gz`; return the bundle folder."""
+    """Build `<workdir>/bundle/` and `<workdir>/bundle.tar.gz`; return the bundle folder.
+
+    `folder_name` and `tarball=False` build it elsewhere first (the flow builds it aside and
+    moves it to `bundle/` only once the gates have judged it)."""
     from distill.data import load_split  # datasets is only needed here, at build time
 
     quantized, data = artifacts.quantize, artifacts.data
@@ -100,8 +108,9 @@ def bundle_from_stages(
         },
         golden_texts=tuple(golden_texts(load_split(data.path, "test")["text"])),
     )
-    folder = build_bundle(inputs, Path(workdir) / BUNDLE_DIR)
-    write_tarball(folder, tarball_path(folder))
+    folder = build_bundle(inputs, Path(workdir) / folder_name)
+    if tarball:
+        write_tarball(folder, tarball_path(folder))
     return folder
 
 

@@ -143,7 +143,25 @@ def logit_cache_stage(
         shard_rows=shard_rows,
         fan_out=fan_out,
     )
-    return run_stage(store, "logit_cache", key, build, CacheManifest)
+    return run_stage(
+        store,
+        "logit_cache",
+        key,
+        build,
+        CacheManifest,
+        accept=lambda manifest: _same_teacher(manifest, teacher),
+    )
+
+
+def _same_teacher(manifest: CacheManifest, teacher: Artifact[TeacherManifest]) -> str | None:
+    """A teacher rebuilt under the same key (its weights were damaged) may differ: targets
+    computed from other weights are not this teacher's."""
+    if manifest.teacher_sha256 == teacher.manifest.weights_sha256:
+        return None
+    return (
+        f"its targets come from teacher weights {manifest.teacher_sha256[:12]}, "
+        f"the teacher is now {teacher.manifest.weights_sha256[:12]}"
+    )
 
 
 def teacher_outputs(

@@ -40,18 +40,40 @@ def run(
     overrides: Annotated[
         list[str] | None, typer.Argument(help="Dotted key=value overrides, e.g. workdir=/tmp/x")
     ] = None,
+    lock_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait when another run holds the workdir (0: refuse at once; "
+            "-1: wait until it finishes)."
+        ),
+    ] = -1,
 ) -> None:
-    """Run the whole pipeline; finished stages are reused."""
+    """Run the whole pipeline; finished stages are reused. One run per workdir at a time."""
     overrides = overrides or []
     try:
         settings = load_config(config, overrides)
     except USER_ERRORS as err:
         fail(err)
     from flows.runtime_env import configure_environment, quiet_weight_loading
+    from flows.workdir import WorkdirError, recover_workdir, workdir_lock
 
     # Before anything imports transformers, datasets or prefect: they read it at import.
     configure_environment(settings.workdir)
     quiet_weight_loading()
+    workdir = Path(settings.workdir).resolve()
+    say = lambda line: typer.echo(line, err=True)  # noqa: E731
+    try:
+        # Before the embedded Prefect server starts: its database lives in the workdir.
+        with workdir_lock(workdir, timeout=lock_timeout, say=say):
+            recover_workdir(workdir, settings.store_dir.resolve(), say)
+            summary = _checked_run(config, overrides, settings)
+    except WorkdirError as err:
+        fail(err)
+    print_summary(summary, workdir)
+
+
+def _checked_run(config: Path, overrides: list[str], settings) -> dict[str, Any]:
+    """Pre-flight checks, then the flow; a user's mistake ends as one line, no traceback."""
     try:
         from distill.preflight import check_inputs
 
@@ -65,10 +87,9 @@ def run(
     try:
         # compute.cluster: the logit cache's shards run on it (one shard for small data).
         with prefect_api_for_workers(settings.compute):
-            summary = with_compute(distill_pipeline, settings.compute)(str(config), overrides)
+            return with_compute(distill_pipeline, settings.compute)(str(config), overrides)
     except pipeline_errors() as err:
         fail(err)
-    print_summary(summary, Path(settings.workdir).resolve())
 
 
 def print_summary(summary: dict[str, Any], workdir: Path) -> None:
@@ -197,6 +218,47 @@ def print_sweep(summary: dict[str, Any]) -> None:
             f"v{registered['model_version']} ({registered['promotion'].get('alias', 'challenger')})"
         )
     console.print(f"results: {', '.join(summary['results'])}")
+
+
+@app.command()
+def gc(
+    workdir: Annotated[
+        list[Path],
+        typer.Option(help="A workdir whose registry and runs say what to keep (repeatable)."),
+    ],
+    store: Annotated[
+        Path | None, typer.Option(help="The stage store (default: the single workdir).")
+    ] = None,
+    keep_runs: Annotated[int, typer.Option(help="Keep what the newest N runs used.")] = 5,
+    keep_days: Annotated[float, typer.Option(help="Keep what runs younger than this used.")] = 7,
+    dry_run: Annotated[bool, typer.Option(help="List what would go; remove nothing.")] = False,
+) -> None:
+    """Remove stage folders no registered version and no recent run uses, and stale debris."""
+    from contextlib import ExitStack
+
+    from flows.gc import collect
+    from flows.workdir import WorkdirError, workdir_lock
+
+    if store is None and len(workdir) != 1:
+        fail("--store is needed when several workdirs are named")
+    for folder in workdir:
+        if not folder.is_dir():
+            fail(f"workdir {folder} does not exist")
+    root = (store or workdir[0]).resolve()
+    if not root.is_dir():
+        fail(f"store {root} does not exist")
+    try:
+        with ExitStack() as locks:
+            for folder in workdir:  # no run may start or finish while its stages are judged
+                locks.enter_context(workdir_lock(folder, timeout=0))
+            removals = collect(workdir, root, keep_runs, keep_days, dry_run)
+    except WorkdirError as err:
+        fail(err)
+    verb = "would remove" if dry_run else "removed"
+    for removal in removals:
+        typer.echo(f"{verb} {removal.path} ({removal.bytes:,} bytes: {removal.reason})")
+    total = sum(removal.bytes for removal in removals)
+    typer.echo(f"{verb} {len(removals)} folders, {total:,} bytes ({total / 1e6:.1f} MB) freed")
 
 
 @app.command("show-config")

@@ -3,30 +3,45 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
+from deploy.bundle import BUNDLE_DIR, place_folder, tarball_path, write_tarball
 from deploy.chain import run_pipeline_stages
-from distill.config import config_to_yaml, flatten, load_config
+from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
 from distill.store import write_json_atomic
 from distill.summary import build_summary
+from flows.workdir import recover_workdir, workdir_lock
 from tasks import stages
+from tasks.recovery import close_abandoned_runs, run_identity_tags
 from tasks.registry import REGISTRY_RECORD, check_registry_record
 from tasks.tracking import MlflowTracker, default_tracking_uri, git_commit
 
 SUMMARY = "summary.json"
+PREVIOUS_SUMMARY = "summary.previous.json"
 
 
 @flow(name="distillery-pipeline")
 def distill_pipeline(config_path: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """data -> teacher -> [augment] -> logit cache -> student -> evaluation -> ONNX -> INT8
     -> registry -> bundle -> gates. Stage folders live in the config's store (default: the
-    workdir); run-specific files in the workdir."""
-    started = time.perf_counter()
+    workdir); run-specific files in the workdir, which one run holds at a time."""
     config = load_config(config_path, overrides or [])
     workdir = config.workdir.resolve()
+    logger = get_run_logger()
+    # The CLI already holds it (taken before Prefect started); a served deployment takes it here.
+    with workdir_lock(workdir, say=logger.warning) as taken:
+        if taken:
+            recover_workdir(workdir, config.store_dir.resolve(), logger.warning)
+        return _run(config, config_path, workdir)
+
+
+def _run(config: PipelineConfig, config_path: str, workdir: Path) -> dict[str, Any]:
+    started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     store = config.store_dir.resolve()
     logger = get_run_logger()
@@ -43,24 +58,34 @@ def distill_pipeline(config_path: str, overrides: list[str] | None = None) -> di
         tracker.tracking_uri,
         config.tracking.registered_model,
     )
+    for run_id in close_abandoned_runs(tracker.client, workdir):
+        logger.warning("MLflow run %s of a killed pipeline was left RUNNING: marked KILLED", run_id)
+    # summary.json describes the last finished run only: a run killed from here on leaves none
+    # (the previous one stays beside it), never an old one that looks current.
+    if (workdir / SUMMARY).exists():
+        os.replace(workdir / SUMMARY, workdir / PREVIOUS_SUMMARY)
     run_id = tracker.start_run(
         run_name=config.name,
-        tags={"config_path": str(config_path), "git_commit": git_commit() or "unknown"},
+        tags={
+            "config_path": str(config_path),
+            "git_commit": git_commit() or "unknown",
+            **run_identity_tags(workdir),
+        },
     )
     logger.info("MLflow run %s at %s", run_id, tracker.tracking_uri)
-    tracker.log_params(flatten(config))
-    config_file = workdir / "config.resolved.yaml"
-    config_file.write_text(config_to_yaml(config))
-    tracker.log_artifact(config_file, "config")
-    succeeded = False
+    status = "FAILED"
     try:
+        tracker.log_params(flatten(config))
+        config_file = workdir / "config.resolved.yaml"
+        write_text_atomic(config_file, config_to_yaml(config))
+        tracker.log_artifact(config_file, "config")
         artifacts = run_pipeline_stages(
             config, store, stages.prefect_runner(tracker), stages.prefect_fan_out
         )
         registration = stages.register_model(config.tracking.registered_model, artifacts, tracker)
         # The bundle goes with the run before any gate can promote the version, so a champion
-        # always has its bundle.
-        bundle = stages.bundle(workdir, artifacts, registration, tracker)
+        # always has its bundle; it replaces <workdir>/bundle only once the gates have judged it.
+        pending = stages.bundle(workdir, artifacts, registration, tracker)
         promotion = stages.promote(
             config.promotion,
             registration,
@@ -68,6 +93,7 @@ def distill_pipeline(config_path: str, overrides: list[str] | None = None) -> di
             tracker,
             latency_samples=config.quantize.latency_samples,
         )
+        bundle = place_bundle(pending, workdir / BUNDLE_DIR)
         summary = build_summary(
             artifacts,
             mlflow_run_id=run_id,
@@ -82,7 +108,26 @@ def distill_pipeline(config_path: str, overrides: list[str] | None = None) -> di
         tracker.log_artifact(workdir / SUMMARY)
         tracker.log_metrics({"pipeline/wall_seconds": summary["wall_seconds"]})
         logger.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k != "stages"}))
-        succeeded = True
+        status = "FINISHED"
         return summary
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        tracker.end_run(succeeded)
+        try:
+            tracker.end_run(status=status)
+        except Exception as err:  # never hide the run's own error behind this one
+            logger.error("could not mark MLflow run %s %s: %s", run_id, status, err)
+
+
+def place_bundle(pending: Path, final: Path) -> Path:
+    """Swap the gated bundle into `<workdir>/bundle` and write its archive beside it."""
+    place_folder(pending, final)
+    write_tarball(final, tarball_path(final))
+    return final
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -24,6 +24,7 @@ from distill.store import MANIFEST, Artifact
 from distill.training import MetricsLog
 from tasks.tracking import MlflowTracker, Registration
 
+UNGATED_BUNDLE = ".ungated-bundle"  # where the bundle waits for the gates
 STAGE_RETRIES = 2
 STAGE_RETRY_DELAY_SECONDS = 2
 
@@ -223,11 +224,17 @@ def bundle(
     registration: Registration,
     tracker: MlflowTracker,
 ) -> Path:
-    """Build `<workdir>/bundle/` (+ .tar.gz) for the registered version; log it with the run."""
+    """Build the registered version's bundle in `<workdir>/.ungated-bundle/` and log it with
+    the run; the flow moves it to `<workdir>/bundle/` once the gates have judged it."""
     from deploy.bundle import bundle_from_stages
 
     folder = bundle_from_stages(
-        workdir, artifacts, run_id=tracker.run_id, model_version=registration.version
+        workdir,
+        artifacts,
+        run_id=tracker.run_id,
+        model_version=registration.version,
+        folder_name=UNGATED_BUNDLE,
+        tarball=False,
     )
     tracker.log_artifacts(folder, "bundle")
     return folder

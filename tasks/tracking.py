@@ -134,8 +134,10 @@ class MlflowTracker:
         self.run_id = run.info.run_id
         return self.run_id
 
-    def end_run(self, succeeded: bool) -> None:
-        status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
+    def end_run(self, succeeded: bool = False, status: str | None = None) -> None:
+        """End the run FINISHED or FAILED, or with `status` when given (e.g. "KILLED")."""
+        if status is None:
+            status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
         self.client.set_terminated(self.run_id, status=status)
 
     def log_params(self, params: Mapping[str, Any]) -> None:

@@ -59,3 +59,40 @@ def test_key_depends_on_teacher_and_data_not_on_student_settings(tiny_data, tiny
     assert cache_key(other_teacher, tiny_data) != key
     assert cache_key(tiny_teacher, other_data) != key
     assert cache_key(tiny_teacher, tiny_data) == key
+
+
+def test_a_corrupt_cache_on_disk_is_rebuilt_not_a_permanent_failure(tiny_config, tiny_data):
+    store = tiny_config.workdir / "corrupt-cache-store"
+    teacher = teacher_stage(store, tiny_config.teacher, tiny_data)
+    cache = logit_cache_stage(store, teacher, tiny_data)
+    path = cache.file(cache.manifest.file)
+    data = np.load(path)
+    data[0, 0] += 1.0
+    np.save(path, data)  # same size, other bytes
+    with pytest.raises(CacheError):
+        open_targets(cache)  # the damaged folder as a reader would see it
+    rebuilt = logit_cache_stage(store, teacher, tiny_data)
+    assert not rebuilt.reused
+    open_targets(rebuilt)  # checks out again
+    assert logit_cache_stage(store, teacher, tiny_data).reused
+
+
+def test_overwritten_teacher_weights_are_not_reused(tiny_config, tiny_data):
+    store = tiny_config.workdir / "overwritten-teacher-store"
+    teacher = teacher_stage(store, tiny_config.teacher, tiny_data)
+    cache = logit_cache_stage(store, teacher, tiny_data)
+    weights = teacher.file("model.safetensors")
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF  # one flipped bit in the last weight
+    weights.write_bytes(bytes(blob))
+    again = teacher_stage(store, tiny_config.teacher, tiny_data)
+    assert not again.reused
+    from distill.store import file_sha256
+
+    assert file_sha256(again.file("model.safetensors")) == again.manifest.weights_sha256
+    # A cache is reused only when it was computed from the teacher's current weights.
+    other = dataclasses.replace(
+        again, manifest=again.manifest.model_copy(update={"weights_sha256": "0" * 64})
+    )
+    assert not logit_cache_stage(store, other, tiny_data).reused
+    assert cache.key == cache_key(again, tiny_data)

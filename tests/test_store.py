@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from distill.store import MANIFEST, StageManifest, file_sha256, run_stage, stable_hash
+from distill.store import (
+    MANIFEST,
+    StageManifest,
+    file_sha256,
+    run_stage,
+    stable_hash,
+    sweep_stale_builds,
+)
 
 
 class DemoManifest(StageManifest):
@@ -35,7 +42,12 @@ def test_stage_is_built_once_then_reused(tmp_path):
     assert second.manifest == DemoManifest(answer=42)
     assert (second.path / "out.txt").read_text() == "hello"
     on_disk = json.loads((first.path / MANIFEST).read_text())
-    assert on_disk == {"stage": "demo", "key": "k1", "answer": 42}
+    assert on_disk == {
+        "stage": "demo",
+        "key": "k1",
+        "answer": 42,
+        "_files": {"out.txt": {"bytes": 5, "sha256": file_sha256(first.path / "out.txt")}},
+    }
 
 
 def test_a_failing_stage_leaves_nothing_behind(tmp_path):
@@ -131,3 +143,71 @@ def test_file_sha256_matches_hashlib(tmp_path):
 def test_stable_hash_is_order_independent_for_mappings():
     assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def _weights_stage(tmp_path, payload: bytes):
+    def build(folder):
+        (folder / "sub").mkdir()
+        (folder / "sub" / "weights.bin").write_bytes(payload)
+        return DemoManifest(answer=len(payload))
+
+    return run_stage(tmp_path, "demo", "k1", build, DemoManifest)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: path.write_bytes(b"B" * 100),  # same size, other bytes: only sha256 sees it
+        lambda path: path.write_bytes(b"A" * 50),  # truncated
+        lambda path: path.unlink(),  # deleted
+    ],
+    ids=["overwritten", "truncated", "deleted"],
+)
+def test_a_folder_whose_files_changed_is_moved_aside_and_rebuilt(tmp_path, caplog, damage):
+    first = _weights_stage(tmp_path, b"A" * 100)
+    damage(first.path / "sub" / "weights.bin")
+    with caplog.at_level(logging.WARNING, logger="distill.store"):
+        second = _weights_stage(tmp_path, b"A" * 100)
+    assert not second.reused
+    assert (second.path / "sub" / "weights.bin").read_bytes() == b"A" * 100
+    assert str(first.path) in caplog.text and "sub/weights.bin" in caplog.text
+    aside = list((tmp_path / "demo").glob(".corrupt-k1-*"))
+    assert len(aside) == 1, "the damaged folder is kept aside, not silently deleted"
+    assert _weights_stage(tmp_path, b"A" * 100).reused
+
+
+def test_accept_can_reject_a_finished_folder(tmp_path, caplog):
+    run_stage(tmp_path, "demo", "k1", lambda f: DemoManifest(answer=1), DemoManifest)
+    with caplog.at_level(logging.WARNING, logger="distill.store"):
+        again = run_stage(
+            tmp_path,
+            "demo",
+            "k1",
+            lambda f: DemoManifest(answer=2),
+            DemoManifest,
+            accept=lambda m: None if m.answer == 2 else "built from another upstream",
+        )
+    assert not again.reused and again.manifest.answer == 2
+    assert "built from another upstream" in caplog.text
+
+
+def test_a_killed_build_folder_is_removed_by_the_sweep_and_by_the_next_build(tmp_path):
+    run_stage(tmp_path, "demo", "k1", lambda f: DemoManifest(answer=1), DemoManifest)
+    stale_other = tmp_path / "demo" / ".tmp-k9-deadbeef"
+    stale_other.mkdir()
+    (stale_other / "half.bin").write_bytes(b"x")
+    stale_same = tmp_path / "demo" / ".tmp-k2-deadbeef"
+    stale_same.mkdir()
+    # A build in progress holds its key's lock: its folder must survive the sweep.
+    from filelock import FileLock
+
+    live = tmp_path / "demo" / ".tmp-k3-cafecafe"
+    live.mkdir()
+    with FileLock(tmp_path / "demo" / ".k3.lock"):
+        removed = sweep_stale_builds(tmp_path)
+    assert sorted(p.name for p in removed) == [".tmp-k2-deadbeef", ".tmp-k9-deadbeef"]
+    assert live.exists() and not stale_other.exists()
+    live.rename(tmp_path / "demo" / ".tmp-k1-cafecafe")  # debris of the key about to be built
+    (tmp_path / "demo" / "k1" / MANIFEST).unlink()
+    run_stage(tmp_path, "demo", "k1", lambda f: DemoManifest(answer=1), DemoManifest)
+    assert not list((tmp_path / "demo").glob(".tmp-*"))
