@@ -98,4 +98,7 @@ def test_a_read_only_workdir_is_reported_as_such(tmp_path):
     result = distillery("run", TINY_CONFIG, f"workdir={workdir}")
     assert result.returncode == 2
     line = error_line(result)
-    assert f"'workdir': {workdir} is not writable" in line and "could not be read" not in line
+    # The workdir lock is taken (and the folder made) before anything else, so the message comes
+    # from there: it names the workdir and says it must be writable, never "could not be read".
+    assert f"workdir {workdir} cannot be used" in line and "writable" in line
+    assert "could not be read" not in line

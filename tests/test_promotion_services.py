@@ -158,7 +158,6 @@ def test_every_version_gets_a_model_card(tiny_run):
         "| train | 280 |",  # split sizes
         "| split | negative | positive |",  # label balance
         "Data quality: texts in two splits",  # duplicates across splits, what was dropped
-        "teacher (minilm)",  # models
         "| teacher | `minilm` (bert) |",  # both models: source and family
         "| student | `teacher` (bert, init teacher_layers) |",
         "student ONNX INT8",

@@ -183,7 +183,10 @@ def check_mlflow(summary, workdir) -> None:
     by_cell = {int(r.data.tags["sweep.cell"]): r for r in children}
     for row in summary["rows"]:
         run = by_cell[row["cell"]]
-        assert run.data.params == {"student.alpha": row["student.alpha"]}
+        # The cell's overrides, plus the device and precision its student actually used.
+        overrides = {k: v for k, v in run.data.params.items() if not k.startswith("resolved.")}
+        assert overrides == {"student.alpha": row["student.alpha"]}
+        assert run.data.params["resolved.student.device"] == "cpu"
         assert run.data.metrics["val_accuracy"] == pytest.approx(row["val_accuracy"])
         assert run.data.metrics["int8_accuracy"] == pytest.approx(row["int8_accuracy"])
         assert "int8_p50_ms" in run.data.metrics
