@@ -13,27 +13,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
-from bench.report import REPO, RESULTS, header, markdown_table, write_section
+from bench.report import (
+    REPO,
+    RESULTS,
+    header,
+    markdown_table,
+    mean_std,
+    timing_runner,
+    write_section,
+)
 from deploy.chain import run_after_cache
 from distill.chain import run_until_cache
 from distill.config import load_config
 
 LAYER_CHOICES = {2: [0, 5], 3: [0, 2, 5], 4: [0, 2, 3, 5]}
-
-
-def timing_runner(seconds: dict[str, float]):
-    """A `distill.chain` runner that runs each stage here and notes its wall seconds."""
-
-    def run(stage, build):
-        started = time.perf_counter()
-        artifact = build(None)
-        seconds[stage] = time.perf_counter() - started
-        return artifact
-
-    return run
 
 
 def main() -> None:
@@ -123,12 +118,6 @@ def save(rows: list[dict], shared: dict, args) -> None:
     Path(args.output).with_suffix(".shared.json").write_text(json.dumps(shared, indent=2))
     if args.section:
         write_section(args.section, render(rows, shared, args))
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def render(rows: list[dict], shared: dict, args) -> str:

@@ -7,7 +7,9 @@ import os
 import platform
 import re
 import shlex
+import statistics
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,3 +78,21 @@ def markdown_table(header_row: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header_row) + " |", "|" + "---|" * len(header_row)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def timing_runner(seconds: dict[str, float]):
+    """A `distill.chain` runner that runs each stage here and notes its wall seconds."""
+
+    def run(stage, build):
+        started = time.perf_counter()
+        artifact = build(None)
+        seconds[stage] = time.perf_counter() - started
+        return artifact
+
+    return run
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"

@@ -23,11 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.report import REPO, RESULTS, header, markdown_table, write_section
+from bench.report import (
+    REPO,
+    RESULTS,
+    header,
+    markdown_table,
+    mean_std,
+    timing_runner,
+    write_section,
+)
 from deploy.chain import run_after_cache
 from distill.chain import run_until_cache
 from distill.config import PipelineConfig, load_config
@@ -58,18 +65,6 @@ ARMS = {
     "kd_mpnet_transfer": Arm("kd_mpnet_transfer", "mpnet", "unlabeled", ()),
 }
 DEFAULT_ARMS = ["labels", "kd_minilm", "kd_mpnet", "kd_mpnet_augment"]
-
-
-def timing_runner(seconds: dict[str, float]):
-    """A `distill.chain` runner that runs each stage here and notes its wall seconds."""
-
-    def run(stage, build):
-        started = time.perf_counter()
-        artifact = build(None)
-        seconds[stage] = time.perf_counter() - started
-        return artifact
-
-    return run
 
 
 def arm_overrides(arm: Arm, seed: int, args) -> list[str]:
@@ -195,12 +190,6 @@ def save(rows: list[dict], teachers: list[dict], args) -> None:
     output.write_text(json.dumps({"rows": rows, "teachers": teachers}, indent=2))
     if args.section:
         write_section(args.section, render(rows, teachers, args))
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def render(rows: list[dict], teachers: list[dict], args) -> str:

@@ -237,12 +237,7 @@ def build_student(
         num_layers=model.config.num_hidden_layers,
         hidden_size=model.config.hidden_size,
         weights_bytes=(folder / "model.safetensors").stat().st_size,
-        best_epoch=result.best_epoch,
-        best_val_accuracy=result.best_val_accuracy,
-        history=result.history,
-        train_seconds=result.seconds,
-        device=result.device,
-        precision=result.precision,
+        **result.manifest_fields(),
         source=config.init.model
         if isinstance(config.init, PretrainedInit)
         else SOURCES[config.init.kind],

@@ -110,14 +110,7 @@ def build_teacher(
             description="teacher",
             section="teacher.training",
         )
-        summary.update(
-            best_epoch=result.best_epoch,
-            best_val_accuracy=result.best_val_accuracy,
-            history=result.history,
-            train_seconds=result.seconds,
-            device=result.device,
-            precision=result.precision,
-        )
+        summary.update(result.manifest_fields())
     weights_sha256 = save_classifier(model, tokenizer, folder)
     return TeacherManifest(
         **summary,

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,17 @@ class TrainResult:
     seconds: float = 0.0
     device: str = "cpu"  # the device type actually used: cpu, cuda or mps
     precision: str = "fp32"  # the precision actually used: fp32, bf16 or fp16
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """What a stage manifest records of a training run (teacher and student alike)."""
+        return {
+            "best_epoch": self.best_epoch,
+            "best_val_accuracy": self.best_val_accuracy,
+            "history": self.history,
+            "train_seconds": self.seconds,
+            "device": self.device,
+            "precision": self.precision,
+        }
 
 
 def seed_everything(seed: int) -> np.random.Generator:

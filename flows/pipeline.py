@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 
 from deploy.bundle import BUNDLE_DIR, place_folder, tarball_path, write_tarball
 from deploy.chain import run_pipeline_stages
+from distill.chain import RunArtifacts
 from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
 from distill.store import write_json_atomic
 from distill.summary import build_summary
@@ -19,7 +20,7 @@ from flows.workdir import recover_workdir, workdir_lock
 from tasks import stages
 from tasks.recovery import close_abandoned_runs, run_identity_tags
 from tasks.registry import REGISTRY_RECORD, check_registry_record
-from tasks.tracking import MlflowTracker, default_tracking_uri, git_commit
+from tasks.tracking import MlflowTracker, Registration, default_tracking_uri, git_commit
 
 SUMMARY = "summary.json"
 PREVIOUS_SUMMARY = "summary.previous.json"
@@ -45,19 +46,9 @@ def _run(config: PipelineConfig, config_path: str, workdir: Path) -> dict[str, A
     workdir.mkdir(parents=True, exist_ok=True)
     store = config.store_dir.resolve()
     logger = get_run_logger()
-    tracker = MlflowTracker(
-        default_tracking_uri(workdir),
-        config.tracking.experiment,
-        workdir / "mlartifacts",
-        registry_record=workdir / REGISTRY_RECORD,
-    )
+    tracker = open_tracker(config, workdir)
     # A registry that lost versions this workdir registered stops the run before any work.
-    check_registry_record(
-        tracker.client,
-        workdir / REGISTRY_RECORD,
-        tracker.tracking_uri,
-        config.tracking.registered_model,
-    )
+    check_registry(tracker, config, workdir)
     for run_id in close_abandoned_runs(tracker.client, workdir):
         logger.warning("MLflow run %s of a killed pipeline was left RUNNING: marked KILLED", run_id)
     # summary.json describes the last finished run only: a run killed from here on leaves none
@@ -82,18 +73,9 @@ def _run(config: PipelineConfig, config_path: str, workdir: Path) -> dict[str, A
         artifacts = run_pipeline_stages(
             config, store, stages.prefect_runner(tracker), stages.prefect_fan_out
         )
-        registration = stages.register_model(config.tracking.registered_model, artifacts, tracker)
-        # The bundle goes with the run before any gate can promote the version, so a champion
-        # always has its bundle; it replaces <workdir>/bundle only once the gates have judged it.
-        pending = stages.bundle(workdir, artifacts, registration, tracker)
-        promotion = stages.promote(
-            config.promotion,
-            registration,
-            artifacts,
-            tracker,
-            latency_samples=config.quantize.latency_samples,
+        registration, bundle, promotion = register_bundle_and_gate(
+            config, artifacts, tracker, workdir
         )
-        bundle = place_bundle(pending, workdir / BUNDLE_DIR)
         summary = build_summary(
             artifacts,
             mlflow_run_id=run_id,
@@ -118,6 +100,44 @@ def _run(config: PipelineConfig, config_path: str, workdir: Path) -> dict[str, A
             tracker.end_run(status=status)
         except Exception as err:  # never hide the run's own error behind this one
             logger.error("could not mark MLflow run %s %s: %s", run_id, status, err)
+
+
+def open_tracker(config: PipelineConfig, workdir: Path) -> MlflowTracker:
+    """The run's MLflow tracker: the workdir's store unless MLFLOW_TRACKING_URI says otherwise."""
+    return MlflowTracker(
+        default_tracking_uri(workdir),
+        config.tracking.experiment,
+        workdir / "mlartifacts",
+        registry_record=workdir / REGISTRY_RECORD,
+    )
+
+
+def check_registry(tracker: MlflowTracker, config: PipelineConfig, workdir: Path) -> None:
+    check_registry_record(
+        tracker.client,
+        workdir / REGISTRY_RECORD,
+        tracker.tracking_uri,
+        config.tracking.registered_model,
+    )
+
+
+def register_bundle_and_gate(
+    config: PipelineConfig, artifacts: RunArtifacts, tracker: MlflowTracker, workdir: Path
+) -> tuple[Registration, Path, dict[str, Any]]:
+    """Register (`challenger`), bundle, gate, then put the gated bundle in place.
+
+    The bundle goes with the run before any gate can promote the version, so a champion always
+    has its bundle; it replaces <workdir>/bundle only once the gates have judged it."""
+    registration = stages.register_model(config.tracking.registered_model, artifacts, tracker)
+    pending = stages.bundle(workdir, artifacts, registration, tracker)
+    promotion = stages.promote(
+        config.promotion,
+        registration,
+        artifacts,
+        tracker,
+        latency_samples=config.quantize.latency_samples,
+    )
+    return registration, place_bundle(pending, workdir / BUNDLE_DIR), promotion
 
 
 def place_bundle(pending: Path, final: Path) -> Path:

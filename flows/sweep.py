@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger
 from distill.chain import RunArtifacts, run_until_cache
 from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
 from distill.store import write_json_atomic
+from flows.pipeline import check_registry, open_tracker, register_bundle_and_gate
 from flows.sweep_grid import (
     best_row,
     cell_configs,
@@ -30,8 +31,7 @@ from flows.sweep_grid import (
     write_results,
 )
 from tasks import stages
-from tasks.registry import REGISTRY_RECORD, check_registry_record
-from tasks.tracking import MlflowTracker, default_tracking_uri, git_commit
+from tasks.tracking import MlflowTracker, git_commit
 
 SWEEP_FOLDER = "sweep"
 SWEEP_SUMMARY = "sweep_summary.json"
@@ -83,19 +83,9 @@ def distill_sweep(
     workdir.mkdir(parents=True, exist_ok=True)
     store = config.store_dir.resolve()
     logger = get_run_logger()
-    tracker = MlflowTracker(
-        default_tracking_uri(workdir),
-        config.tracking.experiment,
-        workdir / "mlartifacts",
-        registry_record=workdir / REGISTRY_RECORD,
-    )
+    tracker = open_tracker(config, workdir)
     if register_best:
-        check_registry_record(
-            tracker.client,
-            workdir / REGISTRY_RECORD,
-            tracker.tracking_uri,
-            config.tracking.registered_model,
-        )
+        check_registry(tracker, config, workdir)
     parent_id = tracker.start_run(
         run_name=f"{config.name}-sweep",
         tags={
@@ -156,14 +146,8 @@ def register_and_gate(
 ) -> dict[str, Any]:
     """The best cell as the pipeline's last steps treat a run: registered (`challenger`),
     bundled, then through the promotion gates (`champion` only when every gate passes)."""
-    registration = stages.register_model(config.tracking.registered_model, artifacts, tracker)
-    bundle = stages.bundle(config.workdir.resolve(), artifacts, registration, tracker)
-    promotion = stages.promote(
-        config.promotion,
-        registration,
-        artifacts,
-        tracker,
-        latency_samples=config.quantize.latency_samples,
+    registration, bundle, promotion = register_bundle_and_gate(
+        config, artifacts, tracker, config.workdir.resolve()
     )
     return {
         "registered_model": registration.name,
