@@ -298,18 +298,17 @@ def vocab_trim_cost_gated(s: Suite) -> Verdict:
     """The shipped model is compared with the trained student, trimming and INT8 together."""
     quantize = json.loads((stage_dir(s, s.store, "quantize") / "manifest.json").read_text())
     export = json.loads((stage_dir(s, s.store, "export") / "manifest.json").read_text())
-    gates = [g["name"] for g in s.base_summary.get("gates", [])]
-    end_to_end = [g for g in gates if "end_to_end" in g or "student" in g]
-    fields = [k for k in quantize if "student" in k or "end_to_end" in k]
-    recorded = "untrimmed_test_accuracy" in export.get("vocabulary", {}) or not export.get(
-        "vocabulary", {}
-    ).get("trimmed")
+    costs = quantize.get("costs", {})
+    end_to_end = quantize.get("gate", {}).get("reference", "").startswith("trained student")
+    recorded = {"trimming", "quantization", "end_to_end"} <= set(costs) and (
+        "student_test_accuracy" in export
+    )
+    within = costs.get("end_to_end", 1.0) <= quantize["gate"]["max_accuracy_drop"] + 1e-9
     return Verdict(
-        bool(end_to_end or fields),
-        bool(end_to_end or fields) and recorded,
+        end_to_end,
+        end_to_end and recorded and within,
         False,
-        f"end-to-end gates {end_to_end}, quantize fields {fields}, trimming cost recorded "
-        f"{recorded}",
+        f"gate reference {quantize.get('gate', {}).get('reference')!r}, costs {costs}",
     )
 
 

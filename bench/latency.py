@@ -35,7 +35,7 @@ from bench.report import REPO, RESULTS, command_line, header, machine, markdown_
 from deploy.chain import run_pipeline_stages
 from deploy.latency import Timing, interleaved_seconds, summarize
 from deploy.onnx_eval import open_session
-from deploy.quantize import QuantizeManifest, model_split
+from deploy.quantize import QuantizeManifest, model_split, shipped_split
 from distill.config import load_config
 from distill.data import load_split
 from distill.store import Artifact
@@ -231,14 +231,17 @@ def main() -> None:
     }
     for name, path in int8_variants(quantized).items():
         models[name] = ("student", f"onnx-int8-{name}", lambda t, p=path: onnx_runner(p, t))
-    original = load_split(data.path, "test")["input_ids"]
-    exported = model_split(export, data, "test")["input_ids"]  # trimmed ids when trimmed
+    # Each model reads its own tokenizer's ids: the teacher's, the student's, the exported
+    # graph's (trimmed when trimmed) and the shipped graph's (its vocabulary may differ).
+    ids = {
+        "teacher": load_split(data.path, "test")["input_ids"],
+        "student": load_split(stages.student_data.path, "test")["input_ids"],
+        "fp32": model_split(export, stages.student_data, "test")["input_ids"],
+    }
+    shipped = shipped_split(quantized, stages.student_data, "test")["input_ids"]
     count = ROUNDS * max(CALLS_PER_ROUND, BATCHES_PER_ROUND * BATCH)
     inputs = {
-        name: {
-            n: token_windows(original if name in ("teacher", "student") else exported, n, count)
-            for n in SEQ_LENS
-        }
+        name: {n: token_windows(ids.get(name, shipped), n, count) for n in SEQ_LENS}
         for name in models
     }
     rows = measure_rows(models, inputs, method)

@@ -44,27 +44,14 @@ TEXT = "a gorgeous, witty and moving film that never outstays its welcome"
 def build_tiny_bundle(scratch: Path) -> Path:
     """The tests' tiny bundle: every stage of configs/tiny.yaml, then the bundle stage."""
     from deploy.bundle import bundle_from_stages
-    from deploy.export import export_stage
-    from deploy.quantize import quantize_stage
+    from deploy.chain import run_pipeline_stages
     from distill.config import load_config
-    from distill.data import data_stage
-    from distill.evaluation import evaluation_stage
-    from distill.logit_cache import logit_cache_stage
-    from distill.student import student_stage
-    from distill.teacher import teacher_stage
 
-    config = load_config(REPO / "configs" / "tiny.yaml", [f"workdir={scratch}"])
-    workdir = config.workdir
-    data = data_stage(workdir, config.data, config.teacher.model)
-    teacher = teacher_stage(workdir, config.teacher, data)
-    cache = logit_cache_stage(workdir, teacher, data)
-    student = student_stage(workdir, config.student, teacher, cache, data)
-    export = export_stage(workdir, config.export, student, data)
-    quantized = quantize_stage(workdir, config.export, export, data)
-    evaluation = evaluation_stage(workdir, teacher, student, data)
-    return bundle_from_stages(
-        workdir, quantized, student, data, evaluation, teacher, run_id="bench", model_version="0"
+    config = load_config(
+        REPO / "configs" / "tiny.yaml", [f"workdir={scratch}", f"store={scratch / 'store'}"]
     )
+    stages = run_pipeline_stages(config, config.store_dir)
+    return bundle_from_stages(config.workdir, stages, run_id="bench", model_version="0")
 
 
 def start_server(bundle: Path, workers: int) -> tuple[subprocess.Popen, str, int]:

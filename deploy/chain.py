@@ -36,7 +36,10 @@ def run_export_quantize(
     runner: StageRunner = run_directly,
 ) -> tuple[Artifact[ExportManifest], Artifact[QuantizeManifest]]:
     """The student as a parity-checked fp32 ONNX graph, then the gated INT8 (or fp32) model."""
-    exported = runner("export", lambda log: export_stage(store, export, student, data))
+    exported = runner(
+        "export",
+        lambda log: export_stage(store, export, student, data, quantize.max_accuracy_drop),
+    )
     quantized = runner("quantize", lambda log: quantize_stage(store, quantize, exported, data))
     return exported, quantized
 

@@ -2,6 +2,11 @@
 
 The stage folder also holds the tokenizer that goes with the graph (`tokenizer.json`): the
 student's own, or its trimmed version when `export.trim_vocabulary` is on.
+
+Trimming is gated like quantization, with the same `quantize.max_accuracy_drop`: the trimmed
+graph may lose at most that much test accuracy against the trained PyTorch student, or the
+full vocabulary ships. A trimmed export also keeps the full-vocabulary graph beside it, so the
+quantize stage can fall back to it when trimming and INT8 together cost too much.
 """
 
 from __future__ import annotations
@@ -27,9 +32,14 @@ from distill.training import predict_logits
 
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+FULL_ONNX_FILE = "model.full-vocabulary.onnx"
+FULL_TOKENIZER_FILE = "tokenizer.full-vocabulary.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
-# Bumped when the exported graph changes for the same settings (2: eager attention).
-VERSION = 2
+# Bumped when the exported graph changes for the same settings (2: eager attention, 3: gated
+# trimming with the full-vocabulary graph kept beside a trimmed one).
+VERSION = 3
+# Float tolerance for comparing measured accuracy differences with a budget.
+EPSILON = 1e-9
 
 
 class ExportManifest(StageManifest):
@@ -38,6 +48,9 @@ class ExportManifest(StageManifest):
     bytes: int
     opset: int
     student_sha256: str
+    # The trained PyTorch student on the untrimmed test split: the reference of every
+    # accuracy gate between it and the shipped bundle (trimming, then INT8).
+    student_test_accuracy: float
     test_accuracy: float
     max_abs_logit_diff: float
     label_agreement: float
@@ -51,6 +64,9 @@ class ExportManifest(StageManifest):
     hidden_size: int
     optimize_graph: bool
     parity_tolerance: float
+    # The untrimmed graph and tokenizer, kept when `file` is trimmed (else None).
+    full_vocabulary_file: str | None = None
+    full_vocabulary_tokenizer: str | None = None
 
     @property
     def trimmed(self) -> bool:
@@ -112,10 +128,25 @@ def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     }
 
 
+def trimming_rejection(cost: float, max_accuracy_drop: float) -> str | None:
+    """Why a trimmed vocabulary may not ship (its test accuracy cost against the trained
+    student is over the budget), or None when it may."""
+    if cost > max_accuracy_drop + EPSILON:
+        return (
+            f"trimming cost {cost:.4f} test accuracy > quantize.max_accuracy_drop "
+            f"{max_accuracy_drop:g}: the full vocabulary ships"
+        )
+    return None
+
+
 def export_key(
-    config: ExportConfig, student: Artifact[StudentManifest], data: Artifact[DataManifest]
+    config: ExportConfig,
+    student: Artifact[StudentManifest],
+    data: Artifact[DataManifest],
+    max_accuracy_drop: float,
 ) -> str:
-    return stage_key("export", VERSION, config.model_dump(mode="json"), student.key, data.key)
+    settings = {**config.model_dump(mode="json"), "max_accuracy_drop": max_accuracy_drop}
+    return stage_key("export", VERSION, settings, student.key, data.key)
 
 
 def export_stage(
@@ -123,48 +154,21 @@ def export_stage(
     config: ExportConfig,
     student: Artifact[StudentManifest],
     data: Artifact[DataManifest],
+    max_accuracy_drop: float,
 ) -> Artifact[ExportManifest]:
     return run_stage(
         store,
         "export",
-        export_key(config, student, data),
-        lambda folder: build_export(config, student, data, folder),
+        export_key(config, student, data, max_accuracy_drop),
+        lambda folder: build_export(config, student, data, folder, max_accuracy_drop),
         ExportManifest,
     )
 
 
-def build_export(
-    config: ExportConfig,
-    student: Artifact[StudentManifest],
-    data: Artifact[DataManifest],
-    folder: Path,
-) -> ExportManifest:
-    model = load_classifier(student.path)
-    # Eager attention exports as plain MatMul/Softmax; SDPA's mask handling adds many small
-    # operators that cost ~10% of batch-1 INT8 latency on this machine (docs/benchmarks.md).
-    model.set_attn_implementation("eager")
-    test = load_split(data.path, "test")
-    max_length = data.manifest.max_length
-    tokenizer = folder / TOKENIZER_FILE
-    # A tokenizer that cannot be trimmed safely ships whole; the manifest says why.
-    skip_reason = untrimmable_reason(student.file(TOKENIZER_FILE))
-    if config.trim_vocabulary and skip_reason is None:
-        untrimmed = predict_logits(model, test)
-        vocabulary = trim_vocabulary(
-            model,
-            student.file(TOKENIZER_FILE),
-            load_split(data.path, "train")["text"],
-            test["text"],
-            tokenizer,
-        )
-        vocabulary["untrimmed_test_accuracy"] = accuracy(untrimmed, test["label"])
-        test = tokenized_split(tokenizer, test, max_length)  # what the device will feed
-    else:
-        shutil.copyfile(student.file(TOKENIZER_FILE), tokenizer)
-        vocabulary = {"trimmed": False, "original_size": model.config.vocab_size}
-        if config.trim_vocabulary:
-            vocabulary["reason"] = skip_reason
-    path = folder / ONNX_FILE
+def export_checked(
+    model: torch.nn.Module, path: Path, test, config: ExportConfig, max_length: int
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Export `model` to `path` and check parity on `test`: the graph's logits and parity."""
     export_onnx(model, path, config.opset, max_length)
     reference = predict_logits(model, test)
     candidate = onnx_logits(open_session(path), test["input_ids"], test["attention_mask"])
@@ -174,13 +178,68 @@ def build_export(
             f"ONNX export differs from PyTorch by {result['max_abs_logit_diff']:.3g} "
             f"(tolerance export.parity_tolerance={config.parity_tolerance})"
         )
+    return candidate, result
+
+
+def build_export(
+    config: ExportConfig,
+    student: Artifact[StudentManifest],
+    data: Artifact[DataManifest],
+    folder: Path,
+    max_accuracy_drop: float,
+) -> ExportManifest:
+    model = load_classifier(student.path)
+    # Eager attention exports as plain MatMul/Softmax; SDPA's mask handling adds many small
+    # operators that cost ~10% of batch-1 INT8 latency on this machine (docs/benchmarks.md).
+    model.set_attn_implementation("eager")
+    test = load_split(data.path, "test")
+    max_length = data.manifest.max_length
+    full_logits, full_parity = export_checked(model, folder / ONNX_FILE, test, config, max_length)
+    student_accuracy = accuracy(predict_logits(model, test), test["label"])
+    shutil.copyfile(student.file(TOKENIZER_FILE), folder / TOKENIZER_FILE)
+    vocabulary: dict[str, Any] = {"trimmed": False, "original_size": model.config.vocab_size}
+    logits, result, files = full_logits, full_parity, {}
+    # A tokenizer that cannot be trimmed safely ships whole; the manifest says why.
+    skip_reason = untrimmable_reason(student.file(TOKENIZER_FILE))
+    if config.trim_vocabulary and skip_reason is not None:
+        vocabulary["reason"] = skip_reason
+    elif config.trim_vocabulary:
+        # The full graph moves aside; the trimmed one takes the shipping names if it pays.
+        (folder / ONNX_FILE).rename(folder / FULL_ONNX_FILE)
+        (folder / TOKENIZER_FILE).rename(folder / FULL_TOKENIZER_FILE)
+        trim = trim_vocabulary(
+            model,
+            student.file(TOKENIZER_FILE),
+            load_split(data.path, "train")["text"],
+            test["text"],
+            folder / TOKENIZER_FILE,
+        )
+        trimmed_test = tokenized_split(folder / TOKENIZER_FILE, test, max_length)
+        trimmed_logits, trimmed_parity = export_checked(
+            model, folder / ONNX_FILE, trimmed_test, config, max_length
+        )
+        trim["trimming_cost"] = student_accuracy - accuracy(trimmed_logits, test["label"])
+        reason = trimming_rejection(trim["trimming_cost"], max_accuracy_drop)
+        if reason is None:
+            vocabulary = trim
+            logits, result = trimmed_logits, trimmed_parity
+            files = {
+                "full_vocabulary_file": FULL_ONNX_FILE,
+                "full_vocabulary_tokenizer": FULL_TOKENIZER_FILE,
+            }
+        else:
+            vocabulary.update(reason=reason, rejected_trim=trim)
+            (folder / FULL_ONNX_FILE).replace(folder / ONNX_FILE)
+            (folder / FULL_TOKENIZER_FILE).replace(folder / TOKENIZER_FILE)
+    path, tokenizer = folder / ONNX_FILE, folder / TOKENIZER_FILE
     return ExportManifest(
         file=ONNX_FILE,
         sha256=file_sha256(path),
         bytes=path.stat().st_size,
         opset=config.opset,
         student_sha256=student.manifest.weights_sha256,
-        test_accuracy=accuracy(candidate, test["label"]),
+        student_test_accuracy=student_accuracy,
+        test_accuracy=accuracy(logits, test["label"]),
         **result,
         tokenizer=TOKENIZER_FILE,
         tokenizer_sha256=file_sha256(tokenizer),
@@ -190,4 +249,5 @@ def build_export(
         hidden_size=model.config.hidden_size,
         optimize_graph=config.optimize_graph,
         parity_tolerance=config.parity_tolerance,
+        **files,
     )

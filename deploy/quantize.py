@@ -8,6 +8,13 @@ accuracy within `quantize.max_accuracy_drop`, agrees with fp32 on at least `quan
 of the labels and is not slower than fp32 ships; when none does, fp32 ships. Every candidate's
 numbers and the reason it was passed over go into the manifest.
 
+The accuracy gate is end to end: a candidate's drop is measured from the trained PyTorch
+student (untrimmed), so vocabulary trimming and INT8 together must stay within
+`max_accuracy_drop`. When no INT8 candidate of a trimmed graph does, the same candidates are
+tried on the full-vocabulary graph the export kept; when none of those does either, the trimmed
+fp32 graph ships (the export already held its trimming cost within the budget). The manifest
+records what each step cost: trimming, quantization, and both together.
+
 Before that, onnxruntime's BERT fusions may replace the fp32 graph (deploy/optimize.py).
 """
 
@@ -48,7 +55,7 @@ TOKENIZER_FILE = "tokenizer.json"
 CALIBRATION_BATCH = 32
 # Float tolerance for comparing measured shares with thresholds (1 of 1000 texts is 1e-3).
 EPSILON = 1e-9
-VERSION = 1  # bump when the shipped model changes for the same settings and export
+VERSION = 2  # bump when the shipped model changes for the same settings and export
 
 
 class QuantizeManifest(StageManifest):
@@ -76,6 +83,11 @@ class QuantizeManifest(StageManifest):
     # The tokenizer the shipped graph's input ids come from (trimmed or not): bundle this.
     tokenizer: str
     tokenizer_sha256: str
+    trimmed: bool
+    # The trained PyTorch student's test accuracy and what each step on the way to the shipped
+    # model cost: {"trimming", "quantization", "end_to_end"} (accuracy points as fractions).
+    student_test_accuracy: float
+    costs: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -99,11 +111,15 @@ def rejection(
     max_accuracy_drop: float,
     min_agreement: float,
     reject_slower: bool = True,
+    reference_accuracy: float | None = None,
 ) -> str | None:
-    """Why `candidate` may not ship instead of `fp32`, or None when it may."""
-    drop = fp32.test_accuracy - candidate.test_accuracy
+    """Why `candidate` may not ship instead of `fp32`, or None when it may. The accuracy drop is
+    taken from `reference_accuracy` (the trained student's, end to end) when given."""
+    reference = fp32.test_accuracy if reference_accuracy is None else reference_accuracy
+    drop = reference - candidate.test_accuracy
     if drop > max_accuracy_drop + EPSILON:
-        return f"accuracy drop {drop:.4f} > max_accuracy_drop {max_accuracy_drop:g}"
+        source = "fp32" if reference_accuracy is None else "the trained student"
+        return f"accuracy drop {drop:.4f} from {source} > max_accuracy_drop {max_accuracy_drop:g}"
     if candidate.agreement < min_agreement - EPSILON:
         return (
             f"label agreement with fp32 {candidate.agreement:.4f} < min_agreement {min_agreement:g}"
@@ -119,6 +135,7 @@ def choose(
     max_accuracy_drop: float,
     min_agreement: float,
     reject_slower: bool = True,
+    reference_accuracy: float | None = None,
 ) -> tuple[str, dict[str, str]]:
     """The first candidate (in order) that passes the gate, else "fp32"; and why each other
     candidate was not chosen."""
@@ -128,7 +145,9 @@ def choose(
         if winner != fp32.name:
             reasons[candidate.name] = f"not needed: '{winner}' passed the gate first"
             continue
-        reason = rejection(candidate, fp32, max_accuracy_drop, min_agreement, reject_slower)
+        reason = rejection(
+            candidate, fp32, max_accuracy_drop, min_agreement, reject_slower, reference_accuracy
+        )
         if reason is None:
             winner = candidate.name
         else:
@@ -305,6 +324,15 @@ def model_split(export: Artifact[ExportManifest], data: Artifact[DataManifest], 
     return rows
 
 
+def shipped_split(quantized: Artifact[QuantizeManifest], data: Artifact[DataManifest], split: str):
+    """A split as the shipped model expects it (its vocabulary may differ from the export's)."""
+    rows = load_split(data.path, split)
+    if quantized.manifest.trimmed:
+        tokenizer = quantized.file(quantized.manifest.tokenizer)
+        return tokenized_split(tokenizer, rows, data.manifest.max_length)
+    return rows
+
+
 def score(
     name: str, path: Path, test, fp32_labels: np.ndarray | None, timing: Mapping[str, Timing]
 ) -> tuple[Measured, np.ndarray]:
@@ -322,35 +350,91 @@ def score(
     return measured, labels
 
 
-def build_quantized(
+@dataclass(frozen=True)
+class Vocabulary:
+    """One fp32 graph to quantize, with the tokenizer its ids come from."""
+
+    name: str  # "trimmed" or "full"
+    graph: Path
+    tokenizer: Path
+    trimmed: bool
+
+
+def vocabularies(export: Artifact[ExportManifest]) -> list[Vocabulary]:
+    """The export's graph, then (when that one is trimmed) the full-vocabulary graph."""
+    manifest = export.manifest
+    first = Vocabulary(
+        "trimmed" if manifest.trimmed else "full",
+        export.file(manifest.file),
+        export.file(manifest.tokenizer),
+        manifest.trimmed,
+    )
+    if not (manifest.trimmed and manifest.full_vocabulary_file):
+        return [first]
+    full = Vocabulary(
+        "full",
+        export.file(manifest.full_vocabulary_file),
+        export.file(manifest.full_vocabulary_tokenizer or ""),
+        False,
+    )
+    return [first, full]
+
+
+def vocabulary_split(vocabulary: Vocabulary, data: Artifact[DataManifest], split: str):
+    rows = load_split(data.path, split)
+    if vocabulary.trimmed:
+        return tokenized_split(vocabulary.tokenizer, rows, data.manifest.max_length)
+    return rows
+
+
+@dataclass
+class Trial:
+    """Every INT8 candidate of one vocabulary's graph, measured and judged."""
+
+    vocabulary: Vocabulary
+    base: Path  # the fp32 graph the candidates come from (fused when that paid)
+    fp32: Measured
+    measured: list[Measured]
+    built: dict[str, Path]
+    winner: str
+    reasons: dict[str, str]
+    optimization: dict[str, Any] | None
+    calibration_samples: int
+    latency_samples: int
+
+
+def try_vocabulary(
+    vocabulary: Vocabulary,
     config: QuantizeConfig,
-    export: Artifact[ExportManifest],
+    export: ExportManifest,
     data: Artifact[DataManifest],
     folder: Path,
-) -> QuantizeManifest:
-    exported = export.file(export.manifest.file)
-    test = model_split(export, data, "test")
+) -> Trial:
+    """Optimise, quantize, time and score one vocabulary's graph; gate end to end."""
+    test = vocabulary_split(vocabulary, data, "test")
     count = min(config.latency_samples, len(test))
     feeds = batch1_feeds(test["input_ids"][:count], test["attention_mask"][:count])
 
-    base, optimization = exported, None
-    if export.manifest.optimize_graph:
+    base, optimization = vocabulary.graph, None
+    if export.optimize_graph:
         base, result = try_optimize(
-            exported,
+            vocabulary.graph,
             folder,
-            export.manifest.num_heads,
-            export.manifest.hidden_size,
+            export.num_heads,
+            export.hidden_size,
             test["input_ids"],
             test["attention_mask"],
             feeds,
-            export.manifest.parity_tolerance,
+            export.parity_tolerance,
         )
         optimization = result.record()
 
     prepared = folder / "prepared.onnx"
     prepare(base, prepared)
     batches = calibration_batches(
-        model_split(export, data, "train"), config.calibration_samples, config.calibration_seed
+        vocabulary_split(vocabulary, data, "train"),
+        config.calibration_samples,
+        config.calibration_seed,
     )
     built, failed = build_candidates(prepared, folder, config, batches)
     prepared.unlink()
@@ -359,21 +443,66 @@ def build_quantized(
     fp32, fp32_labels = score("fp32", base, test, None, timing)
     measured = [score(name, path, test, fp32_labels, timing)[0] for name, path in built.items()]
     winner, reasons = choose(
-        measured, fp32, config.max_accuracy_drop, config.min_agreement, config.reject_slower_int8
+        measured,
+        fp32,
+        config.max_accuracy_drop,
+        config.min_agreement,
+        config.reject_slower_int8,
+        reference_accuracy=export.student_test_accuracy,
     )
     reasons.update(failed)
+    return Trial(
+        vocabulary,
+        base,
+        fp32,
+        measured,
+        built,
+        winner,
+        reasons,
+        optimization,
+        sum(len(batch["input_ids"]) for batch in batches),
+        count,
+    )
 
+
+def build_quantized(
+    config: QuantizeConfig,
+    export: Artifact[ExportManifest],
+    data: Artifact[DataManifest],
+    folder: Path,
+) -> QuantizeManifest:
+    trials: list[Trial] = []
+    for vocabulary in vocabularies(export):
+        # The fallback's files go in a subfolder: the same names as the first trial's.
+        workspace = folder if not trials else folder / f"{vocabulary.name}-vocabulary"
+        workspace.mkdir(exist_ok=True)
+        trials.append(try_vocabulary(vocabulary, config, export.manifest, data, workspace))
+        if trials[-1].winner != "fp32":
+            break
+    # The first INT8 that passed end to end; else the first graph in fp32 (trimmed only when
+    # its trimming cost was within the budget: the export gate).
+    shipping = next((trial for trial in trials if trial.winner != "fp32"), trials[0])
+    winner = shipping.winner
     shipped = folder / (FP32_FILE if winner == "fp32" else INT8_FILE)
-    source = base if winner == "fp32" else built[winner]
-    shutil.copyfile(source, shipped)
-    if not config.keep_candidates:
-        for path in built.values():
-            path.unlink()
-    if base.parent == folder:
-        base.unlink()  # the optimised fp32 graph: shipped (as a copy) or not needed
-    shutil.copyfile(export.file(export.manifest.tokenizer), folder / TOKENIZER_FILE)
+    shutil.copyfile(shipping.base if winner == "fp32" else shipping.built[winner], shipped)
+    shutil.copyfile(shipping.vocabulary.tokenizer, folder / TOKENIZER_FILE)
+    for trial in trials:
+        if not (config.keep_candidates and trial is shipping):
+            for path in trial.built.values():
+                path.unlink()
+        if trial.base.parent != export.path:
+            trial.base.unlink()  # the optimised fp32 graph: shipped (as a copy) or not needed
+    for trial in trials[1:]:
+        workspace = folder / f"{trial.vocabulary.name}-vocabulary"
+        if not any(workspace.iterdir()):
+            workspace.rmdir()
 
-    chosen = fp32 if winner == "fp32" else next(m for m in measured if m.name == winner)
+    chosen = (
+        shipping.fp32
+        if winner == "fp32"
+        else next(m for m in shipping.measured if m.name == winner)
+    )
+    reference = export.manifest.student_test_accuracy
     return QuantizeManifest(
         file=shipped.name,
         sha256=file_sha256(shipped),
@@ -381,32 +510,63 @@ def build_quantized(
         method=winner,
         **describe_method(winner, config),
         test_accuracy=chosen.test_accuracy,
-        fp32_test_accuracy=fp32.test_accuracy,
-        accuracy_drop=fp32.test_accuracy - chosen.test_accuracy,
+        fp32_test_accuracy=shipping.fp32.test_accuracy,
+        accuracy_drop=shipping.fp32.test_accuracy - chosen.test_accuracy,
         label_agreement_with_fp32=chosen.agreement,
         p50_ms=chosen.p50_ms,
-        fp32_p50_ms=fp32.p50_ms,
-        fp32_bytes=fp32.bytes,
-        latency_samples=count,
+        fp32_p50_ms=shipping.fp32.p50_ms,
+        fp32_bytes=shipping.fp32.bytes,
+        latency_samples=shipping.latency_samples,
         gate={
             "max_accuracy_drop": config.max_accuracy_drop,
             "min_agreement": config.min_agreement,
             "reject_slower_int8": config.reject_slower_int8,
+            "reference": "trained student (end to end)",
         },
-        candidates=candidate_records(fp32, measured, winner, reasons),
+        candidates=all_candidate_records(trials, shipping, reference),
         candidate_files=(
-            {name: path.name for name, path in built.items()} if config.keep_candidates else {}
+            {name: str(path.relative_to(folder)) for name, path in shipping.built.items()}
+            if config.keep_candidates
+            else {}
         ),
         calibration={
             "split": "train",
-            "samples": sum(len(batch["input_ids"]) for batch in batches),
+            "samples": shipping.calibration_samples,
             "seed": config.calibration_seed,
             "method": "MinMax",
         },
-        optimization=optimization,
+        optimization=shipping.optimization,
         tokenizer=TOKENIZER_FILE,
         tokenizer_sha256=file_sha256(folder / TOKENIZER_FILE),
+        trimmed=shipping.vocabulary.trimmed,
+        student_test_accuracy=reference,
+        costs={
+            "trimming": reference - shipping.fp32.test_accuracy,
+            "quantization": shipping.fp32.test_accuracy - chosen.test_accuracy,
+            "end_to_end": reference - chosen.test_accuracy,
+        },
     )
+
+
+def all_candidate_records(
+    trials: Sequence[Trial], shipping: Trial, reference_accuracy: float
+) -> dict[str, dict[str, Any]]:
+    """Every trial's candidate records, with each one's drop from the trained student; a
+    fallback trial's names carry its vocabulary ("full_vocabulary/static")."""
+    records: dict[str, dict[str, Any]] = {}
+    for index, trial in enumerate(trials):
+        winner = trial.winner if trial is shipping else None
+        trial_records = candidate_records(trial.fp32, trial.measured, winner, trial.reasons)
+        if trial is not shipping:
+            trial_records["fp32"]["reason"] = (
+                f"not shipped: the {shipping.vocabulary.name} vocabulary's {shipping.winner} ships"
+            )
+        prefix = "" if index == 0 else f"{trial.vocabulary.name}_vocabulary/"
+        for name, record in trial_records.items():
+            if "test_accuracy" in record:
+                record["end_to_end_drop"] = reference_accuracy - record["test_accuracy"]
+            records[f"{prefix}{name}"] = record
+    return records
 
 
 def describe_method(winner: str, config: QuantizeConfig) -> dict[str, Any]:
@@ -416,7 +576,7 @@ def describe_method(winner: str, config: QuantizeConfig) -> dict[str, Any]:
 
 
 def candidate_records(
-    fp32: Measured, measured: Sequence[Measured], winner: str, reasons: Mapping[str, str]
+    fp32: Measured, measured: Sequence[Measured], winner: str | None, reasons: Mapping[str, str]
 ) -> dict[str, dict[str, Any]]:
     records: dict[str, dict[str, Any]] = {}
     for candidate in [*measured, fp32]:
@@ -428,6 +588,6 @@ def candidate_records(
         records[candidate.name] = record
     for name, reason in reasons.items():  # candidates that failed to build
         records.setdefault(name, {"accepted": False, "reason": reason})
-    if winner != "fp32":
+    if winner not in (None, "fp32"):
         records["fp32"]["reason"] = "fallback, not needed"
     return records

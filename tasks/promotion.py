@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.benchmark import onnx_latencies, torch_latency
-from deploy.quantize import model_split
+from deploy.quantize import model_split, shipped_split
 from distill.chain import RunArtifacts
 from distill.config import PromotionConfig
 from distill.data import load_split
@@ -39,10 +39,13 @@ def measure_models(
     teacher, evaluation = artifacts.teacher, artifacts.evaluation
     export, quantized = artifacts.export, artifacts.quantize
     # Each model is timed on the ids its own tokenizer writes (the vocabulary may be trimmed).
-    own_split = model_split(export, artifacts.student_data, "test")
+    student_data = artifacts.student_data
     onnx = {
-        "fp32": (export.file(export.manifest.file), own_split),
-        "int8": (quantized.file(quantized.manifest.file), own_split),
+        "fp32": (export.file(export.manifest.file), model_split(export, student_data, "test")),
+        "int8": (
+            quantized.file(quantized.manifest.file),
+            shipped_split(quantized, student_data, "test"),
+        ),
     }
     if champion is not None and champion.accuracy is not None:
         onnx["champion"] = (champion.path, champion.split)
@@ -103,7 +106,7 @@ def gate_and_promote(
     moving the aliases, so two runs finishing at once cannot both replace the same champion.
     A reused registration (the very same model was registered before) is measured and judged
     for the summary, but its version keeps its tags and aliases."""
-    data, export, quantized = artifacts.data, artifacts.export, artifacts.quantize
+    data, quantized = artifacts.data, artifacts.quantize
     metric, num_labels = config.metric, len(data.manifest.label_names)
     test = load_split(data.path, "test")
     train_labels = list(load_split(data.path, "train")["label"])
@@ -124,7 +127,8 @@ def gate_and_promote(
         points = measure_models(artifacts, test, champion, latency_samples)
         candidate = points["int8"]
         predicted, _ = registry.onnx_predictions(
-            quantized.file(quantized.manifest.file), model_split(export, data, "test")
+            quantized.file(quantized.manifest.file),
+            shipped_split(quantized, artifacts.student_data, "test"),
         )
         measured = Measurements(
             retention=retention_in(metric, artifacts.evaluation),

@@ -276,7 +276,9 @@ def test_family_runs_teacher_cache_student_export_int8(
     assert AutoConfig.from_pretrained(student.path).model_type == family
     assert student.manifest.num_layers == len(tiny_config.student.init.layers)
 
-    export = export_stage(workdir, tiny_config.export, student, data)
+    export = export_stage(
+        workdir, tiny_config.export, student, data, tiny_config.quantize.max_accuracy_drop
+    )
     assert export.manifest.max_abs_logit_diff <= tiny_config.export.parity_tolerance
     vocabulary = export.manifest.vocabulary
     kind = FAMILY_SPECS[family][2]

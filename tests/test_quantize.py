@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
 from deploy.quantize import Measured, calibration_batches, choose, rejection
 from distill.store import file_sha256
@@ -114,6 +115,7 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
         gate.max_accuracy_drop,
         gate.min_agreement,
         gate.reject_slower_int8,
+        reference_accuracy=manifest.student_test_accuracy,
     )
     assert manifest.method == winner
     assert candidates[winner]["accepted"] is True
@@ -131,6 +133,66 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
     # Vocabulary trimming is on by default: the tokenizer that ships is the export stage's.
     vocab = json.loads(quantized.file("tokenizer.json").read_text())["model"]["vocab"]
     assert len(vocab) == tiny_stages.export.manifest.vocabulary["kept_size"] < 30522
+    # Each step's cost is recorded, and together they stay within the one budget.
+    costs, student = manifest.costs, manifest.student_test_accuracy
+    assert student == tiny_stages.export.manifest.student_test_accuracy
+    assert costs["trimming"] == pytest.approx(student - manifest.fp32_test_accuracy)
+    assert costs["quantization"] == pytest.approx(manifest.accuracy_drop)
+    assert costs["end_to_end"] == pytest.approx(costs["trimming"] + costs["quantization"])
+    assert costs["end_to_end"] <= gate.max_accuracy_drop + 1e-9
+
+
+def test_the_gate_measures_the_drop_from_the_trained_student_end_to_end():
+    # 0.848 is within 0.005 of the fp32 graph (0.850) but not of the student (0.855): the
+    # trimmed fp32 graph already spent 0.005 of the budget.
+    assert gate(candidate(accuracy=0.848)) is None
+    reason = rejection(candidate(accuracy=0.848), FP32, 0.005, 0.98, reference_accuracy=0.855)
+    assert reason is not None and "accuracy drop 0.0070 from the trained student" in reason
+    winner, reasons = choose([candidate()], FP32, 0.005, 0.98, reference_accuracy=0.855)
+    assert winner == "fp32" and "trained student" in reasons["dynamic"]
+
+
+def test_int8_that_fails_end_to_end_on_the_trimmed_graph_is_tried_on_the_full_vocabulary(
+    tiny_stages, tiny_config, tmp_path, monkeypatch
+):
+    import deploy.quantize as quantize
+    from deploy.onnx_eval import onnx_logits, open_session
+    from deploy.vocab_trim import encode_texts
+    from distill.data import load_split
+
+    real_choose, calls = quantize.choose, []
+
+    def trimmed_graph_fails(measured, fp32, *args, **kwargs):
+        # Stand-in for a domain where trimming + INT8 together lose too much: every INT8
+        # candidate of the first (trimmed) graph is rejected; the real gate judges the rest.
+        calls.append([m.name for m in measured])
+        if len(calls) == 1:
+            return "fp32", {m.name: "accuracy drop (simulated)" for m in measured}
+        return real_choose(measured, fp32, *args, **kwargs)
+
+    monkeypatch.setattr(quantize, "choose", trimmed_graph_fails)
+    export, data = tiny_stages.export, tiny_stages.student_data
+    assert export.manifest.trimmed and export.manifest.full_vocabulary_file
+    shipped = quantize.quantize_stage(tmp_path, tiny_config.quantize, export, data)
+    manifest = shipped.manifest
+
+    assert len(calls) == 2  # the trimmed graph, then the full-vocabulary graph
+    assert manifest.method != "fp32" and manifest.trimmed is False
+    assert manifest.candidates[f"full_vocabulary/{manifest.method}"]["accepted"] is True
+    assert "ships" in manifest.candidates["fp32"]["reason"]
+    full_tokenizer = export.file(export.manifest.full_vocabulary_tokenizer)
+    assert shipped.file("tokenizer.json").read_bytes() == full_tokenizer.read_bytes()
+    assert manifest.costs["trimming"] == pytest.approx(0.0, abs=1e-9)
+    assert sorted(p.name for p in shipped.path.iterdir()) == sorted(
+        ["manifest.json", manifest.file, "tokenizer.json"]
+    )
+    # The shipped model, fed by the shipped (full) tokenizer, scores what the manifest says.
+    test = load_split(data.path, "test")
+    ids, mask = encode_texts(
+        Tokenizer.from_file(str(full_tokenizer)), test["text"], data.manifest.max_length
+    )
+    logits = onnx_logits(open_session(shipped.file(manifest.file)), ids, mask)
+    assert float(np.mean(logits.argmax(-1) == np.asarray(test["label"]))) == manifest.test_accuracy
 
 
 def test_quantization_mutes_the_root_logger_only_while_it_runs(tiny_stages, tmp_path):

@@ -124,7 +124,7 @@ def test_export_and_quantize_stages_ship_the_trimmed_tokenizer(tiny_stages, tiny
     config = tiny_config.export.model_copy(update={"trim_vocabulary": True})
     quantize = tiny_config.quantize.model_copy(update={"reject_slower_int8": False})
     data = tiny_stages.data
-    export = export_stage(tmp_path, config, tiny_stages.student, data)
+    export = export_stage(tmp_path, config, tiny_stages.student, data, 0.005)
     vocabulary = export.manifest.vocabulary
     assert vocabulary["trimmed"] and vocabulary["kept_size"] < vocabulary["original_size"]
     assert 0 < vocabulary["test_unk_token_rate"] <= vocabulary["test_changed_token_rate"] < 1
@@ -196,3 +196,40 @@ def test_only_trimmable_tokenizers_are_trimmed(tmp_path, model, reason):
     found = untrimmable_reason(path)
     assert found == reason if reason is None else reason in found
     assert "no tokenizer.json" in untrimmable_reason(tmp_path / "absent" / "tokenizer.json")
+
+
+def test_trimming_may_cost_at_most_the_accuracy_budget():
+    from deploy.export import trimming_rejection
+
+    assert trimming_rejection(0.005, 0.005) is None
+    assert trimming_rejection(-0.01, 0.0) is None  # trimming that helps always passes
+    reason = trimming_rejection(0.0073, 0.005)
+    assert reason == (
+        "trimming cost 0.0073 test accuracy > quantize.max_accuracy_drop 0.005: "
+        "the full vocabulary ships"
+    )
+
+
+def test_a_trim_over_budget_ships_the_full_vocabulary_and_records_its_cost(
+    tiny_stages, tiny_config, tmp_path
+):
+    from deploy.export import export_stage
+
+    student, data = tiny_stages.student, tiny_stages.student_data
+    # A negative budget no trimming can meet stands in for a domain full of rare words.
+    export = export_stage(tmp_path, tiny_config.export, student, data, max_accuracy_drop=-1.0)
+    manifest = export.manifest
+    assert not manifest.trimmed and manifest.full_vocabulary_file is None
+    assert "the full vocabulary ships" in manifest.vocabulary["reason"]
+    rejected = manifest.vocabulary["rejected_trim"]
+    assert rejected["kept_size"] < rejected["original_size"]
+    assert rejected["trimming_cost"] == pytest.approx(
+        manifest.student_test_accuracy - tiny_stages.export.manifest.test_accuracy
+    )
+    shipped_tokenizer = export.file(manifest.tokenizer).read_bytes()
+    assert shipped_tokenizer == student.file("tokenizer.json").read_bytes()
+    assert sorted(p.name for p in export.path.iterdir()) == [
+        "manifest.json", "model.onnx", "tokenizer.json"
+    ]  # fmt: skip
+    # The full graph matches the trained student: no step has spent the budget yet.
+    assert manifest.test_accuracy == pytest.approx(manifest.student_test_accuracy)
