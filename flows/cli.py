@@ -82,9 +82,10 @@ def _checked_run(config: Path, overrides: list[str], settings) -> dict[str, Any]
         fail(err)
 
     from flows.cluster import prefect_api_for_workers, with_compute
-    from flows.pipeline import distill_pipeline
+    from flows.pipeline import check_tracking, distill_pipeline
 
     try:
+        check_tracking(settings, Path(settings.workdir).resolve())
         # compute.cluster: the logit cache's shards run on it (one shard for small data).
         with prefect_api_for_workers(settings.compute):
             return with_compute(distill_pipeline, settings.compute)(str(config), overrides)

@@ -112,6 +112,13 @@ def open_tracker(config: PipelineConfig, workdir: Path) -> MlflowTracker:
     )
 
 
+def check_tracking(config: PipelineConfig, workdir: Path) -> None:
+    """The tracking server answers and its registry still holds what this workdir registered:
+    the CLI checks it before the flow starts, so either failure is one line, not a flow
+    traceback (the flow checks again: a deployment runs it without the CLI)."""
+    check_registry(open_tracker(config, workdir), config, workdir)
+
+
 def check_registry(tracker: MlflowTracker, config: PipelineConfig, workdir: Path) -> None:
     check_registry_record(
         tracker.client,

@@ -102,3 +102,49 @@ def test_a_read_only_workdir_is_reported_as_such(tmp_path):
     # from there: it names the workdir and says it must be writable, never "could not be read".
     assert f"workdir {workdir} cannot be used" in line and "writable" in line
     assert "could not be read" not in line
+
+
+def test_an_unreachable_tracking_server_is_one_line_before_the_flow_starts(tmp_path):
+    import os
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(TINY_CONFIG), f"workdir={tmp_path / 'w'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in error_line(result)
+    assert "Flow run" not in result.stderr  # refused before Prefect ran anything
+    assert not (tmp_path / "w" / "data").exists()
+
+
+def test_a_reset_registry_is_one_line_before_the_flow_starts(tmp_path):
+    import json
+
+    from tasks.tracking import sqlite_uri
+
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    # This workdir registered v3; its mlflow.db has since been deleted.
+    record = {"tracking_uri": sqlite_uri(workdir), "registered_model": "distillery-tiny-student"}
+    (workdir / "registry.json").write_text(
+        json.dumps({"registries": [{**record, "highest_version": 3}]})
+    )
+    result = distillery("run", TINY_CONFIG, f"workdir={workdir}")
+    assert result.returncode == 2
+    line = error_line(result)
+    assert "was reset or replaced" in line and "v3" in line and "registry.json" in line
+    assert "Flow run" not in result.stderr
+    assert not (workdir / "data").exists()
