@@ -40,13 +40,8 @@ run-edge: setup
 run-mpnet: setup-mpnet
 	$(BIN)/distillery run configs/movie_reviews_mpnet.yaml
 
-# test_gc.py and test_sweep.py run in a process of their own: late in one long pytest process
-# they failed (state left by an earlier test, not yet found); alone or together they pass.
-ISOLATED_TESTS := tests/test_gc.py tests/test_sweep.py
-
 test: setup
-	$(BIN)/python -m pytest $(addprefix --ignore=,$(ISOLATED_TESTS))
-	$(BIN)/python -m pytest $(ISOLATED_TESTS)
+	$(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check .

@@ -14,6 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 
 
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """Every test starts from the same environment variables. Code under test sets some for
+    good (`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI, the CLI's
+    `configure_environment` sets PREFECT_HOME ...); leaked into later tests, they sent those
+    tests' runs, and their subprocesses', to another test's MLflow store."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory):
     from distill.config import load_config

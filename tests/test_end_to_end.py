@@ -117,9 +117,13 @@ def test_registry_has_a_challenger_that_loads_and_predicts(runs):
     assert challenger.tags["teacher_sha256"] == first["teacher_sha256"]
     assert challenger.tags["run_id"] == third["mlflow_run_id"]
 
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)  # also exports MLFLOW_TRACKING_URI (conftest restores it)
     mlflow.set_registry_uri(uri)
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@challenger")
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL}@challenger")
+    finally:  # no later test may inherit this store through mlflow's globals
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
     # The graph reads the ids of the (trimmed) tokenizer in its run's bundle, not the hub one's.
     tokenizer = Tokenizer.from_file(
         mlflow.artifacts.download_artifacts(
