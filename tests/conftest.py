@@ -73,3 +73,62 @@ def tiny_bundle(tiny_stages, tmp_path_factory):
     return bundle_from_stages(
         tmp_path_factory.mktemp("bundle-workdir"), tiny_stages, run_id="run-tiny", model_version="3"
     )
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """Prefect's embedded server with its state in a temporary home, started once for every test
+    that runs flows in this process, and stopped at the end."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    settings = {
+        PREFECT_HOME: str(home),
+        PREFECT_API_URL: None,
+        PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90,
+    }
+    with temporary_settings(settings):
+        yield home
+    SubprocessASGIServer().stop()
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory):
+    """A real `dask scheduler` and two one-thread `dask worker`s on loopback; yields
+    (scheduler address, the workers' addresses)."""
+    import sys
+
+    import distributed
+
+    from tests.services import free_port, start, stop
+
+    logs = tmp_path_factory.mktemp("dask-logs")
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    # The workers import this checkout's code (flows.cluster) to run the tasks.
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = os.environ | {"PYTHONPATH": path}
+    dask = Path(sys.executable).parent / "dask"
+    scheduler = ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+    processes = [start([dask, *scheduler], env, logs / "scheduler.log")]
+    try:
+        for n in range(2):
+            worker = ["worker", address, "--host", "127.0.0.1", "--name", f"worker-{n}"]
+            worker += ["--nworkers", "1", "--nthreads", "1", "--no-dashboard"]
+            processes.append(start([dask, *worker], env, logs / f"worker-{n}.log"))
+        with distributed.Client(address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=90)
+            workers = set(client.scheduler_info(n_workers=-1)["workers"])
+        yield address, workers
+    finally:
+        for process in reversed(processes):
+            stop(process, timeout=15)
+        assert all(process.poll() is not None for process in processes)

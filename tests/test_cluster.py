@@ -8,25 +8,13 @@ loopback ports (stopped at the end); a tiny flow maps a pure task over them and 
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import cloudpickle
-import distributed
 import pytest
 from prefect import flow, task
-from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import (
-    PREFECT_API_URL,
-    PREFECT_HOME,
-    PREFECT_SERVER_ANALYTICS_ENABLED,
-    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-    temporary_settings,
-)
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
@@ -42,13 +30,12 @@ from flows.cluster import (
     worker_identity,
     workers_cut_off,
 )
-from tests.conftest import REPO
+from tests.services import free_port
 
 # Workers cannot import this test module (pytest imports it by file), so ship its functions
 # by value; flows.cluster is importable there and goes by reference.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-BIN = Path(sys.executable).parent
 ITEMS = list(range(6))
 
 
@@ -141,76 +128,6 @@ def test_this_machines_hosts_include_its_loopback_and_name():
 
 
 # --- real clusters --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(command: list, log: Path, env: dict[str, str]) -> subprocess.Popen:
-    """A process in its own group, so that stopping it stops its children (the nanny's worker)."""
-    return subprocess.Popen(
-        [str(part) for part in command],
-        cwd=REPO,
-        env=env,
-        stdout=open(log, "w"),  # noqa: SIM115 - the child owns it until it exits
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """Prefect state in a temporary home; the embedded server started here is stopped after."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    settings = {
-        PREFECT_HOME: str(home),
-        PREFECT_API_URL: None,
-        PREFECT_SERVER_ANALYTICS_ENABLED: False,
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90,
-    }
-    with temporary_settings(settings):
-        yield home
-    SubprocessASGIServer().stop()
-
-
-@pytest.fixture(scope="module")
-def dask_cluster(tmp_path_factory):
-    """A real `dask scheduler` and two one-thread `dask worker`s on loopback; yields
-    (scheduler address, the workers' addresses)."""
-    logs = tmp_path_factory.mktemp("dask-logs")
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    # The workers import this checkout's code (flows.cluster) to run the tasks.
-    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    env = os.environ | {"PYTHONPATH": path}
-    scheduler = ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
-    processes = [start([BIN / "dask", *scheduler], logs / "scheduler.log", env)]
-    try:
-        for n in range(2):
-            worker = ["worker", address, "--host", "127.0.0.1", "--name", f"worker-{n}"]
-            worker += ["--nworkers", "1", "--nthreads", "1", "--no-dashboard"]
-            processes.append(start([BIN / "dask", *worker], logs / f"worker-{n}.log", env))
-        with distributed.Client(address, timeout=60, set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=90)
-            workers = set(client.scheduler_info(n_workers=-1)["workers"])
-        yield address, workers
-    finally:
-        for process in reversed(processes):
-            stop(process)
-        assert all(process.poll() is not None for process in processes)
 
 
 @pytest.fixture(scope="module")

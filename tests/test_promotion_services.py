@@ -7,18 +7,16 @@ deployment); the tracking test starts `mlflow server`. Everything is started and
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import REPO, TINY_CONFIG
+from tests.services import free_port, http_ok, start, stop, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -59,55 +57,6 @@ def distillery(*args, env=None, timeout=600):
 
 def last_json_line(text):
     return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(command, env, log):
-    """Start a service in its own process group, so teardown stops it and its children."""
-    return subprocess.Popen(
-        [str(part) for part in command],
-        cwd=REPO,
-        env=env,
-        stdout=open(log, "w"),  # noqa: SIM115 - the child owns it until it exits
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def stop(process):
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def wait_until(probe, timeout, what, process=None, log=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"{what}: process exited\n{Path(log).read_text()[-3000:]}")
-        try:
-            value = probe()
-        except Exception:  # noqa: BLE001 - not up yet
-            value = None
-        if value:
-            return value
-        time.sleep(0.5)
-    tail = Path(log).read_text()[-3000:] if log else ""
-    pytest.fail(f"{what}: not ready after {timeout} s\n{tail}")
-
-
-def http_ok(url):
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return response.status == 200
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ import json
 import pytest
 
 from tests.conftest import TINY_CONFIG
-from tests.test_cluster import prefect_api  # noqa: F401 - module fixture
 
 
 @pytest.mark.slow
-def test_quick_mode_writes_the_scaling_numbers(prefect_api, tmp_path):  # noqa: F811
+def test_quick_mode_writes_the_scaling_numbers(prefect_api, tmp_path):
     from bench.scale import main
 
     output = tmp_path / "scale.json"

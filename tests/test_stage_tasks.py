@@ -10,12 +10,10 @@ class CountManifest(StageManifest):
     attempts: int
 
 
-@pytest.fixture(scope="module")
-def prefect_engine():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
+@pytest.fixture
+def prefect_engine(prefect_api):
+    """The session's embedded Prefect server (conftest)."""
+    return prefect_api
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ from flows.sweep_grid import (
     write_results,
 )
 from tests.conftest import TINY_CONFIG
-from tests.test_cluster import dask_cluster, prefect_api  # noqa: F401 - module fixtures
 
 GRID = ["student.alpha=0.3,0.7"]
 SHARD_ROWS = 96  # the tiny train split has 280 rows: 3 shards
@@ -195,7 +194,7 @@ def check_mlflow(summary, workdir) -> None:
 
 
 @pytest.mark.slow
-def test_sweep_on_a_real_scheduler_and_two_workers(prefect_api, dask_cluster, sequential, tmp_path):  # noqa: F811
+def test_sweep_on_a_real_scheduler_and_two_workers(prefect_api, dask_cluster, sequential, tmp_path):
     from flows.sweep import run_sweep
     from tasks.tracking import mlflow_client, sqlite_uri
 
@@ -226,7 +225,7 @@ def test_sweep_on_a_real_scheduler_and_two_workers(prefect_api, dask_cluster, se
 
 
 @pytest.mark.slow
-def test_sweep_on_local_2(prefect_api, sequential, tmp_path):  # noqa: F811
+def test_sweep_on_local_2(prefect_api, sequential, tmp_path):
     from flows.sweep import run_sweep
 
     summary = run_sweep(str(TINY_CONFIG), tiny(tmp_path, "compute.cluster=local:2"), GRID)
