@@ -3,6 +3,9 @@ INT8 and static INT8; batch-1 latency on one thread and batch-32 throughput on e
 at a typical (25 tokens) and the maximum (64) sequence length; the edge runtime's cold start.
 
     .venv/bin/python -m bench.latency [--workdir runs/movie_reviews] [--scratch DIR] [key=value ...]
+    .venv/bin/python -m bench.latency --config configs/movie_reviews_mpnet.yaml [key=value ...]
+
+(`--config`: that config file instead of a run's `config.resolved.yaml`.)
 
 The stages come from the pipeline's own wiring (`deploy.chain`) with the workdir's resolved
 config plus the given overrides (e.g. export.trim_vocabulary=true), in its store: an unchanged
@@ -204,6 +207,7 @@ def measure_rows(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default=str(REPO / "runs" / "movie_reviews"))
+    parser.add_argument("--config", help="a config file (default: the workdir's resolved one)")
     parser.add_argument("--scratch", default="/tmp/bench-latency")
     parser.add_argument("--output", default=str(RESULTS / "latency.json"))
     parser.add_argument("--section", default="latency", help="benchmarks.md section ('' skips)")
@@ -212,9 +216,8 @@ def main() -> None:
 
     load_before = uptime()
     workdir, scratch = Path(args.workdir), Path(args.scratch)
-    config = load_config(
-        workdir / "config.resolved.yaml", [*args.overrides, "quantize.keep_candidates=true"]
-    )
+    source = Path(args.config) if args.config else workdir / "config.resolved.yaml"
+    config = load_config(source, [*args.overrides, "quantize.keep_candidates=true"])
     stages = run_pipeline_stages(config, config.store_dir)
     data, teacher, student = stages.data, stages.teacher, stages.student
     export, quantized = stages.export, stages.quantize
