@@ -315,22 +315,25 @@ def quantize_stage(
     )
 
 
-def model_split(export: Artifact[ExportManifest], data: Artifact[DataManifest], split: str):
-    """A split as the exported graph expects it: re-tokenized when the vocabulary was trimmed."""
+def split_for(tokenizer: Path | None, data: Artifact[DataManifest], split: str):
+    """A split as a graph expects it: re-tokenized with `tokenizer` (a trimmed vocabulary), or
+    as the data stage wrote it (None: the student's own ids)."""
     rows = load_split(data.path, split)
-    if export.manifest.trimmed:
-        tokenizer = export.file(export.manifest.tokenizer)
-        return tokenized_split(tokenizer, rows, data.manifest.max_length)
-    return rows
+    if tokenizer is None:
+        return rows
+    return tokenized_split(tokenizer, rows, data.manifest.max_length)
+
+
+def model_split(export: Artifact[ExportManifest], data: Artifact[DataManifest], split: str):
+    """A split as the exported graph expects it."""
+    manifest = export.manifest
+    return split_for(export.file(manifest.tokenizer) if manifest.trimmed else None, data, split)
 
 
 def shipped_split(quantized: Artifact[QuantizeManifest], data: Artifact[DataManifest], split: str):
     """A split as the shipped model expects it (its vocabulary may differ from the export's)."""
-    rows = load_split(data.path, split)
-    if quantized.manifest.trimmed:
-        tokenizer = quantized.file(quantized.manifest.tokenizer)
-        return tokenized_split(tokenizer, rows, data.manifest.max_length)
-    return rows
+    manifest = quantized.manifest
+    return split_for(quantized.file(manifest.tokenizer) if manifest.trimmed else None, data, split)
 
 
 def score(
@@ -381,10 +384,7 @@ def vocabularies(export: Artifact[ExportManifest]) -> list[Vocabulary]:
 
 
 def vocabulary_split(vocabulary: Vocabulary, data: Artifact[DataManifest], split: str):
-    rows = load_split(data.path, split)
-    if vocabulary.trimmed:
-        return tokenized_split(vocabulary.tokenizer, rows, data.manifest.max_length)
-    return rows
+    return split_for(vocabulary.tokenizer if vocabulary.trimmed else None, data, split)
 
 
 @dataclass

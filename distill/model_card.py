@@ -17,6 +17,7 @@ from distill.gates import GateResult, all_passed
 
 if TYPE_CHECKING:
     from deploy.export import ExportManifest
+    from deploy.quantize import QuantizeManifest
     from distill.chain import RunArtifacts
     from distill.data import DataQuality
 
@@ -120,7 +121,8 @@ def render_model_card(
     sections = [
         f"# {name} v{version}",
         f"INT8 ONNX student from MLflow run `{run_id}`; {decision}.",
-        _tokenizer_note(export),
+        _tokenizer_note(export, quantized),
+        _cost_note(quantized),
         "## Data",
         _table(
             ["source", "fingerprint", "tokenizer", "max length"],
@@ -301,13 +303,32 @@ def write_model_card(
     return sorted(folder.iterdir())
 
 
-def _tokenizer_note(export: ExportManifest) -> str:
-    """Which tokenizer the graph's input ids must come from."""
+def _tokenizer_note(export: ExportManifest, quantized: QuantizeManifest) -> str:
+    """Which tokenizer the shipped graph's input ids must come from."""
     vocabulary = export.vocabulary
-    if not export.trimmed:
-        return "Input ids come from the data tokenizer below; the run's `bundle/` holds it too."
+    if not quantized.trimmed:
+        rejected = vocabulary.get("reason") if "rejected_trim" in vocabulary else None
+        note = "Input ids come from the data tokenizer below; the run's `bundle/` holds it too."
+        if export.trimmed:
+            note += " The trimmed vocabulary was exported but not shipped: with it no INT8 model"
+            note += " stayed within the accuracy budget."
+        elif rejected:
+            note += f" Vocabulary trimming was not shipped: {rejected}."
+        return note
     return (
         f"The vocabulary is trimmed to {vocabulary['kept_size']} of "
         f"{vocabulary['original_size']} word pieces: input ids must come from the run's "
         "`bundle/tokenizer.json` (the edge bundle), not from the data tokenizer below."
+    )
+
+
+def _cost_note(quantized: QuantizeManifest) -> str:
+    """What each step from the trained student to the shipped model cost in test accuracy."""
+    costs = quantized.costs
+    return (
+        f"Test accuracy from the trained student ({quantized.student_test_accuracy:.4f}) to the "
+        f"shipped {quantized.method} model ({quantized.test_accuracy:.4f}): trimming "
+        f"{-100 * costs['trimming']:+.2f}, quantization {-100 * costs['quantization']:+.2f}, "
+        f"together {-100 * costs['end_to_end']:+.2f} points (budget "
+        f"{100 * quantized.gate['max_accuracy_drop']:.2f})."
     )

@@ -113,6 +113,8 @@ def test_every_version_gets_a_model_card(tiny_run):
         "| latency_ms |",  # gates
         "accuracy_vs_latency.png",  # plots
         "`bundle/tokenizer.json`",  # the trimmed vocabulary's tokenizer goes with the graph
+        "to the shipped",  # what trimming and INT8 cost, each and together
+        "together",
     ):
         assert text in card, text
     files = {
