@@ -33,7 +33,9 @@ def chain_keys(config) -> dict[str, str]:
     augmented = stub("augment", augmentation_key(config.augmentation, data))
     cache = stub("logit_cache", cache_key(teacher, data, augmented))
     student = stub("student", student_key(config.student, teacher, cache, data))
-    export = stub("export", export_key(config.export, student, data))
+    export = stub(
+        "export", export_key(config.export, student, data, config.quantize.max_accuracy_drop)
+    )
     return {
         "data": data.key,
         "teacher": teacher.key,
@@ -111,12 +113,14 @@ def test_teacher_key_follows_teacher_settings_and_data(config):
     assert resplit["data"] != base["data"] and resplit["teacher"] != base["teacher"]
 
 
-def test_quantize_settings_do_not_key_the_export(config):
+def test_only_the_accuracy_budget_of_the_quantize_settings_keys_the_export(config):
     base = chain_keys(config)
-    other = chain_keys(
-        build_config({"teacher": {"model": "minilm"}}, ["quantize.max_accuracy_drop=0.02"])
-    )
+    minilm = {"teacher": {"model": "minilm"}}
+    other = chain_keys(build_config(minilm, ["quantize.min_agreement=0.9"]))
     assert other["export"] == base["export"] and other["quantize"] != base["quantize"]
+    # The budget also gates vocabulary trimming, which the export stage decides.
+    budget = chain_keys(build_config(minilm, ["quantize.max_accuracy_drop=0.02"]))
+    assert budget["export"] != base["export"] and budget["quantize"] != base["quantize"]
 
 
 def test_augmentation_keys_the_cache_when_it_is_on():
