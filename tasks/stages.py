@@ -123,9 +123,13 @@ def _timed(run: Callable[[], Artifact]) -> Artifact:
 
 
 def _worth_retrying(task, task_run, state) -> bool:
-    """Bad input or a failed check (ValueError: data, config, parity) fails the same way twice."""
+    """Bad input or a failed check (ValueError: data, config, parity) fails the same way twice.
+    An interrupt (Ctrl-C, SIGTERM: a crashed state) is the user's decision: retrying it would
+    run the stage again and carry the run on to the end."""
+    if state.is_crashed():
+        return False
     error = state.result(raise_on_failure=False)
-    return not isinstance(error, ValueError)
+    return isinstance(error, Exception) and not isinstance(error, ValueError)
 
 
 @task(

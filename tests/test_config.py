@@ -240,3 +240,11 @@ def test_transfer_text_section_is_optional_and_checked():
         build_config({}, ["data.unlabeled.source=x.csv", "data.unlabeled.max_examples=0"])
     with pytest.raises(ConfigError, match="unknown config key 'data.unlabeled.label_column'"):
         build_config({}, ["data.unlabeled.source=x.csv", "data.unlabeled.label_column=y"])
+
+
+def test_column_names_for_the_bundled_data_are_refused_not_ignored():
+    with pytest.raises(ConfigError, match="data.text_column='nope' does not apply to the bundled"):
+        build_config({}, ["data.text_column=nope"])
+    with pytest.raises(ConfigError, match="data.label_column"):
+        build_config({}, ["data.label_column=stars"])
+    assert build_config({}, ["data.source=reviews.csv", "data.text_column=review"])

@@ -83,6 +83,22 @@ def test_bad_input_is_not_retried(prefect_engine, tracker, tmp_path):
     assert counter.read_text() == "1"
 
 
+def test_ctrl_c_in_a_stage_stops_the_run_instead_of_retrying_it(prefect_engine, tracker, tmp_path):
+    from prefect import flow
+
+    from tasks.stages import prefect_runner
+
+    build, counter = failing_build(tmp_path, failures=5, error=KeyboardInterrupt())
+
+    @flow
+    def one_stage():
+        return prefect_runner(tracker)("logit_cache", build)
+
+    with pytest.raises(KeyboardInterrupt):
+        one_stage()
+    assert counter.read_text() == "1"
+
+
 def test_manifests_and_mlflow_params_record_the_device_and_precision_used(tiny_stages, tracker):
     from tasks.stages import RECORDINGS, record_stage
 
