@@ -209,6 +209,12 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(REPO / "runs" / "movie_reviews"))
     parser.add_argument("--config", help="a config file (default: the workdir's resolved one)")
     parser.add_argument("--scratch", default="/tmp/bench-latency")
+    parser.add_argument(
+        "--speedup-goal",
+        type=float,
+        default=GOALS["speedup_vs_teacher_pytorch"],
+        help="shipped model vs the teacher in PyTorch, batch 1 (issue 10's MPNet profile: 75)",
+    )
     parser.add_argument("--output", default=str(RESULTS / "latency.json"))
     parser.add_argument("--section", default="latency", help="benchmarks.md section ('' skips)")
     parser.add_argument("overrides", nargs="*")
@@ -267,7 +273,7 @@ def main() -> None:
         "quantize": summarize_quantize(quantized),
         "vocabulary": export.manifest.vocabulary,
     }
-    result["goals"] = goals(result)
+    result["goals"] = goals(result, args.speedup_goal)
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))
@@ -298,9 +304,9 @@ def row(result: dict[str, Any], fmt: str, model: str, batch: int, seq_len: int) 
     )
 
 
-def goals(result: dict[str, Any]) -> dict[str, Any]:
+def goals(result: dict[str, Any], speedup_goal: float) -> dict[str, Any]:
     shipped = next(r for r in result["rows"] if r["shipped"] and r["batch"] == 1)
-    out: dict[str, Any] = {"shipped_format": shipped["format"]}
+    out: dict[str, Any] = {"shipped_format": shipped["format"], "speedup_goal": speedup_goal}
     for seq_len in SEQ_LENS:
         teacher = row(result, "pytorch-fp32", "teacher", 1, seq_len)
         model = row(result, shipped["format"], "student", 1, seq_len)
@@ -309,8 +315,7 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
     out["cold_start_s"] = result["cold_start_s"]
     out["int8_accuracy_drop_points"] = 100 * result["quantize"]["accuracy_drop"]
     out["met"] = {
-        "speedup_vs_teacher_pytorch": out["speedup_vs_teacher_pytorch_seq25"]
-        >= GOALS["speedup_vs_teacher_pytorch"],
+        "speedup_vs_teacher_pytorch": out["speedup_vs_teacher_pytorch_seq25"] >= speedup_goal,
         "bundle_fraction_of_teacher": out["bundle_fraction_of_teacher"]
         <= GOALS["bundle_fraction_of_teacher"],
         "cold_start_s": out["cold_start_s"] < GOALS["cold_start_s"],
@@ -383,7 +388,7 @@ def render(result: dict[str, Any], section: str) -> str:
                 [
                     [
                         "shipped model vs teacher in PyTorch, batch 1, 1 thread, 25 tokens",
-                        ">= 15x",
+                        f">= {g['speedup_goal']:g}x",
                         f"{g['speedup_vs_teacher_pytorch_seq25']:.1f}x "
                         f"(64 tokens: {g['speedup_vs_teacher_pytorch_seq64']:.1f}x)",
                         met["speedup_vs_teacher_pytorch"],
