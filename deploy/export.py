@@ -167,8 +167,9 @@ def export_stage(
 
 def export_checked(
     model: torch.nn.Module, path: Path, test, config: ExportConfig, max_length: int
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Export `model` to `path` and check parity on `test`: the graph's logits and parity."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Export `model` to `path` and check parity on `test`: PyTorch's logits, the graph's, and
+    their parity."""
     export_onnx(model, path, config.opset, max_length)
     reference = predict_logits(model, test)
     candidate = onnx_logits(open_session(path), test["input_ids"], test["attention_mask"])
@@ -178,7 +179,7 @@ def export_checked(
             f"ONNX export differs from PyTorch by {result['max_abs_logit_diff']:.3g} "
             f"(tolerance export.parity_tolerance={config.parity_tolerance})"
         )
-    return candidate, result
+    return reference, candidate, result
 
 
 def build_export(
@@ -194,8 +195,10 @@ def build_export(
     model.set_attn_implementation("eager")
     test = load_split(data.path, "test")
     max_length = data.manifest.max_length
-    full_logits, full_parity = export_checked(model, folder / ONNX_FILE, test, config, max_length)
-    student_accuracy = accuracy(predict_logits(model, test), test["label"])
+    student_logits, full_logits, full_parity = export_checked(
+        model, folder / ONNX_FILE, test, config, max_length
+    )
+    student_accuracy = accuracy(student_logits, test["label"])
     shutil.copyfile(student.file(TOKENIZER_FILE), folder / TOKENIZER_FILE)
     vocabulary: dict[str, Any] = {"trimmed": False, "original_size": model.config.vocab_size}
     logits, result, files = full_logits, full_parity, {}
@@ -215,7 +218,7 @@ def build_export(
             folder / TOKENIZER_FILE,
         )
         trimmed_test = tokenized_split(folder / TOKENIZER_FILE, test, max_length)
-        trimmed_logits, trimmed_parity = export_checked(
+        _, trimmed_logits, trimmed_parity = export_checked(
             model, folder / ONNX_FILE, trimmed_test, config, max_length
         )
         trim["trimming_cost"] = student_accuracy - accuracy(trimmed_logits, test["label"])
