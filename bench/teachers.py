@@ -11,6 +11,8 @@ on the default data and split:
     kd_minilm         KD from the fine-tuned MiniLM teacher (the default run's teacher)
     kd_mpnet          KD from the fine-tuned MPNet teacher (configs/movie_reviews_mpnet.yaml)
     kd_mpnet_augment  kd_mpnet plus one augmented copy of the train split labelled by MPNet
+    kd_mpnet_augment4 kd_mpnet plus four augmented copies, two student epochs (about the same
+                      number of passes over each original sentence's variants, 1.7x the steps)
     kd_mpnet_transfer kd_mpnet plus transfer text (only with --unlabeled FILE)
 
 Every run goes through the library's own wiring (distill.chain / deploy.chain: data, teacher,
@@ -63,8 +65,16 @@ ARMS = {
     "kd_mpnet_augment": Arm(
         "kd_mpnet_augment", "mpnet", "augmentation x1", ("augmentation.multiplier=1.0",)
     ),
+    "kd_mpnet_augment4": Arm(
+        "kd_mpnet_augment4",
+        "mpnet",
+        "augmentation x4",
+        ("augmentation.multiplier=4.0", "student.training.epochs=2"),
+    ),
     "kd_mpnet_transfer": Arm("kd_mpnet_transfer", "mpnet", "unlabeled", ()),
 }
+# Arm (d) of issue 10: MPNet plus extra teacher-labelled text; each one is held to the goals.
+TRANSFER_ARMS = ("kd_mpnet_augment", "kd_mpnet_augment4", "kd_mpnet_transfer")
 DEFAULT_ARMS = ["labels", "kd_minilm", "kd_mpnet", "kd_mpnet_augment"]
 
 
@@ -192,35 +202,40 @@ def main(argv: list[str] | None = None) -> None:
         save(rows, list(teachers.values()), args)
 
 
-# Issue 10's goals: the MPNet teacher's accuracy, and the best MPNet arm against labels only and
-# against the 6-layer MiniLM teacher (means over seeds; the shipped INT8 model for the latter).
+# Issue 10's goals: the MPNet teacher's accuracy, and each MPNet arm with extra text against
+# labels only and against the 6-layer MiniLM teacher (means over seeds; the shipped INT8 model for
+# the latter). Every transfer arm is reported: none is picked by its test score.
 GOALS = {"mpnet_teacher": 0.90, "over_labels_points": 3.0, "over_minilm_teacher_points": 1.0}
 
 
 def goals(rows: list[dict], teachers: list[dict]) -> dict:
-    """Each goal's measured value and whether it is met (None: its rows are not there yet)."""
+    """Each goal's measured value and whether it is met, per transfer arm that has rows."""
 
     def mean(arm: str, key: str) -> float | None:
         values = [row[key] for row in rows if row["arm"] == arm]
         return statistics.mean(values) if values else None
 
-    best = next(
-        (arm for arm in ("kd_mpnet_augment", "kd_mpnet_transfer") if mean(arm, "test_accuracy")),
-        None,
-    )
     mpnet = next((t for t in teachers if "mpnet" in t["teacher"]), None)
     minilm = next((t for t in teachers if "minilm" in t["teacher"]), None)
     labels = mean("labels", "test_accuracy")
-    out: dict = {"best_arm": best}
+    out: dict = {"arms": {}}
     if mpnet:
         out["mpnet_teacher"] = mpnet["test_accuracy"]
-    if best and labels is not None:
-        out["over_labels_points"] = 100 * (mean(best, "test_accuracy") - labels)
-    if best and minilm:
-        out["over_minilm_teacher_points"] = 100 * (
-            mean(best, "int8_accuracy") - minilm["test_accuracy"]
-        )
-    out["met"] = {name: out[name] >= goal for name, goal in GOALS.items() if name in out}
+        out["met"] = {"mpnet_teacher": mpnet["test_accuracy"] >= GOALS["mpnet_teacher"]}
+    for arm in TRANSFER_ARMS:
+        accuracy = mean(arm, "test_accuracy")
+        if accuracy is None:
+            continue
+        measured: dict = {"seeds": sum(row["arm"] == arm for row in rows)}
+        if labels is not None:
+            measured["over_labels_points"] = 100 * (accuracy - labels)
+        if minilm:
+            int8 = mean(arm, "int8_accuracy")
+            measured["over_minilm_teacher_points"] = 100 * (int8 - minilm["test_accuracy"])
+        measured["met"] = {
+            name: measured[name] >= GOALS[name] for name in GOALS if name in measured
+        }
+        out["arms"][arm] = measured
     return out
 
 
@@ -295,18 +310,29 @@ def render(rows: list[dict], teachers: list[dict], args) -> str:
 
 
 def render_goals(measured: dict) -> str:
+    def verdict(met: bool) -> str:
+        return "met" if met else "**not met**"
+
     lines = ["Goals (means over the seeds):"]
-    labels = {
-        "mpnet_teacher": "MPNet teacher test accuracy >= 0.90",
-        "over_labels_points": f"{measured['best_arm']} over labels only >= 3.0 points (PyTorch)",
-        "over_minilm_teacher_points": (
-            f"{measured['best_arm']} shipped INT8 over the MiniLM teacher >= 1.0 point"
-        ),
-    }
-    for name, met in measured["met"].items():
-        value = measured[name]
-        shown = f"{value:.4f}" if name == "mpnet_teacher" else f"{value:+.2f} points"
-        lines.append(f"- {labels[name]}: {shown}, {'met' if met else '**not met**'}")
+    if "mpnet_teacher" in measured:
+        lines.append(
+            f"- MPNet teacher test accuracy >= 0.90: {measured['mpnet_teacher']:.4f}, "
+            f"{verdict(measured['met']['mpnet_teacher'])}"
+        )
+    for arm, values in measured["arms"].items():
+        seeds = f"{values['seeds']} seed{'s' if values['seeds'] > 1 else ''}"
+        if "over_labels_points" in values:
+            lines.append(
+                f"- {arm} over labels only >= 3.0 points (PyTorch, {seeds}): "
+                f"{values['over_labels_points']:+.2f} points, "
+                f"{verdict(values['met']['over_labels_points'])}"
+            )
+        if "over_minilm_teacher_points" in values:
+            lines.append(
+                f"- {arm} shipped INT8 over the MiniLM teacher >= 1.0 point ({seeds}): "
+                f"{values['over_minilm_teacher_points']:+.2f} points, "
+                f"{verdict(values['met']['over_minilm_teacher_points'])}"
+            )
     return "\n".join(lines)
 
 

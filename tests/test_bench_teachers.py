@@ -74,3 +74,33 @@ def test_tiny_run_writes_rows_and_teachers(tiny_config, tmp_path):
     assert rows["kd_mpnet_augment"]["training_rows"]["augmented"] == 280
     assert len(result["teachers"]) == 2  # two different teachers, each scored once
     assert str(REPO) in teachers.__file__
+
+
+def test_every_transfer_arm_is_held_to_the_goals_none_is_picked():
+    def row(arm: str, accuracy: float, int8: float) -> dict:
+        return {"arm": arm, "test_accuracy": accuracy, "int8_accuracy": int8}
+
+    rows = [
+        row("labels", 0.80, 0.80),
+        row("labels", 0.82, 0.82),
+        row("kd_mpnet_augment", 0.83, 0.83),
+        row("kd_mpnet_augment4", 0.84, 0.86),
+        row("kd_mpnet_augment4", 0.86, 0.86),
+    ]
+    scored = [
+        {"teacher": "minilm", "test_accuracy": 0.84},
+        {"teacher": "/cache/mpnet", "test_accuracy": 0.91},
+    ]
+    measured = teachers.goals(rows, scored)
+    assert measured["met"] == {"mpnet_teacher": True}
+    assert set(measured["arms"]) == {"kd_mpnet_augment", "kd_mpnet_augment4"}
+    one, four = measured["arms"]["kd_mpnet_augment"], measured["arms"]["kd_mpnet_augment4"]
+    assert round(one["over_labels_points"], 6) == 2.0 and one["seeds"] == 1
+    assert one["met"] == {"over_labels_points": False, "over_minilm_teacher_points": False}
+    assert round(four["over_labels_points"], 6) == 4.0 and four["seeds"] == 2
+    assert round(four["over_minilm_teacher_points"], 6) == 2.0
+    assert four["met"] == {"over_labels_points": True, "over_minilm_teacher_points": True}
+    text = teachers.render_goals(measured)
+    assert "kd_mpnet_augment4 over labels only >= 3.0 points (PyTorch, 2 seeds): +4.00" in text
+    missed = "kd_mpnet_augment shipped INT8 over the MiniLM teacher >= 1.0 point (1 seed): -1.00"
+    assert f"{missed} points, **not met**" in text

@@ -33,15 +33,23 @@ def test_fine_tuning_keeps_the_best_epoch_by_validation_accuracy(tiny_config, ti
     assert (teacher.path / "tokenizer.json").is_file()
 
 
-def test_the_same_config_fine_tunes_the_same_teacher(tiny_config, tiny_data, tmp_path):
-    import torch
+def test_the_same_config_fine_tunes_the_same_teacher(tiny_data, tokenizer, tmp_path):
+    from transformers import BertConfig, BertModel
 
     from distill.config import TeacherConfig
 
-    config = TeacherConfig(model="minilm", training=TrainingConfig(epochs=1, batch_size=64))
-    # A real pretrained encoder gets a new, randomly initialised head: it must be seeded.
+    # A pretrained encoder without a classifier head (as the bundled MiniLM is, but tiny): loading
+    # it as a classifier gives a new, randomly initialised head, which must be seeded.
+    encoder = tmp_path / "encoder"
+    torch.manual_seed(0)
+    arch = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+    BertModel(arch).save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    config = TeacherConfig(model=str(encoder), training=TrainingConfig(epochs=1, batch_size=64))
     torch.manual_seed(123)  # disturb the global generator between the two builds
     first = teacher_stage(tmp_path / "a", config, tiny_data)
     torch.manual_seed(456)
     second = teacher_stage(tmp_path / "b", config, tiny_data)
+    assert first.manifest.fine_tuned and second.manifest.fine_tuned
     assert first.manifest.weights_sha256 == second.manifest.weights_sha256
