@@ -104,9 +104,9 @@ def report(result: dict[str, Any]) -> str:
     rows = [
         [
             name,
-            f"{r['one_thread']:.1f}",
-            f"{r['two_threads']:.1f} ({r['two_threads_speedup']:.2f}x)",
-            f"{' + '.join(f'{x:.1f}' for x in r['two_processes'])} "
+            f"{r['one_thread']:.3g}",
+            f"{r['two_threads']:.3g} ({r['two_threads_speedup']:.2f}x)",
+            f"{' + '.join(f'{x:.3g}' for x in r['two_processes'])} "
             f"({r['two_processes_speedup']:.2f}x)",
             f"{r['best_sweep_ratio']:.2f}",
         ]

@@ -19,4 +19,4 @@ def test_the_sweep_ceiling_is_the_two_thread_rate_over_both_processes(monkeypatc
     assert measured["two_processes_speedup"] == 1.5
     assert measured["best_sweep_ratio"] == 1.0
     text = cores.report({"seconds": 1, "workloads": {"matmul": measured}})
-    assert "| matmul | 10.0 | 15.0 (1.50x) | 8.0 + 7.0 (1.50x) | 1.00 |" in text
+    assert "| matmul | 10 | 15 (1.50x) | 8 + 7 (1.50x) | 1.00 |" in text

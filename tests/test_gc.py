@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -34,10 +35,15 @@ def _gc(workdir, *args):
 
 
 @pytest.fixture
-def two_variants(tiny_config, tmp_path):
+def two_variants(tiny_config, tiny_stages, tmp_path):
     """One full chain (variant A) and a second student (variant B) on the same cache."""
+    # gc deletes folders: it works on a copy of the session's tiny stages, which the chain then
+    # finds by their keys instead of training them again.
+    for artifact in tiny_stages.by_stage().values():
+        shutil.copytree(artifact.path, tmp_path / artifact.path.relative_to(tiny_config.store_dir))
     config = tiny_config.model_copy(update={"workdir": tmp_path, "store": None})
     first = run_pipeline_stages(config, tmp_path)
+    assert all(artifact.reused for artifact in first.by_stage().values())
     other = config.student.model_copy(update={"temperature": 4.0})
     second = run_student(other, tmp_path, first)
     assert second.key != first.student.key
