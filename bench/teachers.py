@@ -250,7 +250,7 @@ def save(rows: list[dict], teachers: list[dict], args) -> None:
 
 def render(rows: list[dict], teachers: list[dict], args) -> str:
     table = []
-    for name in args.arms:
+    for name in ARMS:  # every arm with rows, in the table's order (--render-only merges runs)
         group = [row for row in rows if row["arm"] == name]
         if not group:
             continue
