@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.teachers [--seeds 1 2 3] [--arms labels kd_minilm kd_mpnet ...]
     .venv/bin/python -m bench.teachers --dry-run        # the plan: every run's config, no training
     .venv/bin/python -m bench.teachers --render-only    # the table and goals from teachers.json
+    .venv/bin/python -m bench.teachers --merge A.json B.json   # several runs' rows into --output
 
 One student shape for every arm (3 layers carved from the pretrained MiniLM, its own tokenizer),
 on the default data and split:
@@ -166,9 +167,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--render-only", action="store_true", help="rewrite the table from --output and stop"
     )
+    parser.add_argument(
+        "--merge", nargs="+", metavar="JSON", help="write the rows of these runs into --output"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args(argv)
 
+    if args.merge:
+        rows, teachers = merged([json.loads(Path(part).read_text()) for part in args.merge])
+        save(rows, teachers, args)
+        return
     if args.render_only:
         saved = json.loads(Path(args.output).read_text())
         save(saved["rows"], saved["teachers"], args)
@@ -237,6 +245,17 @@ def goals(rows: list[dict], teachers: list[dict]) -> dict:
         }
         out["arms"][arm] = measured
     return out
+
+
+def merged(parts: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The rows of several runs in table order (arm, then seed); each teacher once."""
+    order = list(ARMS)
+    rows = sorted(
+        (row for part in parts for row in part["rows"]),
+        key=lambda row: (order.index(row["arm"]), row["seed"]),
+    )
+    teachers = {t["key"]: t for part in parts for t in part["teachers"]}
+    return rows, list(teachers.values())
 
 
 def save(rows: list[dict], teachers: list[dict], args) -> None:

@@ -104,3 +104,17 @@ def test_every_transfer_arm_is_held_to_the_goals_none_is_picked():
     assert "kd_mpnet_augment4 over labels only >= 3.0 points (PyTorch, 2 seeds): +4.00" in text
     missed = "kd_mpnet_augment shipped INT8 over the MiniLM teacher >= 1.0 point (1 seed): -1.00"
     assert f"{missed} points, **not met**" in text
+
+
+def test_merging_runs_orders_rows_by_arm_then_seed_and_keeps_each_teacher_once():
+    def run(*cells: tuple[str, int]) -> dict:
+        rows = [{"arm": arm, "seed": seed} for arm, seed in cells]
+        return {"rows": rows, "teachers": [{"key": "mpnet"}, {"key": "minilm"}]}
+
+    rows, scored = teachers.merged(
+        [run(("kd_mpnet_augment", 2), ("labels", 2)), run(("labels", 1), ("kd_minilm", 1))]
+    )
+    assert [(r["arm"], r["seed"]) for r in rows] == [
+        ("labels", 1), ("labels", 2), ("kd_minilm", 1), ("kd_mpnet_augment", 2),
+    ]  # fmt: skip
+    assert [t["key"] for t in scored] == ["mpnet", "minilm"]
