@@ -1,11 +1,13 @@
 """ONNX export: dynamic axes, parity with PyTorch on padded batches, INT8 quantization."""
 
+import copy
+
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from deploy.export import export_onnx, parity
+from deploy.export import export_onnx, parity, replace_initializer
 from deploy.onnx_eval import onnx_logits, open_session
 from deploy.quantize import quantize_int8
 from distill.padding import pad
@@ -65,3 +67,35 @@ def test_int8_model_is_smaller_and_close(exported, tmp_path):
     int8 = onnx_logits(open_session(target), ids, mask)
     assert np.abs(fp32 - int8).max() < 0.5
     assert not (tmp_path / "prepared.onnx").exists()
+
+
+def test_a_trimmed_embedding_swapped_into_the_graph_matches_the_trimmed_model(exported, tmp_path):
+    from deploy.vocab_trim import slice_word_embeddings
+
+    model, path = exported
+    trimmed = copy.deepcopy(model)
+    full = model.get_input_embeddings().weight.detach().numpy()
+    kept = [0, 100, 101, 102, *range(1000, 30000, 7)]
+    slice_word_embeddings(trimmed, kept)
+    target = tmp_path / "trimmed.onnx"
+    assert replace_initializer(
+        path, target, full, trimmed.get_input_embeddings().weight.detach().numpy()
+    )
+    # No stale shape of the old table is left for shape inference (INT8 pre-processing) to trip on.
+    onnx.shape_inference.infer_shapes(onnx.load(str(target)), strict_mode=True)
+    ids, mask = ragged_batch(4, rows=5)
+    ids = [[kept.index(i) if i in kept else 1 for i in row] for row in ids]
+    with torch.inference_mode():
+        reference = trimmed(
+            input_ids=torch.from_numpy(pad(ids)), attention_mask=torch.from_numpy(pad(mask))
+        ).logits.numpy()
+    assert (
+        parity(reference, onnx_logits(open_session(target), ids, mask))["max_abs_logit_diff"] < 1e-4
+    )
+
+
+def test_no_initializer_is_swapped_unless_exactly_one_equals_the_old_table(exported, tmp_path):
+    _, path = exported
+    target = tmp_path / "trimmed.onnx"
+    assert not replace_initializer(path, target, np.zeros((30522, 32), np.float32), np.zeros(1))
+    assert not target.exists()
