@@ -43,7 +43,6 @@ from mlflow.protos.databricks_pb2 import (
 
 from deploy.onnx_eval import onnx_logits, open_session
 from deploy.runtime import TOKENIZER as BUNDLE_TOKENIZER
-from deploy.vocab_trim import tokenized_split
 from distill.gates import Gate, GateResult, Metric, all_passed, failure_summary, score
 from distill.store import write_json_atomic
 from tasks.tracking import MlflowTracker, Registration, mlflow_client
@@ -356,6 +355,8 @@ def score_champion(
         return None
     path = download_onnx(tracking_uri, name, version, folder)
     tokenizer = download_bundle_tokenizer(tracking_uri, name, version, folder / "bundle")
+    from deploy.vocab_trim import tokenized_split  # imports torch: not for promote/lineage
+
     split = test_split if tokenizer is None else tokenized_split(tokenizer, test_split, max_length)
     predicted, outputs = onnx_predictions(path, split)
     if outputs != num_labels:  # trained for other labels: its score here would mean nothing

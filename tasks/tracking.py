@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mlflow import MlflowClient
@@ -23,7 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from distill.training import MetricsLog
+if TYPE_CHECKING:  # at run time: `distillery gc/promote/lineage` need no torch (seconds)
+    from distill.training import MetricsLog
 
 MAX_PARAM_LENGTH = 6000
 BATCH = 100
