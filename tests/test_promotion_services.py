@@ -1,8 +1,9 @@
 """Gates, model card, lineage and scheduled retraining with the real services.
 
-One tiny pipeline run (embedded Prefect, SQLite MLflow) is shared by every test here. The
-scheduling test starts `prefect server` and `distillery schedule` (which serves the retraining
-deployment); the tracking test starts `mlflow server`. Everything is started and stopped here.
+One `prefect server` serves every run here (the embedded server's start, ~20 s a run, is
+tested in test_end_to_end), and one tiny pipeline run (SQLite MLflow) is shared by every test.
+The scheduling test starts `distillery schedule` (which serves the retraining deployment); the
+tracking test starts `mlflow server`. Everything is started and stopped here.
 """
 
 import json
@@ -60,10 +61,32 @@ def last_json_line(text):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def prefect_api(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = clean_env(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+    )
+    log = home / "server.log"
+    server = start(
+        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", port], env, log
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_until(lambda: http_ok(f"{url}/health"), 90, "prefect server", server, log)
+        yield url
+    finally:
+        stop(server)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(prefect_api, tmp_path_factory):
     """One gated pipeline run; the first model of a fresh registry, so it becomes champion."""
     workdir = tmp_path_factory.mktemp("promotion")
-    result = distillery("run", TINY_CONFIG, f"workdir={workdir}", *LENIENT)
+    env = clean_env(PREFECT_API_URL=prefect_api)
+    result = distillery("run", TINY_CONFIG, f"workdir={workdir}", *LENIENT, env=env)
     summary = json.loads((workdir / "summary.json").read_text())
     return workdir, summary, result.stdout
 
@@ -146,11 +169,12 @@ def test_lineage_of_the_champion(tiny_run):
     assert info["bundle_uri"].endswith(f"{summary['mlflow_run_id']}/artifacts/bundle")
 
 
-def test_an_unchanged_rerun_reuses_the_registered_version(tiny_run):
+def test_an_unchanged_rerun_reuses_the_registered_version(tiny_run, prefect_api):
     workdir, summary, _ = tiny_run
     client = sqlite_client(workdir)
     aliases_before = dict(client.get_registered_model(MODEL).aliases)
-    distillery("run", TINY_CONFIG, f"workdir={workdir}", *LENIENT)
+    env = clean_env(PREFECT_API_URL=prefect_api)
+    distillery("run", TINY_CONFIG, f"workdir={workdir}", *LENIENT, env=env)
     rerun = json.loads((workdir / "summary.json").read_text())
     assert rerun["model_version"] == summary["model_version"]
     assert rerun["mlflow_run_id"] != summary["mlflow_run_id"]
@@ -163,27 +187,6 @@ def test_an_unchanged_rerun_reuses_the_registered_version(tiny_run):
     assert tags["promotion.decision"] == "reused"
     record = json.loads((workdir / "registry.json").read_text())["registries"]
     assert record[0]["highest_version"] == int(summary["model_version"])
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = clean_env(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-    )
-    log = home / "server.log"
-    server = start(
-        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", port], env, log
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_until(lambda: http_ok(f"{url}/health"), 90, "prefect server", server, log)
-        yield url
-    finally:
-        stop(server)
 
 
 def test_scheduled_retraining_skips_unchanged_data(tiny_run, prefect_api, tmp_path, capsys):
@@ -247,7 +250,7 @@ def test_scheduled_retraining_skips_unchanged_data(tiny_run, prefect_api, tmp_pa
         print(f"\nunchanged-data scheduled run: {seconds:.1f} s from trigger to completed state")
 
 
-def test_a_pipeline_against_an_mlflow_server(tiny_run, tmp_path):
+def test_a_pipeline_against_an_mlflow_server(tiny_run, prefect_api, tmp_path):
     workdir, summary, _ = tiny_run
     port = free_port()
     log = tmp_path / "mlflow.log"
@@ -269,7 +272,7 @@ def test_a_pipeline_against_an_mlflow_server(tiny_run, tmp_path):
             TINY_CONFIG,
             f"workdir={workdir}",
             *LENIENT,
-            env=clean_env(MLFLOW_TRACKING_URI=uri),
+            env=clean_env(MLFLOW_TRACKING_URI=uri, PREFECT_API_URL=prefect_api),
         )
         outcome = last_json_line(result.stdout)
         assert outcome["action"] == "retrained"
