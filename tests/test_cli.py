@@ -19,6 +19,20 @@ def distillery(*args, cwd=REPO):
     )
 
 
+def in_process(*args):
+    """The CLI's own code path in this process: no Python start and imports per case (seconds
+    each); test_a_config_mistake_in_a_real_process_... runs one through a real process."""
+    # Imported first: these libraries give their loggers a handler on sys.stderr at import,
+    # which inside the runner is its own stream, closed when the invocation ends.
+    import datasets  # noqa: F401
+    import transformers  # noqa: F401
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
 def error_line(result):
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.stderr
@@ -39,16 +53,34 @@ def error_line(result):
     ],
 )
 def test_config_mistakes_stop_the_run_and_name_the_key(tmp_path, override, expected):
-    result = distillery("run", TINY_CONFIG, f"workdir={tmp_path / 'w'}", override)
-    assert result.returncode == 2
+    # In this process (the CLI's own code path, without a Python start per case); the next test
+    # runs one mistake through a real process.
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(
+        app, ["run", str(TINY_CONFIG), f"workdir={tmp_path / 'w'}", override]
+    )
+    assert (
+        result.exit_code == 2
+        and result.exception is None
+        or isinstance(result.exception, SystemExit)
+    )
     assert expected in error_line(result)
     assert not (tmp_path / "w" / "data").exists()
 
 
+def test_a_config_mistake_in_a_real_process_is_one_line_without_traceback(tmp_path):
+    result = distillery("run", TINY_CONFIG, f"workdir={tmp_path / 'w'}", "student.temprature=2")
+    assert result.returncode == 2
+    assert "unknown config key 'student.temprature'" in error_line(result)
+
+
 def test_missing_data_file_is_named(tmp_path):
     missing = tmp_path / "absent.csv"
-    result = distillery("run", TINY_CONFIG, f"workdir={tmp_path / 'w'}", f"data.source={missing}")
-    assert result.returncode == 2
+    result = in_process("run", TINY_CONFIG, f"workdir={tmp_path / 'w'}", f"data.source={missing}")
+    assert result.exit_code == 2
     assert f"data file not found: {missing}" in error_line(result)
     assert not (tmp_path / "w" / "data").exists()
 
@@ -56,8 +88,8 @@ def test_missing_data_file_is_named(tmp_path):
 def test_missing_column_is_named(tmp_path):
     path = tmp_path / "reviews.csv"
     pd.DataFrame({"review": ["good", "bad"] * 10, "label": [1, 0] * 10}).to_csv(path, index=False)
-    result = distillery("run", TINY_CONFIG, f"workdir={tmp_path / 'w'}", f"data.source={path}")
-    assert result.returncode == 2
+    result = in_process("run", TINY_CONFIG, f"workdir={tmp_path / 'w'}", f"data.source={path}")
+    assert result.exit_code == 2
     assert "column 'text' not found" in error_line(result)
 
 
