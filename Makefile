@@ -40,8 +40,11 @@ run-edge: setup
 run-mpnet: setup-mpnet
 	$(BIN)/distillery run configs/movie_reviews_mpnet.yaml
 
+# One pytest worker per core (at most 4): much of the suite waits on servers and subprocesses.
+# Whole files go to one worker, so a module's fixtures (the service tests' one prefect server)
+# start once; session fixtures (the tiny pipeline, the embedded server) start once per worker.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check .
