@@ -102,10 +102,20 @@ TRANSFER_ARMS = (
 DEFAULT_ARMS = ["labels", "kd_minilm", "kd_mpnet", "kd_mpnet_augment"]
 
 
+def base_recipe(minilm_config: str) -> list[str]:
+    """The student recipe every arm starts from: the default (--minilm-config) config's alpha and
+    epochs. An arm changes them only through its own overrides, so a profile's own choices (the
+    MPNet profile trains with alpha 0.1 for two epochs) do not leak into the other arms."""
+    student = load_config(minilm_config).student
+    return [f"student.alpha={student.alpha}", f"student.training.epochs={student.training.epochs}"]
+
+
 def arm_overrides(arm: Arm, seed: int, args) -> list[str]:
-    """Every override of one run: the shared student shape, the arm's changes, the seed."""
+    """Every override of one run: the shared student shape and recipe, the arm's changes, the
+    seed."""
     overrides = [
-        *args.overrides,  # first: what defines an arm wins over them
+        *base_recipe(args.minilm_config),
+        *args.overrides,  # then the caller's: what defines an arm wins over them
         f"student.init={args.student_init}",
         "student.hidden.weight=0",  # Patient-KD needs equal widths: MPNet is 768 wide
         *arm.overrides,
@@ -215,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
                         "teacher": config.teacher.model,
                         "student_init": config.student.init.model_dump(mode="json"),
                         "alpha": config.student.alpha,
+                        "epochs": config.student.training.epochs,
                         "augmentation": config.augmentation.multiplier,
                         "unlabeled": config.data.unlabeled and config.data.unlabeled.source,
                         "store": str(config.store_dir),

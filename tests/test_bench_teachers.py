@@ -24,6 +24,20 @@ def test_dry_run_plans_the_issue_grid_on_the_shipped_profiles(capsys):
     assert by_arm["labels"]["teacher"] == by_arm["kd_minilm"]["teacher"] == "minilm"
     assert by_arm["kd_mpnet"]["teacher"] == "mpnet" and by_arm["kd_mpnet"]["augmentation"] == 0
     assert by_arm["kd_mpnet_augment"]["augmentation"] == 1.0
+    # The MPNet profile trains with alpha 0.1 for two epochs; the arms keep the default recipe.
+    assert {(r["alpha"], r["epochs"]) for r in by_arm.values() if r["arm"] != "labels"} == {(0.5, 3)}
+
+
+def test_the_alpha_arms_change_only_their_own_settings(capsys):
+    arms = ["kd_mpnet_augment4", "kd_mpnet_augment4_alpha01", "kd_mpnet_augment4_alpha01_3ep"]
+    teachers.main(["--dry-run", "--seeds", "1", "--arms", *arms])
+    runs = {r["arm"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    settings = {arm: (r["alpha"], r["epochs"], r["augmentation"]) for arm, r in runs.items()}
+    assert settings == {
+        "kd_mpnet_augment4": (0.5, 2, 4.0),
+        "kd_mpnet_augment4_alpha01": (0.1, 2, 4.0),
+        "kd_mpnet_augment4_alpha01_3ep": (0.1, 3, 4.0),
+    }
 
 
 def test_transfer_arm_needs_and_uses_a_file(capsys, tmp_path):
