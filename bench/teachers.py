@@ -110,11 +110,11 @@ def base_recipe(minilm_config: str) -> list[str]:
     return [f"student.alpha={student.alpha}", f"student.training.epochs={student.training.epochs}"]
 
 
-def arm_overrides(arm: Arm, seed: int, args) -> list[str]:
-    """Every override of one run: the shared student shape and recipe, the arm's changes, the
-    seed."""
+def arm_overrides(arm: Arm, seed: int, args, recipe: list[str]) -> list[str]:
+    """Every override of one run: the shared student recipe (`base_recipe`) and shape, the arm's
+    changes, the seed."""
     overrides = [
-        *base_recipe(args.minilm_config),
+        *recipe,
         *args.overrides,  # then the caller's: what defines an arm wins over them
         f"student.init={args.student_init}",
         "student.hidden.weight=0",  # Patient-KD needs equal widths: MPNet is 768 wide
@@ -131,13 +131,14 @@ def arm_overrides(arm: Arm, seed: int, args) -> list[str]:
 def plan(args) -> list[tuple[Arm, int, PipelineConfig]]:
     """Every run of the benchmark with its resolved config (loading checks every override)."""
     configs = {"minilm": args.minilm_config, "mpnet": args.mpnet_config}
+    recipe = base_recipe(args.minilm_config)  # one load, shared by every run
     runs = []
     for seed in args.seeds:  # seeds outermost: a grid stopped early has every arm at some seeds
         for name in args.arms:
             arm = ARMS[name]
             if arm.transfer == "unlabeled" and not args.unlabeled:
                 raise SystemExit("arm kd_mpnet_transfer needs --unlabeled FILE")
-            config = load_config(configs[arm.teacher], arm_overrides(arm, seed, args))
+            config = load_config(configs[arm.teacher], arm_overrides(arm, seed, args, recipe))
             runs.append((arm, seed, config))
     return runs
 
