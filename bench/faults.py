@@ -305,10 +305,10 @@ def vocab_trim_cost_gated(s: Suite) -> Verdict:
     """The shipped model is compared with the trained student, trimming and INT8 together."""
     quantize = json.loads((stage_dir(s, s.store, "quantize") / "manifest.json").read_text())
     export = json.loads((stage_dir(s, s.store, "export") / "manifest.json").read_text())
-    costs = quantize.get("costs", {})
+    costs = quantize.get("validation_costs", {})  # what the gate decides on
     end_to_end = quantize.get("gate", {}).get("reference", "").startswith("trained student")
     recorded = {"trimming", "quantization", "end_to_end"} <= set(costs) and (
-        "student_test_accuracy" in export
+        "student_validation_accuracy" in export
     )
     within = costs.get("end_to_end", 1.0) <= quantize["gate"]["max_accuracy_drop"] + 1e-9
     return Verdict(

@@ -2,11 +2,15 @@
 
 Candidates, in order of preference: static INT8 (QDQ, calibrated on a seeded sample of the
 train split), dynamic INT8 per-channel, and dynamic INT8 of the MatMul weights only (the
-embedding lookup and the pooler/classifier stay fp32). Each is scored on the test split against
-the fp32 graph and timed at batch 1 on one thread beside it. The first candidate that keeps
-accuracy within `quantize.max_accuracy_drop`, agrees with fp32 on at least `quantize.min_agreement`
-of the labels and is not slower than fp32 ships; when none does, fp32 ships. Every candidate's
-numbers and the reason it was passed over go into the manifest.
+embedding lookup and the pooler/classifier stay fp32). Each is scored on the validation split
+against the fp32 graph and timed at batch 1 on one thread beside it. The first candidate that
+keeps accuracy within `quantize.max_accuracy_drop`, agrees with fp32 on at least
+`quantize.min_agreement` of the labels and is not slower than fp32 ships; when none does, fp32
+ships. Every candidate's numbers and the reason it was passed over go into the manifest.
+
+The gate decides on the validation split only: the test split stays held out, so the shipped
+model's test accuracy is not the best of several tries on the same texts. Every candidate is
+scored on test too, for the record.
 
 The accuracy gate is end to end: a candidate's drop is measured from the trained PyTorch
 student (untrimmed), so vocabulary trimming and INT8 together must stay within
@@ -55,7 +59,9 @@ TOKENIZER_FILE = "tokenizer.json"
 CALIBRATION_BATCH = 32
 # Float tolerance for comparing measured shares with thresholds (1 of 1000 texts is 1e-3).
 EPSILON = 1e-9
-VERSION = 2  # bump when the shipped model changes for the same settings and export
+# Bumped when the shipped model changes for the same settings and export (3: the gate decides
+# on validation, not test).
+VERSION = 3
 
 
 class QuantizeManifest(StageManifest):
@@ -66,10 +72,14 @@ class QuantizeManifest(StageManifest):
     weight_type: str
     per_channel: bool
     quant_format: str | None
+    # The shipped model on the held-out test split (never decided on) ...
     test_accuracy: float
     fp32_test_accuracy: float
     accuracy_drop: float
     label_agreement_with_fp32: float
+    # ... and on the validation split the gate decided on.
+    validation_accuracy: float
+    fp32_validation_accuracy: float
     p50_ms: float
     fp32_p50_ms: float
     fp32_bytes: int
@@ -84,19 +94,25 @@ class QuantizeManifest(StageManifest):
     tokenizer: str
     tokenizer_sha256: str
     trimmed: bool
-    # The trained PyTorch student's test accuracy and what each step on the way to the shipped
-    # model cost: {"trimming", "quantization", "end_to_end"} (accuracy points as fractions).
+    # The trained PyTorch student's accuracy and what each step on the way to the shipped model
+    # cost: {"trimming", "quantization", "end_to_end"} (accuracy points as fractions), on the
+    # validation split (what the gate held within `max_accuracy_drop`) and on test (reported).
+    student_validation_accuracy: float
+    validation_costs: dict[str, float]
     student_test_accuracy: float
     costs: dict[str, float]
 
 
 @dataclass(frozen=True)
 class Measured:
-    """One model's numbers on the test split."""
+    """One graph's numbers: on the validation split (what the gate decides on) and on the
+    held-out test split (recorded only)."""
 
     name: str
+    validation_accuracy: float
+    agreement: float  # share of validation texts where its label equals the fp32 graph's
     test_accuracy: float
-    agreement: float  # share of test texts where its label equals the fp32 graph's label
+    test_agreement: float
     p50_ms: float  # batch 1, one thread
     p95_ms: float
     bytes: int
@@ -113,16 +129,21 @@ def rejection(
     reject_slower: bool = True,
     reference_accuracy: float | None = None,
 ) -> str | None:
-    """Why `candidate` may not ship instead of `fp32`, or None when it may. The accuracy drop is
-    taken from `reference_accuracy` (the trained student's, end to end) when given."""
-    reference = fp32.test_accuracy if reference_accuracy is None else reference_accuracy
-    drop = reference - candidate.test_accuracy
+    """Why `candidate` may not ship instead of `fp32`, or None when it may, judged on validation
+    numbers only. The accuracy drop is taken from `reference_accuracy` (the trained student's
+    validation accuracy, end to end) when given."""
+    reference = fp32.validation_accuracy if reference_accuracy is None else reference_accuracy
+    drop = reference - candidate.validation_accuracy
     if drop > max_accuracy_drop + EPSILON:
         source = "fp32" if reference_accuracy is None else "the trained student"
-        return f"accuracy drop {drop:.4f} from {source} > max_accuracy_drop {max_accuracy_drop:g}"
+        return (
+            f"validation accuracy drop {drop:.4f} from {source} > max_accuracy_drop "
+            f"{max_accuracy_drop:g}"
+        )
     if candidate.agreement < min_agreement - EPSILON:
         return (
-            f"label agreement with fp32 {candidate.agreement:.4f} < min_agreement {min_agreement:g}"
+            f"validation label agreement with fp32 {candidate.agreement:.4f} < min_agreement "
+            f"{min_agreement:g}"
         )
     if reject_slower and candidate.p50_ms > fp32.p50_ms:
         return f"slower than fp32: p50 {candidate.p50_ms:.3f} ms > {fp32.p50_ms:.3f} ms"
@@ -337,15 +358,29 @@ def shipped_split(quantized: Artifact[QuantizeManifest], data: Artifact[DataMani
 
 
 def score(
-    name: str, path: Path, test, fp32_labels: np.ndarray | None, timing: Mapping[str, Timing]
-) -> tuple[Measured, np.ndarray]:
-    predicted = onnx_logits(open_session(path), test["input_ids"], test["attention_mask"])
-    labels = predicted.argmax(-1)
-    agreement = 1.0 if fp32_labels is None else float(np.mean(labels == fp32_labels))
+    name: str,
+    path: Path,
+    splits: Mapping[str, Any],
+    fp32_labels: Mapping[str, np.ndarray] | None,
+    timing: Mapping[str, Timing],
+) -> tuple[Measured, dict[str, np.ndarray]]:
+    """One graph on the "validation" and "test" `splits`; agreement is with `fp32_labels` (None:
+    this is the fp32 graph)."""
+    session = open_session(path)
+    labels = {
+        name: onnx_logits(session, split["input_ids"], split["attention_mask"]).argmax(-1)
+        for name, split in splits.items()
+    }
+
+    def agreement(split: str) -> float:
+        return 1.0 if fp32_labels is None else float(np.mean(labels[split] == fp32_labels[split]))
+
     measured = Measured(
         name=name,
-        test_accuracy=accuracy(labels, test["label"]),
-        agreement=agreement,
+        validation_accuracy=accuracy(labels["validation"], splits["validation"]["label"]),
+        agreement=agreement("validation"),
+        test_accuracy=accuracy(labels["test"], splits["test"]["label"]),
+        test_agreement=agreement("test"),
         p50_ms=timing[name].p50_ms,
         p95_ms=timing[name].p95_ms,
         bytes=path.stat().st_size,
@@ -412,6 +447,7 @@ def try_vocabulary(
 ) -> Trial:
     """Optimise, quantize, time and score one vocabulary's graph; gate end to end."""
     test = vocabulary_split(vocabulary, data, "test")
+    splits = {"validation": vocabulary_split(vocabulary, data, "validation"), "test": test}
     count = min(config.latency_samples, len(test))
     feeds = batch1_feeds(test["input_ids"][:count], test["attention_mask"][:count])
 
@@ -440,15 +476,15 @@ def try_vocabulary(
     prepared.unlink()
 
     timing = compare_onnx_latency({"fp32": base, **built}, feeds)
-    fp32, fp32_labels = score("fp32", base, test, None, timing)
-    measured = [score(name, path, test, fp32_labels, timing)[0] for name, path in built.items()]
+    fp32, fp32_labels = score("fp32", base, splits, None, timing)
+    measured = [score(name, path, splits, fp32_labels, timing)[0] for name, path in built.items()]
     winner, reasons = choose(
         measured,
         fp32,
         config.max_accuracy_drop,
         config.min_agreement,
         config.reject_slower_int8,
-        reference_accuracy=export.student_test_accuracy,
+        reference_accuracy=export.student_validation_accuracy,
     )
     reasons.update(failed)
     return Trial(
@@ -503,6 +539,7 @@ def build_quantized(
         else next(m for m in shipping.measured if m.name == winner)
     )
     reference = export.manifest.student_test_accuracy
+    validation_reference = export.manifest.student_validation_accuracy
     return QuantizeManifest(
         file=shipped.name,
         sha256=file_sha256(shipped),
@@ -512,7 +549,9 @@ def build_quantized(
         test_accuracy=chosen.test_accuracy,
         fp32_test_accuracy=shipping.fp32.test_accuracy,
         accuracy_drop=shipping.fp32.test_accuracy - chosen.test_accuracy,
-        label_agreement_with_fp32=chosen.agreement,
+        label_agreement_with_fp32=chosen.test_agreement,
+        validation_accuracy=chosen.validation_accuracy,
+        fp32_validation_accuracy=shipping.fp32.validation_accuracy,
         p50_ms=chosen.p50_ms,
         fp32_p50_ms=shipping.fp32.p50_ms,
         fp32_bytes=shipping.fp32.bytes,
@@ -522,8 +561,9 @@ def build_quantized(
             "min_agreement": config.min_agreement,
             "reject_slower_int8": config.reject_slower_int8,
             "reference": "trained student (end to end)",
+            "split": "validation",
         },
-        candidates=all_candidate_records(trials, shipping, reference),
+        candidates=all_candidate_records(trials, shipping, validation_reference, reference),
         candidate_files=(
             {name: str(path.relative_to(folder)) for name, path in shipping.built.items()}
             if config.keep_candidates
@@ -539,20 +579,30 @@ def build_quantized(
         tokenizer=TOKENIZER_FILE,
         tokenizer_sha256=file_sha256(folder / TOKENIZER_FILE),
         trimmed=shipping.vocabulary.trimmed,
+        student_validation_accuracy=validation_reference,
+        validation_costs=step_costs(
+            validation_reference, shipping.fp32.validation_accuracy, chosen.validation_accuracy
+        ),
         student_test_accuracy=reference,
-        costs={
-            "trimming": reference - shipping.fp32.test_accuracy,
-            "quantization": shipping.fp32.test_accuracy - chosen.test_accuracy,
-            "end_to_end": reference - chosen.test_accuracy,
-        },
+        costs=step_costs(reference, shipping.fp32.test_accuracy, chosen.test_accuracy),
     )
 
 
+def step_costs(student: float, fp32: float, shipped: float) -> dict[str, float]:
+    """What trimming (student -> fp32 graph), quantization (-> shipped) and both cost."""
+    return {
+        "trimming": student - fp32,
+        "quantization": fp32 - shipped,
+        "end_to_end": student - shipped,
+    }
+
+
 def all_candidate_records(
-    trials: Sequence[Trial], shipping: Trial, reference_accuracy: float
+    trials: Sequence[Trial], shipping: Trial, validation_reference: float, test_reference: float
 ) -> dict[str, dict[str, Any]]:
-    """Every trial's candidate records, with each one's drop from the trained student; a
-    fallback trial's names carry its vocabulary ("full_vocabulary/static")."""
+    """Every trial's candidate records, with each one's drop from the trained student (on
+    validation, as gated, and on test); a fallback trial's names carry its vocabulary
+    ("full_vocabulary/static")."""
     records: dict[str, dict[str, Any]] = {}
     for index, trial in enumerate(trials):
         winner = trial.winner if trial is shipping else None
@@ -564,7 +614,10 @@ def all_candidate_records(
         prefix = "" if index == 0 else f"{trial.vocabulary.name}_vocabulary/"
         for name, record in trial_records.items():
             if "test_accuracy" in record:
-                record["end_to_end_drop"] = reference_accuracy - record["test_accuracy"]
+                record["validation_end_to_end_drop"] = (
+                    validation_reference - record["validation_accuracy"]
+                )
+                record["end_to_end_drop"] = test_reference - record["test_accuracy"]
             records[f"{prefix}{name}"] = record
     return records
 
@@ -582,6 +635,9 @@ def candidate_records(
     for candidate in [*measured, fp32]:
         record = asdict(candidate)
         record.pop("name")
+        record["validation_accuracy_drop"] = (
+            fp32.validation_accuracy - candidate.validation_accuracy
+        )
         record["accuracy_drop"] = fp32.test_accuracy - candidate.test_accuracy
         record["accepted"] = candidate.name == winner
         record["reason"] = reasons.get(candidate.name, "shipped")

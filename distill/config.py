@@ -312,9 +312,11 @@ class QuantizeConfig(Section):
 
     # Dynamic INT8 candidates quantize weights per output channel.
     per_channel: bool = True
-    # An INT8 candidate ships only if it loses at most this much test accuracy against fp32 ...
+    # An INT8 candidate ships only if it loses at most this much validation accuracy against
+    # the trained student (trimming and INT8 together) ...
     max_accuracy_drop: float = Field(0.005, ge=0, le=1)
-    # ... and agrees with fp32's predicted label on at least this share of test texts.
+    # ... and agrees with fp32's predicted label on at least this share of validation texts.
+    # (The test split decides nothing here: it stays held out.)
     min_agreement: float = Field(0.98, ge=0, le=1)
     # Static INT8 calibrates activation ranges on a seeded sample of the train split.
     calibration_samples: int = Field(256, ge=1)

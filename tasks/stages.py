@@ -81,11 +81,23 @@ RECORDINGS: dict[str, Recording] = {
         files=("report.json", "confusion_matrix.png"),
     ),
     "export": Recording(
-        metrics=("max_abs_logit_diff", "label_agreement", "test_accuracy", "bytes"),
+        metrics=(
+            "max_abs_logit_diff",
+            "label_agreement",
+            "validation_accuracy",
+            "test_accuracy",
+            "bytes",
+        ),
         files=("{file}",),
     ),
     "quantize": Recording(
-        metrics=("test_accuracy", "accuracy_drop", "label_agreement_with_fp32", "bytes"),
+        metrics=(
+            "validation_accuracy",
+            "test_accuracy",
+            "accuracy_drop",
+            "label_agreement_with_fp32",
+            "bytes",
+        ),
         files=("{file}",),
     ),
 }

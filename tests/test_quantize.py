@@ -1,4 +1,5 @@
-"""The INT8 accuracy gate: pure decisions on measured numbers, and one real quantize stage."""
+"""The INT8 accuracy gate: pure decisions on measured validation numbers (the test split stays
+held out), and one real quantize stage."""
 
 import json
 
@@ -9,11 +10,30 @@ from tokenizers import Tokenizer
 from deploy.quantize import Measured, calibration_batches, choose, rejection
 from distill.store import file_sha256
 
-FP32 = Measured("fp32", test_accuracy=0.850, agreement=1.0, p50_ms=3.0, p95_ms=5.0, bytes=70)
+FP32 = Measured(
+    "fp32",
+    validation_accuracy=0.850,
+    agreement=1.0,
+    test_accuracy=0.840,
+    test_agreement=1.0,
+    p50_ms=3.0,
+    p95_ms=5.0,
+    bytes=70,
+)
 
 
-def candidate(name="dynamic", accuracy=0.848, agreement=0.99, p50_ms=1.5):
-    return Measured(name, accuracy, agreement, p50_ms, p50_ms * 2, bytes=18)
+def candidate(
+    name="dynamic",
+    accuracy=0.848,
+    agreement=0.99,
+    p50_ms=1.5,
+    test_accuracy=0.838,
+    test_agreement=0.99,
+):
+    """A candidate with these validation numbers (what the gate reads) and test numbers."""
+    return Measured(
+        name, accuracy, agreement, test_accuracy, test_agreement, p50_ms, p50_ms * 2, bytes=18
+    )
 
 
 def gate(measured, reject_slower=True):
@@ -41,6 +61,16 @@ def test_gate_never_ships_int8_slower_than_fp32():
     reason = gate(candidate(p50_ms=3.01))
     assert reason is not None and "slower than fp32" in reason
     assert gate(candidate(p50_ms=3.01), reject_slower=False) is None
+
+
+def test_the_gate_reads_validation_numbers_never_test_numbers():
+    # A candidate that would fail on test passes on validation, and the other way round: the
+    # held-out test split decides nothing.
+    assert gate(candidate(accuracy=0.848, test_accuracy=0.70, test_agreement=0.5)) is None
+    reason = gate(candidate(accuracy=0.80, test_accuracy=0.84, test_agreement=1.0))
+    assert reason is not None and "validation accuracy drop 0.0500" in reason
+    reason = gate(candidate(agreement=0.90, test_agreement=1.0))
+    assert reason is not None and "validation label agreement" in reason
 
 
 def test_first_candidate_in_order_that_passes_wins_and_later_ones_are_not_needed():
@@ -101,8 +131,10 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
         record = candidates[name]
         return Measured(
             name,
-            record["test_accuracy"],
+            record["validation_accuracy"],
             record["agreement"],
+            record["test_accuracy"],
+            record["test_agreement"],
             record["p50_ms"],
             record["p95_ms"],
             record["bytes"],
@@ -115,14 +147,17 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
         gate.max_accuracy_drop,
         gate.min_agreement,
         gate.reject_slower_int8,
-        reference_accuracy=manifest.student_test_accuracy,
+        reference_accuracy=manifest.student_validation_accuracy,
     )
+    assert manifest.gate["split"] == "validation"
     assert manifest.method == winner
     assert candidates[winner]["accepted"] is True
     assert sum(record["accepted"] for record in candidates.values()) == 1
     for name, reason in reasons.items():
         assert candidates[name]["reason"] == reason
     assert manifest.test_accuracy == candidates[winner]["test_accuracy"]
+    assert manifest.validation_accuracy == candidates[winner]["validation_accuracy"]
+    assert manifest.label_agreement_with_fp32 == candidates[winner]["test_agreement"]
     assert manifest.accuracy_drop == pytest.approx(
         manifest.fp32_test_accuracy - manifest.test_accuracy
     )
@@ -133,13 +168,22 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
     # Vocabulary trimming is on by default: the tokenizer that ships is the export stage's.
     vocab = json.loads(quantized.file("tokenizer.json").read_text())["model"]["vocab"]
     assert len(vocab) == tiny_stages.export.manifest.vocabulary["kept_size"] < 30522
-    # Each step's cost is recorded, and together they stay within the one budget.
-    costs, student = manifest.costs, manifest.student_test_accuracy
-    assert student == tiny_stages.export.manifest.student_test_accuracy
-    assert costs["trimming"] == pytest.approx(student - manifest.fp32_test_accuracy)
-    assert costs["quantization"] == pytest.approx(manifest.accuracy_drop)
+    # Each step's cost is recorded on both splits; on validation (what the gates decide on)
+    # they stay within the one budget together.
+    export = tiny_stages.export.manifest
+    costs, student = manifest.validation_costs, manifest.student_validation_accuracy
+    assert student == export.student_validation_accuracy
+    assert costs["trimming"] == pytest.approx(student - manifest.fp32_validation_accuracy)
+    assert costs["quantization"] == pytest.approx(
+        manifest.fp32_validation_accuracy - manifest.validation_accuracy
+    )
     assert costs["end_to_end"] == pytest.approx(costs["trimming"] + costs["quantization"])
     assert costs["end_to_end"] <= gate.max_accuracy_drop + 1e-9
+    tested, student = manifest.costs, manifest.student_test_accuracy
+    assert student == export.student_test_accuracy
+    assert tested["trimming"] == pytest.approx(student - manifest.fp32_test_accuracy)
+    assert tested["quantization"] == pytest.approx(manifest.accuracy_drop)
+    assert tested["end_to_end"] == pytest.approx(student - manifest.test_accuracy)
 
 
 def test_the_gate_measures_the_drop_from_the_trained_student_end_to_end():
@@ -182,6 +226,7 @@ def test_int8_that_fails_end_to_end_on_the_trimmed_graph_is_tried_on_the_full_vo
     assert "ships" in manifest.candidates["fp32"]["reason"]
     full_tokenizer = export.file(export.manifest.full_vocabulary_tokenizer)
     assert shipped.file("tokenizer.json").read_bytes() == full_tokenizer.read_bytes()
+    assert manifest.validation_costs["trimming"] == pytest.approx(0.0, abs=1e-9)
     assert manifest.costs["trimming"] == pytest.approx(0.0, abs=1e-9)
     assert sorted(p.name for p in shipped.path.iterdir()) == sorted(
         ["manifest.json", manifest.file, "tokenizer.json"]

@@ -130,6 +130,20 @@ def test_export_and_quantize_stages_ship_the_trimmed_tokenizer(tiny_stages, tiny
     assert 0 < vocabulary["test_unk_token_rate"] <= vocabulary["test_changed_token_rate"] < 1
     tokenizer = Tokenizer.from_file(str(export.file(export.manifest.tokenizer)))
     assert tokenizer.get_vocab_size() == vocabulary["kept_size"]
+    # The gate's trimming cost is the validation split's; the test split's is recorded beside.
+    manifest = export.manifest
+    assert vocabulary["trimming_cost"] == pytest.approx(
+        manifest.student_validation_accuracy - manifest.validation_accuracy
+    )
+    assert vocabulary["test_trimming_cost"] == pytest.approx(
+        manifest.student_test_accuracy - manifest.test_accuracy
+    )
+    validation = load_split(data.path, "validation")
+    ids, mask = encode_texts(tokenizer, validation["text"], data.manifest.max_length)
+    logits = onnx_logits(open_session(export.file(manifest.file)), ids, mask)
+    assert float(np.mean(logits.argmax(-1) == np.asarray(validation["label"]))) == (
+        manifest.validation_accuracy
+    )
 
     quantized = quantize_stage(tmp_path, quantize, export, data)
     assert quantized.manifest.method == "static"  # nothing to lose on a random tiny model
@@ -205,7 +219,7 @@ def test_trimming_may_cost_at_most_the_accuracy_budget():
     assert trimming_rejection(-0.01, 0.0) is None  # trimming that helps always passes
     reason = trimming_rejection(0.0073, 0.005)
     assert reason == (
-        "trimming cost 0.0073 test accuracy > quantize.max_accuracy_drop 0.005: "
+        "trimming cost 0.0073 validation accuracy > quantize.max_accuracy_drop 0.005: "
         "the full vocabulary ships"
     )
 
@@ -223,8 +237,13 @@ def test_a_trim_over_budget_ships_the_full_vocabulary_and_records_its_cost(
     assert "the full vocabulary ships" in manifest.vocabulary["reason"]
     rejected = manifest.vocabulary["rejected_trim"]
     assert rejected["kept_size"] < rejected["original_size"]
+    # The gate's cost is measured on validation; the held-out test cost is recorded beside it.
+    trimmed = tiny_stages.export.manifest
     assert rejected["trimming_cost"] == pytest.approx(
-        manifest.student_test_accuracy - tiny_stages.export.manifest.test_accuracy
+        manifest.student_validation_accuracy - trimmed.validation_accuracy
+    )
+    assert rejected["test_trimming_cost"] == pytest.approx(
+        manifest.student_test_accuracy - trimmed.test_accuracy
     )
     shipped_tokenizer = export.file(manifest.tokenizer).read_bytes()
     assert shipped_tokenizer == student.file("tokenizer.json").read_bytes()
@@ -233,3 +252,4 @@ def test_a_trim_over_budget_ships_the_full_vocabulary_and_records_its_cost(
     ]  # fmt: skip
     # The full graph matches the trained student: no step has spent the budget yet.
     assert manifest.test_accuracy == pytest.approx(manifest.student_test_accuracy)
+    assert manifest.validation_accuracy == pytest.approx(manifest.student_validation_accuracy)
