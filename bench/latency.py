@@ -281,6 +281,17 @@ def main() -> None:
         write_section(args.section, render(result, args.section))
 
 
+# A candidate's numbers: the gate reads the validation ones; test is the held-out record.
+CANDIDATE_NUMBERS = (
+    "validation_accuracy",
+    "agreement",
+    "test_accuracy",
+    "test_agreement",
+    "p50_ms",
+    "reason",
+)
+
+
 def summarize_quantize(quantized: Artifact[QuantizeManifest]) -> dict[str, Any]:
     manifest = quantized.manifest
     return {
@@ -289,11 +300,22 @@ def summarize_quantize(quantized: Artifact[QuantizeManifest]) -> dict[str, Any]:
         ),
         "label_agreement_with_fp32": manifest.label_agreement_with_fp32,
         "candidates": {
-            name: {k: record.get(k) for k in ("test_accuracy", "agreement", "p50_ms", "reason")}
+            name: {k: record.get(k) for k in CANDIDATE_NUMBERS}
             for name, record in manifest.candidates.items()
         },
         "optimization": manifest.optimization,
     }
+
+
+def candidate_numbers(c: dict[str, Any]) -> str:
+    """One candidate's accuracy and agreement: validation (gated) and test, or (results written
+    before the gate moved to validation) the test numbers the gate read then."""
+    if c.get("validation_accuracy") is None:
+        return f"acc {c['test_accuracy']:.4f}, agreement {c['agreement']:.4f}"
+    return (
+        f"validation acc {c['validation_accuracy']:.4f}, agreement {c['agreement']:.4f}; "
+        f"test acc {c['test_accuracy']:.4f}, agreement {c['test_agreement']:.4f}"
+    )
 
 
 def row(result: dict[str, Any], fmt: str, model: str, batch: int, seq_len: int) -> dict[str, Any]:
@@ -355,8 +377,7 @@ def render(result: dict[str, Any], section: str) -> str:
     vocab = result["vocabulary"] or {}
     met = {name: "met" if ok else "NOT met" for name, ok in g["met"].items()}
     candidates = "; ".join(
-        f"{name}: acc {c['test_accuracy']:.4f}, agreement {c['agreement']:.4f}, "
-        f"p50 {c['p50_ms']:.2f} ms ({c['reason']})"
+        f"{name}: {candidate_numbers(c)}, p50 {c['p50_ms']:.2f} ms ({c['reason']})"
         for name, c in q["candidates"].items()
         if c.get("test_accuracy") is not None
     )
