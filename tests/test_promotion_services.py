@@ -138,6 +138,8 @@ def test_every_version_gets_a_model_card(tiny_run):
         "`bundle/tokenizer.json`",  # the trimmed vocabulary's tokenizer goes with the graph
         "to the shipped",  # what trimming and INT8 cost, each and together
         "together",
+        "the gates decide on validation",  # and on which split: test stays held out
+        "Held-out test accuracy",
     ):
         assert text in card, text
     files = {
