@@ -368,12 +368,14 @@ def score(
     this is the fp32 graph)."""
     session = open_session(path)
     labels = {
-        name: onnx_logits(session, split["input_ids"], split["attention_mask"]).argmax(-1)
-        for name, split in splits.items()
+        split_name: onnx_logits(session, split["input_ids"], split["attention_mask"]).argmax(-1)
+        for split_name, split in splits.items()
     }
 
-    def agreement(split: str) -> float:
-        return 1.0 if fp32_labels is None else float(np.mean(labels[split] == fp32_labels[split]))
+    def agreement(split_name: str) -> float:
+        if fp32_labels is None:
+            return 1.0
+        return float(np.mean(labels[split_name] == fp32_labels[split_name]))
 
     measured = Measured(
         name=name,
