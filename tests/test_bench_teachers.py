@@ -30,7 +30,12 @@ def test_dry_run_plans_the_issue_grid_on_the_shipped_profiles(capsys):
 
 
 def test_the_alpha_arms_change_only_their_own_settings(capsys):
-    arms = ["kd_mpnet_augment4", "kd_mpnet_augment4_alpha01", "kd_mpnet_augment4_alpha01_3ep"]
+    arms = [
+        "kd_mpnet_augment4",
+        "kd_mpnet_augment4_alpha01",
+        "kd_mpnet_augment4_alpha01_3ep",
+        "kd_mpnet_augment8_alpha01",
+    ]
     teachers.main(["--dry-run", "--seeds", "1", "--arms", *arms])
     runs = {r["arm"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     settings = {arm: (r["alpha"], r["epochs"], r["augmentation"]) for arm, r in runs.items()}
@@ -38,6 +43,7 @@ def test_the_alpha_arms_change_only_their_own_settings(capsys):
         "kd_mpnet_augment4": (0.5, 2, 4.0),
         "kd_mpnet_augment4_alpha01": (0.1, 2, 4.0),
         "kd_mpnet_augment4_alpha01_3ep": (0.1, 3, 4.0),
+        "kd_mpnet_augment8_alpha01": (0.1, 2, 8.0),
     }
 
 
