@@ -36,8 +36,8 @@ run-edge: setup
 	$(BIN)/distillery run configs/movie_reviews_edge.yaml
 
 # The strong-teacher profile: MPNet teacher, student carved from MiniLM (README, "Choosing a
-# teacher, a student and transfer text"). The first run fine-tunes MPNet, labels 42k texts with it
-# and trains the student: about an hour on 2 cores (estimated from the stages timed separately).
+# teacher, a student and transfer text"). The first run fine-tunes MPNet, labels 76k texts with it
+# and trains the student: about 1.5 hours on 2 cores (estimated from the stages timed separately).
 run-mpnet: setup-mpnet
 	$(BIN)/distillery run configs/movie_reviews_mpnet.yaml
 
