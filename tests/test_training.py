@@ -80,6 +80,15 @@ OLD_TRAIN_LOSS = [
 ]
 OLD_VAL_ACCURACY = [0.9666666666666667] * 4 + [1.0]
 OLD_ABS_WEIGHT_SUM = 531.7320113417599
+# How far the same 75 steps drift across CPU kinds (different SIMD kernels round the last bits
+# differently, and 75 steps of training amplify that). Measured: weight sum 531.73201 (Intel
+# Xeon, AMX), 531.72973 (AMD EPYC), 531.71930 (AMD EPYC, ATEN_CPU_CAPABILITY=avx2): at most
+# 2.4e-5 relative, so 2e-4 leaves room for kinds not seen yet. A changed loop (another schedule,
+# another batch order, a lost step) moves the sum by percents, far outside it. Bit-exactness is
+# the job of the same-machine test below, which compares two runs in one process.
+CROSS_CPU_RTOL = 2e-4
+# Losses near zero (step 50) drift in absolute terms, not relative ones.
+CROSS_CPU_LOSS_ATOL = 1e-3
 
 
 @pytest.mark.parametrize(
@@ -93,14 +102,14 @@ def test_matches_the_recorded_run_of_the_old_loop(splits, extra, monkeypatch):
     )
     losses = [(h["step"], h["train_loss"]) for h in result.history if "train_loss" in h]
     assert [step for step, _ in losses] == [step for step, _ in OLD_TRAIN_LOSS]
-    assert [loss for _, loss in losses] == pytest.approx([v for _, v in OLD_TRAIN_LOSS], rel=1e-4)
+    assert [loss for _, loss in losses] == pytest.approx(
+        [v for _, v in OLD_TRAIN_LOSS], rel=CROSS_CPU_RTOL * 10, abs=CROSS_CPU_LOSS_ATOL
+    )
     val = [h["val_accuracy"] for h in result.history if "val_accuracy" in h]
     assert val == pytest.approx(OLD_VAL_ACCURACY)
     assert (result.best_epoch, result.device, result.precision) == (5, "cpu", "fp32")
-    # The weights were bit-identical (same sha256) where recorded; other CPU kinds may round
-    # the last bits differently, so compare a weight sum tightly instead.
     total = sum(float(t.double().abs().sum()) for t in model.state_dict().values())
-    assert total == pytest.approx(OLD_ABS_WEIGHT_SUM, rel=1e-6)
+    assert total == pytest.approx(OLD_ABS_WEIGHT_SUM, rel=CROSS_CPU_RTOL)
 
 
 def test_two_runs_with_the_same_seed_give_identical_weights(splits):
