@@ -6,11 +6,9 @@ tokenized splits, the label names and the recorded split into a stage folder.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import math
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from itertools import combinations
@@ -20,15 +18,8 @@ from typing import Any
 import numpy as np
 
 from distill.config import DataConfig, SplitConfig, UnlabeledConfig
-from distill.store import (
-    Artifact,
-    StageManifest,
-    file_sha256,
-    run_stage,
-    stable_hash,
-    stage_key,
-    write_bytes_atomic,
-)
+from distill.store import Artifact, StageManifest, file_sha256, run_stage, stable_hash, stage_key
+from distill.tables import FILE_FORMATS, Table, TableError, read_table
 
 # bump when prepared data changes for the same settings (splits, tokenization)
 # 2: label names in the fingerprint; cross-split duplicates dropped from train
@@ -37,13 +28,6 @@ from distill.store import (
 VERSION = 3
 SPLITS = ("train", "validation", "test")
 UNLABELED = "unlabeled"  # the split of transfer text, when the config has one
-FILE_FORMATS = {
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".jsonl": "json",
-    ".json": "json",
-    ".parquet": "parquet",
-}
 MOVIE_REVIEWS = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 
 
@@ -157,21 +141,24 @@ def load_unlabeled(config: UnlabeledConfig, cache_dir: Path | None = None) -> Tr
             table = load_dataset(name, split="train", cache_dir=_cache(cache_dir))
         except Exception as err:  # noqa: BLE001
             raise DataError(f"{where} could not be loaded: {err}") from None
-        first_row, identity = 0, hub_identity(config.source)
+        identity, numbers = hub_identity(config.source), list(range(len(table)))
     else:
         path = _unlabeled_path(config)
         where = f"data.unlabeled file {path}"
         is_csv = FILE_FORMATS.get(path.suffix.lower()) == "csv"
         # A blank line is an empty text to report, not a line to skip silently.
-        read = _read_table(path, cache_dir, **({"skip_blank_lines": False} if is_csv else {}))
-        table, identity = read.rows, read.sha256
-        first_row = 2 if is_csv else 1
+        table = _read_table(
+            path,
+            text_columns=(config.text_column,),
+            **({"skip_blank_lines": False} if is_csv else {}),
+        )
+        identity, numbers = table.sha256, table.row_numbers
     _require_columns(where, table.column_names, [config.text_column])
     texts = []
     for index, text in enumerate(table[config.text_column]):
         if not isinstance(text, str) or not text.strip():
             raise DataError(
-                f"{where}: row {index + first_row}, column '{config.text_column}' is empty"
+                f"{where}: row {numbers[index]}, column '{config.text_column}' is empty"
             )
         texts.append(text.strip())
     if not texts:
@@ -228,90 +215,27 @@ def _local_path(config: DataConfig) -> Path:
 
 def load_examples(config: DataConfig, cache_dir: Path | None = None) -> Examples:
     if config.source == "movie_reviews":
-        return _movie_reviews(_local_path(config), cache_dir)
+        return _movie_reviews(_local_path(config))
     if config.source.startswith("hf:"):
         return _hub_dataset(config, cache_dir)
-    return _local_file(_local_path(config), config, cache_dir)
+    return _local_file(_local_path(config), config)
 
 
-@dataclass(frozen=True)
-class Table:
-    """A local file's rows and the sha256 of exactly the bytes they were parsed from."""
-
-    rows: Any  # datasets.Dataset
-    sha256: str
-
-
-def _read_table(path: Path, cache_dir: Path | None, fmt: str | None = None, **kwargs: Any) -> Table:
-    fmt = fmt or FILE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise DataError(
-            f"data file {path}: unknown format '{path.suffix}' (use one of {sorted(FILE_FORMATS)})"
-        )
-    if fmt == "csv" and path.suffix.lower() == ".tsv":
-        kwargs.setdefault("delimiter", "\t")
-    if fmt == "csv":
-        # Only an empty cell is missing: the texts "NA", "None", "null" and "NaN" are texts.
-        kwargs.setdefault("keep_default_na", False)
-        kwargs.setdefault("na_values", [""])
-    if cache_dir is None:
-        with tempfile.TemporaryDirectory(prefix="distillery-read-") as scratch:
-            return _read_copy(path, Path(scratch), fmt, keep_in_memory=True, **kwargs)
-    return _read_copy(path, Path(cache_dir), fmt, **kwargs)
-
-
-def _read_copy(path: Path, cache_dir: Path, fmt: str, **kwargs: Any) -> Table:
-    """Parse a copy of `path` stored under its content's sha256.
-
-    `datasets` caches a local file's parsed table by path and modification time, not content:
-    a file rewritten with its old mtime (`cp -p`, `rsync -a`, tar) would be served from the old
-    cache. A copy whose path is its own content hash turns that cache key into a content key,
-    and the hash is of the very bytes that are parsed, so the rows are what the hash names.
-    """
-    from datasets import load_dataset
-
+def _read_table(path: Path, fmt: str | None = None, **options: Any) -> Table:
     try:
-        content = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"data file {path} could not be read: {err}") from None
-    digest = hashlib.sha256(content).hexdigest()
-    copy = cache_dir / "by-sha256" / digest / f"data{path.suffix.lower()}"
-    try:
-        if not (copy.is_file() and file_sha256(copy) == digest):
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(copy, content)
-        rows = load_dataset(
-            fmt, data_files=str(copy), split="train", cache_dir=str(cache_dir), **kwargs
-        )
-    except Exception as err:  # noqa: BLE001 - any reader failure is a data problem to report
-        raise _read_error(path, fmt, kwargs.get("encoding"), err) from None
-    return Table(rows, digest)
-
-
-def _read_error(path: Path, fmt: str, encoding: str | None, err: Exception) -> Exception:
-    """The error to report for a file the reader failed on: bad text encoding, a folder it may
-    not write (its cache), or anything else as "could not be read"."""
-    cause: BaseException | None = err
-    while cause is not None:  # datasets wraps the reader's error
-        if isinstance(cause, UnicodeDecodeError):
-            return DataError(
-                f"data file {path} is not valid {encoding or 'utf-8'} text (byte "
-                f"{cause.object[cause.start : cause.start + 1]!r} at position {cause.start}); "
-                "set data.encoding to the file's encoding, e.g. data.encoding=latin-1"
-            )
-        if isinstance(cause, OSError) and cause.filename and str(cause.filename) != str(path):
-            return DataError(f"cannot write {cause.filename} while reading {path}: {cause}")
-        cause = cause.__cause__ or cause.__context__
-    return DataError(f"data file {path} could not be read as {fmt}: {err}")
+        return read_table(path, fmt, **options)
+    except TableError as err:
+        raise DataError(str(err)) from None
 
 
 def _cache(cache_dir: Path | None) -> str | None:
     return str(cache_dir) if cache_dir is not None else None
 
 
-def _movie_reviews(path: Path, cache_dir: Path | None) -> Examples:
-    read = _read_table(path, cache_dir, "csv", delimiter="\t", quoting=3, encoding="utf-8-sig")
-    table = read.rows
+def _movie_reviews(path: Path) -> Examples:
+    table = _read_table(
+        path, "csv", delimiter="\t", quoting=3, encoding="utf-8-sig", text_columns=("text",)
+    )
     _require_columns(path, table.column_names, ["sentiment", "text"])
     texts, labels = [], []
     for row, (text, rating) in enumerate(zip(table["text"], table["sentiment"], strict=True)):
@@ -326,17 +250,20 @@ def _movie_reviews(path: Path, cache_dir: Path | None) -> Examples:
         {"all": labels},
         ["negative", "positive"],
         {"kind": "bundled", "name": "movie_reviews", "path": str(path)},
-        read.sha256,
+        table.sha256,
     )
 
 
-def _local_file(path: Path, config: DataConfig, cache_dir: Path | None) -> Examples:
+def _local_file(path: Path, config: DataConfig) -> Examples:
     text_format = FILE_FORMATS.get(path.suffix.lower()) in ("csv", "json")
-    read = _read_table(path, cache_dir, **({"encoding": config.encoding} if text_format else {}))
-    table = read.rows
+    table = _read_table(
+        path,
+        text_columns=(config.text_column,),
+        **({"encoding": config.encoding} if text_format else {}),
+    )
     _require_columns(path, table.column_names, [config.text_column, config.label_column])
     texts, raw_labels = _validated_rows(
-        str(path), table[config.text_column], table[config.label_column], config, first_row=2
+        str(path), table[config.text_column], table[config.label_column], config, table.row_numbers
     )
     label_names, labels = encode_labels(raw_labels)
     return Examples(
@@ -344,7 +271,7 @@ def _local_file(path: Path, config: DataConfig, cache_dir: Path | None) -> Examp
         {"all": labels},
         label_names,
         {"kind": "file", "path": str(path)},
-        read.sha256,
+        table.sha256,
     )
 
 
@@ -369,7 +296,7 @@ def _hub_dataset(config: DataConfig, cache_dir: Path | None) -> Examples:
             table[config.text_column],
             table[config.label_column],
             config,
-            first_row=0,
+            list(range(len(table))),
         )
     feature = splits[next(iter(splits))].features[config.label_column]
     if hasattr(feature, "names"):  # a ClassLabel already numbers its classes
@@ -399,19 +326,45 @@ def _require_columns(where: Any, columns: list[str], needed: list[str]) -> None:
 
 
 def _validated_rows(
-    where: str, texts: list[Any], labels: list[Any], config: DataConfig, first_row: int
+    where: str, texts: list[Any], labels: list[Any], config: DataConfig, row_numbers: list[int]
 ) -> tuple[list[str], list[Any]]:
+    """Texts stripped and checked non-empty, labels checked present and of one kind;
+    `row_numbers[i]` is row i's number in the source, for messages."""
     if not texts:
         raise DataError(f"{where}: no rows")
     clean_texts = []
-    for index, (text, label) in enumerate(zip(texts, labels, strict=True)):
-        row = index + first_row
+    for row, text, label in zip(row_numbers, texts, labels, strict=True):
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{where}: row {row}, column '{config.text_column}' is empty")
         if label is None or (isinstance(label, float) and math.isnan(label)):
             raise DataError(f"{where}: row {row}, column '{config.label_column}' is empty")
         clean_texts.append(text.strip())
+    check_label_kinds(where, labels, row_numbers, config.label_column)
     return clean_texts, list(labels)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool | int | float | np.integer | np.floating):
+        return True
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def check_label_kinds(where: str, labels: list[Any], row_numbers: list[int], column: str) -> None:
+    """Refuse labels that mix numbers with names (`0`/`1` beside `pos`/`neg`): read as they
+    are they would silently make a model with a class per spelling."""
+    first_number = next((i for i, value in enumerate(labels) if _is_number(value)), None)
+    first_name = next((i for i, value in enumerate(labels) if not _is_number(value)), None)
+    if first_number is None or first_name is None:
+        return
+    raise DataError(
+        f"{where}: column '{column}' mixes numeric labels (row {row_numbers[first_number]}: "
+        f"{labels[first_number]!r}) with named ones (row {row_numbers[first_name]}: "
+        f"{labels[first_name]!r}); use one spelling per class"
+    )
 
 
 def encode_labels(raw: list[Any]) -> tuple[list[str], list[int]]:

@@ -108,7 +108,8 @@ def test_empty_text_names_row_and_column(tmp_path):
     rows[4] = ("   ", "pos")
     path = write_source(tmp_path / "reviews.jsonl", rows)
     config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
-    with pytest.raises(DataError, match=r"row 6, column 'review' is empty"):
+    # JSON Lines has no header: the fifth row is line 5.
+    with pytest.raises(DataError, match=r"row 5, column 'review' is empty"):
         load_examples(config)
 
 
@@ -306,14 +307,16 @@ def test_a_presplit_source_with_one_class_in_train_is_refused():
         split_examples(examples, DataConfig())
 
 
-def test_an_unwritable_reader_cache_is_named_instead_of_blaming_the_file(tmp_path):
+def test_a_local_file_reads_without_a_writable_cache(tmp_path):
+    """Local files are parsed from their bytes in memory: no reader cache to write (or to go
+    stale)."""
     from tests.test_preflight import unwritable_folder
 
     path = write_source(tmp_path / "reviews.csv")
     cache = unwritable_folder(tmp_path) / "distillery-cache"
     config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
-    with pytest.raises(DataError, match=rf"cannot write {cache}.* while reading {path}"):
-        load_examples(config, cache)
+    assert len(load_examples(config, cache).texts["all"]) == len(ROWS)
+    assert not cache.exists()
 
 
 def relabel_keeping_mtime(path, rows):
@@ -405,3 +408,65 @@ def test_texts_that_pandas_would_read_as_missing_are_texts(tmp_path, text):
     path = write_source(tmp_path / "reviews.csv", rows)
     config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
     assert load_examples(config, tmp_path / "cache").texts["all"][0] == text
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("empty.csv", "", r"empty\.csv is empty \(no header line\)"),
+        ("header.csv", "review,sentiment\n", r"header\.csv: no rows"),
+        (
+            "broken.jsonl",
+            '{"review": "a", "sentiment": "pos"}\n{"review": broken\n',
+            r"broken\.jsonl: line 2 is not valid JSON",
+        ),
+        (
+            "quote.tsv",
+            'review\tsentiment\n"open\tpos\nfine\tneg\n',
+            r"quote\.tsv.*EOF inside string",
+        ),
+        (
+            "fields.tsv",
+            "review\tsentiment\nok\tpos\nbad\tneg\textra\nfine\tneg\n",
+            r"fields\.tsv.*Expected 2 fields in line 3, saw 3",
+        ),
+        (
+            "list.jsonl",
+            '{"review": "a", "sentiment": "pos"}\n[1, 2]\n',
+            r"row 2 is not a JSON object",
+        ),
+    ],
+)
+def test_a_file_that_does_not_parse_says_why_and_where(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_text(content)
+    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    with pytest.raises(DataError, match=expected):
+        load_examples(config)
+
+
+def test_labels_mixing_numbers_and_names_are_refused_naming_a_row_of_each(tmp_path):
+    rows = [(f"text {i}", ("pos", "neg")[i % 2] if i < 30 else str(i % 2)) for i in range(60)]
+    path = write_source(tmp_path / "mixed.csv", rows)
+    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    with pytest.raises(DataError, match=r"mixes numeric labels \(row 32: '0'\) with named ones "):
+        load_examples(config)
+
+
+@pytest.mark.parametrize(("suffix", "row"), [(".jsonl", 5), (".parquet", 5), (".csv", 6)])
+def test_row_numbers_point_at_the_row_in_the_file(tmp_path, suffix, row):
+    """CSV counts lines (the header is line 1); JSON Lines counts lines; Parquet counts rows."""
+    rows = [(f"text {i}" if i != 4 else " ", "pos" if i % 2 else "neg") for i in range(20)]
+    path = write_source(tmp_path / f"rows{suffix}", rows)
+    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    with pytest.raises(DataError, match=rf"row {row}, column 'review' is empty"):
+        load_examples(config)
+
+
+def test_numeric_looking_texts_stay_texts(tmp_path):
+    rows = [
+        (str(1000 + i) if i == 0 else f"text {i}", "pos" if i % 2 else "neg") for i in range(20)
+    ]
+    path = write_source(tmp_path / "numbers.csv", rows)
+    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    assert load_examples(config).texts["all"][0] == "1000"
