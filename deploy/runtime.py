@@ -186,15 +186,15 @@ def pad_of(tokenizer: Tokenizer) -> tuple[int, str]:
 def predict(bundle: Bundle, texts: Sequence[object], batch_size: int = 32) -> list[dict[str, Any]]:
     """One result per input, in order: label, probabilities and whether it was truncated.
 
-    A bad item (not a string, or empty) gets `{"error": ...}` and does not affect the others.
+    A bad item (not a string, empty, or not encodable text) gets `{"error": ...}` and does not
+    affect the others.
     """
     results: list[dict[str, Any]] = [{} for _ in texts]
     valid: list[int] = []
     for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            results[index] = {"error": f"text must be a string, got {type(text).__name__}"}
-        elif not text.strip():
-            results[index] = {"error": "text is empty"}
+        problem = text_problem(text)
+        if problem:
+            results[index] = {"error": problem}
         else:
             valid.append(index)
     for start in range(0, len(valid), batch_size):
@@ -211,6 +211,22 @@ def predict(bundle: Bundle, texts: Sequence[object], batch_size: int = 32) -> li
                 "truncated": bool(encoding.overflowing),
             }
     return results
+
+
+def text_problem(text: object) -> str | None:
+    """Why `text` cannot be classified, or None when it can."""
+    if not isinstance(text, str):
+        return f"text must be a string, got {type(text).__name__}"
+    if not text.strip():
+        return "text is empty"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # JSON's "\ud800" escapes decode to lone surrogates
+        return (
+            f"text is not valid Unicode (a lone surrogate U+{ord(text[err.start]):04X} at "
+            f"character {err.start})"
+        )
+    return None
 
 
 def _run(bundle: Bundle, encodings: list[Encoding]) -> np.ndarray:

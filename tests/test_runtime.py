@@ -119,6 +119,13 @@ def test_bad_items_get_an_error_each_and_the_rest_still_get_results(loaded):
     assert predict(loaded, []) == []
 
 
+def test_a_lone_surrogate_is_an_error_for_its_item_only(loaded):
+    """JSON's "\\ud800" decodes to a str that no tokenizer (or UTF-8) can take."""
+    good, bad = predict(loaded, ["a fine film", "broken \ud800 text"])
+    assert good["label"] in loaded.labels
+    assert bad == {"error": "text is not valid Unicode (a lone surrogate U+D800 at character 7)"}
+
+
 def test_batching_keeps_order_and_barely_moves_probabilities(loaded):
     texts = ["word " * 40, "ok", "a long and winding review of a film that goes nowhere"]
     batched = predict(loaded, texts, batch_size=2)
@@ -328,6 +335,15 @@ def test_predict_command_prints_one_json_line_per_input(tiny_bundle, tmp_path):
     assert out[3] == {"error": "in.jsonl line 2: not valid JSON"}
     assert out[4] == {"error": "in.jsonl line 3: no 'text' field"}
     assert out[5] == {"error": "text must be a string, got int"}
+
+
+def test_predict_command_answers_the_valid_lines_beside_a_lone_surrogate(tiny_bundle, tmp_path):
+    (tmp_path / "s.jsonl").write_text('{"text":"ok"}\n{"text":"\\ud800"}\n')
+    result = distillery("predict", tiny_bundle, "--input", tmp_path / "s.jsonl", "--threads", 1)
+    assert result.exit_code == 0, result.stderr
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert first["label"] in ("negative", "positive")
+    assert "lone surrogate U+D800" in second["error"]
 
 
 def test_predict_command_names_the_line_of_a_latin1_input_file(tiny_bundle, tmp_path):

@@ -92,6 +92,14 @@ def test_predict_answers_one_result_per_text_in_order(base_url):
     assert third == {"error": "text is empty"}
 
 
+def test_a_lone_surrogate_spoils_only_its_own_result(base_url):
+    status, body = post_json(base_url, {"texts": ["a fine film", "\ud800"]})
+    assert status == 200
+    good, bad = body["results"]
+    assert good["label"] in ("negative", "positive")
+    assert "lone surrogate" in bad["error"]
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
