@@ -20,18 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill.stage_names import STAGE_FOLDERS
 from distill.store import CORRUPT_PREFIX, MANIFEST, TMP_PREFIX, key_lock, sweep_stale_builds
 
-STAGES = (
-    "data",
-    "teacher",
-    "augment",
-    "logit_cache",
-    "student",
-    "evaluation",
-    "export",
-    "quantize",
-)
 STAGE_TAG = re.compile(r"^stage\.(?P<stage>[a-z_]+)\.key$")
 SUMMARIES = ("summary.json", "summary.previous.json")
 
@@ -110,7 +101,7 @@ def keys_of_summaries(workdir: Path) -> set[tuple[str, str]]:
 def plan(store: Path, keep: set[tuple[str, str]]) -> list[Removal]:
     """Finished stage folders not in `keep`, and folders moved aside as corrupt."""
     removals = []
-    for stage in STAGES:
+    for stage in STAGE_FOLDERS:
         folder = Path(store) / stage
         if not folder.is_dir():
             continue

@@ -118,3 +118,36 @@ def test_gc_refuses_while_a_run_holds_the_workdir(tmp_path):
         holder.wait()
     with workdir_lock(tmp_path, timeout=0):
         pass
+
+
+def test_every_stage_the_code_builds_is_a_folder_gc_knows():
+    """A stage name passed to run_stage / fan_out / stage= that gc does not list would pile up
+    in the store for ever (logit shards, student_data and student_augment once did)."""
+    import re
+
+    from distill.stage_names import STAGE_FOLDERS
+
+    built = set()
+    pattern = re.compile(
+        r"run_stage\(\s*[^,]+,\s*\"(\w+)\"|fan_out\(\s*\"(\w+)\"|stage=\"(\w+)\"|"
+        r"_STAGE = \"(\w+)\"|runner\(\s*\"(\w+)\""
+    )
+    for package in ("distill", "deploy", "tasks", "flows"):
+        for path in (REPO / package).glob("*.py"):
+            for match in pattern.finditer(path.read_text()):
+                built.add(next(group for group in match.groups() if group))
+    assert {"data", "logit_shard", "student_augment", "student_data", "quantize"} <= built
+    assert built <= set(STAGE_FOLDERS), built - set(STAGE_FOLDERS)
+
+
+@pytest.mark.parametrize("stage", ["logit_shard", "student_data", "student_augment"])
+def test_gc_collects_unused_folders_of_every_stage(tmp_path, stage):
+    from flows.gc import plan
+
+    folder = tmp_path / stage / "0123abcd"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{}")
+    (folder / "rows.npy").write_bytes(b"x" * 100)
+    (removal,) = plan(tmp_path, keep=set())
+    assert removal.path == folder and removal.bytes == 102
+    assert plan(tmp_path, keep={(stage, "0123abcd")}) == []
