@@ -181,11 +181,21 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
+# What `from_pretrained` loads weights from (a single file or a sharded index).
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model.bin", "*.index.json")
+
+
 def check_weight_files(model: str, key: str) -> None:
-    """Every safetensors file of a local model folder is complete (a cheap header check)."""
+    """A local model folder has weights, and every safetensors file is complete (a cheap header
+    check)."""
     folder = Path(resolve_model_source(model))
     if not folder.is_dir():
         return  # a hub model: downloaded and checked by the hub client
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        raise ConfigError(
+            f"config key '{key}': model folder {folder} has no weights (no model.safetensors or "
+            "pytorch_model.bin, nor a sharded index): copy the whole model folder"
+        )
     for path in sorted(folder.glob("*.safetensors")):
         problem = safetensors_problem(path)
         if problem:

@@ -23,10 +23,11 @@ USER_ERRORS = (ConfigError, DataError, FileNotFoundError)
 def pipeline_errors() -> tuple[type[Exception], ...]:
     """USER_ERRORS plus what only a running pipeline raises (imported late: they pull in mlflow)."""
     from distill.logit_cache import CacheError
+    from flows.cluster import ClusterUnreachable
     from tasks.registry import RegistryError
     from tasks.tracking import TrackingUnavailable
 
-    return (*USER_ERRORS, RegistryError, TrackingUnavailable, CacheError)
+    return (*USER_ERRORS, RegistryError, TrackingUnavailable, CacheError, ClusterUnreachable)
 
 
 @app.callback()
@@ -81,10 +82,11 @@ def _checked_run(config: Path, overrides: list[str], settings) -> dict[str, Any]
     except USER_ERRORS as err:
         fail(err)
 
-    from flows.cluster import prefect_api_for_workers, with_compute
+    from flows.cluster import check_scheduler_listens, prefect_api_for_workers, with_compute
     from flows.pipeline import check_tracking, distill_pipeline
 
     try:
+        check_scheduler_listens(settings.compute)  # before a Prefect server starts for workers
         check_tracking(settings, Path(settings.workdir).resolve())
         # compute.cluster: the logit cache's shards run on it (one shard for small data).
         with prefect_api_for_workers(settings.compute):

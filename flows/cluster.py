@@ -105,22 +105,47 @@ def workers_cut_off(api_url: str | None, workers: Iterable[str], here: set[str])
     return sorted(w for w in workers if not is_loopback(w) and host_of(w) not in here)
 
 
+class ClusterUnreachable(ConnectionError):
+    """compute.cluster names a scheduler that cannot be used; the message says why."""
+
+
+def check_listening(address: str, timeout: float) -> None:
+    """Fail at once when nothing listens at a tcp:// address: Dask's client would retry a
+    refused connection until its whole timeout is spent."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    if not port.isdigit():
+        return  # another protocol (tls://, ucx://): left to the client
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ClusterUnreachable(
+            f"compute.cluster: nothing answers at {address} ({err.strerror or err}); start "
+            "`dask scheduler` there or fix the address"
+        ) from None
+
+
+def check_scheduler_listens(compute: ComputeConfig) -> None:
+    if compute.scheduler_address is not None:
+        check_listening(compute.scheduler_address, CONNECT_TIMEOUT_S)
+
+
 def prepare_scheduler(address: str, threads: int, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Check that a scheduler answers at `address` and that its workers can reach Prefect's API,
     and have every worker (current and future) run torch with `threads` threads; registering
     again under the same name replaces it."""
+    check_listening(address, timeout)
     try:
         client = distributed.Client(address, timeout=timeout, set_as_default=False)
     except OSError as err:
-        raise ConnectionError(
+        raise ClusterUnreachable(
             f"compute.cluster: no Dask scheduler answers at {address} within {timeout} s ({err})"
-        ) from err
+        ) from None
     with client:
         api_url = PREFECT_API_URL.value()
         workers = client.scheduler_info(n_workers=-1)["workers"]
         cut_off = workers_cut_off(api_url, workers, this_machines_hosts())
         if cut_off:
-            raise ConnectionError(
+            raise ClusterUnreachable(
                 f"compute.cluster: workers {', '.join(cut_off)} of {address} cannot reach "
                 f"Prefect's API at {api_url} (loopback); set PREFECT_API_URL to a Prefect "
                 "server they can reach"

@@ -93,6 +93,18 @@ def test_missing_column_is_named(tmp_path):
     assert "column 'text' not found" in error_line(result)
 
 
+def test_an_unreachable_cluster_is_one_line_before_any_work(tmp_path):
+    from tests.services import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    result = in_process(
+        "run", TINY_CONFIG, f"workdir={tmp_path / 'w'}", f"compute.cluster={address}"
+    )
+    assert result.exit_code == 2
+    assert f"compute.cluster: nothing answers at {address}" in error_line(result)
+    assert not (tmp_path / "w" / "data").exists()
+
+
 def test_show_config_prints_the_resolved_config():
     result = distillery("show-config", TINY_CONFIG, "student.alpha=0.9")
     assert result.returncode == 0, result.stderr

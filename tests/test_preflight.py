@@ -145,6 +145,21 @@ def test_a_truncated_safetensors_file_in_the_teacher_folder_is_named(tmp_path, t
     assert "too short" in safetensors_problem(weights)
 
 
+def test_a_teacher_folder_without_weights_is_refused_before_any_work(tmp_path, tokenizer):
+    """config.json and a tokenizer but no weights: transformers would fail three retries later."""
+    folder = tmp_path / "teacher"
+    arch = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2)
+    arch.num_attention_heads, arch.intermediate_size = 2, 64
+    BertForSequenceClassification(arch).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    config = tiny(tmp_path, f"teacher.model={folder}", "teacher.random_init=null")
+    with pytest.raises(
+        ConfigError, match=rf"'teacher.model': model folder {folder} has no weights"
+    ):
+        check_inputs(config)
+
+
 def test_a_layer_map_beyond_the_teacher_is_refused_even_when_unused(tmp_path):
     config = tiny(tmp_path, "student.hidden.layer_map=[[0, 9]]")  # weight 0: map not used yet
     with pytest.raises(ConfigError, match=r"'student.hidden.layer_map': teacher has layers 0\.\.1"):
