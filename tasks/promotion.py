@@ -160,16 +160,9 @@ def gate_and_promote(
             artifacts.evaluation.file(CONFUSION_PNG),
         )
         tracker.log_artifacts(folder / CARD_ARTIFACTS, CARD_ARTIFACTS)
-        if registration.reused:
-            outcome = reused_outcome(tracker, registration)
-        else:
-            outcome = registry.apply_gates(
-                tracker.client,
-                registration.name,
-                registration.version,
-                results,
-                description_text(card),
-            )
+        outcome = registry.judge_registration(
+            tracker.client, registration, results, description_text(card), tracker.run_id
+        )
 
     tracker.log_metrics(
         {
@@ -182,7 +175,7 @@ def gate_and_promote(
         }
         | {f"gate/{result.name}": float(result.passed) for result in results}
     )
-    decision = "reused" if registration.reused else "promoted" if outcome.promoted else "rejected"
+    decision = "promoted" if outcome.promoted else "rejected" if outcome.judged else "reused"
     tracker.set_tags({"promotion.decision": decision})
     return {
         "promoted": outcome.promoted,
@@ -195,13 +188,3 @@ def gate_and_promote(
         "latency_ms": {"p50": candidate.p50_ms, "p95": candidate.p95_ms},
         "gates": [result.as_dict() for result in results],
     }
-
-
-def reused_outcome(tracker: MlflowTracker, registration: Registration) -> registry.Outcome:
-    """What an unchanged model's rerun did to the registry: nothing."""
-    alias = registry.alias_of(tracker.client, registration.name, registration.version)
-    reason = (
-        f"unchanged model: v{registration.version} has the same ONNX sha256 and data "
-        f"fingerprint; reused, no alias moved"
-    )
-    return registry.Outcome(registration.name, registration.version, False, alias, None, reason)

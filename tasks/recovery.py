@@ -16,6 +16,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus, ViewType
 
+NOT_JUDGED = "not judged"  # the registry's word for a version no gate has judged yet
+
 WORKDIR_TAG = "distillery.workdir"
 HOST_TAG = "distillery.host"
 PID_TAG = "distillery.pid"
@@ -78,11 +80,12 @@ def _mark_ungated_versions(client: MlflowClient, run_id: str) -> None:
         if "promotion.decision" in tags:
             continue
         client.set_model_version_tag(
-            version.name, version.version, "promotion.decision", "not judged"
+            version.name, version.version, "promotion.decision", NOT_JUDGED
         )
         client.set_model_version_tag(
             version.name,
             version.version,
             "promotion.reason",
-            f"run {run_id} was killed before its gates ran",
+            f"run {run_id} was killed before its gates ran; the next run of the same model "
+            "judges it",
         )

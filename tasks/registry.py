@@ -45,6 +45,7 @@ from deploy.onnx_eval import onnx_logits, open_session
 from deploy.runtime import TOKENIZER as BUNDLE_TOKENIZER
 from distill.gates import Gate, GateResult, Metric, all_passed, failure_summary, score
 from distill.store import write_json_atomic
+from tasks.recovery import NOT_JUDGED
 from tasks.tracking import MlflowTracker, Registration, mlflow_client
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
@@ -82,6 +83,7 @@ class Outcome:
     alias: str  # what this version is now: champion, challenger, or "" (neither)
     replaced: str | None  # the champion it replaced, now `previous`
     reason: str
+    judged: bool = True  # False: a reused version, judged by an earlier run
 
 
 def mlflow_check(gate: Gate) -> str | None:
@@ -436,20 +438,47 @@ def alias_of(client: MlflowClient, name: str, version: str) -> str:
     return next((alias for alias in (CHAMPION, CHALLENGER) if now.get(alias) == version), "")
 
 
+def judge_registration(
+    client: MlflowClient,
+    registration: Registration,
+    results: Sequence[GateResult],
+    description: str,
+    run_id: str,
+) -> Outcome:
+    """The gates' verdict on what run `run_id` registered (or found registered).
+
+    A new version is judged. A reused one (the very same model registered before) keeps its
+    tags and aliases, unless no run ever judged it: its registering run was killed between
+    registration and the gates. Then this run, which measured the gates, judges it."""
+    name, version = registration.name, registration.version
+    if not registration.reused:
+        return apply_gates(client, name, version, results, description)
+    decision = client.get_model_version(name, version).tags.get("promotion.decision")
+    if decision in (None, NOT_JUDGED):
+        return apply_gates(client, name, version, results, description, judged_by=run_id)
+    reason = (
+        f"unchanged model: v{version} has the same ONNX sha256 and data fingerprint and was "
+        f"{decision} before; reused, no alias moved"
+    )
+    return Outcome(name, version, False, alias_of(client, name, version), None, reason, False)
+
+
 def apply_gates(
     client: MlflowClient,
     name: str,
     version: str,
     results: Sequence[GateResult],
     description: str,
+    judged_by: str | None = None,
 ) -> Outcome:
     """Record the gates on the version and promote it when every gate passed.
 
     Tags are written before any alias moves, so a champion always carries its gate results.
-    A version whose run failed or was killed is never promoted by the gates. The caller holds
-    `registry_lock` from scoring the champion to here.
+    A version whose run failed or was killed is never promoted by the gates; `judged_by` names
+    the run that measured the gates when that is not the run that registered the version (it
+    then stands for it). The caller holds `registry_lock` from scoring the champion to here.
     """
-    run_id = client.get_model_version(name, version).run_id
+    run_id = judged_by or client.get_model_version(name, version).run_id
     run_status = client.get_run(run_id).info.status if run_id else "UNKNOWN"
     passed = all_passed(results) and run_status not in FINISHED_BADLY
     reason = failure_summary(results)
@@ -464,6 +493,8 @@ def apply_gates(
         "promotion.by": "gates",
         "promotion.override": "false",
     }
+    if judged_by is not None:
+        tags["promotion.judged_by_run"] = judged_by
     if passed and champion is not None and champion != version:
         tags["promotion.replaces"] = champion
     set_version_tags(client, name, version, tags)

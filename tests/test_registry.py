@@ -29,6 +29,7 @@ from tasks.registry import (
     aliases,
     apply_gates,
     check_registry_record,
+    judge_registration,
     lineage,
     mlflow_check,
     move_champion,
@@ -135,18 +136,7 @@ class Registry:
         return self.registration(kind, fingerprint)[0].version
 
     def gate(self, version, kind, config=CONFIG, **measured):
-        champion = score_champion(
-            self.uri, NAME, SPLIT, 2, self.root / f"champion-{version}", max_length=8
-        )
-        values = {
-            "retention": 0.97,
-            "latency_ms": 1.0,
-            "score": ACCURACY[kind],
-            "baseline_score": 0.0,
-            "champion_version": champion and champion.version,
-            "champion_score": champion and champion.score,
-        }
-        results = evaluate_gates(config, Measurements(**(values | measured)), mlflow_check)
+        results = gate_results(self, kind, config, version, **measured)
         return apply_gates(self.client, NAME, version, results, f"# {NAME} v{version}")
 
     def aliases(self):
@@ -154,6 +144,22 @@ class Registry:
 
     def tags(self, version):
         return self.client.get_model_version(NAME, version).tags
+
+
+def gate_results(registry, kind, config=CONFIG, version="x", **measured):
+    """The gates on a model of `kind` against the registry's current champion."""
+    champion = score_champion(
+        registry.uri, NAME, SPLIT, 2, registry.root / f"champion-{version}", max_length=8
+    )
+    values = {
+        "retention": 0.97,
+        "latency_ms": 1.0,
+        "score": ACCURACY[kind],
+        "baseline_score": 0.0,
+        "champion_version": champion and champion.version,
+        "champion_score": champion and champion.score,
+    }
+    return evaluate_gates(config, Measurements(**(values | measured)), mlflow_check)
 
 
 @pytest.fixture
@@ -300,6 +306,34 @@ def test_an_unchanged_model_reuses_its_version_and_moves_no_alias(registry):
     other_graph = registry.register("negative", fingerprint="data-x")
     assert len({first.version, other_data, other_graph}) == 3
     assert registry.aliases()["challenger"] == other_graph
+
+
+def test_a_version_whose_run_was_killed_before_its_gates_is_judged_by_the_rerun(registry):
+    """kill -9 right after registration, then the same command again: the rerun finds the
+    same model registered, and judges it instead of leaving it "not judged" for ever."""
+    from tasks.recovery import _mark_ungated_versions
+
+    first, killed = registry.registration("positive", fingerprint="data-x")
+    registry.client.set_terminated(killed.run_id, status="KILLED")
+    _mark_ungated_versions(registry.client, killed.run_id)  # what the rerun's recovery does
+    assert registry.tags(first.version)["promotion.decision"] == "not judged"
+
+    again, rerun = registry.registration("positive", fingerprint="data-x")
+    assert again.reused and again.version == first.version
+    results = gate_results(registry, "positive")
+    outcome = judge_registration(registry.client, again, results, "# card", rerun.run_id)
+    assert outcome.promoted and outcome.judged
+    assert registry.aliases() == {"champion": first.version}
+    tags = registry.tags(first.version)
+    assert tags["promotion.decision"] == "promoted"
+    assert tags["promotion.judged_by_run"] == rerun.run_id
+
+    # Judged once, the next rerun reuses it as it is.
+    third, later = registry.registration("positive", fingerprint="data-x")
+    outcome = judge_registration(registry.client, third, results, "# card", later.run_id)
+    assert not outcome.promoted and not outcome.judged
+    assert "was promoted before" in outcome.reason
+    assert registry.tags(first.version)["promotion.judged_by_run"] == rerun.run_id
 
 
 def test_challenger_names_the_newest_version_not_promoted(registry):
