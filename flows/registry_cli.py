@@ -36,6 +36,9 @@ Overrides = Annotated[
 def _registry_uri(tracking_uri: str | None, workdir: Path | None) -> str:
     if not tracking_uri and workdir is None:
         fail("name the registry with --tracking-uri, --workdir or MLFLOW_TRACKING_URI")
+    if not tracking_uri and not (Path(workdir) / "mlflow.db").is_file():
+        # MLflow would create an empty store (and the folder) and then find no model in it.
+        fail(f"--workdir {workdir} holds no MLflow store (mlflow.db): name the workdir of a run")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr for errors
     from tasks.tracking import sqlite_uri
 

@@ -603,6 +603,14 @@ def test_promote_and_rollback_commands(registry):
     assert result.returncode == 2 and "error:" in result.stderr
 
 
+def test_registry_commands_on_a_missing_workdir_create_nothing(tmp_path):
+    missing = tmp_path / "no-such-workdir"
+    result = distillery("rollback", NAME, "--workdir", missing)
+    assert result.returncode == 2
+    assert f"--workdir {missing} holds no MLflow store" in result.stderr
+    assert not missing.exists()
+
+
 def test_schedule_needs_a_prefect_server_and_a_valid_cron(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     config = REPO / "configs" / "tiny.yaml"
