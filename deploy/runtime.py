@@ -93,30 +93,31 @@ def verify_bundle(folder: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"bundle {MANIFEST} is not valid JSON: {err}") from None
+        raise BundleError(f"bundle manifest {path} is not valid JSON: {err}") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise BundleError(
-            f"unknown bundle format version {version!r} (this runtime reads {FORMAT_VERSION})"
+            f"bundle manifest {path}: unknown bundle format version {version!r} (this runtime "
+            f"reads {FORMAT_VERSION})"
         )
     signature = manifest.get(SIGNATURE)
     if not isinstance(signature, str):
-        raise BundleError(f"bundle {MANIFEST} has no signature: rebuild the bundle")
+        raise BundleError(f"bundle manifest {path} has no signature: rebuild the bundle")
     if not hmac.compare_digest(signature, manifest_signature(manifest)):
         raise BundleError(
-            f"bundle {MANIFEST} does not match its signature: it was edited after the build"
+            f"bundle manifest {path} does not match its signature: it was edited after the build"
         )
     if not isinstance(manifest.get("max_length"), int):
-        raise BundleError(f"bundle {MANIFEST} has no integer 'max_length'")
+        raise BundleError(f"bundle manifest {path} has no integer 'max_length'")
     files = manifest.get("files")
     if not isinstance(files, dict):
-        raise BundleError(f"bundle {MANIFEST} has no 'files' table")
+        raise BundleError(f"bundle manifest {path} has no 'files' table")
     for name in REQUIRED_FILES:
         if name not in files:
-            raise BundleError(f"bundle {MANIFEST} does not list the file '{name}'")
+            raise BundleError(f"bundle manifest {path} does not list the file '{name}'")
     for name, expected in files.items():
         if Path(name).name != name:  # plain names only: a listed path may not leave the folder
-            raise BundleError(f"bundle {MANIFEST} lists a file outside the bundle: '{name}'")
+            raise BundleError(f"bundle manifest {path} lists a file outside the bundle: '{name}'")
         file = folder / name
         if not file.is_file():
             raise BundleError(f"bundle file '{name}' is missing")

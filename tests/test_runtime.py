@@ -165,6 +165,13 @@ def test_an_unknown_format_version_is_refused(bundle_copy, version):
         load_bundle(bundle_copy)
 
 
+def test_an_emptied_manifest_is_refused_naming_the_file(bundle_copy):
+    (bundle_copy / "manifest.json").write_text("{}")
+    path = re.escape(str(bundle_copy / "manifest.json"))
+    with pytest.raises(BundleError, match=rf"bundle manifest {path}: unknown bundle format"):
+        load_bundle(bundle_copy)
+
+
 def test_a_manifest_may_not_point_outside_the_bundle(bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     edit_manifest(bundle_copy, files={**manifest["files"], "../secret": "0" * 64})
