@@ -13,6 +13,7 @@ build folder whose key lock nobody holds is debris of a killed build and is remo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -35,6 +36,27 @@ FILES = "_files"
 TMP_PREFIX = ".tmp-"
 CORRUPT_PREFIX = ".corrupt-"
 log = logging.getLogger(__name__)
+
+
+class StoreFullError(OSError):
+    """The store's disk is full: a stage could not be written. Not worth retrying until space
+    is freed; the message names the folder."""
+
+
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+# Writers do not all say "disk full": numpy raises a bare OSError ("requested and written"),
+# safetensors its own error. A failed build with less than this free beside it is taken as one.
+FULL_DISK_FREE_BYTES = 1 << 20
+
+
+def disk_full(err: Exception, folder: Path) -> bool:
+    """Whether `err`, raised while writing into `folder`, comes from a full disk."""
+    if isinstance(err, OSError) and err.errno in NO_SPACE:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_FREE_BYTES
+    except OSError:
+        return False
 
 
 class StageManifest(BaseModel):
@@ -249,9 +271,9 @@ def run_stage(
             shutil.rmtree(debris, ignore_errors=True)
             log.warning("removed %s: a build folder left by an interrupted run", debris)
         tmp = final.parent / f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
         started = time.perf_counter()
         try:
+            tmp.mkdir()
             manifest = build(tmp)
             if not isinstance(manifest, manifest_type):
                 raise TypeError(
@@ -268,6 +290,16 @@ def run_stage(
             if final.exists():  # debris of an older failure, or an outdated manifest
                 shutil.rmtree(final)
             os.replace(tmp, final)
+        except Exception as err:
+            if not disk_full(err, final.parent):
+                raise
+            raise StoreFullError(
+                errno.ENOSPC,
+                f"no space left on the disk of {final.parent} while writing stage '{stage}' "
+                f"({type(err).__name__}: {err}); nothing half-written was kept: free space "
+                "(`distillery gc` removes unused stage folders) or point `store` at a larger "
+                "disk, and run again",
+            ) from None
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -23,11 +23,19 @@ USER_ERRORS = (ConfigError, DataError, FileNotFoundError)
 def pipeline_errors() -> tuple[type[Exception], ...]:
     """USER_ERRORS plus what only a running pipeline raises (imported late: they pull in mlflow)."""
     from distill.logit_cache import CacheError
+    from distill.store import StoreFullError
     from flows.cluster import ClusterUnreachable
     from tasks.registry import RegistryError
     from tasks.tracking import TrackingUnavailable
 
-    return (*USER_ERRORS, RegistryError, TrackingUnavailable, CacheError, ClusterUnreachable)
+    return (
+        *USER_ERRORS,
+        RegistryError,
+        TrackingUnavailable,
+        CacheError,
+        ClusterUnreachable,
+        StoreFullError,
+    )
 
 
 @app.callback()

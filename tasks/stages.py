@@ -20,7 +20,7 @@ from prefect.cache_policies import NONE
 
 from distill.chain import RunArtifacts, StageRunner
 from distill.config import PromotionConfig
-from distill.store import MANIFEST, Artifact
+from distill.store import MANIFEST, Artifact, StoreFullError
 from distill.training import MetricsLog
 from tasks.tracking import MlflowTracker, Registration
 
@@ -141,7 +141,7 @@ def _worth_retrying(task, task_run, state) -> bool:
     if state.is_crashed():
         return False
     error = state.result(raise_on_failure=False)
-    return isinstance(error, Exception) and not isinstance(error, ValueError)
+    return isinstance(error, Exception) and not isinstance(error, ValueError | StoreFullError)
 
 
 @task(

@@ -83,6 +83,23 @@ def test_bad_input_is_not_retried(prefect_engine, tracker, tmp_path):
     assert counter.read_text() == "1"
 
 
+def test_a_full_disk_is_not_retried(prefect_engine, tracker, tmp_path):
+    from prefect import flow
+
+    from distill.store import StoreFullError
+    from tasks.stages import prefect_runner
+
+    build, counter = failing_build(tmp_path, failures=5, error=StoreFullError(28, "disk full"))
+
+    @flow
+    def one_stage():
+        return prefect_runner(tracker)("logit_cache", build)
+
+    with pytest.raises(StoreFullError, match="disk full"):
+        one_stage()
+    assert counter.read_text() == "1"
+
+
 def test_ctrl_c_in_a_stage_stops_the_run_instead_of_retrying_it(prefect_engine, tracker, tmp_path):
     from prefect import flow
 

@@ -211,3 +211,38 @@ def test_a_killed_build_folder_is_removed_by_the_sweep_and_by_the_next_build(tmp
     (tmp_path / "demo" / "k1" / MANIFEST).unlink()
     run_stage(tmp_path, "demo", "k1", lambda f: DemoManifest(answer=1), DemoManifest)
     assert not list((tmp_path / "demo").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError(28, "No space left on device"), OSError("1000000 requested and 131056 written")],
+    ids=["errno", "numpy-style"],
+)
+def test_a_full_disk_is_named_and_leaves_nothing_half_written(tmp_path, monkeypatch, error):
+    import shutil as shell
+
+    from distill import store as store_module
+    from distill.store import StoreFullError
+
+    if error.errno is None:  # a writer that does not say why: the free space tells
+        usage = shell.disk_usage(tmp_path)._replace(free=1000)
+        monkeypatch.setattr(store_module.shutil, "disk_usage", lambda path: usage)
+
+    def build(folder):
+        (folder / "weights.bin").write_bytes(b"x" * 100)
+        raise error
+
+    with pytest.raises(
+        StoreFullError, match=rf"no space left on the disk of {tmp_path / 'teacher'}"
+    ):
+        run_stage(tmp_path, "teacher", "k1", build, DemoManifest)
+    assert sorted(p.name for p in (tmp_path / "teacher").iterdir() if p.is_dir()) == []
+
+
+def test_an_error_that_is_not_a_full_disk_is_raised_as_it_is(tmp_path):
+    def build(folder):
+        raise OSError("permission denied somewhere")
+
+    with pytest.raises(OSError, match="permission denied somewhere") as raised:
+        run_stage(tmp_path, "teacher", "k1", build, DemoManifest)
+    assert type(raised.value) is OSError
