@@ -29,6 +29,44 @@ from distill.models import pad_token_id
 LossFn = Callable[[torch.nn.Module, Mapping[str, torch.Tensor]], LossTerms]
 MetricsLog = Callable[[Mapping[str, float], int], None]
 LOG_EVERY = 10
+HEARTBEAT_SECONDS = 60.0
+
+
+class Heartbeat:
+    """An INFO line at most every `every` seconds while a long loop runs: a log that is not a
+    terminal (a scheduled run, CI, `2>run.log`) shows no progress bar, and an MPNet epoch runs
+    for over ten minutes without another line."""
+
+    def __init__(
+        self,
+        description: str,
+        total: int,
+        every: float = HEARTBEAT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.description, self.total, self.every, self.clock = description, total, every, clock
+        self.started = self.last = clock()
+
+    def beat(self, done: int, note: str = "") -> bool:
+        """Log progress if `every` seconds passed since the last line; whether it logged."""
+        now = self.clock()
+        if now - self.last < self.every or done <= 0:
+            return False
+        self.last = now
+        elapsed = now - self.started
+        eta = elapsed * (self.total - done) / done
+        logger.info(
+            "%s: %d/%d%s; %.0f s elapsed, ETA %.0f s",
+            self.description,
+            done,
+            self.total,
+            f" ({note})" if note else "",
+            elapsed,
+            eta,
+        )
+        return True
+
+
 logger = logging.getLogger("distill.training")
 
 
@@ -156,6 +194,7 @@ def train_epoch(
     log: MetricsLog,
     history: list[dict[str, float]],
     progress: tqdm | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> dict[str, float]:
     """One pass over every training row in length-grouped, seeded batches.
 
@@ -183,6 +222,8 @@ def train_epoch(
             if progress is not None:
                 progress.set_postfix(loss=f"{metrics['train_loss']:.4f}")
             running.reset()
+        if heartbeat is not None:
+            heartbeat.beat(step, f"steps, loss {values['train_loss']:.4f}")
     return epoch.means()
 
 
@@ -260,6 +301,7 @@ def train_classifier(
         runtime.device_name,
         runtime.precision,
     )
+    heartbeat = Heartbeat(description, total_steps)
     with tqdm(total=total_steps, desc=description, disable=None, leave=False) as progress:
         for epoch in range(1, settings.epochs + 1):
             losses = train_epoch(
@@ -272,6 +314,7 @@ def train_classifier(
                 log,
                 result.history,
                 progress,
+                heartbeat,
             )
             val_metrics = {
                 **validate(model, validation_split, settings.batch_size * 2, runtime),
@@ -332,7 +375,10 @@ def predict_logits(
     model.eval()
     out: np.ndarray | None = None
     batches = iterate_sorted(split, batch_size, pad_token_id(getattr(model, "config", None)))
+    heartbeat, done = Heartbeat(description, len(split)), 0
     for batch in tqdm(batches, desc=description, disable=None, leave=False):
+        done += len(batch["index"])
+        heartbeat.beat(done, "rows")
         batch = move_batch(batch, runtime.device)
         with runtime.autocast():
             logits = model(

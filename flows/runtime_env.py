@@ -32,13 +32,18 @@ def configure_environment(workdir: Path) -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
+# transformers' per-load and per-save bars: the pipeline loads and saves models often and logs
+# each stage itself; in a log that is not a terminal every bar update is a line of its own.
+QUIET_BARS = ("Loading weights", "Writing model shards")
+
+
 def quiet_weight_loading() -> None:
-    """Hide transformers' per-load "Loading weights" bar (the pipeline loads models often and
-    logs each stage itself); download bars for hub models stay."""
+    """Hide transformers' "Loading weights" and "Writing model shards" bars; download bars for
+    hub models stay."""
     from transformers.utils import logging as hf_logging
 
     def hook(factory, args, kwargs):
-        if kwargs.get("desc") == "Loading weights":
+        if kwargs.get("desc") in QUIET_BARS:
             kwargs = {**kwargs, "disable": True}
         return factory(*args, **kwargs)
 

@@ -283,3 +283,32 @@ def test_training_curves_show_the_loss_terms_when_present(tmp_path):
         "student val_loss",
         "student val_accuracy",
     ]
+
+
+def test_a_heartbeat_line_comes_at_most_once_a_minute(caplog):
+    """Without a terminal there is no progress bar: a long epoch still says where it is."""
+    from distill.training import Heartbeat
+
+    now = [0.0]
+    heartbeat = Heartbeat("teacher", total=100, every=60.0, clock=lambda: now[0])
+    beats = []
+    for step in range(1, 101):
+        now[0] += 2.0  # a step every two seconds
+        with caplog.at_level(logging.INFO, logger="distill.training"):
+            beats.append(heartbeat.beat(step, "steps"))
+    assert [step for step, beat in enumerate(beats, 1) if beat] == [30, 60, 90]
+    assert "teacher: 30/100 (steps); 60 s elapsed, ETA 140 s" in caplog.text
+
+
+def test_transformers_load_and_save_bars_are_quiet_and_others_are_not():
+    from transformers.utils import logging as hf_logging
+
+    from flows.runtime_env import quiet_weight_loading
+
+    quiet_weight_loading()
+    try:
+        for desc in ("Loading weights", "Writing model shards"):
+            assert hf_logging.tqdm(range(3), desc=desc).disable
+        assert not hf_logging.tqdm(range(3), desc="Downloading", disable=False).disable
+    finally:
+        hf_logging.set_tqdm_hook(None)
