@@ -129,6 +129,15 @@ class TrainingConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 42
+    # Early stopping: with `patience` set, `epochs` is a maximum and training stops once
+    # validation has not improved (a higher accuracy or a lower loss) for `patience`
+    # evaluations in a row, after at least `min_steps` steps. null: every epoch runs. Either
+    # way the weights of the evaluation with the best validation accuracy are kept.
+    patience: int | None = Field(None, ge=1)
+    min_steps: int = Field(0, ge=0)
+    # Also validate every this many steps, not only at the end of each epoch (null: per epoch
+    # only), so a small data set or a one-epoch run still gets several checks.
+    eval_every_steps: int | None = Field(None, ge=1)
     # auto: cuda, else mps, else cpu. A device this machine lacks fails the pre-flight.
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # auto: bf16 on a CUDA device that supports it, else fp32 (CPU runs stay fp32). bf16/fp16

@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from distill.logit_cache import CacheManifest
     from distill.teacher import TeacherManifest
 
-VERSION = 1  # bump when the student trained for the same settings and inputs changes
+# bump when the student trained for the same settings and inputs changes
+# 2: steps run and the stop reason recorded (early stopping)
+VERSION = 2
 
 
 class StudentManifest(StageManifest):
@@ -50,6 +52,8 @@ class StudentManifest(StageManifest):
     train_seconds: float
     device: str  # where training ran, and in which precision
     precision: str
+    steps: int | None = None  # optimizer steps run, and why training stopped
+    stop_reason: str | None = None
     # Where the student came from: "teacher" (carved from it), "random", or the pretrained
     # checkpoint it was carved from; its init kind, family and the tokenizer its ids come from.
     # (None in manifests written before these fields existed: a teacher_layers student.)

@@ -23,7 +23,9 @@ from distill.models import (
 from distill.store import Artifact, StageManifest, run_stage, stage_key
 from distill.training import MetricsLog, seed_everything, train_classifier
 
-VERSION = 1  # bump when the teacher trained for the same settings and data changes
+# bump when the teacher trained for the same settings and data changes
+# 2: steps run and the stop reason recorded (early stopping)
+VERSION = 2
 WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
 
 
@@ -36,6 +38,9 @@ class TeacherManifest(StageManifest):
     # Where fine-tuning ran and in which precision (None when the model was used as is).
     device: str | None = None
     precision: str | None = None
+    # Optimizer steps run and why fine-tuning stopped ("max_epochs" or "patience").
+    steps: int | None = None
+    stop_reason: str | None = None
     source: str
     weights_sha256: str
     data_fingerprint: str

@@ -30,6 +30,8 @@ LossFn = Callable[[torch.nn.Module, Mapping[str, torch.Tensor]], LossTerms]
 MetricsLog = Callable[[Mapping[str, float], int], None]
 LOG_EVERY = 10
 HEARTBEAT_SECONDS = 60.0
+MAX_EPOCHS, PATIENCE = "max_epochs", "patience"  # why a training run stopped
+LOSS_MIN_DELTA = 1e-4  # a validation loss lower by less is no improvement (rounding, not learning)
 
 
 class Heartbeat:
@@ -78,6 +80,8 @@ class TrainResult:
     seconds: float = 0.0
     device: str = "cpu"  # the device type actually used: cpu, cuda or mps
     precision: str = "fp32"  # the precision actually used: fp32, bf16 or fp16
+    steps: int = 0  # optimizer steps run
+    stop_reason: str = MAX_EPOCHS  # MAX_EPOCHS, or PATIENCE when validation stopped improving
 
     def manifest_fields(self) -> dict[str, Any]:
         """What a stage manifest records of a training run (teacher and student alike)."""
@@ -88,7 +92,29 @@ class TrainResult:
             "train_seconds": self.seconds,
             "device": self.device,
             "precision": self.precision,
+            "steps": self.steps,
+            "stop_reason": self.stop_reason,
         }
+
+
+class EarlyStopping:
+    """Counts evaluations in a row in which validation did not improve: neither a higher
+    accuracy nor a lower loss than every evaluation before (accuracy on a small validation set
+    moves in steps; the loss shows a model that is still learning)."""
+
+    def __init__(self, patience: int | None, min_steps: int = 0) -> None:
+        self.patience, self.min_steps = patience, min_steps
+        self.best_accuracy, self.best_loss = -math.inf, math.inf
+        self.stale = 0
+
+    def update(self, val_accuracy: float, val_loss: float) -> None:
+        improved = val_accuracy > self.best_accuracy or val_loss < self.best_loss - LOSS_MIN_DELTA
+        self.best_accuracy = max(self.best_accuracy, val_accuracy)
+        self.best_loss = min(self.best_loss, val_loss)
+        self.stale = 0 if improved else self.stale + 1
+
+    def should_stop(self, step: int) -> bool:
+        return self.patience is not None and step >= self.min_steps and self.stale >= self.patience
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -195,12 +221,14 @@ def train_epoch(
     history: list[dict[str, float]],
     progress: tqdm | None = None,
     heartbeat: Heartbeat | None = None,
+    after_step: Callable[[int], bool] | None = None,
 ) -> dict[str, float]:
     """One pass over every training row in length-grouped, seeded batches.
 
     Every LOG_EVERY global steps (and at the last) logs `train_loss`, the loss parts (`ce`,
-    `kl`, `pkd`, those the loss has) averaged over those steps, and `lr`. Returns the epoch's
-    means of the loss and its parts.
+    `kl`, `pkd`, those the loss has) averaged over those steps, and `lr`. `after_step(step)`
+    runs after each step; True ends the pass there. Returns the pass's means of the loss and
+    its parts.
     """
     model.train()
     pad_id = pad_token_id(getattr(model, "config", None))
@@ -224,6 +252,8 @@ def train_epoch(
             running.reset()
         if heartbeat is not None:
             heartbeat.beat(step, f"steps, loss {values['train_loss']:.4f}")
+        if after_step is not None and after_step(step):
+            break
     return epoch.means()
 
 
@@ -302,6 +332,29 @@ def train_classifier(
         runtime.precision,
     )
     heartbeat = Heartbeat(description, total_steps)
+    stopper = EarlyStopping(settings.patience, settings.min_steps)
+    steps_per_epoch = total_steps // settings.epochs
+    epoch, evaluated_at, stop, latest = 0, -1, False, {}
+
+    def evaluate() -> None:
+        """Validate now; remember the best weights; decide whether to stop."""
+        nonlocal evaluated_at, stop, latest
+        latest = val_metrics = {
+            **validate(model, validation_split, settings.batch_size * 2, runtime),
+            "epoch": optimisation.step / steps_per_epoch,
+        }
+        log(val_metrics, optimisation.step)
+        result.history.append({"step": optimisation.step, **val_metrics})
+        best.update(epoch, val_metrics["val_accuracy"], model)
+        stopper.update(val_metrics["val_accuracy"], val_metrics["val_loss"])
+        evaluated_at, stop = optimisation.step, stopper.should_stop(optimisation.step)
+
+    def after_step(step: int) -> bool:
+        every = settings.eval_every_steps
+        if every is not None and step % every == 0 and step % steps_per_epoch:
+            evaluate()
+        return stop
+
     with tqdm(total=total_steps, desc=description, disable=None, leave=False) as progress:
         for epoch in range(1, settings.epochs + 1):
             losses = train_epoch(
@@ -315,18 +368,28 @@ def train_classifier(
                 result.history,
                 progress,
                 heartbeat,
+                after_step,
             )
-            val_metrics = {
-                **validate(model, validation_split, settings.batch_size * 2, runtime),
-                "epoch": float(epoch),
-            }
-            log(val_metrics, optimisation.step)
-            result.history.append({"step": optimisation.step, **val_metrics})
-            best.update(epoch, val_metrics["val_accuracy"], model)
-            log_epoch(description, epoch, settings.epochs, losses, val_metrics, started)
+            if evaluated_at != optimisation.step:
+                evaluate()
+            log_epoch(description, epoch, settings.epochs, losses, latest, started)
+            if stop:
+                result.stop_reason = PATIENCE
+                logger.info(
+                    "%s: stopped after %d of %d steps: validation did not improve for %d "
+                    "evaluations (best val_accuracy %.4f in epoch %d)",
+                    description,
+                    optimisation.step,
+                    total_steps,
+                    stopper.stale,
+                    best.accuracy,
+                    best.epoch,
+                )
+                break
     best.restore(model)
     model.to("cpu").eval()  # callers save and export from the CPU
     result.best_epoch, result.best_val_accuracy = best.epoch, best.accuracy
+    result.steps = optimisation.step
     result.seconds = time.perf_counter() - started
     return result
 

@@ -51,8 +51,8 @@ RECORDINGS: dict[str, Recording] = {
         files=("labels.json", "split.json"), tags={"data_fingerprint": "fingerprint"}
     ),
     "teacher": Recording(
-        metrics=("best_val_accuracy", "best_epoch", "params"),
-        tags={"teacher_sha256": "weights_sha256"},
+        metrics=("best_val_accuracy", "best_epoch", "params", "steps"),
+        tags={"teacher_sha256": "weights_sha256", "teacher.stop_reason": "stop_reason"},
         params=runtime_params("teacher"),
         curves=True,
     ),
@@ -63,7 +63,8 @@ RECORDINGS: dict[str, Recording] = {
     "student_augment": Recording(metrics=("rows",)),
     "logit_cache": Recording(params=runtime_params("logit_cache")),
     "student": Recording(
-        metrics=("best_val_accuracy", "best_epoch", "params"),
+        metrics=("best_val_accuracy", "best_epoch", "params", "steps"),
+        tags={"student.stop_reason": "stop_reason"},
         params=runtime_params("student"),
         curves=True,
     ),
@@ -119,7 +120,11 @@ def record_stage(tracker: MlflowTracker, artifact: Artifact, recording: Recordin
         tracker.log_history(stage, history)
     tracker.set_tags(
         {f"stage.{stage}.key": artifact.key}
-        | {tag: getattr(manifest, field) for tag, field in recording.tags.items()}
+        | {
+            tag: value
+            for tag, field in recording.tags.items()
+            if (value := getattr(manifest, field)) is not None
+        }
     )
     resolved = {param: getattr(manifest, field, None) for param, field in recording.params.items()}
     tracker.log_params({param: value for param, value in resolved.items() if value is not None})

@@ -312,3 +312,54 @@ def test_transformers_load_and_save_bars_are_quiet_and_others_are_not():
         assert not hf_logging.tqdm(range(3), desc="Downloading", disable=False).disable
     finally:
         hf_logging.set_tqdm_hook(None)
+
+
+def test_early_stopping_counts_evaluations_without_any_improvement():
+    from distill.training import EarlyStopping
+
+    stopper = EarlyStopping(patience=2, min_steps=50)
+    for accuracy, loss in [(0.6, 0.7), (0.7, 0.8), (0.7, 0.5), (0.7, 0.55), (0.65, 0.6)]:
+        stopper.update(accuracy, loss)
+    assert stopper.stale == 2  # neither 0.7 nor 0.5 was beaten twice in a row
+    assert not stopper.should_stop(step=40)  # not before min_steps
+    assert stopper.should_stop(step=50)
+    stopper.update(0.71, 0.9)  # a better accuracy is an improvement, whatever the loss
+    assert stopper.stale == 0
+    assert not EarlyStopping(patience=None).should_stop(step=10**6)
+
+
+def test_a_run_that_stops_learning_stops_early_and_keeps_its_best_weights(splits):
+    """A learning rate so small that nothing changes: validation never improves again."""
+    settings = TrainingConfig(
+        **{**SETTINGS, "learning_rate": 1e-12, "epochs": 20},
+        patience=2,
+        eval_every_steps=5,
+        device="cpu",
+    )
+    model = tiny_model()
+    result = train_classifier(model, *splits, settings, teacher_loss)
+    evaluations = [h for h in result.history if "val_accuracy" in h]
+    assert result.stop_reason == "patience"
+    assert len(evaluations) == 3  # the first, then two without improvement
+    assert result.steps == 15 < 20 * 15
+    assert validate(model, splits[1], 8)["val_accuracy"] == result.best_val_accuracy
+
+
+def test_a_run_that_keeps_learning_runs_to_its_maximum(splits):
+    settings = TrainingConfig(**{**SETTINGS, "epochs": 3}, patience=5, device="cpu")
+    result = train_classifier(tiny_model(), *splits, settings, teacher_loss)
+    assert (result.stop_reason, result.steps) == ("max_epochs", 45)
+
+
+def test_min_steps_holds_off_a_stop_and_eval_every_steps_adds_checks(splits):
+    settings = TrainingConfig(
+        **{**SETTINGS, "learning_rate": 1e-12, "epochs": 2},
+        patience=1,
+        min_steps=30,
+        eval_every_steps=4,
+        device="cpu",
+    )
+    result = train_classifier(tiny_model(), *splits, settings, teacher_loss)
+    steps = [h["step"] for h in result.history if "val_accuracy" in h]
+    assert steps == [4, 8, 12, 15, 16, 20, 24, 28, 30]  # every 4 steps and each epoch's end
+    assert (result.stop_reason, result.steps) == ("patience", 30)
