@@ -547,6 +547,12 @@ def kill9_after_registration(s: Suite) -> Verdict:
         killed_marked="KILLED" in statuses.values(),
         bundle_current=bundle.get("mlflow_run_id") == summary.get("mlflow_run_id"),
         same_version=[v.version for v in versions(workdir)] == [v.version for v in killed_versions],
+        # The version the killed run registered is judged by the rerun, not left "not judged".
+        judged=all(
+            client(workdir).get_model_version(MODEL, v.version).tags.get("promotion.decision")
+            in ("promoted", "rejected")
+            for v in versions(workdir)
+        ),
     )
     return Verdict(
         not ungated_current and "KILLED" in text,
@@ -1017,6 +1023,13 @@ def workdir_growth_gc(s: Suite) -> Verdict:
     shutil.copytree(student, unused)
     corrupt = student.with_name(".corrupt-x-1")
     shutil.copytree(student, corrupt)
+    # Folders of the stage kinds gc once never collected: a shard, re-tokenized data and
+    # student-side augmentation, none used by a kept run.
+    data = stage_dir(s, s.store, "data")
+    others = [s.store / kind / ("1" * 16) for kind in ("logit_shard", "student_data")]
+    others.append(s.store / "student_augment" / ("2" * 16))
+    for folder in others:
+        shutil.copytree(data, folder)
     summary = json.loads((s.base / "summary.json").read_text())
     result = s.cli(
         "gc",
@@ -1031,13 +1044,118 @@ def workdir_growth_gc(s: Suite) -> Verdict:
         timeout=180,
     )
     lost = [name for name, info in summary["stages"].items() if not Path(info["path"]).is_dir()]
-    removed = not unused.exists() and not corrupt.exists()
+    removed = not any(p.exists() for p in (unused, corrupt, *others))
     last = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
     return Verdict(
         result.returncode == 0 and "freed" in last,
         removed,
         bool(lost),
         f"{last}; kept stages lost: {lost}",
+    )
+
+
+# -- issue 25: an outside probe's findings ----------------------------------------------------
+def stale_mtime_data_change(s: Suite) -> Verdict:
+    """A file relabelled under its old mtime (cp -p, rsync -a, tar), then touched."""
+    workdir, _ = s.fresh("stale_mtime_data_change")
+    path = workdir / "good.csv"
+    rows = review_rows(120)
+    write_csv(path, rows)
+    first = _data_stage(workdir / "store", path)
+    old = path.stat()
+    write_csv(path, [(text, "meh" if i < 20 else label) for i, (text, label) in enumerate(rows)])
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    second = _data_stage(workdir / "store", path)
+    path.touch()
+    third = _data_stage(workdir / "store", path)
+    fresh = _data_stage(workdir / "fresh-store", path)
+    labels = [a.manifest.label_names for a in (first, second, third, fresh)]
+    return Verdict(
+        second.key != first.key and len(second.manifest.label_names) == 3,
+        third.reused and third.manifest.fingerprint == fresh.manifest.fingerprint,
+        False,
+        f"labels read: first {labels[0]}, relabelled under the old mtime {labels[1]}, touched "
+        f"{labels[2]} (reused {third.reused}), fresh store {labels[3]}",
+    )
+
+
+def lone_surrogate_predict(s: Suite) -> Verdict:
+    workdir, _ = s.fresh("lone_surrogate_predict")
+    path = workdir / "s.jsonl"
+    path.write_text('{"text":"ok"}\n{"text":"\\ud800"}\n')
+    result = s.cli("predict", str(s.base / "bundle"), "--input", str(path), timeout=120)
+    try:
+        first, second = (json.loads(line) for line in result.stdout.splitlines())
+    except ValueError:
+        return Verdict(False, False, False, f"exit {result.returncode}: {output(result)[-200:]}")
+    return Verdict(
+        "surrogate" in second.get("error", ""),
+        result.returncode == 0 and "label" in first,
+        False,
+        f"exit {result.returncode}; line 1 {first.get('label')}, line 2 {second}"[:300],
+    )
+
+
+def weightless_teacher_folder(s: Suite) -> Verdict:
+    from distill.models import resolve_model_source
+
+    folder = s.scratch / "faults" / "weightless-teacher"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for path in Path(resolve_model_source("minilm")).iterdir():
+        if path.is_file() and path.suffix in (".json", ".txt"):
+            shutil.copy(path, folder / path.name)  # config and tokenizer, no weights
+    return _refused(
+        s,
+        "weightless_teacher_folder",
+        f"teacher.model={folder}",
+        "teacher.random_init=null",
+        words=(str(folder), "no weights"),
+    )
+
+
+def unreachable_cluster(s: Suite) -> Verdict:
+    started = time.monotonic()
+    verdict = _refused(
+        s, "unreachable_cluster", "compute.cluster=tcp://127.0.0.1:9", words=("127.0.0.1:9",)
+    )
+    seconds = time.monotonic() - started
+    return Verdict(
+        verdict.detected,
+        verdict.recovered,
+        False,
+        f"{verdict.message} (CLI exit after {seconds:.0f} s)",
+    )
+
+
+def disk_full_store(s: Suite) -> Verdict:
+    """The store on a 3 MB tmpfs: the first stage that does not fit fails as one line naming
+    the store, is not retried, and leaves no half-written folder."""
+    workdir, _ = s.fresh("disk_full_store")
+    store = workdir / "store"
+    store.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(store)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        return Verdict(False, False, False, f"cannot mount a tmpfs here: {mounted.stderr!r}")
+    try:
+        result = s.run(workdir, store=store)
+        ok, line = clean_error(result, "no space left", str(store))
+        retried = output(result).count("Retry") + output(result).count("retry")
+        debris = [p.name for p in store.glob("*/*") if p.name.startswith(".tmp-")]
+        unfinished = [
+            f"{p.parent.name}/{p.name}"
+            for p in store.glob("*/*")
+            if p.is_dir() and not p.name.startswith(".") and not (p / "manifest.json").is_file()
+        ]
+    finally:
+        subprocess.run(["umount", str(store)], capture_output=True)
+    return Verdict(
+        ok and not retried,
+        not debris and not unfinished,
+        False,
+        f"{line}; retries {retried}, tmp folders left {debris}, unfinished folders {unfinished}",
     )
 
 
@@ -1056,7 +1174,7 @@ FAULTS: list[tuple[str, str, Callable[[Suite], Verdict]]] = [
     ("stage_file_deleted", "6", stage_file_deleted),
     ("concurrent_runs_same_workdir", "7", concurrent_runs_same_workdir),
     ("kill9_mid_stage", "8", kill9_mid_stage),
-    ("kill9_after_registration", "8", kill9_after_registration),
+    ("kill9_after_registration", "8, 25.3", kill9_after_registration),
     ("sigint_mid_run", "8", sigint_mid_run),
     ("label_names_changed", "10", label_names_changed),
     ("rare_class_max_examples", "11", rare_class_max_examples),
@@ -1082,7 +1200,12 @@ FAULTS: list[tuple[str, str, Callable[[Suite], Verdict]]] = [
     ("symlink_member", "-", symlink_member),
     ("serve_heavy_imports", "17", serve_heavy_imports),
     ("progress_lines", "18", progress_lines),
-    ("workdir_growth_gc", "19", workdir_growth_gc),
+    ("workdir_growth_gc", "19, 25.5", workdir_growth_gc),
+    ("stale_mtime_data_change", "25.1-2", stale_mtime_data_change),
+    ("lone_surrogate_predict", "25.4", lone_surrogate_predict),
+    ("weightless_teacher_folder", "25.6", weightless_teacher_folder),
+    ("unreachable_cluster", "25.7", unreachable_cluster),
+    ("disk_full_store", "25.8", disk_full_store),
     ("mlflow_db_deleted", "9", mlflow_db_deleted),  # last: it deletes the base registry
 ]
 

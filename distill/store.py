@@ -44,14 +44,18 @@ class StoreFullError(OSError):
 
 
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
-# Writers do not all say "disk full": numpy raises a bare OSError ("requested and written"),
-# safetensors its own error. A failed build with less than this free beside it is taken as one.
+# Writers do not all raise ENOSPC: safetensors raises its own error with the OS's message in
+# it, numpy a bare OSError ("requested and written"). A failed build with less than this free
+# beside it is taken as a full disk too.
 FULL_DISK_FREE_BYTES = 1 << 20
+NO_SPACE_MESSAGES = tuple(os.strerror(code) for code in sorted(NO_SPACE))
 
 
 def disk_full(err: Exception, folder: Path) -> bool:
     """Whether `err`, raised while writing into `folder`, comes from a full disk."""
     if isinstance(err, OSError) and err.errno in NO_SPACE:
+        return True
+    if any(message in str(err) for message in NO_SPACE_MESSAGES):
         return True
     try:
         return shutil.disk_usage(folder).free < FULL_DISK_FREE_BYTES
@@ -294,7 +298,6 @@ def run_stage(
             if not disk_full(err, final.parent):
                 raise
             raise StoreFullError(
-                errno.ENOSPC,
                 f"no space left on the disk of {final.parent} while writing stage '{stage}' "
                 f"({type(err).__name__}: {err}); nothing half-written was kept: free space "
                 "(`distillery gc` removes unused stage folders) or point `store` at a larger "

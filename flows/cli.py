@@ -92,7 +92,9 @@ def _checked_run(config: Path, overrides: list[str], settings) -> dict[str, Any]
 
     from flows.cluster import check_scheduler_listens, prefect_api_for_workers, with_compute
     from flows.pipeline import check_tracking, distill_pipeline
+    from flows.runtime_env import quiet_tracebacks_of
 
+    quiet_tracebacks_of(pipeline_errors())  # they end as one `error:` line below
     try:
         check_scheduler_listens(settings.compute)  # before a Prefect server starts for workers
         check_tracking(settings, Path(settings.workdir).resolve())

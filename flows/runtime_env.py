@@ -48,3 +48,27 @@ def quiet_weight_loading() -> None:
         return factory(*args, **kwargs)
 
     hf_logging.set_tqdm_hook(hook)
+
+
+class WithoutTraceback(logging.Filter):
+    """Drops the traceback from log records of the given exception types, keeping the message.
+
+    A user's mistake found inside a flow (a full disk, a corrupt cache) ends the CLI with one
+    `error:` line naming the problem; Prefect's engine would log its traceback first."""
+
+    def __init__(self, errors: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.errors = errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.errors):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_tracebacks_of(errors: tuple[type[BaseException], ...]) -> None:
+    """Install `WithoutTraceback(errors)` on every handler Prefect logs through."""
+    quiet = WithoutTraceback(errors)
+    for name in ("prefect", ""):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(quiet)

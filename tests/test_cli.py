@@ -192,3 +192,27 @@ def test_a_reset_registry_is_one_line_before_the_flow_starts(tmp_path):
     assert "was reset or replaced" in line and "v3" in line and "registry.json" in line
     assert "Flow run" not in result.stderr
     assert not (workdir / "data").exists()
+
+
+def test_a_users_mistake_inside_a_flow_is_logged_without_its_traceback():
+    """Prefect's engine logs a failed flow's traceback; for errors the CLI reports as one line,
+    the log keeps the message and drops the traceback. Other errors keep theirs."""
+    import logging
+
+    from flows.runtime_env import WithoutTraceback
+
+    def record_of(error):
+        try:
+            raise error
+        except Exception:
+            import sys
+
+            return logging.LogRecord(
+                "prefect", logging.ERROR, "", 0, "failed: %r", (error,), sys.exc_info()
+            )
+
+    quiet = WithoutTraceback((ValueError,))
+    mistake, bug = record_of(ValueError("column 'text' not found")), record_of(KeyError("x"))
+    assert quiet.filter(mistake) and quiet.filter(bug)
+    assert mistake.exc_info is None and "column 'text'" in mistake.getMessage()
+    assert bug.exc_info is not None

@@ -89,7 +89,7 @@ def test_a_full_disk_is_not_retried(prefect_engine, tracker, tmp_path):
     from distill.store import StoreFullError
     from tasks.stages import prefect_runner
 
-    build, counter = failing_build(tmp_path, failures=5, error=StoreFullError(28, "disk full"))
+    build, counter = failing_build(tmp_path, failures=5, error=StoreFullError("disk full"))
 
     @flow
     def one_stage():
