@@ -220,8 +220,6 @@ def check_inputs(config: PipelineConfig) -> None:
     random_teacher = config.teacher.random_init is not None
     note = " (teacher.random_init still uses its tokenizer)" if random_teacher else ""
     check_tokenizer_source(config.teacher.model, "teacher.model", note)
-    if not random_teacher:
-        check_weight_files(config.teacher.model, "teacher.model")
     teacher = teacher_shape(config)
     init = config.student.init
     if isinstance(init, TeacherLayersInit):
@@ -230,3 +228,5 @@ def check_inputs(config: PipelineConfig) -> None:
         check_carving(init, model_shape(init.model, "student.init.model"), f"model {init.model}")
         check_weight_files(init.model, "student.init.model")
     check_hidden_distillation(config, teacher)
+    if not random_teacher:  # after the settings: a wrong layer or width is named first
+        check_weight_files(config.teacher.model, "teacher.model")

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from transformers import BertConfig, BertForSequenceClassification, DistilBertConfig, GPT2Config
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    GPT2Config,
+)
 
 from distill.config import ConfigError, PretrainedInit, build_config, load_config
 from distill.data import DataError
@@ -82,7 +88,8 @@ def test_teacher_family_without_block_list_is_refused_for_carving(tmp_path):
 
 def test_distilbert_feed_forward_width_is_read_from_its_own_key(tmp_path, tokenizer):
     folder = tmp_path / "distilbert"
-    DistilBertConfig(n_layers=2, dim=32, n_heads=2, hidden_dim=64).save_pretrained(folder)
+    arch = DistilBertConfig(vocab_size=len(tokenizer), n_layers=2, dim=32, n_heads=2, hidden_dim=64)
+    DistilBertForSequenceClassification(arch).save_pretrained(folder)  # weights: checked too
     tokenizer.save_pretrained(folder)  # the pre-flight also checks the teacher's tokenizer
     base = [f"teacher.model={folder}", "teacher.random_init=null", "student.init.layers=[1]"]
     check_inputs(tiny(tmp_path, *base, "student.init.intermediate_size=48"))
