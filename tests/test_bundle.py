@@ -337,3 +337,16 @@ def test_a_malformed_model_uri_is_refused(uri):
 
     with pytest.raises(BundleFetchError, match="models:/NAME@ALIAS"):
         resolve_run(mlflow_client("sqlite:///:memory:"), uri)
+
+
+def test_distillery_bundle_can_also_write_the_web_page(registry, tmp_path):
+    from tests.edge_js import require_node_packages
+
+    require_node_packages()
+    uri, _, _ = registry
+    out, web = tmp_path / "fetched", tmp_path / "web"
+    model = f"models:/{NAME}@challenger"
+    result = in_process("bundle", "--model", model, out, "--tracking-uri", uri, "--web", web)
+    assert result.exit_code == 0, result.output
+    assert (web / "index.html").is_file()
+    assert (web / "model" / "config.json").read_bytes() == (out / "config.json").read_bytes()
