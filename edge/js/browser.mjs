@@ -1,7 +1,9 @@
 // Drives the page written by `distillery web` in headless Chromium (Debian's /usr/bin/chromium,
 // no browser download): types each text, reads the label and probabilities from the page.
 //   node browser.mjs URL TEXTS.json [SCREENSHOT.png]
-// prints {"load_ms", "cold_start_ms", "results": [{text, label, probabilities, ms}], "blocked"}.
+// prints {"load_ms", "cold_start_ms", "page_cold_start_ms" (navigation start to the first
+// prediction, from the page's own clock), "results": [{text, label, probabilities, ms}] as typed,
+// "in_page": the same texts classified again by the page's script alone, "blocked", "errors"}.
 // Any request that leaves the page's own origin is blocked and listed: the page must work offline.
 import { readFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
@@ -54,8 +56,20 @@ try {
     for (const text of all) out.push(await window.distillery.classify(text));
     return out;
   }, texts);
+  const pageColdStartMs = await page.evaluate(() => window.distillery.firstResultMs?.() ?? null);
+  const [threads, isolated] = await page.evaluate(() => [window.distillery.threads ?? 1, self.crossOriginIsolated]);
   if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
-  console.log(JSON.stringify({ load_ms: loadMs, cold_start_ms: coldStartMs, results, in_page: inPage, blocked, errors }));
+  console.log(JSON.stringify({
+    load_ms: loadMs,
+    cold_start_ms: coldStartMs,
+    page_cold_start_ms: pageColdStartMs,
+    threads,
+    isolated,
+    results,
+    in_page: inPage,
+    blocked,
+    errors,
+  }));
 } finally {
   await browser.close();
 }
