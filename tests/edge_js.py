@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import REPO
 
 JS = REPO / "edge" / "js"
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))  # browser.mjs reads it too
 
 
 def require(ok: bool, what: str) -> None:
