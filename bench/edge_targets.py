@@ -180,6 +180,9 @@ def browser_runtime(
         **compare(golden, result["results"][: len(golden)]),
         "p50_ms": statistics.median(r["ms"] for r in in_page[len(golden) :]),
         "cold_start_s": result["page_cold_start_ms"] / 1000,
+        # navigation to ready (scripts, model and WASM fetched and compiled), and pipeline() alone
+        "page_ready_s": result["load_ms"] / 1000,
+        "pipeline_load_s": result["pipeline_ms"] / 1000,
         "wasm_threads": result["threads"],
         "cross_origin_isolated": result["isolated"],
     }

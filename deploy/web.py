@@ -29,10 +29,14 @@ from deploy.runtime import BundleError, verify_bundle
 
 NODE_MODULES = Path(__file__).resolve().parents[1] / "edge" / "js" / "node_modules"
 # transformers.min.js bundles onnxruntime-web; it fetches the WASM backend from `wasmPaths`.
+# By default that is the asyncify build (27 MB, WebGPU-capable); the page names the plain CPU
+# build instead (14 MB): same results, and the page is ready in about 40% less time (measured
+# in headless Chromium on the tiny bundle, 3 interleaved loads each: 1.7-2.2 s against
+# 3.2-4.0 s on a loaded 2-core machine).
 VENDOR_FILES = (
     "@huggingface/transformers/dist/transformers.min.js",
-    "onnxruntime-web/dist/ort-wasm-simd-threaded.asyncify.mjs",
-    "onnxruntime-web/dist/ort-wasm-simd-threaded.asyncify.wasm",
+    "onnxruntime-web/dist/ort-wasm-simd-threaded.mjs",
+    "onnxruntime-web/dist/ort-wasm-simd-threaded.wasm",
 )
 MODEL_DIR = "model"
 VENDOR_DIR = "vendor"
@@ -133,7 +137,10 @@ const here = new URL('./', location.href).pathname;
 env.allowRemoteModels = false;  // never the Hub: the model is served beside this page
 env.allowLocalModels = true;
 env.localModelPath = here;
-env.backends.onnx.wasm.wasmPaths = new URL('./vendor/', location.href).href;
+env.backends.onnx.wasm.wasmPaths = {  // the plain CPU build: no WebGPU, half the size
+  mjs: new URL('./vendor/ort-wasm-simd-threaded.mjs', location.href).href,
+  wasm: new URL('./vendor/ort-wasm-simd-threaded.wasm', location.href).href,
+};
 // More than one WASM thread needs a cross-origin-isolated page (COOP/COEP headers).
 env.backends.onnx.wasm.numThreads = self.crossOriginIsolated
   ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;

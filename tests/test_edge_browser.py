@@ -54,8 +54,8 @@ def test_the_page_serves_everything_it_needs_from_its_own_folder(tiny_bundle, tm
     assert (page / "model" / "onnx" / "model_quantized.onnx").is_file()
     assert {p.name for p in (page / "vendor").iterdir()} == {
         "transformers.min.js",
-        "ort-wasm-simd-threaded.asyncify.mjs",
-        "ort-wasm-simd-threaded.asyncify.wasm",
+        "ort-wasm-simd-threaded.mjs",
+        "ort-wasm-simd-threaded.wasm",
     }
     html = (page / "index.html").read_text()
     assert "dtype: 'q8'" in html and "https://" not in html and "http://" not in html

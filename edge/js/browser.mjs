@@ -57,12 +57,14 @@ try {
     return out;
   }, texts);
   const pageColdStartMs = await page.evaluate(() => window.distillery.firstResultMs?.() ?? null);
-  const [threads, isolated] = await page.evaluate(() => [window.distillery.threads ?? 1, self.crossOriginIsolated]);
+  const [threads, isolated, pipelineMs] = await page.evaluate(
+    () => [window.distillery.threads ?? 1, self.crossOriginIsolated, window.distillery.loadMs]);
   if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
   console.log(JSON.stringify({
     load_ms: loadMs,
     cold_start_ms: coldStartMs,
     page_cold_start_ms: pageColdStartMs,
+    pipeline_ms: pipelineMs,
     threads,
     isolated,
     results,
