@@ -260,10 +260,19 @@ def report(results: dict[str, Any]) -> str:
         ],
         rows,
     )
+    pages = "; ".join(
+        f"{b['profile']} {r['runtime']}: page ready {r['page_ready_s']:.2f} s "
+        f"(pipeline() {r['pipeline_load_s']:.2f} s), {r['wasm_threads']} WASM thread(s)"
+        for b in results["bundles"]
+        for r in b["runtimes"]
+        if "page_ready_s" in r
+    )
     missing = "; ".join(f"{k}: {v}" for k, v in results["not_measured"].items())
+    load = ", ".join(f"{value:.1f}" for value in results["load_average"])
     return (
         "## Edge targets (edge-targets)\n\n"
-        f"{header('edge targets')}\n\n{table}\n\nSizes: {sizes}.  \nNot measured: {missing}.\n"
+        f"{header('edge targets')}  \nLoad average before: {load} (a shared machine)\n\n"
+        f"{table}\n\nBrowser: {pages}.  \nSizes: {sizes}.  \nNot measured: {missing}.\n"
     )
 
 
