@@ -56,7 +56,8 @@ def write_web_app(bundle: Path, out: Path, node_modules: Path = NODE_MODULES) ->
             "(npm ci --ignore-scripts in edge/js) first"
         )
     model = str(manifest["model"])
-    shutil.rmtree(out / MODEL_DIR, ignore_errors=True)
+    for folder in (MODEL_DIR, VENDOR_DIR):  # nothing left over from an earlier page
+        shutil.rmtree(out / folder, ignore_errors=True)
     for name in (CONFIG, TOKENIZER, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, GOLDEN, MANIFEST, model):
         (out / MODEL_DIR / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(bundle / name, out / MODEL_DIR / name)
