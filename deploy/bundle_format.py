@@ -26,7 +26,7 @@ from pathlib import PurePosixPath
 from typing import Any, TypedDict
 
 FORMAT_VERSION = 2
-LEGACY_FORMAT_VERSION = 1  # read for one release; `distillery bundle` writes format 2
+LEGACY_FORMAT_VERSION = 1  # still read for one release, with a warning
 READABLE_FORMATS = (LEGACY_FORMAT_VERSION, FORMAT_VERSION)
 
 MANIFEST = "manifest.json"
@@ -46,8 +46,8 @@ LEGACY_LABELS = "labels.json"
 LEGACY_FILES = (LEGACY_MODEL, TOKENIZER, LEGACY_LABELS, GOLDEN)
 
 REEXPORT_HINT = (
-    "re-export it with this release: `distillery run <config>` rebuilds `<workdir>/bundle/`, "
-    "or `distillery bundle --model models:/NAME@ALIAS OUT` fetches a registered one"
+    "re-export it with this release: `distillery run <config>` writes `<workdir>/bundle/` in "
+    "the current layout (finished stages are reused, so only the bundle is rebuilt)"
 )
 
 

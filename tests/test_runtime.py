@@ -163,7 +163,7 @@ def test_a_bundle_without_manifest_is_refused(bundle_copy):
 @pytest.mark.parametrize("version", [3, 0, "2", None])
 def test_an_unknown_format_version_is_refused_with_how_to_reexport(bundle_copy, version):
     edit_manifest(bundle_copy, format_version=version)
-    with pytest.raises(BundleError, match="unknown bundle format version.*distillery bundle"):
+    with pytest.raises(BundleError, match="unknown bundle format version.*distillery run"):
         load_bundle(bundle_copy)
 
 
@@ -436,7 +436,7 @@ def test_a_format_1_bundle_is_still_read_with_a_warning_to_reexport(
     tiny_bundle, loaded, tmp_path, caplog
 ):
     old = load_bundle(legacy_bundle(tiny_bundle, tmp_path / "old"), threads=1)
-    assert "format-1 layout" in caplog.text and "distillery bundle" in caplog.text
+    assert "format-1 layout" in caplog.text and "distillery run" in caplog.text
     assert old.labels == loaded.labels
     texts = [example["text"] for example in loaded.golden]
     assert predict(old, texts) == predict(loaded, texts)
