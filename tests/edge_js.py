@@ -26,6 +26,10 @@ def require(ok: bool, what: str) -> None:
     pytest.skip(message)
 
 
+def node_packages_ready() -> bool:
+    return shutil.which("node") is not None and (JS / "node_modules" / "@huggingface").is_dir()
+
+
 def require_node_packages() -> str:
     node = shutil.which("node")
     require(node is not None, "node is not on PATH")

@@ -23,3 +23,9 @@ test('transformers.js reproduces the golden examples', { skip: !bundle && 'set D
   }
   await classifier.dispose();
 });
+
+test('an over-long text keeps its closing special token, as in training', async () => {
+  const { truncatedIds } = await import('../classify.mjs');
+  assert.deepEqual(truncatedIds([101, 7, 8, 9, 102], 4), [101, 7, 8, 102]);
+  assert.deepEqual(truncatedIds([101, 7, 102], 4), [101, 7, 102]);
+});
