@@ -76,7 +76,7 @@ def test_loading_and_predicting_never_imports_torch_or_transformers(tiny_bundle)
     code = textwrap.dedent(
         f"""
         import json, sys
-        import deploy.selftest, deploy.server
+        import deploy.selftest, deploy.server, deploy.web
         from deploy.runtime import load_bundle, predict
         bundle = load_bundle({str(tiny_bundle)!r}, threads=1)
         results = predict(bundle, ["a moving, funny film", ""])
