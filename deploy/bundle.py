@@ -1,18 +1,25 @@
 """Bundle stage: everything an edge device needs to classify text, in one verifiable folder.
 
-`<workdir>/bundle/` holds the INT8 model, the tokenizer, the label names, golden examples and
-a manifest (written last) with every other file's sha256, the graph's inputs and the run's
+`<workdir>/bundle/` is laid out as Hugging Face ONNX models are (deploy/bundle_format.py), so
+transformers.js (Node and browsers), Optimum and ONNX Runtime Mobile load it as it is: the
+student's `config.json` (with the shipped vocabulary size and the label names), the tokenizer
+files, the INT8 graph at `onnx/model_quantized.onnx` and its ORT-format copy, golden examples,
+and a manifest (written last) with every other file's sha256, the graph's inputs and the run's
 provenance. It is built in a temporary sibling and swapped into place, so it is never
 half-written; `<workdir>/bundle.tar.gz` is the same folder as one file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
+import logging
 import os
 import shutil
 import tarfile
+import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,22 +31,29 @@ import onnx
 import onnxruntime as ort
 import tokenizers
 
-from deploy.runtime import (
+from deploy.bundle_format import (
+    CONFIG,
     FORMAT_VERSION,
     GOLDEN,
-    LABELS,
     MANIFEST,
-    MODEL,
-    REQUIRED_FILES,
     SIGNATURE,
+    SPECIAL_TOKENS_MAP,
     TOKENIZER,
-    BundleError,
+    TOKENIZER_CONFIG,
+    BundleManifest,
     manifest_signature,
+    mobile_files,
+    model_file,
+)
+from deploy.runtime import (
+    Bundle,
+    BundleError,
     open_bundle,
     predict,
     sha256,
     verify_bundle,
     version_tuple,
+    with_graph,
 )
 from distill.store import Artifact, write_json_atomic
 
@@ -50,6 +64,14 @@ if TYPE_CHECKING:
 
 BUNDLE_DIR = "bundle"
 GOLDEN_COUNT = 8
+# Bumped when the bundle holds something different for the same stages (2: the Hugging Face
+# ONNX layout, config and tokenizer config, the ORT-format graph for ONNX Runtime Mobile).
+VERSION = FORMAT_VERSION
+# The ORT-format graph must reproduce the golden examples this closely at build time (same
+# machine, same onnxruntime: it is the same graph, optimised ahead of time).
+MOBILE_TOLERANCE = 1e-5
+# Tokenizer settings of the training machine that mean nothing in a bundle.
+DROPPED_TOKENIZER_KEYS = ("is_local", "local_files_only", "max_length")
 
 # Oldest onnxruntime release that implements an ai.onnx opset / reads an ONNX IR version
 # (onnxruntime's compatibility table). Newer ones fall back to the version that built the bundle.
@@ -69,6 +91,11 @@ class BundleInputs:
     test_metrics: Mapping[str, float]
     provenance: Mapping[str, str]  # mlflow run id, model version, teacher hash, data fingerprint
     golden_texts: tuple[str, ...]
+    # The student's config.json with the SHIPPED vocab_size (a trimmed vocabulary shrinks it)
+    # and its tokenizer_config.json; label names and max length are written over them.
+    model_config: Mapping[str, Any]
+    tokenizer_config: Mapping[str, Any]
+    mobile: bool = True  # also ship the graph in ORT format (ONNX Runtime Mobile)
 
 
 def bundle_from_stages(
@@ -85,7 +112,10 @@ def bundle_from_stages(
     moves it to `bundle/` only once the gates have judged it)."""
     from distill.data import load_split  # datasets is only needed here, at build time
 
-    quantized, data = artifacts.quantize, artifacts.data
+    quantized, data, student = artifacts.quantize, artifacts.data, artifacts.student
+    model_config = json.loads(student.file(CONFIG).read_text())
+    if quantized.manifest.trimmed:
+        model_config["vocab_size"] = artifacts.export.manifest.vocabulary["kept_size"]
     inputs = BundleInputs(
         onnx_path=quantized.file(quantized.manifest.file),
         # The quantize stage carries the tokenizer that matches its model (a trimmed
@@ -107,6 +137,8 @@ def bundle_from_stages(
             "data_fingerprint": data.manifest.fingerprint,
         },
         golden_texts=tuple(golden_texts(load_split(data.path, "test")["text"])),
+        model_config=model_config,
+        tokenizer_config=json.loads(student.file(TOKENIZER_CONFIG).read_text()),
     )
     folder = build_bundle(inputs, Path(workdir) / folder_name)
     if tarball:
@@ -161,45 +193,168 @@ def build_bundle(inputs: BundleInputs, target: Path) -> Path:
 
 
 def write_bundle(inputs: BundleInputs, folder: Path) -> None:
-    shutil.copyfile(inputs.onnx_path, folder / MODEL)
+    model = model_file(quantized=inputs.quantization.get("method") != "fp32")
+    (folder / model).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(inputs.onnx_path, folder / model)
     shutil.copyfile(inputs.tokenizer_path, folder / TOKENIZER)
-    (folder / LABELS).write_text(json.dumps(list(inputs.label_names)))
-    graph = describe_graph(folder / MODEL)
-    manifest: dict[str, Any] = {
+    graph = describe_graph(folder / model)
+    width = graph["outputs"][0]["shape"][-1]
+    if isinstance(width, int) and width != len(inputs.label_names):
+        raise BundleError(f"model gives {width} scores for {len(inputs.label_names)} labels")
+    config = model_config(inputs.model_config, inputs.label_names, embedding_rows(folder / model))
+    tokenizer = tokenizer_config(inputs.tokenizer_config, inputs.max_length)
+    write_json(folder / CONFIG, config)
+    write_json(folder / TOKENIZER_CONFIG, tokenizer)
+    write_json(folder / SPECIAL_TOKENS_MAP, special_tokens_map(tokenizer))
+    mobile_model, mobile_operators = write_mobile(folder, model) if inputs.mobile else (None, None)
+    manifest: BundleManifest = {
         "format_version": FORMAT_VERSION,
-        **graph,
+        "model": model,
+        "mobile_model": mobile_model,
+        "mobile_operators": mobile_operators,
+        **graph,  # type: ignore[typeddict-item]
         "min_onnxruntime": min_onnxruntime(graph["opset"], graph["ir_version"]),
         "max_length": inputs.max_length,
         "quantization": dict(inputs.quantization),
         "test_metrics": dict(inputs.test_metrics),
-        **inputs.provenance,
+        **inputs.provenance,  # type: ignore[typeddict-item]
         "built_with": {"onnxruntime": ort.__version__, "tokenizers": tokenizers.__version__},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    width = graph["outputs"][0]["shape"][-1]
-    if isinstance(width, int) and width != len(inputs.label_names):
-        raise BundleError(f"model gives {width} scores for {len(inputs.label_names)} labels")
-    examples = golden_examples(folder, manifest, inputs)
-    (folder / GOLDEN).write_text(json.dumps({"examples": examples}, indent=2))
-    manifest["files"] = {name: sha256(folder / name) for name in REQUIRED_FILES}
+    runtime = open_bundle(folder, manifest, threads=1)
+    examples = golden_examples(runtime, inputs.golden_texts)
+    if mobile_model is not None:
+        check_mobile(with_graph(runtime, folder / mobile_model, threads=1), examples)
+    write_json(folder / GOLDEN, {"examples": examples})
+    manifest["files"] = {name: sha256(folder / name) for name in bundle_files(folder)}
     manifest[SIGNATURE] = manifest_signature(manifest)  # covers the file hashes and the rest
     write_json_atomic(folder / MANIFEST, manifest)  # last: its presence means "complete"
     verify_bundle(folder)  # what we ship must pass the runtime's own checks
 
 
-def golden_examples(
-    folder: Path, manifest: Mapping[str, Any], inputs: BundleInputs
-) -> list[dict[str, Any]]:
-    """Expected outputs from the runtime's own code path on the INT8 model, one text at a time
-    (batch 1, one thread), exactly as the self-test will rerun them."""
-    runtime = open_bundle(folder, manifest, threads=1)
+def write_json(path: Path, content: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(content, indent=2) + "\n")
+
+
+def bundle_files(folder: Path) -> list[str]:
+    """Every file of the folder but the manifest, as sorted relative POSIX paths."""
+    return sorted(
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob("*")
+        if path.is_file() and path.name != MANIFEST
+    )
+
+
+def model_config(
+    student: Mapping[str, Any], label_names: Sequence[str], vocab_rows: int | None
+) -> dict[str, Any]:
+    """The student's config.json describing the shipped graph: its label names, and the
+    vocabulary size the graph's embedding really has (checked when the graph shows it)."""
+    config = dict(student)
+    if vocab_rows is not None and config.get("vocab_size") != vocab_rows:
+        raise BundleError(
+            f"{CONFIG} says vocab_size {config.get('vocab_size')!r}, but the graph's word "
+            f"embedding has {vocab_rows} rows"
+        )
+    config["id2label"] = {str(index): label for index, label in enumerate(label_names)}
+    config["label2id"] = {label: index for index, label in enumerate(label_names)}
+    config["num_labels"] = len(label_names)
+    for key in ("dtype", "torch_dtype"):
+        config.pop(key, None)  # what the PyTorch student was trained in, not the graph
+    return config
+
+
+def tokenizer_config(student: Mapping[str, Any], max_length: int) -> dict[str, Any]:
+    """The student's tokenizer_config.json, truncating where the bundle's runtime truncates
+    (transformers.js truncates at `model_max_length`)."""
+    config = {key: value for key, value in student.items() if key not in DROPPED_TOKENIZER_KEYS}
+    config["model_max_length"] = max_length
+    return config
+
+
+def special_tokens_map(tokenizer: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        key: value
+        for key, value in tokenizer.items()
+        if key.endswith("_token") and isinstance(value, str)
+    }
+
+
+def embedding_rows(path: Path) -> int | None:
+    """Rows of the word embedding that `input_ids` indexes (through a DequantizeLinear when
+    INT8, or a fused EmbedLayerNormalization), or None when the graph does not show it."""
+    model = onnx.load(str(path), load_external_data=False)
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and node.input[1:2] == ["input_ids"]:
+            table = node.input[0]
+        elif node.op_type == "EmbedLayerNormalization" and node.input[:1] == ["input_ids"]:
+            table = node.input[2]
+        else:
+            continue
+        producer = producers.get(table)
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            table = producer.input[0]
+        shape = shapes.get(table)
+        return int(shape[0]) if shape else None
+    return None
+
+
+def write_mobile(folder: Path, model: str) -> tuple[str, str]:
+    """Convert the graph to ORT format beside it (ONNX Runtime Mobile reads only that) with the
+    reduced-operator config a custom mobile build is made from; return both relative paths."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import (
+        OptimizationStyle,
+        convert_onnx_models_to_ort,
+    )
+
+    ort_model, operators = mobile_files(model)
+    converter_log = logging.getLogger("ort_format_model.utils")  # names the temporary folder
+    level = converter_log.level
+    converter_log.setLevel(logging.WARNING)
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="ort-") as tmp,
+            contextlib.redirect_stdout(io.StringIO()),  # the converter prints its progress
+        ):
+            convert_onnx_models_to_ort(
+                folder / model, output_dir=Path(tmp), optimization_styles=[OptimizationStyle.Fixed]
+            )
+            shutil.move(Path(tmp) / Path(ort_model).name, folder / ort_model)
+            lines = (Path(tmp) / Path(operators).name).read_text().splitlines(keepends=True)
+    finally:
+        converter_log.setLevel(level)
+    # The converter names its temporary input path in a comment: name the bundle's file instead.
+    (folder / operators).write_text(
+        "".join(f"# - {ort_model}\n" if line.startswith("# - ") else line for line in lines)
+    )
+    return ort_model, operators
+
+
+def golden_examples(runtime: Bundle, texts: Sequence[str]) -> list[dict[str, Any]]:
+    """Expected outputs from the runtime's own code path on the shipped model, one text at a
+    time (batch 1, one thread), exactly as the self-test will rerun them."""
     examples = []
-    for text in inputs.golden_texts:
+    for text in texts:
         result = predict(runtime, [text])[0]
         if "error" in result:
             raise BundleError(f"golden text {text!r}: {result['error']}")
         examples.append({"text": text, **result})
     return examples
+
+
+def check_mobile(mobile: Bundle, examples: Sequence[Mapping[str, Any]]) -> None:
+    """The ORT-format graph must give the golden examples' labels and probabilities."""
+    for example in examples:
+        result = predict(mobile, [example["text"]])[0]
+        expected, actual = example["probabilities"], result.get("probabilities", {})
+        difference = max(abs(actual.get(k, float("inf")) - v) for k, v in expected.items())
+        if result.get("label") != example["label"] or difference > MOBILE_TOLERANCE:
+            raise BundleError(
+                f"the ORT-format graph gives {result} for golden text {example['text']!r}, "
+                f"expected {example['label']} (probabilities differ by {difference:.3g})"
+            )
 
 
 def describe_graph(path: Path) -> dict[str, Any]:
@@ -249,7 +404,8 @@ def place_folder(tmp: Path, final: Path) -> None:
 
 
 def write_tarball(folder: Path, archive: Path) -> Path:
-    """`folder`'s files at the archive's top level, reproducibly (no times or owners)."""
+    """`folder`'s files at the archive's top level (`onnx/` as a folder), reproducibly (no
+    times or owners; tarfile adds a folder's entries in sorted order)."""
     tmp = archive.with_name(f".{archive.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with (

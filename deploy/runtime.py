@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import re
 import tarfile
 import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,38 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-MODEL = "model.onnx"
-TOKENIZER = "tokenizer.json"
-LABELS = "labels.json"
-GOLDEN = "golden.json"
-REQUIRED_FILES = (MODEL, TOKENIZER, LABELS, GOLDEN)
-SIGNATURE = "signature"  # the manifest field holding manifest_signature()
+from deploy.bundle_format import (
+    CONFIG,
+    FORMAT_VERSION,
+    GOLDEN,
+    LEGACY_FORMAT_VERSION,
+    LEGACY_LABELS,
+    LEGACY_MODEL,
+    MANIFEST,
+    MODELS,
+    READABLE_FORMATS,
+    REEXPORT_HINT,
+    SIGNATURE,
+    TOKENIZER,
+    BundleManifest,
+    is_inside,
+    manifest_signature,
+    required_files,
+)
+
+__all__ = [  # the format's names, re-exported for callers that import them from here
+    "FORMAT_VERSION",
+    "GOLDEN",
+    "MANIFEST",
+    "SIGNATURE",
+    "TOKENIZER",
+    "manifest_signature",
+]
+
+log = logging.getLogger(__name__)
 
 # Archive limits, checked from the tar headers before anything is extracted. A bundle is tens
-# of MB (the default run's is 11 MB) and holds five files.
+# of MB (the default run's is 11 MB) and holds about ten files.
 MAX_ARCHIVE_BYTES = 128 << 20
 MAX_ARCHIVE_MEMBERS = 64
 
@@ -81,7 +103,7 @@ def load_bundle(source: Path | str, threads: int = 0, max_bytes: int = MAX_ARCHI
         return open_bundle(root, verify_bundle(root), threads)
 
 
-def verify_bundle(folder: Path) -> dict[str, Any]:
+def verify_bundle(folder: Path) -> BundleManifest:
     """The bundle's manifest, after checking its format, its signature and every file's sha256.
 
     The signature is checked before any other field is read, so an edited manifest (a shorter
@@ -95,10 +117,10 @@ def verify_bundle(folder: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"bundle manifest {path} is not valid JSON: {err}") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMATS:
         raise BundleError(
             f"bundle manifest {path}: unknown bundle format version {version!r} (this runtime "
-            f"reads {FORMAT_VERSION})"
+            f"reads {', '.join(map(str, READABLE_FORMATS))}): {REEXPORT_HINT}"
         )
     signature = manifest.get(SIGNATURE)
     if not isinstance(signature, str):
@@ -109,61 +131,88 @@ def verify_bundle(folder: Path) -> dict[str, Any]:
         )
     if not isinstance(manifest.get("max_length"), int):
         raise BundleError(f"bundle manifest {path} has no integer 'max_length'")
+    if version == FORMAT_VERSION and manifest.get("model") not in MODELS:
+        raise BundleError(f"bundle manifest {path} 'model' must be one of {list(MODELS)}")
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise BundleError(f"bundle manifest {path} has no 'files' table")
-    for name in REQUIRED_FILES:
+    for name in required_files(manifest):
         if name not in files:
             raise BundleError(f"bundle manifest {path} does not list the file '{name}'")
     for name, expected in files.items():
-        if Path(name).name != name:  # plain names only: a listed path may not leave the folder
+        if not is_inside(name):  # a listed path may not leave the folder
             raise BundleError(f"bundle manifest {path} lists a file outside the bundle: '{name}'")
         file = folder / name
         if not file.is_file():
             raise BundleError(f"bundle file '{name}' is missing")
         if sha256(file) != expected:
             raise BundleError(f"bundle file '{name}' does not match its sha256 in {MANIFEST}")
+    if version == LEGACY_FORMAT_VERSION:
+        log.warning(
+            "bundle %s has the format-1 layout, read for one more release: %s",
+            folder,
+            REEXPORT_HINT,
+        )
     _check_onnxruntime(manifest.get("min_onnxruntime", "0"))
-    return manifest
-
-
-def manifest_signature(manifest: Mapping[str, Any]) -> str:
-    """sha256 over the sorted (file, sha256) list and the rest of the manifest, canonically
-    serialised, without the signature field itself.
-
-    An integrity check (edits and corruption are detected), not authenticity: anyone who can
-    write the bundle can recompute it. There is no key.
-    """
-    content = {key: value for key, value in manifest.items() if key != SIGNATURE}
-    files = content.get("files")
-    signed = {
-        "files": sorted(files.items()) if isinstance(files, dict) else files,
-        "manifest": content,
-    }
-    canonical = json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return BundleManifest(**manifest)
 
 
 def open_bundle(folder: Path, manifest: Mapping[str, Any], threads: int = 0) -> Bundle:
     """Load the files of an (already verified) bundle folder into memory."""
-    labels = tuple(json.loads((folder / LABELS).read_text()))
+    legacy = manifest.get("format_version") == LEGACY_FORMAT_VERSION
+    labels = read_labels(folder / LEGACY_LABELS) if legacy else config_labels(folder / CONFIG)
     tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
     pad_id, pad_token = pad_of(tokenizer)
     tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)  # no fixed padding length
     tokenizer.enable_truncation(int(manifest["max_length"]))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(folder / MODEL), options, providers=["CPUExecutionProvider"])
+    session = open_session(folder / (LEGACY_MODEL if legacy else str(manifest["model"])), threads)
     unknown = [i.name for i in session.get_inputs() if i.name not in FEEDS]
     if unknown:
         raise BundleError(f"bundle model has inputs this runtime cannot feed: {unknown}")
     width = session.get_outputs()[0].shape[-1]
     if isinstance(width, int) and width != len(labels):
-        raise BundleError(f"bundle model gives {width} scores but {LABELS} has {len(labels)}")
+        raise BundleError(f"bundle model gives {width} scores for {len(labels)} labels")
     golden_path = folder / GOLDEN
     golden = json.loads(golden_path.read_text())["examples"] if golden_path.is_file() else []
     return Bundle(manifest, labels, tokenizer, session, tuple(golden))
+
+
+def open_session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session of an ONNX or ORT-format graph (onnxruntime tells them apart itself)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def with_graph(bundle: Bundle, path: Path, threads: int = 0) -> Bundle:
+    """The same bundle running another copy of its graph, e.g. the ORT-format one
+    (`manifest["mobile_model"]`) that ONNX Runtime Mobile reads."""
+    return replace(bundle, session=open_session(path, threads))
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """Format 1's `labels.json`: the label names in output order."""
+    labels = json.loads(path.read_text())
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise BundleError(f"bundle {path.name} must be a list of label names")
+    return tuple(labels)
+
+
+def config_labels(path: Path) -> tuple[str, ...]:
+    """The label names in output order, from `config.json`'s id2label ({"0": "negative", ...})."""
+    try:
+        id2label = json.loads(path.read_text()).get("id2label")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise BundleError(f"bundle {path.name} is not a JSON object: {err}") from None
+    if not isinstance(id2label, dict) or not id2label:
+        raise BundleError(f"bundle {path.name} has no 'id2label' table")
+    expected = [str(index) for index in range(len(id2label))]
+    if sorted(id2label, key=lambda key: (len(key), key)) != expected:
+        raise BundleError(
+            f"bundle {path.name} 'id2label' must number the labels 0..{len(id2label) - 1}"
+        )
+    return tuple(str(id2label[key]) for key in expected)
 
 
 PAD_TOKENS = ("[PAD]", "<pad>")  # BERT-style, RoBERTa/MPNet-style

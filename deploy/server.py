@@ -1,7 +1,8 @@
 """A small HTTP server for a loaded bundle (standard library only, torch-free).
 
 `POST /predict` with `{"texts": [...]}` answers `{"results": [...]}`; `GET /health` answers the
-bundle's identity. Every malformed request gets a 4xx JSON error and never stops the server.
+bundle's identity; `GET /` answers a small HTML page whose form posts a text to `/predict`.
+Every malformed request gets a 4xx JSON error and never stops the server.
 
 Connections are read by one asyncio loop, so a slow or stalled client costs a socket, not a
 thread: each request must arrive whole (headers and body) within `read_timeout` seconds or the
@@ -25,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from deploy.runtime import Bundle, predict
+from deploy.serve_page import serve_page
 
 MAX_BODY_BYTES = 1 << 20
 MAX_HEADER_BYTES = 16 << 10
@@ -38,7 +40,7 @@ LINGER_S = 2.0  # how long an unread body is drained after an early answer (413,
 LINGER_BYTES = 16 << 20
 BUSY_LINGER_S = 0.5
 
-ROUTES = {"/health": "GET", "/predict": "POST"}
+ROUTES = {"/": "GET", "/health": "GET", "/predict": "POST"}
 # JSON strings (escapes included), removed before counting bracket depth.
 JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 NOT_BRACKETS = re.compile(r"[^\[\]{}]")
@@ -80,6 +82,7 @@ class BundleServer:
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
         self._done = threading.Event()
+        self._page = serve_page(bundle.labels, bundle.manifest.get("model_version"))
 
     def serve_forever(self) -> None:
         try:
@@ -134,8 +137,8 @@ class BundleServer:
 
     async def _answer(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[str, str, HTTPStatus, dict[str, Any]]:
-        """(method, path, status, JSON payload) for one request on this connection."""
+    ) -> tuple[str, str, HTTPStatus, dict[str, Any] | str]:
+        """(method, path, status, JSON payload or HTML page) for one request on this connection."""
         method = path = "-"
         try:
             async with asyncio.timeout(self.read_timeout):
@@ -161,6 +164,8 @@ class BundleServer:
             return method, path, err.status, {"error": str(err)}
         if path == "/health":
             return method, path, HTTPStatus.OK, self._health()
+        if path == "/":
+            return method, path, HTTPStatus.OK, self._page
         try:
             texts = parse_texts(body)
         except BadRequest as err:
@@ -185,12 +190,15 @@ class BundleServer:
         }
 
     async def _reply(
-        self, writer: asyncio.StreamWriter, status: HTTPStatus, payload: dict[str, Any]
+        self, writer: asyncio.StreamWriter, status: HTTPStatus, payload: dict[str, Any] | str
     ) -> None:
-        body = json.dumps(payload).encode()
+        if isinstance(payload, str):
+            body, content_type = payload.encode(), "text/html; charset=utf-8"
+        else:
+            body, content_type = json.dumps(payload).encode(), "application/json"
         head = (
             f"HTTP/1.1 {status.value} {status.phrase}\r\n"
-            "Content-Type: application/json\r\n"
+            f"Content-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n"
         )

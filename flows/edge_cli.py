@@ -1,4 +1,4 @@
-"""Edge commands of the `distillery` CLI: bundle, predict, selftest, serve.
+"""Edge commands of the `distillery` CLI: bundle, predict, selftest, serve, web.
 
 Heavy imports (mlflow, onnxruntime) happen inside the commands so `distillery --help` stays fast.
 """
@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
     app.command("predict")(predict_command)
     app.command("selftest")(selftest_command)
     app.command("serve")(serve_command)
+    app.command("web")(web_command)
 
 
 def _load(path: Path, threads: int) -> Bundle:
@@ -47,6 +48,10 @@ def bundle_command(
         str | None,
         typer.Option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)."),
     ] = None,
+    web: Annotated[
+        Path | None,
+        typer.Option("--web", help="Also write a static page running the model in a browser."),
+    ] = None,
 ) -> None:
     """Fetch a registered model's edge bundle from MLflow, verify it, write OUT and OUT.tar.gz."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -60,6 +65,51 @@ def bundle_command(
     except (BundleFetchError, BundleError) as err:
         _fail(err)
     typer.echo(f"bundle for {model} written to {folder} and {folder}.tar.gz")
+    if web is not None:
+        _write_web(folder, web)
+
+
+def _write_web(bundle: Path, out: Path) -> None:
+    from deploy.runtime import BundleError
+    from deploy.web import write_web_app
+
+    try:
+        write_web_app(bundle, out)
+    except BundleError as err:
+        _fail(err)
+    typer.echo(f"web page written to {out}/index.html (serve the folder over HTTP)")
+
+
+def web_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder (format 2).")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the page, model and scripts to.")],
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Then serve OUT on --host:--port until Ctrl-C.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="Port for --serve (0 picks a free one).")] = 8080,
+    host: Annotated[str, typer.Option(help="Address for --serve.")] = "127.0.0.1",
+    isolated: Annotated[
+        bool,
+        typer.Option(help="Send COOP/COEP headers with --serve, so WASM may use several threads."),
+    ] = False,
+) -> None:
+    """Write a static page that classifies text in the browser (transformers.js, offline)."""
+    if not bundle.is_dir():
+        _fail(f"bundle folder not found: {bundle}")
+    _write_web(bundle, out)
+    if not serve:
+        return
+    from deploy.web import static_server
+
+    server = static_server(out, host, port, isolated=isolated)
+    bound_host, bound_port = server.server_address[:2]
+    typer.echo(f"serving {out} on http://{bound_host}:{bound_port}/", nl=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def predict_command(

@@ -17,7 +17,8 @@ FORBIDDEN = ("prefect", "mlflow")
         "distill.config, distill.data, distill.models, distill.losses, distill.training, "
         "distill.teacher, distill.student, distill.logit_cache, distill.evaluation, "
         "distill.preflight, distill.summary, distill.augment, distill.gates, distill.model_card",
-        "deploy.export, deploy.quantize, deploy.onnx_eval, deploy.bundle, deploy.runtime, "
+        "deploy.export, deploy.quantize, deploy.onnx_eval, deploy.bundle, deploy.bundle_format, "
+        "deploy.runtime, deploy.web, deploy.serve_page, "
         "deploy.server, deploy.selftest, deploy.benchmark, deploy.latency, deploy.optimize, "
         "deploy.vocab_trim",
     ],

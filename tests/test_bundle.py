@@ -31,7 +31,20 @@ from deploy.runtime import (
 from distill.store import file_sha256
 from tests.conftest import REPO
 
-CONTENT = {"model.onnx", "tokenizer.json", "labels.json", "golden.json"}
+CONTENT = {
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "onnx/model_quantized.onnx",
+    "onnx/model_quantized.ort",
+    "onnx/model_quantized.required_operators.config",
+    "golden.json",
+}
+
+
+def files_of(folder):
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
 def read_json(path):
@@ -43,7 +56,7 @@ def build(stages, workdir, run_id="run-tiny", model_version="3"):
 
 
 def test_bundle_holds_the_content_files_and_a_manifest_hashing_each(tiny_bundle):
-    assert {path.name for path in tiny_bundle.iterdir()} == CONTENT | {"manifest.json"}
+    assert files_of(tiny_bundle) == CONTENT | {"manifest.json"}
     files = read_json(tiny_bundle / "manifest.json")["files"]
     assert set(files) == CONTENT
     for name, digest in files.items():
@@ -54,15 +67,60 @@ def test_bundle_ships_the_quantized_model_its_tokenizer_and_the_data_labels(
     tiny_bundle, tiny_stages
 ):
     quantized = tiny_stages.quantize
-    assert file_sha256(tiny_bundle / "model.onnx") == quantized.manifest.sha256
+    assert file_sha256(tiny_bundle / "onnx/model_quantized.onnx") == quantized.manifest.sha256
     tokenizer = quantized.file(quantized.manifest.tokenizer)
     assert (tiny_bundle / "tokenizer.json").read_bytes() == tokenizer.read_bytes()
-    assert read_json(tiny_bundle / "labels.json") == tiny_stages.data.manifest.label_names
+    id2label = read_json(tiny_bundle / "config.json")["id2label"]
+    assert list(id2label.values()) == tiny_stages.data.manifest.label_names
+    assert list(id2label) == ["0", "1"]
+
+
+def test_config_is_the_students_with_the_shipped_vocabulary_size(tiny_bundle, tiny_stages):
+    """configs/tiny.yaml trims the vocabulary: config.json must say the trimmed size, which is
+    the graph's embedding and the tokenizer's vocabulary."""
+    from tokenizers import Tokenizer
+
+    from deploy.bundle import embedding_rows
+
+    config = read_json(tiny_bundle / "config.json")
+    student = read_json(tiny_stages.student.file("config.json"))
+    assert tiny_stages.quantize.manifest.trimmed
+    kept = tiny_stages.export.manifest.vocabulary["kept_size"]
+    assert config["vocab_size"] == kept < student["vocab_size"]
+    assert embedding_rows(tiny_bundle / "onnx/model_quantized.onnx") == kept
+    assert Tokenizer.from_file(str(tiny_bundle / "tokenizer.json")).get_vocab_size() == kept
+    for key in ("model_type", "hidden_size", "num_hidden_layers", "max_position_embeddings"):
+        assert config[key] == student[key], key
+    assert config["label2id"] == {"negative": 0, "positive": 1}
+
+
+def test_tokenizer_config_truncates_at_the_bundles_max_length(tiny_bundle, tiny_config):
+    tokenizer_config = read_json(tiny_bundle / "tokenizer_config.json")
+    assert tokenizer_config["model_max_length"] == tiny_config.data.max_length == 32
+    assert tokenizer_config["tokenizer_class"] == "BertTokenizer"
+    assert not {"is_local", "local_files_only", "max_length"} & set(tokenizer_config)
+    special = read_json(tiny_bundle / "special_tokens_map.json")
+    assert special == {
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+        "pad_token": "[PAD]",
+        "sep_token": "[SEP]",
+        "unk_token": "[UNK]",
+    }
+
+
+def test_a_config_that_disagrees_with_the_graphs_vocabulary_is_refused(tiny_bundle):
+    from deploy.bundle import model_config
+
+    with pytest.raises(BundleError, match="vocab_size 30522, but the graph's word embedding"):
+        model_config({"vocab_size": 30522}, ["negative", "positive"], vocab_rows=2259)
 
 
 def test_manifest_describes_what_the_runtime_needs(tiny_bundle, tiny_config):
     manifest = read_json(tiny_bundle / "manifest.json")
-    assert manifest["format_version"] == FORMAT_VERSION == 1
+    assert manifest["format_version"] == FORMAT_VERSION == 2
+    assert manifest["model"] == "onnx/model_quantized.onnx"
+    assert manifest["mobile_model"] == "onnx/model_quantized.ort"
     assert manifest["opset"] == tiny_config.export.opset
     assert manifest["max_length"] == tiny_config.data.max_length == 32
     dynamic = {"0": "batch", "1": "sequence"}
@@ -113,7 +171,7 @@ def test_golden_examples_are_test_texts_scored_like_the_quantize_stage_scores_th
     probabilities (with the vocabulary trimmed, those are the export tokenizer's ids)."""
     test = model_split(tiny_stages.export, tiny_stages.data, "test")
     texts = list(test["text"])
-    labels = read_json(tiny_bundle / "labels.json")
+    labels = list(read_json(tiny_bundle / "config.json")["id2label"].values())
     golden = read_json(tiny_bundle / "golden.json")["examples"]
     assert 3 <= len(golden) <= 8
     assert any(example["truncated"] for example in golden), "the longest test text is included"
@@ -131,8 +189,10 @@ def test_golden_examples_are_test_texts_scored_like_the_quantize_stage_scores_th
 
 def test_tarball_holds_the_same_files_at_its_top_level(tiny_bundle):
     with tarfile.open(tarball_path(tiny_bundle)) as tar:
-        unpacked = {member.name: tar.extractfile(member).read() for member in tar.getmembers()}
-    assert unpacked == {path.name: path.read_bytes() for path in tiny_bundle.iterdir()}
+        members = tar.getmembers()
+        unpacked = {m.name: tar.extractfile(m).read() for m in members if m.isfile()}
+    assert unpacked == {name: (tiny_bundle / name).read_bytes() for name in files_of(tiny_bundle)}
+    assert [m.name for m in members if m.isdir()] == ["onnx"]
 
 
 def test_rebuilding_replaces_the_whole_folder_and_leaves_no_debris(tiny_stages, tmp_path):
@@ -148,7 +208,7 @@ def test_rebuilding_replaces_the_whole_folder_and_leaves_no_debris(tiny_stages, 
 
 def test_a_failed_build_leaves_the_previous_bundle_as_it_was(tiny_bundle, tmp_path):
     good = BundleInputs(
-        onnx_path=tiny_bundle / "model.onnx",
+        onnx_path=tiny_bundle / "onnx/model_quantized.onnx",
         tokenizer_path=tiny_bundle / "tokenizer.json",
         label_names=("negative", "positive"),
         max_length=32,
@@ -156,14 +216,38 @@ def test_a_failed_build_leaves_the_previous_bundle_as_it_was(tiny_bundle, tmp_pa
         test_metrics={},
         provenance={"mlflow_run_id": "run-good"},
         golden_texts=("a fine film",),
+        model_config=read_json(tiny_bundle / "config.json"),
+        tokenizer_config=read_json(tiny_bundle / "tokenizer_config.json"),
     )
     target = build_bundle(good, tmp_path / "bundle")
-    before = {path.name: path.read_bytes() for path in target.iterdir()}
+    before = {name: (target / name).read_bytes() for name in files_of(target)}
     three_labels = replace(good, label_names=("a", "b", "c"), provenance={"mlflow_run_id": "x"})
     with pytest.raises(BundleError, match="2 scores for 3 labels"):
         build_bundle(three_labels, target)
-    assert {path.name: path.read_bytes() for path in target.iterdir()} == before
+    assert {name: (target / name).read_bytes() for name in files_of(target)} == before
     assert [path.name for path in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_an_fp32_bundle_ships_onnx_model_onnx_and_mobile_is_optional(tiny_bundle, tmp_path):
+    inputs = BundleInputs(
+        onnx_path=tiny_bundle / "onnx/model_quantized.onnx",
+        tokenizer_path=tiny_bundle / "tokenizer.json",
+        label_names=("negative", "positive"),
+        max_length=32,
+        quantization={"method": "fp32"},
+        test_metrics={},
+        provenance={"mlflow_run_id": "run-fp32"},
+        golden_texts=("a fine film",),
+        model_config=read_json(tiny_bundle / "config.json"),
+        tokenizer_config=read_json(tiny_bundle / "tokenizer_config.json"),
+        mobile=False,
+    )
+    folder = build_bundle(inputs, tmp_path / "bundle")
+    manifest = read_json(folder / "manifest.json")
+    assert manifest["model"] == "onnx/model.onnx"
+    assert manifest["mobile_model"] is None and manifest["mobile_operators"] is None
+    assert sorted(p.name for p in (folder / "onnx").iterdir()) == ["model.onnx"]
+    assert load_bundle(folder).golden[0]["text"] == "a fine film"
 
 
 NAME = "distillery-edge-test"
@@ -184,7 +268,7 @@ def registry(tiny_stages, tmp_path_factory):
     client.log_artifacts(run_id, str(bundle), "bundle")
     client.create_registered_model(NAME)
     version = client.create_model_version(
-        NAME, source=f"{run.info.artifact_uri}/bundle/model.onnx", run_id=run_id
+        NAME, source=f"{run.info.artifact_uri}/bundle/onnx/model_quantized.onnx", run_id=run_id
     )
     client.set_registered_model_alias(NAME, "challenger", version.version)
     return uri, run_id, bundle
@@ -210,8 +294,8 @@ def test_distillery_bundle_fetches_the_challengers_bundle(registry, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert load_bundle(out).manifest["mlflow_run_id"] == run_id
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == {
-        p.name: p.read_bytes() for p in logged.iterdir()
+    assert {name: (out / name).read_bytes() for name in files_of(out)} == {
+        name: (logged / name).read_bytes() for name in files_of(logged)
     }
     assert load_bundle(tmp_path / "edge" / "current.tar.gz").manifest["mlflow_run_id"] == run_id
 
@@ -253,3 +337,16 @@ def test_a_malformed_model_uri_is_refused(uri):
 
     with pytest.raises(BundleFetchError, match="models:/NAME@ALIAS"):
         resolve_run(mlflow_client("sqlite:///:memory:"), uri)
+
+
+def test_distillery_bundle_can_also_write_the_web_page(registry, tmp_path):
+    from tests.edge_js import require_node_packages
+
+    require_node_packages()
+    uri, _, _ = registry
+    out, web = tmp_path / "fetched", tmp_path / "web"
+    model = f"models:/{NAME}@challenger"
+    result = in_process("bundle", "--model", model, out, "--tracking-uri", uri, "--web", web)
+    assert result.exit_code == 0, result.output
+    assert (web / "index.html").is_file()
+    assert (web / "model" / "config.json").read_bytes() == (out / "config.json").read_bytes()

@@ -18,6 +18,7 @@ from deploy.runtime import load_bundle, predict
 from distill.config import PretrainedInit, RandomInit, TeacherLayersInit
 from distill.data import load_split
 from distill.model_card import model_identities
+from tests.edge_js import node_packages_ready, run_node
 from tests.test_families import family_folder, train_texts  # noqa: F401 - fixtures
 
 PAIRINGS = ["teacher_layers", "random", "pretrained_other", "mpnet_teacher"]
@@ -99,6 +100,10 @@ def test_pairing_runs_to_a_bundle_the_runtime_predicts_with(
     batched = [result["probabilities"] for result in results[:6]]
     for one, many in zip(alone, batched, strict=True):
         assert one == pytest.approx(many, abs=1e-4)
+    # Each family's bundle also runs, as it is, in transformers.js (edge/js; where installed).
+    if node_packages_ready():
+        node = run_node("--test", env={"DISTILLERY_BUNDLE": str(folder)})
+        assert node.returncode == 0 and "# fail 0" in node.stdout, node.stdout + node.stderr
 
 
 def test_runtime_pads_with_the_tokenizers_own_pad_id(family_folder):  # noqa: F811

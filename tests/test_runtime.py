@@ -25,7 +25,16 @@ from deploy.runtime import (
 )
 from tests.conftest import REPO
 
-CONTENT = ["model.onnx", "tokenizer.json", "labels.json", "golden.json"]
+CONTENT = [
+    "onnx/model_quantized.onnx",
+    "onnx/model_quantized.ort",
+    "onnx/model_quantized.required_operators.config",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "golden.json",
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +76,7 @@ def test_loading_and_predicting_never_imports_torch_or_transformers(tiny_bundle)
     code = textwrap.dedent(
         f"""
         import json, sys
-        import deploy.selftest, deploy.server
+        import deploy.selftest, deploy.server, deploy.web
         from deploy.runtime import load_bundle, predict
         bundle = load_bundle({str(tiny_bundle)!r}, threads=1)
         results = predict(bundle, ["a moving, funny film", ""])
@@ -158,10 +167,10 @@ def test_a_bundle_without_manifest_is_refused(bundle_copy):
         load_bundle(bundle_copy)
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
-def test_an_unknown_format_version_is_refused(bundle_copy, version):
+@pytest.mark.parametrize("version", [3, 0, "2", None])
+def test_an_unknown_format_version_is_refused_with_how_to_reexport(bundle_copy, version):
     edit_manifest(bundle_copy, format_version=version)
-    with pytest.raises(BundleError, match="unknown bundle format version"):
+    with pytest.raises(BundleError, match="unknown bundle format version.*distillery run"):
         load_bundle(bundle_copy)
 
 
@@ -176,6 +185,20 @@ def test_a_manifest_may_not_point_outside_the_bundle(bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     edit_manifest(bundle_copy, files={**manifest["files"], "../secret": "0" * 64})
     with pytest.raises(BundleError, match="outside the bundle: '../secret'"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("name", ["onnx/../../secret", "/etc/passwd", "onnx\\x", "./config.json"])
+def test_a_listed_path_must_be_a_plain_relative_one(bundle_copy, name):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    edit_manifest(bundle_copy, files={**manifest["files"], name: "0" * 64})
+    with pytest.raises(BundleError, match="outside the bundle"):
+        load_bundle(bundle_copy)
+
+
+def test_the_manifest_names_one_of_the_two_graph_files(bundle_copy):
+    edit_manifest(bundle_copy, model="tokenizer.json")
+    with pytest.raises(BundleError, match="'model' must be one of"):
         load_bundle(bundle_copy)
 
 
@@ -196,9 +219,9 @@ def test_an_edited_manifest_is_refused_before_anything_is_trusted(bundle_copy, c
 
 def test_an_edited_file_hash_is_refused_even_when_the_file_matches_it(bundle_copy):
     """Replacing a file and its hash in the manifest is caught by the signature."""
-    (bundle_copy / "labels.json").write_text('["good", "bad"]')
+    (bundle_copy / "config.json").write_text('{"id2label": {"0": "good", "1": "bad"}}')
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
-    files = {**manifest["files"], "labels.json": sha256(bundle_copy / "labels.json")}
+    files = {**manifest["files"], "config.json": sha256(bundle_copy / "config.json")}
     edit_manifest(bundle_copy, resign=False, files=files)
     with pytest.raises(BundleError, match="manifest.json does not match its signature"):
         load_bundle(bundle_copy)
@@ -248,7 +271,7 @@ def member(name, kind=tarfile.REGTYPE, linkname=""):
         (member("sub/../../escape"), "escapes the target folder"),
         (member("/tmp/absolute-escape"), "escapes the target folder"),
         (member("link", tarfile.SYMTYPE, "/etc/passwd"), "is a link"),
-        (member("hard", tarfile.LNKTYPE, "model.onnx"), "is a link"),
+        (member("hard", tarfile.LNKTYPE, "onnx/model_quantized.onnx"), "is a link"),
         (member("fifo", tarfile.FIFOTYPE), "is not a regular file"),
     ],
 )
@@ -302,7 +325,7 @@ class ZeroReader(io.RawIOBase):
 
 def test_the_size_cap_counts_every_member_and_can_be_raised(tiny_bundle, tmp_path):
     archive = tarball_path(tiny_bundle)
-    total = sum(path.stat().st_size for path in tiny_bundle.iterdir())
+    total = sum(path.stat().st_size for path in tiny_bundle.rglob("*") if path.is_file())
     with pytest.raises(BundleError, match=f"more than {total - 1:,} bytes"):
         extract_archive(archive, tmp_path / "small", max_bytes=total - 1)
     assert not (tmp_path / "small").exists() or not list((tmp_path / "small").iterdir())
@@ -377,10 +400,10 @@ def test_predict_command_refuses_an_unknown_encoding(tiny_bundle, tmp_path):
 
 
 def test_predict_command_refuses_a_tampered_bundle(bundle_copy):
-    (bundle_copy / "labels.json").write_text('["good", "bad"]')
+    (bundle_copy / "config.json").write_text('{"id2label": {"0": "good", "1": "bad"}}')
     result = distillery("predict", bundle_copy, "a fine film")
     assert result.exit_code == 2
-    assert "'labels.json' does not match its sha256" in result.stderr
+    assert "'config.json' does not match its sha256" in result.stderr
 
 
 def test_selftest_passes_on_a_good_bundle_and_reports_latency(tiny_bundle):
@@ -411,3 +434,74 @@ def test_selftest_fails_when_golden_expectations_differ_from_the_model(bundle_co
     assert result.exit_code == 1
     assert "FAIL golden example 1" in result.stdout
     assert "selftest FAILED" in result.stderr
+
+
+def legacy_bundle(bundle, folder):
+    """The same model in the format-1 layout the previous release wrote (model.onnx, labels.json
+    beside the tokenizer and golden examples)."""
+    folder.mkdir()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    shutil.copyfile(bundle / manifest["model"], folder / "model.onnx")
+    for name in ("tokenizer.json", "golden.json"):
+        shutil.copyfile(bundle / name, folder / name)
+    labels = json.loads((bundle / "config.json").read_text())["id2label"]
+    (folder / "labels.json").write_text(json.dumps([labels["0"], labels["1"]]))
+    for field in ("model", "mobile_model", "mobile_operators", "files", "signature"):
+        del manifest[field]
+    names = ("model.onnx", "tokenizer.json", "labels.json", "golden.json")
+    manifest |= {"format_version": 1, "files": {name: sha256(folder / name) for name in names}}
+    manifest["signature"] = manifest_signature(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_a_format_1_bundle_is_still_read_with_a_warning_to_reexport(
+    tiny_bundle, loaded, tmp_path, caplog
+):
+    old = load_bundle(legacy_bundle(tiny_bundle, tmp_path / "old"), threads=1)
+    assert "format-1 layout" in caplog.text and "distillery run" in caplog.text
+    assert old.labels == loaded.labels
+    texts = [example["text"] for example in loaded.golden]
+    assert predict(old, texts) == predict(loaded, texts)
+
+
+def test_selftest_passes_on_a_format_1_bundle(tiny_bundle, tmp_path):
+    result = distillery("selftest", legacy_bundle(tiny_bundle, tmp_path / "old"), "--runs", 2)
+    assert result.exit_code == 0, result.stdout + result.stderr
+
+
+def test_a_format_1_bundle_missing_its_labels_is_refused(tiny_bundle, tmp_path):
+    old = legacy_bundle(tiny_bundle, tmp_path / "old")
+    (old / "labels.json").unlink()
+    with pytest.raises(BundleError, match="'labels.json' is missing"):
+        load_bundle(old)
+
+
+def test_labels_come_from_config_id2label_in_output_order(bundle_copy):
+    config = json.loads((bundle_copy / "config.json").read_text())
+    config["id2label"] = {"1": "positive", "0": "negative"}  # key order does not matter
+    (bundle_copy / "config.json").write_text(json.dumps(config))
+    rehash(bundle_copy)
+    assert load_bundle(bundle_copy).labels == ("negative", "positive")
+    config["id2label"] = {"0": "negative", "2": "positive"}
+    (bundle_copy / "config.json").write_text(json.dumps(config))
+    rehash(bundle_copy)
+    with pytest.raises(BundleError, match="'id2label' must number the labels 0..1"):
+        load_bundle(bundle_copy)
+
+
+def test_the_ort_format_graph_reproduces_the_golden_examples(tiny_bundle, loaded):
+    """ONNX Runtime Mobile reads only the ORT format: the bundle's copy, run by onnxruntime's
+    own session, gives the golden labels and probabilities."""
+    from deploy.runtime import with_graph
+    from deploy.selftest import check_golden
+
+    manifest = loaded.manifest
+    assert manifest["mobile_model"] == "onnx/model_quantized.ort"
+    mobile = with_graph(loaded, tiny_bundle / manifest["mobile_model"], threads=1)
+    assert mobile.session is not loaded.session
+    failures, worst = check_golden(mobile, tolerance=1e-5)
+    assert failures == [] and worst <= 1e-5
+    operators = (tiny_bundle / manifest["mobile_operators"]).read_text()
+    assert "ai.onnx;" in operators and "DequantizeLinear" in operators
+    assert "/tmp" not in operators, "no path of the build machine"

@@ -119,6 +119,35 @@ def test_a_bad_body_gets_400_and_the_server_keeps_answering(base_url, body, mess
     assert post_json(base_url, {"texts": ["still here"]})[0] == 200
 
 
+def test_the_root_answers_a_page_whose_form_posts_to_predict(base_url):
+    with urllib.request.urlopen(f"{base_url}/", timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+        page = response.read().decode()
+    assert '<form id="form" action="/predict" method="post">' in page
+    assert "fetch('/predict'" in page and "negative, positive" in page
+    assert "http://" not in page and "https://" not in page, "nothing fetched from elsewhere"
+    assert call(f"{base_url}/", b"{}")[0] == 405  # GET only
+
+
+def test_the_page_classifies_a_golden_text_in_chromium(base_url, tiny_bundle, tmp_path):
+    """A person's path: open the page, type a text, press the button, read the labels."""
+    from tests.edge_js import require_chromium, run_node
+
+    require_chromium()
+    golden = json.loads((tiny_bundle / "golden.json").read_text())["examples"][:2]
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps([example["text"] for example in golden]))
+    result = run_node("browser.mjs", f"{base_url}/", str(texts), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["blocked"] == [] and shown["errors"] == []
+    for example, on_page in zip(golden, shown["results"], strict=True):
+        assert on_page["label"] == example["label"]
+        for label, expected in example["probabilities"].items():
+            assert on_page["probabilities"][label] == pytest.approx(expected, abs=1e-5)
+
+
 def test_unknown_paths_get_404_and_wrong_methods_405(base_url):
     status, body = call(f"{base_url}/nothing")
     assert status == 404 and "no such path: /nothing" in body["error"]

@@ -1,0 +1,306 @@
+"""Edge targets benchmark: one bundle, every runtime that loads it as it is.
+
+    .venv/bin/python -m bench.edge_targets [--bundle PROFILE=FOLDER ...] [--texts 50]
+
+Without `--bundle`, a bundle of configs/tiny.yaml is built in a scratch folder (profile
+"tiny"). For each bundle and runtime: the golden examples' label agreement and the largest
+probability difference against the Python runtime's golden outputs, the batch-1 latency (median
+over `--texts` movie-review sentences of exactly 25 tokens, one thread, after the golden texts
+as warm-up) and the cold start (new process, or page load, to the first prediction).
+
+Runtimes: `python` (deploy/runtime.py), `ort_format` (the bundle's `.ort` graph in an
+onnxruntime session, as ONNX Runtime Mobile reads it), `transformers_js_node` (edge/js,
+onnxruntime-node), `browser_wasm_1_thread` (the `distillery web` page in headless Chromium, one
+WASM thread) and `browser_wasm_isolated` (the page served cross-origin isolated, so
+onnxruntime-web may use up to 4 threads). The Python runtime and the ORT-format graph are timed
+interleaved text by text in one process; Node and the browser run in their own processes
+afterwards. Optimum is not measured: optimum-onnx does not install beside this stack (README).
+
+Writes bench/results/edge_targets.json and the "edge-targets" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.report import REPO, RESULTS, header, markdown_table, write_section
+from deploy.runtime import Bundle, load_bundle, predict, with_graph
+
+JS = REPO / "edge" / "js"
+TOKENS = 25
+NOT_MEASURED = {
+    "optimum": "optimum-onnx (0.1.0, the newest) requires transformers<4.58; this stack pins "
+    "transformers 5.25.0, so it does not install beside it (checked in a throwaway venv)",
+}
+
+
+def latency_texts(bundle: Bundle, count: int, tokens: int = TOKENS) -> list[str]:
+    """`count` movie-review sentences that the bundle's tokenizer turns into exactly `tokens`
+    ids (special tokens included)."""
+    from distill.config import load_config
+    from distill.data import load_examples
+
+    config = load_config(REPO / "configs" / "tiny.yaml", ["workdir=/tmp/unused"])
+    chosen = []
+    for text in load_examples(config.data).texts["all"]:
+        if len(bundle.tokenizer.encode(text).ids) == tokens:
+            chosen.append(text)
+            if len(chosen) == count:
+                return chosen
+    raise SystemExit(f"only {len(chosen)} sentences have {tokens} tokens")
+
+
+def compare(golden: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]]) -> dict:
+    """Label agreement (fraction) and largest probability difference against the golden ones."""
+    agree = sum(r["label"] == g["label"] for g, r in zip(golden, results, strict=True))
+    worst = max(
+        abs(r["probabilities"][label] - p)
+        for g, r in zip(golden, results, strict=True)
+        for label, p in g["probabilities"].items()
+    )
+    return {"agreement": agree / len(golden), "max_prob_diff": worst}
+
+
+def python_runtimes(folder: Path, texts: list[str]) -> list[dict[str, Any]]:
+    """The Python runtime and the ORT-format graph, timed interleaved text by text."""
+    bundle = load_bundle(folder, threads=1)
+    mobile = with_graph(bundle, folder / str(bundle.manifest["mobile_model"]), threads=1)
+    golden = list(bundle.golden)
+    runtimes = {"python": bundle, "ort_format": mobile}
+    rows = {
+        name: compare(golden, [predict(b, [g["text"]])[0] for g in golden])
+        for name, b in runtimes.items()
+    }
+    timings: dict[str, list[float]] = {name: [] for name in runtimes}
+    for text in texts:
+        for name, loaded in runtimes.items():
+            started = time.perf_counter()
+            predict(loaded, [text])
+            timings[name].append((time.perf_counter() - started) * 1000)
+    return [
+        {
+            "runtime": name,
+            **rows[name],
+            "p50_ms": statistics.median(timings[name]),
+            "cold_start_s": python_cold_start(folder, mobile=name == "ort_format"),
+        }
+        for name in runtimes
+    ]
+
+
+COLD_START = """
+import json, sys, time
+from pathlib import Path
+from deploy.runtime import load_bundle, predict, with_graph
+bundle = load_bundle(sys.argv[1], threads=1)
+if sys.argv[2] == "1":
+    bundle = with_graph(bundle, Path(sys.argv[1]) / bundle.manifest["mobile_model"], threads=1)
+predict(bundle, [bundle.golden[0]["text"]])
+print(json.dumps(time.time()))
+"""
+
+
+def python_cold_start(folder: Path, mobile: bool, runs: int = 3) -> float:
+    """Median seconds from spawning a Python process to its first prediction."""
+    seconds = []
+    for _ in range(runs):
+        spawned = time.time()
+        out = subprocess.run(
+            [sys.executable, "-c", COLD_START, str(folder), "1" if mobile else "0"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        seconds.append(json.loads(out.stdout) - spawned)
+    return statistics.median(seconds)
+
+
+def node_runtime(folder: Path, texts_file: Path, golden: list[dict]) -> dict[str, Any]:
+    spawned = time.time()
+    out = subprocess.run(
+        ["node", "bench.mjs", str(folder), str(texts_file)],
+        cwd=JS,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    wall = time.time() - spawned
+    result = json.loads(out.stdout)
+    return {
+        "runtime": "transformers_js_node",
+        **compare(golden, result["golden"]),
+        "p50_ms": statistics.median(result["latency_ms"]),
+        # node's clock starts with the process; `wall` bounds it from above.
+        "cold_start_s": result["first_ms"] / 1000,
+        "process_wall_s": wall,
+    }
+
+
+def browser_runtime(
+    folder: Path, texts: list[str], scratch: Path, isolated: bool
+) -> dict[str, Any]:
+    from deploy.web import static_server, write_web_app
+
+    page = write_web_app(folder, scratch / "web")
+    server = static_server(page, isolated=isolated)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    golden = json.loads((folder / "golden.json").read_text())["examples"]
+    texts_file = scratch / "browser-texts.json"
+    texts_file.write_text(json.dumps([g["text"] for g in golden] + texts))
+    try:
+        out = subprocess.run(
+            ["node", "browser.mjs", f"http://127.0.0.1:{server.server_address[1]}/", texts_file],
+            cwd=JS,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    result = json.loads(out.stdout)
+    if result["blocked"] or result["errors"]:
+        raise SystemExit(f"the page fetched from elsewhere or failed: {result}")
+    in_page = result["in_page"]
+    return {
+        "runtime": "browser_wasm_isolated" if isolated else "browser_wasm_1_thread",
+        **compare(golden, result["results"][: len(golden)]),
+        "p50_ms": statistics.median(r["ms"] for r in in_page[len(golden) :]),
+        "cold_start_s": result["page_cold_start_ms"] / 1000,
+        # navigation to ready (scripts, model and WASM fetched and compiled), and pipeline() alone
+        "page_ready_s": result["load_ms"] / 1000,
+        "pipeline_load_s": result["pipeline_ms"] / 1000,
+        "wasm_threads": result["threads"],
+        "cross_origin_isolated": result["isolated"],
+    }
+
+
+def measure(profile: str, folder: Path, count: int, scratch: Path) -> dict[str, Any]:
+    scratch.mkdir(parents=True, exist_ok=True)
+    bundle = load_bundle(folder, threads=1)
+    texts = latency_texts(bundle, count)
+    texts_file = scratch / f"{profile}-texts.json"
+    texts_file.write_text(json.dumps(texts))
+    golden = list(bundle.golden)
+    runtimes = python_runtimes(folder, texts)
+    runtimes.append(node_runtime(folder, texts_file, golden))
+    for isolated in (False, True):
+        runtimes.append(browser_runtime(folder, texts, scratch / f"{profile}-{isolated}", isolated))
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    manifest = bundle.manifest
+    return {
+        "profile": profile,
+        "bundle": str(folder),
+        "bundle_bytes": size,
+        "graph_bytes": (folder / str(manifest["model"])).stat().st_size,
+        "ort_bytes": (folder / str(manifest["mobile_model"])).stat().st_size,
+        "golden_examples": len(golden),
+        "latency_texts": len(texts),
+        "tokens": TOKENS,
+        "runtimes": runtimes,
+    }
+
+
+def tiny_bundle(scratch: Path) -> Path:
+    from deploy.bundle import bundle_from_stages
+    from distill.config import load_config
+    from distill.data import data_stage
+
+    config = load_config(REPO / "configs" / "tiny.yaml", [f"workdir={scratch / 'tiny'}"])
+    data_stage(config.workdir, config.data, config.teacher.model)
+    from deploy.chain import run_pipeline_stages
+
+    stages = run_pipeline_stages(config, config.store_dir)
+    return bundle_from_stages(scratch / "tiny-bundle", stages, run_id="bench", model_version="0")
+
+
+def report(results: dict[str, Any]) -> str:
+    rows = []
+    for bundle in results["bundles"]:
+        python = next(r for r in bundle["runtimes"] if r["runtime"] == "python")
+        for r in bundle["runtimes"]:
+            rows.append(
+                [
+                    bundle["profile"],
+                    r["runtime"],
+                    f"{r['agreement']:.0%}",
+                    f"{r['max_prob_diff']:.1e}",
+                    f"{r['p50_ms']:.2f}",
+                    f"{r['p50_ms'] / python['p50_ms']:.1f}x",
+                    f"{r['cold_start_s']:.2f}",
+                ]
+            )
+    sizes = "; ".join(
+        f"{b['profile']}: bundle {b['bundle_bytes'] / 1e6:.2f} MB, graph "
+        f"{b['graph_bytes'] / 1e6:.2f} MB, ORT copy {b['ort_bytes'] / 1e6:.2f} MB"
+        for b in results["bundles"]
+    )
+    table = markdown_table(
+        [
+            "bundle",
+            "runtime",
+            "golden agreement",
+            "max prob diff",
+            "p50 ms (batch 1, 25 tokens)",
+            "vs python",
+            "cold start s",
+        ],
+        rows,
+    )
+    pages = "; ".join(
+        f"{b['profile']} {r['runtime']}: page ready {r['page_ready_s']:.2f} s "
+        f"(pipeline() {r['pipeline_load_s']:.2f} s), {r['wasm_threads']} WASM thread(s)"
+        for b in results["bundles"]
+        for r in b["runtimes"]
+        if "page_ready_s" in r
+    )
+    missing = "; ".join(f"{k}: {v}" for k, v in results["not_measured"].items())
+    load = ", ".join(f"{value:.1f}" for value in results["load_average"])
+    return (
+        "## Edge targets (edge-targets)\n\n"
+        f"{header('edge targets')}  \nLoad average before: {load} (a shared machine)\n\n"
+        f"{table}\n\nBrowser: {pages}.  \nSizes: {sizes}.  \nNot measured: {missing}.\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", action="append", default=[], help="PROFILE=FOLDER")
+    parser.add_argument("--texts", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=RESULTS / "edge_targets.json")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory(prefix="edge-targets-") as tmp:
+        scratch = Path(tmp)
+        bundles = [tuple(item.split("=", 1)) for item in args.bundle] or [
+            ("tiny", tiny_bundle(scratch))
+        ]
+        results = {
+            "bundles": [
+                measure(profile, Path(folder), args.texts, scratch / profile)
+                for profile, folder in bundles
+            ],
+            "not_measured": NOT_MEASURED,
+            "load_average": os.getloadavg(),
+        }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_section("edge-targets", report(results))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
