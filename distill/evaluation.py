@@ -1,8 +1,14 @@
-"""Evaluation stage: teacher and student on the test split, side by side."""
+"""Evaluation stage: teacher and student on the test split, side by side, and the teacher gap.
+
+The teacher gap says whether the teacher was worth distilling from: a teacher that is not
+clearly stronger than the student it produced (a paired test on the validation split) can pass
+on little, and the run says so with the settings to change.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +17,7 @@ import numpy as np
 from distill.data import load_split
 from distill.metrics import classification_metrics
 from distill.models import count_parameters, load_classifier
+from distill.paired import PairedComparison, compare
 from distill.store import Artifact, StageManifest, run_stage, stage_key
 from distill.training import predict_logits
 
@@ -19,9 +26,17 @@ if TYPE_CHECKING:
     from distill.student import StudentManifest
     from distill.teacher import TeacherManifest
 
-VERSION = 1  # bump when the evaluation of the same models changes
+# bump when the evaluation of the same models changes
+# 2: the teacher gap (teacher against student, paired on validation)
+VERSION = 2
 REPORT = "report.json"
 CONFUSION_PNG = "confusion_matrix.png"
+log = logging.getLogger(__name__)
+WEAK_TEACHER_ADVICE = (
+    "train the teacher longer (teacher.training.epochs, or patience with more epochs), choose a "
+    "stronger teacher (teacher.model), or give it more text to label (augmentation.multiplier, "
+    "data.unlabeled)"
+)
 
 
 class EvaluationManifest(StageManifest):
@@ -34,6 +49,10 @@ class EvaluationManifest(StageManifest):
     agreement: float
     teacher_params: int
     student_params: int
+    # The teacher (candidate) against the student it produced (reference), paired on the
+    # validation split; `teacher_clearly_stronger` is its one-sided test at 5%.
+    teacher_gap: PairedComparison
+    teacher_clearly_stronger: bool
 
 
 def evaluation_key(
@@ -72,10 +91,16 @@ def evaluate(
     folder: Path,
     student_data: Artifact[DataManifest] | None = None,
 ) -> EvaluationManifest:
-    """Each model scored on the test split tokenized with its own tokenizer (same rows)."""
+    """Each model scored on the test split tokenized with its own tokenizer (same rows), and
+    the teacher gap measured on validation (the split the run decides on: test stays held out).
+    """
     tests = {
         "teacher": load_split(data.path, "test"),
         "student": load_split((student_data or data).path, "test"),
+    }
+    validations = {
+        "teacher": load_split(data.path, "validation"),
+        "student": load_split((student_data or data).path, "validation"),
     }
     labels = np.asarray(tests["teacher"]["label"])
     if list(tests["student"]["label"]) != labels.tolist():
@@ -85,12 +110,13 @@ def evaluate(
         )
     label_names = list(data.manifest.label_names)
     report: dict[str, Any] = {"label_names": label_names, "test_size": len(labels)}
-    predictions = {}
+    predictions, validation_predictions = {}, {}
     for role, artifact in (("teacher", teacher), ("student", student)):
         model = load_classifier(artifact.path)
         logits = predict_logits(model, tests[role])
         np.save(folder / f"{role}_test_logits.npy", logits)
         predictions[role] = logits.argmax(-1)
+        validation_predictions[role] = predict_logits(model, validations[role]).argmax(-1)
         report[role] = {
             **classification_metrics(logits, labels, len(label_names)),
             "params": count_parameters(model),
@@ -99,6 +125,16 @@ def evaluate(
     report["retention"] = report["student"]["accuracy"] / report["teacher"]["accuracy"]
     report["agreement"] = float(np.mean(predictions["teacher"] == predictions["student"]))
     report["compression"] = report["teacher"]["params"] / report["student"]["params"]
+    gap = compare(
+        reference=validation_predictions["student"],
+        candidate=validation_predictions["teacher"],
+        labels=validations["teacher"]["label"],
+        num_classes=len(label_names),
+    )
+    report["teacher_gap_validation"] = gap.model_dump(mode="json")
+    warning = weak_teacher_warning(gap)
+    if warning:
+        log.warning(warning)
     (folder / REPORT).write_text(json.dumps(report, indent=2))
     plot_confusion_matrix(
         np.asarray(report["student"]["confusion_matrix"]),
@@ -115,6 +151,19 @@ def evaluate(
         agreement=report["agreement"],
         teacher_params=report["teacher"]["params"],
         student_params=report["student"]["params"],
+        teacher_gap=gap,
+        teacher_clearly_stronger=gap.significantly_better(),
+    )
+
+
+def weak_teacher_warning(gap: PairedComparison) -> str | None:
+    """What to tell the user when the teacher (candidate) is not significantly better than its
+    student (reference); None when it is."""
+    if gap.significantly_better():
+        return None
+    return (
+        f"the teacher is not clearly stronger than the student it produced (validation: "
+        f"{gap.summary()}): distillation from it can gain little; {WEAK_TEACHER_ADVICE}"
     )
 
 

@@ -26,6 +26,9 @@ def build_summary(
         "agreement": evaluation.agreement,
         "teacher_macro_f1": evaluation.teacher_macro_f1,
         "student_macro_f1": evaluation.student_macro_f1,
+        # How much better the teacher is than its student, paired on validation.
+        "teacher_gap": evaluation.teacher_gap.difference,
+        "teacher_clearly_stronger": evaluation.teacher_clearly_stronger,
         "onnx_fp32_accuracy": export.test_accuracy,
         "int8_accuracy": quantized.test_accuracy,
         "teacher_params": evaluation.teacher_params,

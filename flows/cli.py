@@ -115,6 +115,11 @@ def print_summary(summary: dict[str, Any], workdir: Path) -> None:
         ("teacher accuracy", f"{summary['teacher_accuracy']:.4f}"),
         ("student accuracy", f"{summary['student_accuracy']:.4f}"),
         ("retention", f"{summary['retention']:.4f}"),
+        (
+            "teacher gap (validation)",
+            f"{summary['teacher_gap']:+.4f}"
+            + ("" if summary["teacher_clearly_stronger"] else " (not significant: see warning)"),
+        ),
         ("INT8 accuracy", f"{summary['int8_accuracy']:.4f}"),
         (
             "params teacher / student",
