@@ -19,6 +19,7 @@ from distill.data import load_split
 from distill.evaluation import CONFUSION_PNG, EvaluationManifest
 from distill.gates import Measurements, Metric, evaluate_gates, majority_baseline, score
 from distill.model_card import ModelPoint, description_text, render_model_card, write_model_card
+from distill.paired import compare
 from distill.store import Artifact
 from tasks import registry
 from tasks.registry import ChampionScore
@@ -137,6 +138,13 @@ def gate_and_promote(
             baseline_score=majority_baseline(metric, train_labels, test["label"], num_labels),
             champion_version=None if champion is None else champion.version,
             champion_score=None if champion is None else champion.score,
+            # Both models' predictions on the same test texts (each through its own tokenizer).
+            champion_comparison=(
+                None
+                if champion is None or champion.predicted is None
+                else compare(champion.predicted, predicted, test["label"], metric, num_labels)
+            ),
+            data_changed=champion is None or champion.data_fingerprint != data.manifest.fingerprint,
         )
         results = evaluate_gates(config, measured, registry.mlflow_check)
         card = render_model_card(
@@ -184,6 +192,10 @@ def gate_and_promote(
     )
     decision = "reused" if registration.reused else "promoted" if outcome.promoted else "rejected"
     tracker.set_tags({"promotion.decision": decision})
+    if measured.champion_comparison is not None:
+        tracker.set_tags(
+            registry.comparison_tags("promotion.vs_champion.", measured.champion_comparison)
+        )
     return {
         "promoted": outcome.promoted,
         "reused": registration.reused,
@@ -194,6 +206,11 @@ def gate_and_promote(
         "metric": metric,
         "latency_ms": {"p50": candidate.p50_ms, "p95": candidate.p95_ms},
         "gates": [result.as_dict() for result in results],
+        "vs_champion": (
+            None
+            if measured.champion_comparison is None
+            else measured.champion_comparison.model_dump(mode="json")
+        ),
     }
 
 
