@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 VERSION = 1  # bump when the evaluation of the same models changes
 REPORT = "report.json"
 CONFUSION_PNG = "confusion_matrix.png"
+TEACHER_TEST_LOGITS = "teacher_test_logits.npy"  # one row per test text, as the split orders them
 
 
 class EvaluationManifest(StageManifest):
