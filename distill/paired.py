@@ -131,7 +131,7 @@ def compare(
         # Resampling rows only changes how many discordant texts of each kind are drawn.
         drawn = rng.multinomial(n, [b / n, c / n, (n - b - c) / n], size=resamples)
         interval = _percentile_interval((drawn[:, 1] - drawn[:, 0]) / n)
-        p_worse, p_better = _mcnemar(b, c)
+        p_worse, p_better = mcnemar_p_values(b, c)
         method = "exact McNemar (binomial test on discordant pairs)"
     else:
         classes = (
@@ -168,7 +168,7 @@ def compare(
     )
 
 
-def _mcnemar(b: int, c: int) -> tuple[float, float]:
+def mcnemar_p_values(b: int, c: int) -> tuple[float, float]:
     """One-sided exact McNemar p-values (worse, better) for `b` texts only the reference gets
     right and `c` only the candidate gets right; 1.0 each without discordant texts."""
     if b + c == 0:
