@@ -32,7 +32,7 @@ from distill.paired import compare
 from distill.store import Artifact
 from tasks import registry
 from tasks.registry import ChampionScore
-from tasks.tracking import MlflowTracker, Registration
+from tasks.tracking import MlflowTracker, Registration, comparison_tags
 
 CARD_ARTIFACTS = "model_card"
 
@@ -214,9 +214,7 @@ def gate_and_promote(
     decision = "reused" if registration.reused else "promoted" if outcome.promoted else "rejected"
     tracker.set_tags({"promotion.decision": decision})
     if measured.champion_comparison is not None:
-        tracker.set_tags(
-            registry.comparison_tags("promotion.vs_champion.", measured.champion_comparison)
-        )
+        tracker.set_tags(comparison_tags("promotion.vs_champion.", measured.champion_comparison))
     return {
         "promoted": outcome.promoted,
         "reused": registration.reused,

@@ -44,9 +44,8 @@ from mlflow.protos.databricks_pb2 import (
 from deploy.onnx_eval import onnx_logits, open_session
 from deploy.runtime import TOKENIZER as BUNDLE_TOKENIZER
 from distill.gates import Gate, GateResult, Metric, all_passed, failure_summary, score
-from distill.paired import PairedComparison
 from distill.store import write_json_atomic
-from tasks.tracking import MlflowTracker, Registration, mlflow_client
+from tasks.tracking import MlflowTracker, Registration, comparison_tags, mlflow_client
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 ONNX_FILE = "model.onnx"  # the file mlflow.onnx.save_model writes
@@ -407,20 +406,6 @@ def gate_tags(results: Iterable[GateResult]) -> dict[str, str]:
         if result.comparison is not None:
             tags |= comparison_tags(f"{prefix}.", result.comparison)
     return tags
-
-
-def comparison_tags(prefix: str, comparison: PairedComparison) -> dict[str, str]:
-    """A paired comparison as registry tags/params: counts, difference, interval, p-values."""
-    low, high = comparison.interval
-    return {
-        f"{prefix}texts": str(comparison.n),
-        f"{prefix}only_candidate_right": str(comparison.only_candidate_right),
-        f"{prefix}only_reference_right": str(comparison.only_reference_right),
-        f"{prefix}difference": f"{comparison.difference:.6g}",
-        f"{prefix}interval": f"[{low:.6g}, {high:.6g}]",
-        f"{prefix}p_worse": f"{comparison.p_worse:.6g}",
-        f"{prefix}p_better": f"{comparison.p_better:.6g}",
-    }
 
 
 def set_version_tags(
