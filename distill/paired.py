@@ -124,10 +124,8 @@ def compare(
     c = int(np.sum(candidate_right & ~reference_right))
     rng = np.random.default_rng(seed)
     if metric == "accuracy":
-        reference_score, candidate_score = (
-            float(reference_right.mean()),
-            float(candidate_right.mean()),
-        )
+        reference_score = float(reference_right.mean())
+        candidate_score = float(candidate_right.mean())
         # Resampling rows only changes how many discordant texts of each kind are drawn.
         drawn = rng.multinomial(n, [b / n, c / n, (n - b - c) / n], size=resamples)
         interval = _percentile_interval((drawn[:, 1] - drawn[:, 0]) / n)
