@@ -247,7 +247,15 @@ def test_sweep_on_a_real_scheduler_and_two_workers(prefect_api, dask_cluster, se
     registered = summary["registered"]
     client = mlflow_client(sqlite_uri(tmp_path))
     version = client.get_model_version(registered["registered_model"], registered["model_version"])
-    assert version.run_id == summary["cell_run_ids"][best["cell"]]
+    # --register-best: the smallest, then fastest, cell not significantly worse than the best.
+    chosen = summary["rows"][summary["register_cell"]]
+    assert chosen["tied_with_best"] and summary["rows"][best["cell"]]["vs_best"] == 0.0
+    assert all(
+        (chosen["int8_bytes"], chosen["int8_p50_ms"]) <= (row["int8_bytes"], row["int8_p50_ms"])
+        for row in summary["rows"]
+        if row["tied_with_best"]
+    )
+    assert version.run_id == summary["cell_run_ids"][summary["register_cell"]]
     assert set(version.aliases) & {"challenger", "champion"}
     assert registered["promotion"]["alias"] in ("challenger", "champion")
     # A rerun reuses every cell and shard: the same students, nothing trained again.
