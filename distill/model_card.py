@@ -480,11 +480,18 @@ def _tokenizer_note(export: ExportManifest, quantized: QuantizeManifest) -> str:
         elif rejected:
             note += f" Vocabulary trimming was not shipped: {rejected}."
         return note
-    return (
+    note = (
         f"The vocabulary is trimmed to {vocabulary['kept_size']} of "
         f"{vocabulary['original_size']} word pieces: input ids must come from the run's "
         "`bundle/tokenizer.json` (the edge bundle), not from the data tokenizer below."
     )
+    comparison = export.trimming_comparison
+    if comparison is not None:
+        note += (
+            f" Trimming against the trained student on validation: {comparison.summary()}; "
+            f"{vocabulary.get('reason', 'within the budget')}."
+        )
+    return note
 
 
 def _cost_note(quantized: QuantizeManifest) -> str:
