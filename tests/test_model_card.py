@@ -61,3 +61,13 @@ def test_the_evidence_sections_show_intervals_the_champion_and_the_disagreements
 def test_card_evidence_refuses_rows_that_do_not_line_up():
     with pytest.raises(ValueError, match="2 texts, 3 labels"):
         card_evidence(["a", "b"], [0, 1, 1], np.zeros((3, 2)), np.zeros((3, 2)), NAMES)
+
+
+def test_a_shipped_trim_shows_its_paired_comparison_and_why_it_shipped(tiny_stages):
+    from distill.model_card import _tokenizer_note
+
+    export, quantized = tiny_stages.export.manifest, tiny_stages.quantize.manifest
+    assert quantized.trimmed and export.trimming_comparison is not None
+    note = _tokenizer_note(export, quantized)
+    assert "Trimming against the trained student on validation: accuracy difference" in note
+    assert export.vocabulary["reason"] in note
