@@ -4,11 +4,14 @@ The stage folder also holds the tokenizer that goes with the graph (`tokenizer.j
 student's own, or its trimmed version when `export.trim_vocabulary` is on.
 
 Trimming is gated like quantization, with the same `quantize.max_accuracy_drop`: the trimmed
-graph may lose at most that much validation accuracy against the trained PyTorch student, or the
-full vocabulary ships. The gates decide on the validation split only, so the test split stays
-held out: its numbers are recorded beside, never decided on. A trimmed export also keeps the
-full-vocabulary graph beside it, so the quantize stage can fall back to it when trimming and INT8
-together cost too much.
+graph is refused only when its validation accuracy cost against the trained PyTorch student is
+over that budget *and* significantly greater than zero (exact McNemar on the texts where exactly
+one of the two is right, one-sided p < 0.05, `distill.paired`); then the full vocabulary ships.
+A cost over the budget that a few texts' chance can explain does not flip the decision.
+The gates decide on the validation split only, so the test split stays held out: its numbers
+are recorded beside, never decided on. A trimmed export also keeps the full-vocabulary graph
+beside it, so the quantize stage can fall back to it when trimming and INT8 together cost too
+much.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from distill.config import ExportConfig
 from distill.data import DataManifest, load_split
 from distill.metrics import accuracy
 from distill.models import load_classifier
+from distill.paired import ALPHA, PairedComparison, compare
 from distill.store import Artifact, StageManifest, file_sha256, run_stage, stage_key
 from distill.student import StudentManifest
 from distill.training import predict_logits
@@ -38,11 +42,15 @@ ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 FULL_ONNX_FILE = "model.full-vocabulary.onnx"
 FULL_TOKENIZER_FILE = "tokenizer.full-vocabulary.json"
+# The trained PyTorch student's predicted labels per text ("validation", "test"): the reference
+# of the paired comparisons in this stage's and the quantize stage's gates.
+STUDENT_PREDICTIONS = "student_predictions.npz"
 INPUT_NAMES = ("input_ids", "attention_mask")
 # Bumped when the exported graph changes for the same settings (2: eager attention, 3: gated
 # trimming with the full-vocabulary graph kept beside a trimmed one, 4: the trimming gate
-# decides on validation, not test).
-VERSION = 4
+# decides on validation, not test, 5: the trimming gate refuses only a significant cost, and the
+# student's predictions are kept for the quantize stage's paired gate).
+VERSION = 5
 # Float tolerance for comparing measured accuracy differences with a budget.
 EPSILON = 1e-9
 
@@ -75,6 +83,11 @@ class ExportManifest(StageManifest):
     # The untrimmed graph and tokenizer, kept when `file` is trimmed (else None).
     full_vocabulary_file: str | None = None
     full_vocabulary_tokenizer: str | None = None
+    # The trained student's predicted labels on validation and test (STUDENT_PREDICTIONS).
+    student_predictions: str = STUDENT_PREDICTIONS
+    # The trimmed graph against the trained student on the validation split (None: no trim
+    # was tried): what the trimming gate decided on.
+    trimming_comparison: PairedComparison | None = None
 
     @property
     def trimmed(self) -> bool:
@@ -158,21 +171,37 @@ def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     }
 
 
-def graph_accuracy(path: Path, split) -> float:
-    """The accuracy of the ONNX graph at `path` on `split` (in the graph's ids)."""
+def graph_predictions(path: Path, split) -> np.ndarray:
+    """The labels the ONNX graph at `path` predicts on `split` (in the graph's ids)."""
     logits = onnx_logits(open_session(path), split["input_ids"], split["attention_mask"])
-    return accuracy(logits, split["label"])
+    return logits.argmax(-1)
 
 
-def trimming_rejection(cost: float, max_accuracy_drop: float) -> str | None:
-    """Why a trimmed vocabulary may not ship (its validation accuracy cost against the trained
-    student is over the budget), or None when it may."""
-    if cost > max_accuracy_drop + EPSILON:
-        return (
-            f"trimming cost {cost:.4f} validation accuracy > quantize.max_accuracy_drop "
-            f"{max_accuracy_drop:g}: the full vocabulary ships"
-        )
-    return None
+def trimming_rejection(
+    cost: float, max_accuracy_drop: float, comparison: PairedComparison | None = None
+) -> str | None:
+    """Why a trimmed vocabulary may not ship, or None when it may: its validation accuracy cost
+    against the trained student is over the budget and, when the paired `comparison` (trimmed
+    graph against the student) is given, significantly greater than zero."""
+    if cost <= max_accuracy_drop + EPSILON:
+        return None
+    if comparison is not None and not comparison.significantly_worse(ALPHA):
+        return None
+    evidence = "" if comparison is None else f" and significant (p = {comparison.p_worse:.3g})"
+    return (
+        f"trimming cost {cost:.4f} validation accuracy > quantize.max_accuracy_drop "
+        f"{max_accuracy_drop:g}{evidence}: the full vocabulary ships"
+    )
+
+
+def trimming_note(cost: float, max_accuracy_drop: float, comparison: PairedComparison) -> str:
+    """Why a trimmed vocabulary ships, for the manifest and the card."""
+    if cost <= max_accuracy_drop + EPSILON:
+        return f"trimming cost {cost:.4f} <= quantize.max_accuracy_drop {max_accuracy_drop:g}"
+    return (
+        f"trimming cost {cost:.4f} > quantize.max_accuracy_drop {max_accuracy_drop:g} but not "
+        f"significant (p = {comparison.p_worse:.3g} >= {ALPHA}): the trimmed vocabulary ships"
+    )
 
 
 def export_key(
@@ -244,8 +273,15 @@ def build_export(
         model, folder / ONNX_FILE, test, config, max_length
     )
     student_accuracy = accuracy(student_logits, test["label"])
-    student_validation = accuracy(predict_logits(model, validation), validation["label"])
+    student_validation_labels = predict_logits(model, validation).argmax(-1)
+    student_validation = accuracy(student_validation_labels, validation["label"])
+    np.savez(
+        folder / STUDENT_PREDICTIONS,
+        validation=student_validation_labels,
+        test=student_logits.argmax(-1),
+    )
     shipped_validation_accuracy: float | None = None  # known once a trimmed graph is scored
+    trimming_comparison: PairedComparison | None = None
     shutil.copyfile(student.file(TOKENIZER_FILE), folder / TOKENIZER_FILE)
     vocabulary: dict[str, Any] = {"trimmed": False, "original_size": model.config.vocab_size}
     logits, result, files = full_logits, full_parity, {}
@@ -278,12 +314,19 @@ def build_export(
         _, trimmed_logits, trimmed_parity = parity_checked(
             model, folder / ONNX_FILE, trimmed_test, config
         )
-        trimmed_accuracy = graph_accuracy(folder / ONNX_FILE, trimmed_validation)
+        trimmed_labels = graph_predictions(folder / ONNX_FILE, trimmed_validation)
+        trimmed_accuracy = accuracy(trimmed_labels, validation["label"])
+        trimming_comparison = compare(
+            student_validation_labels, trimmed_labels, validation["label"]
+        )
         trim["trimming_cost"] = student_validation - trimmed_accuracy  # what the gate decides on
         trim["test_trimming_cost"] = student_accuracy - accuracy(trimmed_logits, test["label"])
-        reason = trimming_rejection(trim["trimming_cost"], max_accuracy_drop)
+        reason = trimming_rejection(trim["trimming_cost"], max_accuracy_drop, trimming_comparison)
         if reason is None:
             vocabulary = trim
+            vocabulary["reason"] = trimming_note(
+                trim["trimming_cost"], max_accuracy_drop, trimming_comparison
+            )
             shipped_validation_accuracy = trimmed_accuracy
             logits, result = trimmed_logits, trimmed_parity
             files = {
@@ -296,7 +339,9 @@ def build_export(
             (folder / FULL_TOKENIZER_FILE).replace(folder / TOKENIZER_FILE)
     path, tokenizer = folder / ONNX_FILE, folder / TOKENIZER_FILE
     if shipped_validation_accuracy is None:  # the full-vocabulary graph ships: score it once
-        shipped_validation_accuracy = graph_accuracy(path, validation)
+        shipped_validation_accuracy = accuracy(
+            graph_predictions(path, validation), validation["label"]
+        )
     return ExportManifest(
         file=ONNX_FILE,
         sha256=file_sha256(path),
@@ -316,5 +361,6 @@ def build_export(
         hidden_size=model.config.hidden_size,
         optimize_graph=config.optimize_graph,
         parity_tolerance=config.parity_tolerance,
+        trimming_comparison=trimming_comparison,
         **files,
     )

@@ -3,10 +3,13 @@
 Candidates, in order of preference: static INT8 (QDQ, calibrated on a seeded sample of the
 train split), dynamic INT8 per-channel, and dynamic INT8 of the MatMul weights only (the
 embedding lookup and the pooler/classifier stay fp32). Each is scored on the validation split
-against the fp32 graph and timed at batch 1 on one thread beside it. The first candidate that
-keeps accuracy within `quantize.max_accuracy_drop`, agrees with fp32 on at least
-`quantize.min_agreement` of the labels and is not slower than fp32 ships; when none does, fp32
-ships. Every candidate's numbers and the reason it was passed over go into the manifest.
+against the fp32 graph and timed at batch 1 on one thread beside it. The first candidate whose
+accuracy cost is within `quantize.max_accuracy_drop` *or* not significantly greater than zero
+(exact McNemar against the trained student on the same validation texts, one-sided p < 0.05:
+`distill.paired`), that agrees with fp32 on at least `quantize.min_agreement` of the labels and
+is not slower than fp32 ships; when none does, fp32 ships. Every candidate's numbers, its paired
+comparison (discordant counts, 95% interval, p-values) and the reason it was passed over go into
+the manifest.
 
 The gate decides on the validation split only: the test split stays held out, so the shipped
 model's test accuracy is not the best of several tries on the same texts. Every candidate is
@@ -51,6 +54,7 @@ from distill.config import QuantizeConfig
 from distill.data import DataManifest, load_split
 from distill.metrics import accuracy
 from distill.padding import pad
+from distill.paired import ALPHA, PairedComparison, compare
 from distill.store import Artifact, StageManifest, file_sha256, run_stage, stage_key
 
 INT8_FILE = "model.int8.onnx"
@@ -60,8 +64,9 @@ CALIBRATION_BATCH = 32
 # Float tolerance for comparing measured shares with thresholds (1 of 1000 texts is 1e-3).
 EPSILON = 1e-9
 # Bumped when the shipped model changes for the same settings and export (3: the gate decides
-# on validation, not test).
-VERSION = 3
+# on validation, not test, 4: an accuracy cost over budget is refused only when significant,
+# and every candidate's paired comparison with the trained student is recorded).
+VERSION = 4
 
 
 class QuantizeManifest(StageManifest):
@@ -101,6 +106,10 @@ class QuantizeManifest(StageManifest):
     validation_costs: dict[str, float]
     student_test_accuracy: float
     costs: dict[str, float]
+    # The shipped model against the trained student, paired on the same texts: on validation
+    # (what the gate decided on) and on the held-out test split (reported).
+    validation_comparison: PairedComparison
+    test_comparison: PairedComparison
 
 
 @dataclass(frozen=True)
@@ -128,17 +137,22 @@ def rejection(
     min_agreement: float,
     reject_slower: bool = True,
     reference_accuracy: float | None = None,
+    comparison: PairedComparison | None = None,
 ) -> str | None:
     """Why `candidate` may not ship instead of `fp32`, or None when it may, judged on validation
     numbers only. The accuracy drop is taken from `reference_accuracy` (the trained student's
-    validation accuracy, end to end) when given."""
+    validation accuracy, end to end) when given. With the paired `comparison` (candidate against
+    that reference on the same texts), a drop over the budget refuses the candidate only when it
+    is also significantly greater than zero."""
     reference = fp32.validation_accuracy if reference_accuracy is None else reference_accuracy
     drop = reference - candidate.validation_accuracy
-    if drop > max_accuracy_drop + EPSILON:
+    significant = comparison is None or comparison.significantly_worse(ALPHA)
+    if drop > max_accuracy_drop + EPSILON and significant:
         source = "fp32" if reference_accuracy is None else "the trained student"
+        evidence = "" if comparison is None else f" and significant (p = {comparison.p_worse:.3g})"
         return (
             f"validation accuracy drop {drop:.4f} from {source} > max_accuracy_drop "
-            f"{max_accuracy_drop:g}"
+            f"{max_accuracy_drop:g}{evidence}"
         )
     if candidate.agreement < min_agreement - EPSILON:
         return (
@@ -157,9 +171,11 @@ def choose(
     min_agreement: float,
     reject_slower: bool = True,
     reference_accuracy: float | None = None,
+    comparisons: Mapping[str, PairedComparison] | None = None,
 ) -> tuple[str, dict[str, str]]:
     """The first candidate (in order) that passes the gate, else "fp32"; and why each other
-    candidate was not chosen."""
+    candidate was not chosen. `comparisons`: candidate name -> its paired comparison with the
+    reference (see `rejection`)."""
     winner = fp32.name
     reasons: dict[str, str] = {}
     for candidate in candidates:
@@ -167,7 +183,13 @@ def choose(
             reasons[candidate.name] = f"not needed: '{winner}' passed the gate first"
             continue
         reason = rejection(
-            candidate, fp32, max_accuracy_drop, min_agreement, reject_slower, reference_accuracy
+            candidate,
+            fp32,
+            max_accuracy_drop,
+            min_agreement,
+            reject_slower,
+            reference_accuracy,
+            (comparisons or {}).get(candidate.name),
         )
         if reason is None:
             winner = candidate.name
@@ -438,6 +460,8 @@ class Trial:
     optimization: dict[str, Any] | None
     calibration_samples: int
     latency_samples: int
+    # Graph name (fp32 too) -> it against the trained student, per split ("validation", "test").
+    comparisons: dict[str, dict[str, PairedComparison]]
 
 
 def try_vocabulary(
@@ -446,6 +470,7 @@ def try_vocabulary(
     export: ExportManifest,
     data: Artifact[DataManifest],
     folder: Path,
+    student_labels: Mapping[str, np.ndarray],
 ) -> Trial:
     """Optimise, quantize, time and score one vocabulary's graph; gate end to end."""
     test = vocabulary_split(vocabulary, data, "test")
@@ -479,7 +504,12 @@ def try_vocabulary(
 
     timing = compare_onnx_latency({"fp32": base, **built}, feeds)
     fp32, fp32_labels = score("fp32", base, splits, None, timing)
-    measured = [score(name, path, splits, fp32_labels, timing)[0] for name, path in built.items()]
+    comparisons = {"fp32": student_comparisons(student_labels, fp32_labels, splits)}
+    measured = []
+    for name, path in built.items():
+        candidate, labels = score(name, path, splits, fp32_labels, timing)
+        measured.append(candidate)
+        comparisons[name] = student_comparisons(student_labels, labels, splits)
     winner, reasons = choose(
         measured,
         fp32,
@@ -487,6 +517,7 @@ def try_vocabulary(
         config.min_agreement,
         config.reject_slower_int8,
         reference_accuracy=export.student_validation_accuracy,
+        comparisons={name: pair["validation"] for name, pair in comparisons.items()},
     )
     reasons.update(failed)
     return Trial(
@@ -500,7 +531,20 @@ def try_vocabulary(
         optimization,
         sum(len(batch["input_ids"]) for batch in batches),
         count,
+        comparisons,
     )
+
+
+def student_comparisons(
+    student_labels: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    splits: Mapping[str, Any],
+) -> dict[str, PairedComparison]:
+    """A graph's predictions against the trained student's, paired on each split's texts."""
+    return {
+        name: compare(student_labels[name], labels[name], split["label"])
+        for name, split in splits.items()
+    }
 
 
 def build_quantized(
@@ -509,12 +553,16 @@ def build_quantized(
     data: Artifact[DataManifest],
     folder: Path,
 ) -> QuantizeManifest:
+    with np.load(export.file(export.manifest.student_predictions)) as saved:
+        student_labels = {split: saved[split] for split in ("validation", "test")}
     trials: list[Trial] = []
     for vocabulary in vocabularies(export):
         # The fallback's files go in a subfolder: the same names as the first trial's.
         workspace = folder if not trials else folder / f"{vocabulary.name}-vocabulary"
         workspace.mkdir(exist_ok=True)
-        trials.append(try_vocabulary(vocabulary, config, export.manifest, data, workspace))
+        trials.append(
+            try_vocabulary(vocabulary, config, export.manifest, data, workspace, student_labels)
+        )
         if trials[-1].winner != "fp32":
             break
     # The first INT8 that passed end to end; else the first graph in fp32 (trimmed only when
@@ -564,6 +612,11 @@ def build_quantized(
             "reject_slower_int8": config.reject_slower_int8,
             "reference": "trained student (end to end)",
             "split": "validation",
+            "texts": shipping.comparisons["fp32"]["validation"].n,
+            "rule": (
+                f"refused for accuracy only when the drop is over max_accuracy_drop and "
+                f"significant (exact McNemar, one-sided p < {ALPHA})"
+            ),
         },
         candidates=all_candidate_records(trials, shipping, validation_reference, reference),
         candidate_files=(
@@ -587,6 +640,8 @@ def build_quantized(
         ),
         student_test_accuracy=reference,
         costs=step_costs(reference, shipping.fp32.test_accuracy, chosen.test_accuracy),
+        validation_comparison=shipping.comparisons[winner]["validation"],
+        test_comparison=shipping.comparisons[winner]["test"],
     )
 
 
@@ -609,6 +664,11 @@ def all_candidate_records(
     for index, trial in enumerate(trials):
         winner = trial.winner if trial is shipping else None
         trial_records = candidate_records(trial.fp32, trial.measured, winner, trial.reasons)
+        for name, pair in trial.comparisons.items():
+            trial_records[name]["validation_comparison"] = pair["validation"].model_dump(
+                mode="json"
+            )
+            trial_records[name]["test_comparison"] = pair["test"].model_dump(mode="json")
         if trial is not shipping:
             trial_records["fp32"]["reason"] = (
                 f"not shipped: the {shipping.vocabulary.name} vocabulary's {shipping.winner} ships"

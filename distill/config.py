@@ -357,6 +357,9 @@ class TrackingConfig(Section):
         return name
 
 
+OnTie = Literal["keep", "replace", "replace_if_data_changed"]
+
+
 class PromotionConfig(Section):
     """Gates a registered model must pass to become the registry's `champion`."""
 
@@ -371,9 +374,14 @@ class PromotionConfig(Section):
     # Median batch-1 latency of the shipped ONNX model, one thread, on the machine that runs the
     # pipeline (the stack notes measured ~2.4 ms for a 2-layer MiniLM student).
     max_latency_ms: float = Field(20.0, gt=0)
-    # The shipped model's score must beat the current champion's, both scored on this run's test
-    # split, by at least this much; 0 means "not worse than the champion".
+    # The champion gate compares the shipped model with the current champion paired on this
+    # run's test texts (exact McNemar for accuracy, a permutation test for macro-F1, one-sided
+    # p < 0.05): significantly worse is not promoted, significantly better (by at least
+    # `min_improvement`) is. In between the two cannot be told apart and `on_tie` decides:
+    # keep the champion, replace it, or replace it only when the new model was trained on other
+    # data (its data fingerprint differs): the same data with another seed does not.
     min_improvement: float = Field(0.0, ge=0, le=1)
+    on_tie: OnTie = "replace_if_data_changed"
 
 
 LOCAL_CLUSTER = re.compile(r"local:(?P<workers>\d+)")

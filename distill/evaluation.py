@@ -37,6 +37,7 @@ WEAK_TEACHER_ADVICE = (
     "stronger teacher (teacher.model), or give it more text to label (augmentation.multiplier, "
     "data.unlabeled)"
 )
+TEACHER_TEST_LOGITS = "teacher_test_logits.npy"  # one row per test text, as the split orders them
 
 
 class EvaluationManifest(StageManifest):

@@ -5,6 +5,12 @@ missing champion means. Whether a value clears its bound is answered by a `Check
 `tasks.registry.mlflow_check` answers with MLflow's own `validate_evaluation_results`, so this
 module needs neither prefect nor mlflow.
 
+The champion gate is decided on paired evidence when both models' predictions on the same test
+texts are at hand (`Measurements.champion_comparison`, from `distill.paired`): a challenger
+significantly worse is not promoted, one significantly better is, and between the two (the
+models cannot be told apart on these texts) `promotion.on_tie` decides, so a retrain does not
+replace or keep the champion on a chance difference of a few texts.
+
 Every gate here can fail on a real run. Checks that earlier stages already enforce more strictly
 are not repeated (ONNX parity: export refuses a graph out of parity; the INT8 accuracy drop: the
 quantize stage's own gate ships fp32 instead).
@@ -19,7 +25,8 @@ from typing import Any, Literal
 
 from sklearn.metrics import accuracy_score, f1_score
 
-from distill.config import PromotionConfig
+from distill.config import OnTie, PromotionConfig
+from distill.paired import ALPHA, PairedComparison
 
 Metric = Literal["accuracy", "macro_f1"]
 
@@ -67,6 +74,10 @@ class Measurements:
     baseline_score: float | None  # always answering the majority train label, same split
     champion_version: str | None = None  # None: nothing is champion yet
     champion_score: float | None = None  # the champion's on the same split
+    # This model (candidate) against the champion (reference), paired on the same test texts,
+    # and whether this model was trained on other data than the champion (its fingerprint).
+    champion_comparison: PairedComparison | None = None
+    data_changed: bool = True
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,10 @@ class Gate:
     baseline: float | None = None
     min_improvement: float = 0.0
     against: str = ""  # what `baseline` is, for people reading the result
+    # Paired evidence, for the champion gate only (see `champion_decision`).
+    comparison: PairedComparison | None = None
+    on_tie: OnTie = "keep"
+    data_changed: bool = True
 
     @property
     def bound(self) -> float | None:
@@ -98,9 +113,13 @@ class GateResult:
     threshold: float | None
     passed: bool
     reason: str
+    comparison: PairedComparison | None = None  # the paired evidence it was decided on
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        if self.comparison is not None:
+            record["comparison"] = self.comparison.model_dump(mode="json")
+        return record
 
 
 Check = Callable[[Gate], str | None]  # why `gate` fails, or None when it passes
@@ -128,13 +147,59 @@ def build_gates(config: PromotionConfig, measured: Measurements) -> list[Gate]:
             baseline=measured.champion_score,
             min_improvement=config.min_improvement,
             against=f"champion v{champion}",
+            comparison=measured.champion_comparison,
+            on_tie=config.on_tie,
+            data_changed=measured.data_changed,
         ),
     ]
 
 
+def two_sided_p(comparison: PairedComparison) -> float:
+    """The two-sided p-value of "the two models differ", from the one-sided ones."""
+    return min(1.0, 2 * min(comparison.p_worse, comparison.p_better))
+
+
+def champion_decision(
+    comparison: PairedComparison,
+    min_improvement: float,
+    on_tie: OnTie,
+    data_changed: bool,
+    alpha: float = ALPHA,
+) -> tuple[bool, str]:
+    """Whether the challenger replaces the champion, on their paired comparison (challenger as
+    candidate, champion as reference), and why.
+
+    Significantly worse: kept out. Significantly better by at least `min_improvement`: promoted.
+    Otherwise the two are indistinguishable on these texts and `on_tie` decides: `keep` the
+    champion, `replace` it, or `replace_if_data_changed` (a model of new data replaces an equal
+    champion; the same data with another seed does not)."""
+    counts = (
+        f"{comparison.only_candidate_right} texts only the challenger gets right, "
+        f"{comparison.only_reference_right} only the champion, of {comparison.n}"
+    )
+    if comparison.significantly_worse(alpha):
+        return False, (
+            f"significantly worse, p = {comparison.p_worse:.2g} ({counts}): champion kept"
+        )
+    if comparison.significantly_better(alpha) and comparison.difference >= min_improvement - 1e-9:
+        return True, (
+            f"significantly better, p = {comparison.p_better:.2g} ({counts}): champion replaced"
+        )
+    tie = f"indistinguishable, p = {two_sided_p(comparison):.2g} ({counts})"
+    if comparison.significantly_better(alpha):  # better, but by less than asked for
+        tie += f", better by less than promotion.min_improvement {min_improvement:g}"
+    if on_tie == "replace_if_data_changed":
+        if data_changed:
+            return True, f"{tie}, data changed: champion replaced"
+        return False, f"{tie}, data unchanged: champion kept"
+    if on_tie == "replace":
+        return True, f"{tie}: champion replaced (promotion.on_tie=replace)"
+    return False, f"{tie}: champion kept (promotion.on_tie=keep)"
+
+
 def judge(gate: Gate, check: Check, champion_version: str | None = None) -> GateResult:
     def result(passed: bool, reason: str) -> GateResult:
-        return GateResult(gate.name, gate.value, gate.bound, passed, reason)
+        return GateResult(gate.name, gate.value, gate.bound, passed, reason, gate.comparison)
 
     is_champion_gate = gate.name.endswith("_vs_champion")
     if gate.value is None:
@@ -145,6 +210,12 @@ def judge(gate: Gate, check: Check, champion_version: str | None = None) -> Gate
         return result(False, f"champion v{champion_version} could not be scored on this data")
     if gate.kind == "relative" and gate.baseline is None:
         return result(False, f"the {gate.against} of {gate.name} was not measured")
+    if is_champion_gate and gate.comparison is not None:
+        return result(
+            *champion_decision(
+                gate.comparison, gate.min_improvement, gate.on_tie, gate.data_changed
+            )
+        )
     failure = check(gate)
     if failure is not None:
         return result(False, failure)

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from distill.gates import GateResult, all_passed
+from distill.paired import PairedComparison, ScoreInterval, score_interval
 
 if TYPE_CHECKING:
     from deploy.export import ExportManifest
@@ -39,6 +42,163 @@ class ModelPoint:
     p50_ms: float
     p95_ms: float
     size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    label: str
+    precision: float
+    recall: float
+    support: int
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """A test text on which the shipped model and the teacher answer differently."""
+
+    text: str
+    label: str  # the true one
+    shipped: str
+    shipped_probability: float
+    teacher: str
+    teacher_probability: float
+
+
+@dataclass(frozen=True)
+class CardEvidence:
+    """What a reviewer needs to trust the numbers: the shipped model's scores on the test split
+    with 95% intervals, per class, against the champion (paired), and where it and the teacher
+    disagree."""
+
+    accuracy: ScoreInterval
+    macro_f1: ScoreInterval
+    per_class: tuple[ClassScores, ...]
+    vs_champion: PairedComparison | None
+    disagreements: tuple[Disagreement, ...]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def card_evidence(
+    texts: Sequence[str],
+    labels: Sequence[int],
+    shipped_logits: np.ndarray,
+    teacher_logits: np.ndarray,
+    label_names: Sequence[str],
+    vs_champion: PairedComparison | None = None,
+    limit: int = 10,
+) -> CardEvidence:
+    """The card's evidence from both models' logits on the same test texts. The disagreements
+    shown are those the teacher was surest of (most telling first), at most `limit`."""
+    truth = np.asarray(labels)
+    shipped_probs, teacher_probs = _softmax(shipped_logits), _softmax(teacher_logits)
+    shipped, teacher = shipped_probs.argmax(-1), teacher_probs.argmax(-1)
+    if not (len(texts) == len(truth) == len(shipped) == len(teacher)):
+        raise ValueError(
+            f"card evidence needs one row per text: {len(texts)} texts, {len(truth)} labels, "
+            f"{len(shipped)} shipped and {len(teacher)} teacher predictions"
+        )
+    classes = len(label_names)
+    per_class = []
+    for k, name in enumerate(label_names):
+        true_positive = int(np.sum((shipped == k) & (truth == k)))
+        predicted, support = int(np.sum(shipped == k)), int(np.sum(truth == k))
+        per_class.append(
+            ClassScores(
+                name,
+                true_positive / predicted if predicted else 0.0,
+                true_positive / support if support else 0.0,
+                support,
+            )
+        )
+    differing = np.flatnonzero(shipped != teacher)
+    surest = differing[np.argsort(-teacher_probs[differing, teacher[differing]], kind="stable")]
+    disagreements = tuple(
+        Disagreement(
+            texts[row],
+            label_names[truth[row]],
+            label_names[shipped[row]],
+            float(shipped_probs[row, shipped[row]]),
+            label_names[teacher[row]],
+            float(teacher_probs[row, teacher[row]]),
+        )
+        for row in surest[:limit].tolist()
+    )
+    return CardEvidence(
+        accuracy=score_interval(shipped, truth, "accuracy", classes),
+        macro_f1=score_interval(shipped, truth, "macro_f1", classes),
+        per_class=tuple(per_class),
+        vs_champion=vs_champion,
+        disagreements=disagreements,
+    )
+
+
+def evidence_sections(
+    evidence: CardEvidence, shipped: PairedComparison, champion_version: str | None
+) -> list[str]:
+    """The card's evidence, as Markdown sections; `shipped`: the shipped model against the
+    trained student on validation (what the compression gates decided on)."""
+
+    def interval(score: ScoreInterval) -> str:
+        return f"{score.interval[0]:.4f} to {score.interval[1]:.4f}"
+
+    if evidence.vs_champion is None:
+        champion = "No champion to compare with: this is the registry's first gated model."
+        if champion_version is not None:
+            champion = f"Champion v{champion_version} could not be scored on this run's data."
+    else:
+        champion = (
+            f"Against champion v{champion_version}, paired on the same "
+            f"{evidence.vs_champion.n} test texts: {evidence.vs_champion.summary()}."
+        )
+    sections = [
+        "## Evidence (test split, shipped model, 95% bootstrap intervals)",
+        _table(
+            ["metric", "score", "95% interval", "texts"],
+            [
+                [
+                    "accuracy",
+                    evidence.accuracy.score,
+                    interval(evidence.accuracy),
+                    evidence.accuracy.n,
+                ],
+                [
+                    "macro F1",
+                    evidence.macro_f1.score,
+                    interval(evidence.macro_f1),
+                    evidence.macro_f1.n,
+                ],
+            ],
+        ),
+        _table(
+            ["class", "precision", "recall", "support"],
+            [[c.label, c.precision, c.recall, c.support] for c in evidence.per_class],
+        ),
+        champion,
+        f"Shipped model against the trained student on the {shipped.n} validation texts the "
+        f"compression gates decided on: {shipped.summary()}.",
+    ]
+    if evidence.disagreements:
+        sections += [
+            f"### Test texts where the shipped model and the teacher disagree "
+            f"({len(evidence.disagreements)} the teacher was surest of)",
+            _table(
+                ["text", "label", "shipped (p)", "teacher (p)"],
+                [
+                    [
+                        d.text[:200],
+                        d.label,
+                        f"{d.shipped} ({d.shipped_probability:.3f})",
+                        f"{d.teacher} ({d.teacher_probability:.3f})",
+                    ]
+                    for d in evidence.disagreements
+                ],
+            ),
+        ]
+    return sections
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -102,6 +262,7 @@ def render_model_card(
     points: Sequence[ModelPoint],
     results: Sequence[GateResult],
     champion_version: str | None,
+    evidence: CardEvidence | None = None,
 ) -> str:
     data, teacher = artifacts.data.manifest, artifacts.teacher.manifest
     student, evaluation = artifacts.student.manifest, artifacts.evaluation.manifest
@@ -200,6 +361,10 @@ def render_model_card(
                 for r in results
             ],
         ),
+    ]
+    if evidence is not None:
+        sections += evidence_sections(evidence, quantized.validation_comparison, champion_version)
+    sections += [
         "## Plots (run artifacts, folder `model_card/`)",
         f"`{CURVES}` (training and validation curves), `{CONFUSION}` (student, test split), "
         f"`{TRADE_OFF}` (accuracy against latency).",
@@ -315,11 +480,18 @@ def _tokenizer_note(export: ExportManifest, quantized: QuantizeManifest) -> str:
         elif rejected:
             note += f" Vocabulary trimming was not shipped: {rejected}."
         return note
-    return (
+    note = (
         f"The vocabulary is trimmed to {vocabulary['kept_size']} of "
         f"{vocabulary['original_size']} word pieces: input ids must come from the run's "
         "`bundle/tokenizer.json` (the edge bundle), not from the data tokenizer below."
     )
+    comparison = export.trimming_comparison
+    if comparison is not None:
+        note += (
+            f" Trimming against the trained student on validation: {comparison.summary()}; "
+            f"{vocabulary.get('reason', 'within the budget')}."
+        )
+    return note
 
 
 def _cost_note(quantized: QuantizeManifest) -> str:

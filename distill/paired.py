@@ -124,14 +124,12 @@ def compare(
     c = int(np.sum(candidate_right & ~reference_right))
     rng = np.random.default_rng(seed)
     if metric == "accuracy":
-        reference_score, candidate_score = (
-            float(reference_right.mean()),
-            float(candidate_right.mean()),
-        )
+        reference_score = float(reference_right.mean())
+        candidate_score = float(candidate_right.mean())
         # Resampling rows only changes how many discordant texts of each kind are drawn.
         drawn = rng.multinomial(n, [b / n, c / n, (n - b - c) / n], size=resamples)
         interval = _percentile_interval((drawn[:, 1] - drawn[:, 0]) / n)
-        p_worse, p_better = _mcnemar(b, c)
+        p_worse, p_better = mcnemar_p_values(b, c)
         method = "exact McNemar (binomial test on discordant pairs)"
     else:
         classes = (
@@ -168,7 +166,7 @@ def compare(
     )
 
 
-def _mcnemar(b: int, c: int) -> tuple[float, float]:
+def mcnemar_p_values(b: int, c: int) -> tuple[float, float]:
     """One-sided exact McNemar p-values (worse, better) for `b` texts only the reference gets
     right and `c` only the candidate gets right; 1.0 each without discordant texts."""
     if b + c == 0:
@@ -176,3 +174,45 @@ def _mcnemar(b: int, c: int) -> tuple[float, float]:
     worse = binomtest(b, b + c, 0.5, alternative="greater").pvalue
     better = binomtest(c, b + c, 0.5, alternative="greater").pvalue
     return float(worse), float(better)
+
+
+class ScoreInterval(BaseModel):
+    """One model's score on `n` texts with its 95% bootstrap interval (seeded)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metric: Metric
+    n: int
+    score: float
+    interval: tuple[float, float]
+
+    def summary(self) -> str:
+        low, high = self.interval
+        return f"{self.score:.4f} (95% CI {low:.4f} to {high:.4f})"
+
+
+def score_interval(
+    predicted: Sequence[int] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    metric: Metric = "accuracy",
+    num_classes: int | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> ScoreInterval:
+    """`metric` of `predicted` on `labels` with a seeded percentile bootstrap over texts."""
+    guess, truth = _as_labels("predicted", predicted), _as_labels("labels", labels)
+    if len(guess) != len(truth):
+        raise ValueError(f"{len(guess)} predictions for {len(truth)} labels")
+    if not len(truth):
+        raise ValueError("a score of an empty set of texts")
+    classes = num_classes or int(max(truth.max(), guess.max())) + 1
+    rows = np.random.default_rng(seed).integers(0, len(truth), size=(resamples, len(truth)))
+    if metric == "accuracy":
+        right = guess == truth
+        score, resampled = float(right.mean()), right[rows].mean(-1)
+    else:
+        score = float(macro_f1_rows(guess[None], truth[None], classes)[0])
+        resampled = macro_f1_rows(guess[rows], truth[rows], classes)
+    return ScoreInterval(
+        metric=metric, n=len(truth), score=score, interval=_percentile_interval(resampled)
+    )

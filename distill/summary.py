@@ -65,4 +65,6 @@ def _promotion_fields(promotion: Mapping[str, Any] | None) -> dict[str, Any]:
         "replaced_version": promotion.get("replaced_version"),
         "int8_latency_ms": promotion["latency_ms"]["p50"],
         "gates": list(promotion["gates"]),
+        # The challenger against the champion, paired on the same test texts (None: no champion).
+        "vs_champion": promotion.get("vs_champion"),
     }

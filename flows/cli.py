@@ -177,7 +177,11 @@ def sweep(
         bool,
         typer.Option(
             "--register-best",
-            help="Register the best cell (validation accuracy) as challenger and gate it.",
+            help=(
+                "Register a best cell as challenger and gate it: among cells not significantly "
+                "worse than the most accurate one (paired on validation), the smallest shipped "
+                "model, then the fastest."
+            ),
         ),
     ] = False,
 ) -> None:
@@ -217,22 +221,27 @@ def print_sweep(summary: dict[str, Any]) -> None:
 
     rows = summary["rows"]
     table = Table(title=f"distillery sweep (MLflow run {summary['mlflow_run_id']})")
-    hidden = ("student_key", "train_seconds", "fp32_p50_ms")
+    hidden = ("student_key", "train_seconds", "fp32_p50_ms", "vs_best_low", "vs_best_high")
     columns = [c for c in rows[0] if c not in hidden]
     for column in columns:
         table.add_column(column)
+
+    def cell(row: dict[str, Any], column: str) -> str:
+        value = row[column]
+        if column == "vs_best":  # the difference with its 95% interval
+            return f"{value:+.4f} [{row['vs_best_low']:+.4f}, {row['vs_best_high']:+.4f}]"
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
     for row in rows:
-        marked = row["cell"] == summary["best_cell"]
-        table.add_row(
-            *[f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns],
-            style="bold" if marked else None,
-        )
+        marked = row["cell"] == summary.get("register_cell", summary["best_cell"])
+        table.add_row(*[cell(row, c) for c in columns], style="bold" if marked else None)
     console = Console()
     console.print(table)
     registered = summary.get("registered")
     if registered:
         console.print(
-            f"best cell {summary['best_cell']} registered as {registered['registered_model']} "
+            f"cell {summary['register_cell']} (most accurate: {summary['best_cell']}) registered "
+            f"as {registered['registered_model']} "
             f"v{registered['model_version']} ({registered['promotion'].get('alias', 'challenger')})"
         )
     console.print(f"results: {', '.join(summary['results'])}")

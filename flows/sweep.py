@@ -25,9 +25,13 @@ from flows.sweep_grid import (
     best_row,
     cell_configs,
     cell_row,
+    compare_with_best,
     grid_cells,
     parse_grid,
+    register_row,
     run_cells,
+    validation_labels,
+    validation_predictions,
     write_results,
 )
 from tasks import stages
@@ -107,15 +111,23 @@ def distill_sweep(
             config, store, stages.prefect_runner(tracker), stages.prefect_fan_out
         )
         results = run_cells(configs, store, upstream, stages.prefect_fan_out)
-        rows = [cell_row(cell, artifacts) for cell, artifacts in zip(cells, results, strict=True)]
+        rows = compare_with_best(
+            [cell_row(cell, artifacts) for cell, artifacts in zip(cells, results, strict=True)],
+            [validation_predictions(artifacts) for artifacts in results],
+            validation_labels(results[0]),
+        )
         for cell, row, artifacts in zip(cells, rows, results, strict=True):
             cell_trackers.append(record_cell(tracker, row, cell.values, artifacts))
         files = write_results(workdir / SWEEP_FOLDER, grid, rows)
         for path in files:
             tracker.log_artifact(path, SWEEP_FOLDER)
-        best = best_row(rows)
+        best, chosen = best_row(rows), register_row(rows)
         tracker.log_metrics(
-            {"best/val_accuracy": best["val_accuracy"], "best/cell": float(best["cell"])}
+            {
+                "best/val_accuracy": best["val_accuracy"],
+                "best/cell": float(best["cell"]),
+                "register/cell": float(chosen["cell"]),
+            }
         )
         tracker.set_tags({"sweep.best_cell_run": cell_trackers[best["cell"]].run_id})
         summary: dict[str, Any] = {
@@ -123,12 +135,14 @@ def distill_sweep(
             "cell_run_ids": [cell.run_id for cell in cell_trackers],
             "cache_key": upstream.cache.key,
             "best_cell": best["cell"],
+            # Among cells not significantly worse than the best: the smallest, then fastest.
+            "register_cell": chosen["cell"],
             "rows": rows,
             "results": [str(path) for path in files],
         }
         if register_best:
             summary["registered"] = register_and_gate(
-                configs[best["cell"]], results[best["cell"]], cell_trackers[best["cell"]]
+                configs[chosen["cell"]], results[chosen["cell"]], cell_trackers[chosen["cell"]]
             )
         summary["wall_seconds"] = time.perf_counter() - started
         write_json_atomic(workdir / SWEEP_FOLDER / SWEEP_SUMMARY, summary)

@@ -21,9 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from deploy.chain import run_after_cache
 from distill.chain import CacheArtifacts, RunArtifacts
 from distill.config import ConfigError, PipelineConfig, load_config
+from distill.data import load_split
+from distill.paired import compare
 from distill.shards import FanOut, run_each_here
 
 # Sections read only after the cache: a grid over anything else would need another cache.
@@ -114,6 +118,7 @@ def cell_row(cell: Cell, artifacts: RunArtifacts) -> dict[str, Any]:
         "int8_accuracy": quantized.manifest.test_accuracy,
         "int8_p50_ms": quantized.manifest.p50_ms,
         "fp32_p50_ms": quantized.manifest.fp32_p50_ms,
+        "int8_bytes": quantized.manifest.bytes,
         "retention": evaluation.manifest.retention,
         "train_seconds": student.manifest.train_seconds,
         "student_key": student.key,
@@ -125,6 +130,58 @@ def cell_row(cell: Cell, artifacts: RunArtifacts) -> dict[str, Any]:
 def best_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The cell with the highest validation accuracy (the first one on a tie)."""
     return max(rows, key=lambda row: row["val_accuracy"])
+
+
+def validation_predictions(artifacts: RunArtifacts) -> np.ndarray:
+    """The cell's trained student's predicted labels on the validation split (export stage)."""
+    export = artifacts.export
+    with np.load(export.file(export.manifest.student_predictions)) as saved:
+        return saved["validation"]
+
+
+def validation_labels(artifacts: RunArtifacts) -> np.ndarray:
+    return np.asarray(load_split(artifacts.data.path, "validation")["label"])
+
+
+def compare_with_best(
+    rows: Sequence[dict[str, Any]], predictions: Sequence[np.ndarray], labels: np.ndarray
+) -> list[dict[str, Any]]:
+    """Each row with its cell's paired comparison against the best cell on the same validation
+    texts (`predictions[i]` belongs to `rows[i]`): the accuracy difference, its 95% interval,
+    the one-sided p-value of "worse than the best", and whether it is tied with the best (not
+    significantly worse)."""
+    best = next(i for i, row in enumerate(rows) if row is best_row(rows))
+    compared = []
+    for row, predicted in zip(rows, predictions, strict=True):
+        comparison = compare(predictions[best], predicted, labels)
+        compared.append(
+            {
+                **row,
+                "vs_best": comparison.difference,
+                "vs_best_low": comparison.interval[0],
+                "vs_best_high": comparison.interval[1],
+                "vs_best_p_worse": comparison.p_worse,
+                "tied_with_best": not comparison.significantly_worse(),
+            }
+        )
+    return compared
+
+
+def register_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The cell `--register-best` registers: among cells tied with the best (not significantly
+    worse on validation; rows without a comparison count only the best), the smallest shipped
+    model, then the fastest, then the most accurate."""
+    best = best_row(rows)
+    tied = [row for row in rows if row.get("tied_with_best", row is best)]
+    return min(
+        tied,
+        key=lambda row: (
+            row.get("int8_bytes", 0),
+            row.get("int8_p50_ms", 0.0),
+            -row["val_accuracy"],
+            row["cell"],
+        ),
+    )
 
 
 def results_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -141,9 +198,17 @@ def write_results(
     """The table as CSV and JSON and the grid as a PNG, in `folder`; returns the three paths."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RESULTS_CSV).write_text(results_csv(rows))
-    best = best_row(rows)
+    best, registered = best_row(rows), register_row(rows)
     (folder / RESULTS_JSON).write_text(
-        json.dumps({"grid": grid, "best_cell": best["cell"], "rows": list(rows)}, indent=2)
+        json.dumps(
+            {
+                "grid": grid,
+                "best_cell": best["cell"],
+                "register_cell": registered["cell"],
+                "rows": list(rows),
+            },
+            indent=2,
+        )
     )
     plot_grid(grid, rows, folder / GRID_PNG)
     return [folder / RESULTS_CSV, folder / RESULTS_JSON, folder / GRID_PNG]

@@ -11,18 +11,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from deploy.benchmark import onnx_latencies, torch_latency
+from deploy.onnx_eval import onnx_logits, open_session
 from deploy.quantize import model_split, shipped_split
 from distill.chain import RunArtifacts
 from distill.config import PromotionConfig
 from distill.data import load_split
-from distill.evaluation import CONFUSION_PNG, EvaluationManifest
+from distill.evaluation import CONFUSION_PNG, TEACHER_TEST_LOGITS, EvaluationManifest
 from distill.gates import Measurements, Metric, evaluate_gates, majority_baseline, score
-from distill.model_card import ModelPoint, description_text, render_model_card, write_model_card
+from distill.model_card import (
+    ModelPoint,
+    card_evidence,
+    description_text,
+    render_model_card,
+    write_model_card,
+)
+from distill.paired import compare
 from distill.store import Artifact
 from tasks import registry
 from tasks.registry import ChampionScore
-from tasks.tracking import MlflowTracker, Registration
+from tasks.tracking import MlflowTracker, Registration, comparison_tags
 
 CARD_ARTIFACTS = "model_card"
 
@@ -126,10 +136,13 @@ def gate_and_promote(
         )
         points = measure_models(artifacts, test, champion, latency_samples)
         candidate = points["int8"]
-        predicted, _ = registry.onnx_predictions(
-            quantized.file(quantized.manifest.file),
-            shipped_split(quantized, artifacts.student_data, "test"),
+        shipped_test = shipped_split(quantized, artifacts.student_data, "test")
+        shipped_logits = onnx_logits(
+            open_session(quantized.file(quantized.manifest.file)),
+            shipped_test["input_ids"],
+            shipped_test["attention_mask"],
         )
+        predicted = shipped_logits.argmax(-1)
         measured = Measurements(
             retention=retention_in(metric, artifacts.evaluation),
             latency_ms=candidate.p50_ms,
@@ -137,8 +150,23 @@ def gate_and_promote(
             baseline_score=majority_baseline(metric, train_labels, test["label"], num_labels),
             champion_version=None if champion is None else champion.version,
             champion_score=None if champion is None else champion.score,
+            # Both models' predictions on the same test texts (each through its own tokenizer).
+            champion_comparison=(
+                None
+                if champion is None or champion.predicted is None
+                else compare(champion.predicted, predicted, test["label"], metric, num_labels)
+            ),
+            data_changed=champion is None or champion.data_fingerprint != data.manifest.fingerprint,
         )
         results = evaluate_gates(config, measured, registry.mlflow_check)
+        evidence = card_evidence(
+            test["text"],
+            test["label"],
+            shipped_logits,
+            np.load(artifacts.evaluation.file(TEACHER_TEST_LOGITS)),
+            data.manifest.label_names,
+            measured.champion_comparison,
+        )
         card = render_model_card(
             registration.name,
             registration.version,
@@ -147,6 +175,7 @@ def gate_and_promote(
             list(points.values()),
             results,
             measured.champion_version,
+            evidence,
         )
         write_model_card(
             folder / CARD_ARTIFACTS,
@@ -177,6 +206,8 @@ def gate_and_promote(
     )
     decision = "promoted" if outcome.promoted else "rejected" if outcome.judged else "reused"
     tracker.set_tags({"promotion.decision": decision})
+    if measured.champion_comparison is not None:
+        tracker.set_tags(comparison_tags("promotion.vs_champion.", measured.champion_comparison))
     return {
         "promoted": outcome.promoted,
         "reused": registration.reused,
@@ -187,4 +218,9 @@ def gate_and_promote(
         "metric": metric,
         "latency_ms": {"p50": candidate.p50_ms, "p95": candidate.p95_ms},
         "gates": [result.as_dict() for result in results],
+        "vs_champion": (
+            None
+            if measured.champion_comparison is None
+            else measured.champion_comparison.model_dump(mode="json")
+        ),
     }

@@ -46,7 +46,7 @@ from deploy.runtime import TOKENIZER as BUNDLE_TOKENIZER
 from distill.gates import Gate, GateResult, Metric, all_passed, failure_summary, score
 from distill.store import write_json_atomic
 from tasks.recovery import NOT_JUDGED
-from tasks.tracking import MlflowTracker, Registration, mlflow_client
+from tasks.tracking import MlflowTracker, Registration, comparison_tags, mlflow_client
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 ONNX_FILE = "model.onnx"  # the file mlflow.onnx.save_model writes
@@ -73,6 +73,10 @@ class ChampionScore:
     accuracy: float | None  # for the model card, whatever the metric
     path: Path  # its downloaded ONNX file, valid while the caller's folder lives
     split: Mapping[str, Sequence]  # the test split as the champion's own tokenizer encodes it
+    # Its predicted label per test text (None when it cannot be scored on this data), for the
+    # paired comparison with the challenger, and the data fingerprint it was trained on.
+    predicted: np.ndarray | None = None
+    data_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -352,9 +356,11 @@ def score_champion(
 
     The texts are encoded with the tokenizer from the champion's own edge bundle: a champion
     with a trimmed vocabulary reads other ids than this run's tokenizer writes."""
-    version = aliases(mlflow_client(tracking_uri), name).get(CHAMPION)
+    client = mlflow_client(tracking_uri)
+    version = aliases(client, name).get(CHAMPION)
     if version is None:
         return None
+    fingerprint = client.get_model_version(name, version).tags.get(DATA_FINGERPRINT)
     path = download_onnx(tracking_uri, name, version, folder)
     tokenizer = download_bundle_tokenizer(tracking_uri, name, version, folder / "bundle")
     from deploy.vocab_trim import tokenized_split  # imports torch: not for promote/lineage
@@ -362,7 +368,7 @@ def score_champion(
     split = test_split if tokenizer is None else tokenized_split(tokenizer, test_split, max_length)
     predicted, outputs = onnx_predictions(path, split)
     if outputs != num_labels:  # trained for other labels: its score here would mean nothing
-        return ChampionScore(version, None, None, path, split)
+        return ChampionScore(version, None, None, path, split, None, fingerprint)
     labels = split["label"]
     return ChampionScore(
         version,
@@ -370,6 +376,8 @@ def score_champion(
         score("accuracy", labels, predicted, num_labels),
         path,
         split,
+        predicted,
+        fingerprint,
     )
 
 
@@ -397,6 +405,8 @@ def gate_tags(results: Iterable[GateResult]) -> dict[str, str]:
         tags[f"{prefix}.value"] = "" if result.value is None else f"{result.value:.6g}"
         tags[f"{prefix}.threshold"] = "" if result.threshold is None else f"{result.threshold:.6g}"
         tags[f"{prefix}.reason"] = result.reason
+        if result.comparison is not None:
+            tags |= comparison_tags(f"{prefix}.", result.comparison)
     return tags
 
 

@@ -22,7 +22,7 @@ from distill.chain import RunArtifacts, StageRunner
 from distill.config import PromotionConfig
 from distill.store import MANIFEST, Artifact, StoreFullError
 from distill.training import MetricsLog
-from tasks.tracking import MlflowTracker, Registration
+from tasks.tracking import MlflowTracker, Registration, comparison_tags
 
 UNGATED_BUNDLE = ".ungated-bundle"  # where the bundle waits for the gates
 STAGE_RETRIES = 2
@@ -39,6 +39,9 @@ class Recording:
     # param -> manifest field: settings resolved at run time (e.g. the device actually used)
     params: dict[str, str] = dataclasses.field(default_factory=dict)
     curves: bool = False  # the stage logs training curves through a metrics log
+    # tag prefix -> manifest field holding a paired comparison (a gate's evidence): its counts,
+    # difference, interval and p-values become tags `<prefix>.texts`, `<prefix>.p_worse`, ...
+    comparisons: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def runtime_params(stage: str) -> dict[str, str]:
@@ -90,6 +93,7 @@ RECORDINGS: dict[str, Recording] = {
             "bytes",
         ),
         files=("{file}",),
+        comparisons={"gate.trimming": "trimming_comparison"},
     ),
     "quantize": Recording(
         metrics=(
@@ -100,6 +104,10 @@ RECORDINGS: dict[str, Recording] = {
             "bytes",
         ),
         files=("{file}",),
+        comparisons={
+            "gate.int8.validation": "validation_comparison",
+            "gate.int8.test": "test_comparison",
+        },
     ),
 }
 
@@ -126,6 +134,10 @@ def record_stage(tracker: MlflowTracker, artifact: Artifact, recording: Recordin
             if (value := getattr(manifest, field)) is not None
         }
     )
+    for prefix, field in recording.comparisons.items():
+        comparison = getattr(manifest, field, None)
+        if comparison is not None:
+            tracker.set_tags(comparison_tags(f"{prefix}.", comparison))
     resolved = {param: getattr(manifest, field, None) for param, field in recording.params.items()}
     tracker.log_params({param: value for param, value in resolved.items() if value is not None})
     tracker.log_artifact(artifact.file(MANIFEST), f"manifests/{stage}")

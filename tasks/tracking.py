@@ -23,6 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+from distill.paired import PairedComparison
+
 if TYPE_CHECKING:  # at run time: `distillery gc/promote/lineage` need no torch (seconds)
     from distill.training import MetricsLog
 
@@ -214,3 +216,17 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+def comparison_tags(prefix: str, comparison: PairedComparison) -> dict[str, str]:
+    """A paired comparison as registry tags/params: counts, difference, interval, p-values."""
+    low, high = comparison.interval
+    return {
+        f"{prefix}texts": str(comparison.n),
+        f"{prefix}only_candidate_right": str(comparison.only_candidate_right),
+        f"{prefix}only_reference_right": str(comparison.only_reference_right),
+        f"{prefix}difference": f"{comparison.difference:.6g}",
+        f"{prefix}interval": f"[{low:.6g}, {high:.6g}]",
+        f"{prefix}p_worse": f"{comparison.p_worse:.6g}",
+        f"{prefix}p_better": f"{comparison.p_better:.6g}",
+    }

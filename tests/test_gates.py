@@ -253,3 +253,83 @@ def test_thresholds_come_from_the_config_and_are_validated():
         build_config({}, ["promotion.max_latency_ms=0"])
     with pytest.raises(ConfigError, match="promotion.metric"):
         build_config({}, ["promotion.metric=f1"])
+
+
+# --- the champion gate on paired evidence ----------------------------------------------------
+
+
+def paired(only_champion: int, only_challenger: int, both_right: int = 800, both_wrong: int = 150):
+    """The challenger against the champion on the same texts (label 1 everywhere)."""
+    from distill.paired import compare
+
+    champion = [1] * both_right + [1] * only_champion + [0] * only_challenger + [0] * both_wrong
+    challenger = [1] * both_right + [0] * only_champion + [1] * only_challenger + [0] * both_wrong
+    return compare(champion, challenger, [1] * len(champion))
+
+
+def champion_result(comparison, on_tie="replace_if_data_changed", data_changed=False, **config):
+    settings = CONFIG.model_copy(update={"on_tie": on_tie, "min_improvement": 0.0, **config})
+    return evaluate(settings, champion_comparison=comparison, data_changed=data_changed)[
+        CHAMPION_GATE
+    ]
+
+
+def test_a_significantly_worse_challenger_is_not_promoted_whatever_the_tie_rule():
+    worse = paired(only_champion=12, only_challenger=2)  # p(worse) = 0.0065
+    for on_tie in ("keep", "replace", "replace_if_data_changed"):
+        result = champion_result(worse, on_tie=on_tie, data_changed=True)
+        assert not result.passed
+        assert result.reason.startswith("significantly worse, p = 0.0065")
+        assert result.comparison == worse
+
+
+def test_a_significantly_better_challenger_is_promoted_whatever_the_tie_rule():
+    better = paired(only_champion=0, only_challenger=5)  # p(better) = 1/32
+    for on_tie in ("keep", "replace", "replace_if_data_changed"):
+        result = champion_result(better, on_tie=on_tie)
+        assert result.passed and result.reason.startswith("significantly better, p = 0.031")
+
+
+@pytest.mark.parametrize(
+    ("on_tie", "data_changed", "promoted", "says"),
+    [
+        ("replace_if_data_changed", False, False, "data unchanged: champion kept"),
+        ("replace_if_data_changed", True, True, "data changed: champion replaced"),
+        ("keep", True, False, "champion kept (promotion.on_tie=keep)"),
+        ("replace", False, True, "champion replaced (promotion.on_tie=replace)"),
+    ],
+)
+def test_indistinguishable_models_are_decided_by_the_tie_rule(on_tie, data_changed, promoted, says):
+    # 1.1 points apart on 1,000 texts (the 3-seed spread of one profile): chance explains it.
+    tie = paired(only_champion=30, only_challenger=19)
+    result = champion_result(tie, on_tie=on_tie, data_changed=data_changed)
+    assert result.passed is promoted
+    assert result.reason.startswith("indistinguishable, p = 0.15") and says in result.reason
+
+
+def test_a_point_estimate_lead_of_a_worse_challenger_is_no_longer_a_failure():
+    # The old rule failed a challenger 0.4 points below the champion; paired, it is a tie.
+    tie = paired(only_champion=10, only_challenger=6)
+    result = champion_result(tie, on_tie="replace", score=0.80, champion_score=0.804)
+    assert result.passed and "indistinguishable" in result.reason
+
+
+def test_min_improvement_turns_a_small_significant_gain_into_a_tie():
+    better = paired(only_champion=0, only_challenger=6)  # +0.006, p = 1/64
+    kept = champion_result(better, on_tie="keep", min_improvement=0.01)
+    assert not kept.passed
+    assert "better by less than promotion.min_improvement 0.01" in kept.reason
+
+
+def test_the_gate_result_records_its_evidence_as_plain_data():
+    record = champion_result(paired(0, 5)).as_dict()
+    assert record["comparison"]["only_candidate_right"] == 5
+    assert record["comparison"]["p_better"] == pytest.approx(1 / 32)
+
+
+def test_on_tie_is_validated():
+    config = build_config({}, ["promotion.on_tie=keep"])
+    assert config.promotion.on_tie == "keep"
+    assert PromotionConfig().on_tie == "replace_if_data_changed"
+    with pytest.raises(ConfigError, match="promotion.on_tie"):
+        build_config({}, ["promotion.on_tie=sometimes"])

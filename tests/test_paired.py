@@ -103,3 +103,19 @@ def test_the_record_is_frozen_and_round_trips_through_json():
         result.n = 3
     assert PairedComparison.model_validate_json(result.model_dump_json()) == result
     assert "only reference right 2" in result.summary()
+
+
+def test_a_score_interval_brackets_the_score_and_narrows_with_more_texts():
+    from distill.paired import score_interval
+
+    few = score_interval([1] * 8 + [0] * 2, [1] * 10)
+    many = score_interval([1] * 800 + [0] * 200, [1] * 1000)
+    assert few.score == many.score == pytest.approx(0.8)
+    assert few.interval[0] < 0.8 < few.interval[1] <= 1.0
+    assert many.interval[1] - many.interval[0] < few.interval[1] - few.interval[0]
+    # ~ +-1.96 * sqrt(0.8 * 0.2 / 1000)
+    assert many.interval[1] - many.interval[0] == pytest.approx(2 * 1.96 * 0.01265, rel=0.15)
+    f1 = score_interval([0, 1, 1, 0], [0, 1, 0, 0], metric="macro_f1", num_classes=2)
+    assert f1.score == pytest.approx(f1_score([0, 1, 0, 0], [0, 1, 1, 0], average="macro"))
+    with pytest.raises(ValueError, match="3 predictions for 2 labels"):
+        score_interval([0, 1, 1], [0, 1])

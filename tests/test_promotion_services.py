@@ -140,6 +140,11 @@ def test_every_version_gets_a_model_card(tiny_run):
         "together",
         "the gates decide on validation",  # and on which split: test stays held out
         "Held-out test accuracy",
+        "## Evidence (test split, shipped model, 95% bootstrap intervals)",  # intervals
+        "| macro F1 |",
+        "| class | precision | recall | support |",
+        "No champion to compare with",  # the first model of the registry
+        "validation texts the compression gates decided on",
     ):
         assert text in card, text
     files = {
@@ -181,6 +186,11 @@ def test_an_unchanged_rerun_reuses_the_registered_version(tiny_run, prefect_api)
     assert rerun["model_version"] == summary["model_version"]
     assert rerun["mlflow_run_id"] != summary["mlflow_run_id"]
     assert rerun["alias"] == "champion" and rerun["promoted"] is False
+    # Gated against itself as champion, paired on the same texts: not one text differs.
+    assert summary["vs_champion"] is None
+    same = rerun["vs_champion"]
+    assert same["only_candidate_right"] == same["only_reference_right"] == 0
+    assert same["p_worse"] == same["p_better"] == 1.0
     assert dict(client.get_registered_model(MODEL).aliases) == aliases_before
     versions = client.search_model_versions(f"name='{MODEL}'")
     assert [str(v.version) for v in versions] == [summary["model_version"]]

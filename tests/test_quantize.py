@@ -8,6 +8,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from deploy.quantize import Measured, calibration_batches, choose, rejection
+from distill.data import load_split
+from distill.paired import PairedComparison, compare
 from distill.store import file_sha256
 
 FP32 = Measured(
@@ -71,6 +73,29 @@ def test_the_gate_reads_validation_numbers_never_test_numbers():
     assert reason is not None and "validation accuracy drop 0.0500" in reason
     reason = gate(candidate(agreement=0.90, test_agreement=1.0))
     assert reason is not None and "validation label agreement" in reason
+
+
+def test_a_drop_over_budget_is_refused_only_when_it_is_significant():
+    labels = [1] * 1000
+    # Student right everywhere; the candidate loses 6 texts and gains none: p = 1/64.
+    lost = compare([1] * 1000, [0] * 6 + [1] * 994, labels)
+    # The same net 6 texts, lost 16 and gained 10: p = 0.16, not evidence of a cost.
+    noisy = compare([0] * 10 + [1] * 990, [1] * 10 + [0] * 16 + [1] * 974, labels)
+    over = candidate(accuracy=0.844)  # 0.006 below the fp32 graph: over the 0.005 budget
+    reason = rejection(over, FP32, 0.005, 0.98, comparison=lost)
+    assert reason is not None and "significant (p = 0.0156)" in reason
+    assert rejection(over, FP32, 0.005, 0.98, comparison=noisy) is None
+    # Agreement stays a gate whatever the accuracy evidence says.
+    disagreeing = candidate(accuracy=0.850, agreement=0.95)
+    assert "agreement" in rejection(disagreeing, FP32, 0.005, 0.98, comparison=noisy)
+    winner, reasons = choose(
+        [candidate("static", accuracy=0.844), candidate("dynamic", accuracy=0.844)],
+        FP32,
+        0.005,
+        0.98,
+        comparisons={"static": lost, "dynamic": noisy},
+    )
+    assert winner == "dynamic" and "significant" in reasons["static"]
 
 
 def test_first_candidate_in_order_that_passes_wins_and_later_ones_are_not_needed():
@@ -141,13 +166,18 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
         )
 
     gate = tiny_config.quantize
+    names = ("static", "dynamic", "dynamic_matmul_only")
     winner, reasons = choose(
-        [measured(name) for name in ("static", "dynamic", "dynamic_matmul_only")],
+        [measured(name) for name in names],
         measured("fp32"),
         gate.max_accuracy_drop,
         gate.min_agreement,
         gate.reject_slower_int8,
         reference_accuracy=manifest.student_validation_accuracy,
+        comparisons={
+            name: PairedComparison.model_validate(candidates[name]["validation_comparison"])
+            for name in names
+        },
     )
     assert manifest.gate["split"] == "validation"
     assert manifest.method == winner
@@ -178,7 +208,15 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
         manifest.fp32_validation_accuracy - manifest.validation_accuracy
     )
     assert costs["end_to_end"] == pytest.approx(costs["trimming"] + costs["quantization"])
-    assert costs["end_to_end"] <= gate.max_accuracy_drop + 1e-9
+    # Within the one budget together, or a cost the paired comparison cannot tell from chance.
+    shipped_vs_student = manifest.validation_comparison
+    assert -shipped_vs_student.difference == pytest.approx(costs["end_to_end"])
+    assert (
+        costs["end_to_end"] <= gate.max_accuracy_drop + 1e-9
+        or not shipped_vs_student.significantly_worse()
+    )
+    assert manifest.test_comparison.n == len(load_split(tiny_stages.student_data.path, "test"))
+    assert candidates[winner]["validation_comparison"] == shipped_vs_student.model_dump(mode="json")
     tested, student = manifest.costs, manifest.student_test_accuracy
     assert student == export.student_test_accuracy
     assert tested["trimming"] == pytest.approx(student - manifest.fp32_test_accuracy)

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 
 from distill.config import PromotionConfig
 from distill.gates import CHAMPION_GATE, Measurements, baseline_gate, evaluate_gates
+from distill.paired import compare
 from tasks.registry import (
     REGISTRY_RECORD,
     RegistryError,
@@ -33,6 +34,7 @@ from tasks.registry import (
     lineage,
     mlflow_check,
     move_champion,
+    onnx_predictions,
     override_promote,
     parse_model_uri,
     register_model,
@@ -135,8 +137,10 @@ class Registry:
     def register(self, kind, fingerprint=None):
         return self.registration(kind, fingerprint)[0].version
 
-    def gate(self, version, kind, config=CONFIG, **measured):
-        results = gate_results(self, kind, config, version, **measured)
+    def gate(self, version, kind, config=CONFIG, paired=False, **measured):
+        """Judge and apply the gates; `paired`: decide the champion gate on both models'
+        predictions on SPLIT, as the pipeline does, instead of on two point estimates."""
+        results = gate_results(self, kind, config, version, paired, **measured)
         return apply_gates(self.client, NAME, version, results, f"# {NAME} v{version}")
 
     def aliases(self):
@@ -146,11 +150,16 @@ class Registry:
         return self.client.get_model_version(NAME, version).tags
 
 
-def gate_results(registry, kind, config=CONFIG, version="x", **measured):
+def gate_results(registry, kind, config=CONFIG, version="x", paired=False, **measured):
     """The gates on a model of `kind` against the registry's current champion."""
     champion = score_champion(
         registry.uri, NAME, SPLIT, 2, registry.root / f"champion-{version}", max_length=8
     )
+    if paired and champion is not None:
+        predicted, _ = onnx_predictions(registry.models[kind], SPLIT)
+        measured["champion_comparison"] = compare(champion.predicted, predicted, SPLIT["label"])
+        fingerprint = registry.tags(version)["data_fingerprint"]
+        measured["data_changed"] = champion.data_fingerprint != fingerprint
     values = {
         "retention": 0.97,
         "latency_ms": 1.0,
@@ -233,10 +242,36 @@ def test_min_improvement_holds_back_an_equal_model(registry):
     assert not registry.gate(version, "positive", config=strict).promoted
 
 
+def test_a_challenger_the_test_texts_cannot_tell_apart_replaces_only_with_new_data(registry):
+    # "negative" is right on 3 of SPLIT's 10 texts, the "positive" champion on the other 7:
+    # 7 against 3 discordant texts is p = 0.17, no evidence either way on 10 texts.
+    (champion,) = promoted_chain(registry, "positive")
+    champion_data = registry.tags(champion)["data_fingerprint"]
+    same_data = registry.register("negative", fingerprint=champion_data)
+    kept = registry.gate(same_data, "negative", paired=True)
+    assert not kept.promoted and registry.aliases()["champion"] == champion
+    tags = registry.tags(same_data)
+    reason = tags[f"gate.{CHAMPION_GATE}.reason"]
+    assert reason.startswith("indistinguishable, p = 0.34") and "data unchanged" in reason
+    assert tags[f"gate.{CHAMPION_GATE}.only_reference_right"] == "7"
+    assert tags[f"gate.{CHAMPION_GATE}.only_candidate_right"] == "3"
+    assert float(tags[f"gate.{CHAMPION_GATE}.p_worse"]) == pytest.approx(176 / 1024)
+    assert tags[f"gate.{CHAMPION_GATE}.interval"].startswith("[-")
+
+    new_data = registry.register("negative", fingerprint="data-new")
+    replaced = registry.gate(new_data, "negative", paired=True)
+    assert replaced.promoted and registry.aliases()["champion"] == new_data
+    reason = registry.tags(new_data)[f"gate.{CHAMPION_GATE}.reason"]
+    assert reason.endswith("data changed: champion replaced")
+
+
 def test_the_champion_is_scored_on_the_current_split(registry, tmp_path):
     promoted_chain(registry, "positive")
     score = score_champion(registry.uri, NAME, SPLIT, 2, tmp_path / "a", 8)
     assert score.score == pytest.approx(0.7)
+    # Its answer per text, for the paired comparison, and the data it was trained on.
+    assert score.predicted.tolist() == [1] * 10
+    assert score.data_fingerprint == "data-1"
     relabelled = {**SPLIT, "label": [0] * 10}  # the data changed since it was trained
     assert score_champion(registry.uri, NAME, relabelled, 2, tmp_path / "b", 8).score == 0.0
     assert score_champion(registry.uri, NAME, SPLIT, 3, tmp_path / "c", 8).score is None

@@ -128,3 +128,18 @@ def test_manifests_and_mlflow_params_record_the_device_and_precision_used(tiny_s
     for stage in ("teacher", "logit_cache", "student"):
         assert params[f"resolved.{stage}.device"] == "cpu"
         assert params[f"resolved.{stage}.precision"] == "fp32"
+
+
+def test_the_compression_gates_evidence_is_tagged_on_the_run(tiny_stages, tracker):
+    from tasks.stages import RECORDINGS, record_stage
+
+    for stage in ("export", "quantize"):
+        artifact = getattr(tiny_stages, stage)
+        record_stage(tracker, artifact, RECORDINGS[artifact.stage])
+    tags = tracker.client.get_run(tracker.run_id).data.tags
+    trimming = tiny_stages.export.manifest.trimming_comparison
+    assert tags["gate.trimming.texts"] == str(trimming.n)
+    assert tags["gate.trimming.only_reference_right"] == str(trimming.only_reference_right)
+    shipped = tiny_stages.quantize.manifest.validation_comparison
+    assert float(tags["gate.int8.validation.p_worse"]) == pytest.approx(shipped.p_worse, rel=1e-5)
+    assert tags["gate.int8.test.interval"].startswith("[")

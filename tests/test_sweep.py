@@ -25,8 +25,10 @@ from flows.sweep_grid import (
     RESULTS_CSV,
     cell_configs,
     cell_row,
+    compare_with_best,
     grid_cells,
     parse_grid,
+    register_row,
     run_cells,
     write_results,
 )
@@ -106,7 +108,39 @@ def test_results_table_and_grid_png(tmp_path):
     assert lines[0] == "cell,student.alpha,student.temperature,val_accuracy"
     assert lines[2] == "1,0.3,2,0.75"
     assert json.loads(paths[1].read_text())["best_cell"] == 1
+    assert json.loads(paths[1].read_text())["register_cell"] == 1
     assert (tmp_path / GRID_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_register_best_takes_the_smallest_then_fastest_cell_tied_with_the_best():
+    import numpy as np
+
+    labels = np.ones(1000, dtype=int)
+
+    def wrong_on(start, count):
+        predicted = labels.copy()
+        predicted[start : start + count] = 0
+        return predicted
+
+    rows = [
+        {"cell": 0, "val_accuracy": 0.990, "int8_bytes": 900, "int8_p50_ms": 2.0},
+        {"cell": 1, "val_accuracy": 0.984, "int8_bytes": 500, "int8_p50_ms": 3.0},
+        {"cell": 2, "val_accuracy": 0.984, "int8_bytes": 500, "int8_p50_ms": 1.5},
+        {"cell": 3, "val_accuracy": 0.960, "int8_bytes": 100, "int8_p50_ms": 1.0},
+    ]
+    # The best cell misses texts 0-9. Cells 1 and 2 miss 16 others (16 lost, 10 gained against
+    # the best: p = 0.16, tied); cell 3 misses 40 others (40 against 10: significantly worse).
+    predictions = [wrong_on(0, 10), wrong_on(10, 16), wrong_on(500, 16), wrong_on(100, 40)]
+    compared = compare_with_best(rows, predictions, labels)
+    assert [row["tied_with_best"] for row in compared] == [True, True, True, False]
+    assert compared[0]["vs_best"] == 0.0 and compared[0]["vs_best_p_worse"] == 1.0
+    assert compared[1]["vs_best"] == pytest.approx(-0.006)
+    assert compared[1]["vs_best_low"] < -0.006 < compared[1]["vs_best_high"]
+    assert 0.05 < compared[1]["vs_best_p_worse"] < 0.2
+    assert compared[3]["vs_best_p_worse"] < 0.001
+    # The smallest tied cells are 1 and 2; cell 2 is faster. Cell 3 is smaller but worse.
+    assert register_row(compared)["cell"] == 2
+    assert register_row(rows)["cell"] == 0  # without comparisons: the most accurate only
 
 
 # --- real engine ----------------------------------------------------------------------------
@@ -213,7 +247,15 @@ def test_sweep_on_a_real_scheduler_and_two_workers(prefect_api, dask_cluster, se
     registered = summary["registered"]
     client = mlflow_client(sqlite_uri(tmp_path))
     version = client.get_model_version(registered["registered_model"], registered["model_version"])
-    assert version.run_id == summary["cell_run_ids"][best["cell"]]
+    # --register-best: the smallest, then fastest, cell not significantly worse than the best.
+    chosen = summary["rows"][summary["register_cell"]]
+    assert chosen["tied_with_best"] and summary["rows"][best["cell"]]["vs_best"] == 0.0
+    assert all(
+        (chosen["int8_bytes"], chosen["int8_p50_ms"]) <= (row["int8_bytes"], row["int8_p50_ms"])
+        for row in summary["rows"]
+        if row["tied_with_best"]
+    )
+    assert version.run_id == summary["cell_run_ids"][summary["register_cell"]]
     assert set(version.aliases) & {"challenger", "champion"}
     assert registered["promotion"]["alias"] in ("challenger", "champion")
     # A rerun reuses every cell and shard: the same students, nothing trained again.

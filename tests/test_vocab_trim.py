@@ -224,13 +224,53 @@ def test_trimming_may_cost_at_most_the_accuracy_budget():
     )
 
 
-def test_a_trim_over_budget_ships_the_full_vocabulary_and_records_its_cost(
-    tiny_stages, tiny_config, tmp_path
-):
+def test_a_cost_over_budget_refuses_the_trim_only_when_it_is_significant():
+    from deploy.export import trimming_note, trimming_rejection
+    from distill.paired import compare
+
+    labels = [1] * 1000
+    student = [1] * 1000
+    # 7 texts lost, none gained, of 1,000: p = 1/128, significant.
+    significant = compare(student, [0] * 7 + [1] * 993, labels)
+    reason = trimming_rejection(0.007, 0.005, significant)
+    assert reason is not None and "significant (p = 0.00781)" in reason
+    # 17 lost and 10 gained: the same net cost of 7 texts, but p = 0.12, chance can explain it.
+    chance = compare([0] * 10 + [1] * 990, [1] * 10 + [0] * 17 + [1] * 973, labels)
+    assert (chance.only_reference_right, chance.only_candidate_right) == (17, 10)
+    assert chance.p_worse > 0.05
+    assert trimming_rejection(0.007, 0.005, chance) is None
+    assert "but not significant" in trimming_note(0.007, 0.005, chance)
+    assert trimming_rejection(0.004, 0.005, significant) is None  # within budget: always kept
+
+
+def test_a_trim_over_budget_by_chance_still_ships(tiny_stages, tiny_config, tmp_path):
     from deploy.export import export_stage
 
     student, data = tiny_stages.student, tiny_stages.student_data
-    # A negative budget no trimming can meet stands in for a domain full of rare words.
+    # A negative budget no cost can meet: only significance can refuse the trim now.
+    manifest = export_stage(
+        tmp_path, tiny_config.export, student, data, max_accuracy_drop=-1.0
+    ).manifest
+    comparison = manifest.trimming_comparison
+    assert comparison is not None and not comparison.significantly_worse()
+    assert manifest.trimmed
+    assert "not significant" in manifest.vocabulary["reason"]
+
+
+def test_a_trim_over_budget_ships_the_full_vocabulary_and_records_its_cost(
+    tiny_stages, tiny_config, tmp_path, monkeypatch
+):
+    import deploy.export as export_module
+    from deploy.export import export_stage
+
+    # Stand-in for a domain full of rare words: every trim is refused as over budget and
+    # significant (the real rule is tested on its own above).
+    monkeypatch.setattr(
+        export_module,
+        "trimming_rejection",
+        lambda cost, budget, comparison=None: "over budget (simulated): the full vocabulary ships",
+    )
+    student, data = tiny_stages.student, tiny_stages.student_data
     export = export_stage(tmp_path, tiny_config.export, student, data, max_accuracy_drop=-1.0)
     manifest = export.manifest
     assert not manifest.trimmed and manifest.full_vocabulary_file is None
@@ -248,8 +288,12 @@ def test_a_trim_over_budget_ships_the_full_vocabulary_and_records_its_cost(
     shipped_tokenizer = export.file(manifest.tokenizer).read_bytes()
     assert shipped_tokenizer == student.file("tokenizer.json").read_bytes()
     assert sorted(p.name for p in export.path.iterdir()) == [
-        "manifest.json", "model.onnx", "tokenizer.json"
+        "manifest.json", "model.onnx", "student_predictions.npz", "tokenizer.json"
     ]  # fmt: skip
+    # The paired comparison behind the decision is recorded with the trim's cost.
+    comparison = manifest.trimming_comparison
+    assert comparison is not None and comparison.n == data.manifest.sizes["validation"]
+    assert -comparison.difference == pytest.approx(rejected["trimming_cost"])
     # The full graph matches the trained student: no step has spent the budget yet.
     assert manifest.test_accuracy == pytest.approx(manifest.student_test_accuracy)
     assert manifest.validation_accuracy == pytest.approx(manifest.student_validation_accuracy)

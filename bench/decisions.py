@@ -1,0 +1,281 @@
+"""Decisions benchmark: the old point-estimate rules against the paired rules, and how stable each
+decision is, on the default profile with several student seeds.
+
+    .venv/bin/python -m bench.decisions [--seeds 1 2 3] [key=value ...]
+
+Every seed's run goes through the pipeline's own wiring (`deploy.chain.run_pipeline_stages`). For
+the trimming gate and each INT8 candidate (validation texts, against the trained student) and for
+the champion gate (test texts, seeds 2 and 3 as challengers of seed 1), it records the decision of
+the old rule (point estimate against the budget) and of the new one (`distill.paired`), and each
+rule's stability: the share of 1,000 bootstrap resamples of the deciding split on which the rule
+decides as on the whole split. Every accuracy decision here depends on the texts only through the
+discordant counts (b: only the reference right, c: only the candidate right), so a resample of
+the texts is a multinomial draw of those counts. Also the shipped bundle's size over the teacher's
+fp32 weights per seed. Writes bench/results/decisions.json and a section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.report import REPO, RESULTS, header, markdown_table, timing_runner, write_section
+from deploy.export import trimming_rejection
+from deploy.quantize import Measured, rejection
+from distill.gates import champion_decision, two_sided_p
+from distill.paired import PairedComparison, compare, mcnemar_p_values
+
+RESAMPLES = 1000
+SEED = 0
+Rule = Callable[[int, int, int], str]  # (n, b, c) -> decision
+
+
+def counts_comparison(n: int, b: int, c: int) -> PairedComparison:
+    """A comparison from discordant counts alone (no interval: the rules never read it)."""
+    p_worse, p_better = mcnemar_p_values(b, c)
+    return PairedComparison(
+        metric="accuracy",
+        n=n,
+        reference_score=0.0,
+        candidate_score=(c - b) / n,
+        difference=(c - b) / n,
+        only_reference_right=b,
+        only_candidate_right=c,
+        interval=(float("nan"), float("nan")),
+        p_worse=p_worse,
+        p_better=p_better,
+        method="exact McNemar",
+    )
+
+
+def compression_rules(budget: float) -> tuple[Rule, Rule]:
+    """(old, new) decision of a compression gate (trim or an INT8 candidate, on accuracy) from
+    the candidate's discordant counts against the trained student: "ship" or "refuse"."""
+
+    def old(n: int, b: int, c: int) -> str:
+        return "refuse" if trimming_rejection((b - c) / n, budget) else "ship"
+
+    def new(n: int, b: int, c: int) -> str:
+        cost = (b - c) / n
+        return "refuse" if trimming_rejection(cost, budget, counts_comparison(n, b, c)) else "ship"
+
+    return old, new
+
+
+def int8_rules(budget: float) -> tuple[Rule, Rule]:
+    """Like `compression_rules`, through the quantize stage's own `rejection` (agreement and
+    latency held at passing values, so only accuracy decides)."""
+
+    def measured(n: int, b: int, c: int) -> Measured:
+        return Measured("candidate", 1.0 - (b - c) / n, 1.0, 0.0, 1.0, 1.0, 1.0, 1)
+
+    fp32 = Measured("fp32", 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1)
+
+    def old(n: int, b: int, c: int) -> str:
+        refused = rejection(measured(n, b, c), fp32, budget, 0.0, reference_accuracy=1.0)
+        return "refuse" if refused else "ship"
+
+    def new(n: int, b: int, c: int) -> str:
+        comparison = counts_comparison(n, b, c)
+        refused = rejection(measured(n, b, c), fp32, budget, 0.0, True, 1.0, comparison)
+        return "refuse" if refused else "ship"
+
+    return old, new
+
+
+def champion_rules(min_improvement: float, on_tie: str, data_changed: bool) -> tuple[Rule, Rule]:
+    """(old, new) champion gate on the challenger's discordant counts against the champion:
+    "promote" or "keep"."""
+
+    def old(n: int, b: int, c: int) -> str:
+        return "promote" if (c - b) / n >= min_improvement - 1e-9 else "keep"
+
+    def new(n: int, b: int, c: int) -> str:
+        comparison = counts_comparison(n, b, c)
+        passed, _ = champion_decision(comparison, min_improvement, on_tie, data_changed)  # type: ignore[arg-type]
+        return "promote" if passed else "keep"
+
+    return old, new
+
+
+def stability(
+    rule: Rule, n: int, b: int, c: int, resamples: int = RESAMPLES, seed: int = SEED
+) -> float:
+    """Share of bootstrap resamples of the n texts on which `rule` decides as on all of them."""
+    whole = rule(n, b, c)
+    rest = n - b - c
+    drawn = np.random.default_rng(seed).multinomial(n, [b / n, c / n, rest / n], size=resamples)
+    same = sum(rule(n, int(row[0]), int(row[1])) == whole for row in drawn)
+    return same / resamples
+
+
+def gate_row(gate: str, seed: int, rules: tuple[Rule, Rule], comparison: PairedComparison,
+             p_value: float) -> dict[str, Any]:  # fmt: skip
+    old, new = rules
+    n, b, c = comparison.n, comparison.only_reference_right, comparison.only_candidate_right
+    return {
+        "gate": gate,
+        "seed": seed,
+        "old_decision": old(n, b, c),
+        "new_decision": new(n, b, c),
+        "old_stability": stability(old, n, b, c),
+        "new_stability": stability(new, n, b, c),
+        "difference": comparison.difference,
+        "interval": list(comparison.interval),
+        "p_value": p_value,
+        "texts": n,
+        "only_reference_right": b,
+        "only_candidate_right": c,
+    }
+
+
+def shipped_test_predictions(artifacts) -> np.ndarray:
+    from deploy.onnx_eval import onnx_logits, open_session
+    from deploy.quantize import shipped_split
+
+    quantized = artifacts.quantize
+    split = shipped_split(quantized, artifacts.student_data, "test")
+    session = open_session(quantized.file(quantized.manifest.file))
+    return onnx_logits(session, split["input_ids"], split["attention_mask"]).argmax(-1)
+
+
+def bundle_bytes(artifacts) -> int:
+    """The edge bundle's size as the pipeline builds it (no tarball)."""
+    from deploy.bundle import bundle_from_stages
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = bundle_from_stages(Path(tmp), artifacts, "bench", "0", tarball=False)
+        return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def main() -> None:
+    from deploy.chain import run_pipeline_stages
+    from distill.config import load_config
+    from distill.data import load_split
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default=str(REPO / "configs" / "movie_reviews.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--output", default=str(RESULTS / "decisions.json"))
+    parser.add_argument("--section", default="decisions", help="benchmarks.md section ('' skips)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    gates: list[dict[str, Any]] = []
+    ratios: list[dict[str, Any]] = []
+    seconds: dict[str, dict[str, float]] = {}
+    shipped: dict[int, np.ndarray] = {}
+    config = None
+    for seed in args.seeds:
+        config = load_config(args.config, [*args.overrides, f"student.training.seed={seed}"])
+        seconds[str(seed)] = {}
+        artifacts = run_pipeline_stages(config, config.store_dir, timing_runner(seconds[str(seed)]))
+        budget = config.quantize.max_accuracy_drop
+        export, quantized = artifacts.export.manifest, artifacts.quantize.manifest
+        if export.trimming_comparison is not None:
+            trim = export.trimming_comparison
+            gates.append(gate_row("trimming", seed, compression_rules(budget), trim, trim.p_worse))
+        for name, record in quantized.candidates.items():
+            if "/" in name or name == "fp32" or "validation_comparison" not in record:
+                continue  # the first trial's INT8 candidates only
+            comparison = PairedComparison.model_validate(record["validation_comparison"])
+            gates.append(
+                gate_row(f"int8/{name}", seed, int8_rules(budget), comparison, comparison.p_worse)
+            )
+        teacher_bytes = artifacts.teacher.manifest.weights_bytes
+        size = bundle_bytes(artifacts)
+        ratios.append(
+            {
+                "seed": seed,
+                "bundle_bytes": size,
+                "teacher_fp32_bytes": teacher_bytes,
+                "ratio": size / teacher_bytes,
+                "trimmed": quantized.trimmed,
+                "method": quantized.method,
+                "trimming_cost": (
+                    None
+                    if export.trimming_comparison is None
+                    else -export.trimming_comparison.difference
+                ),
+            }
+        )
+        shipped[seed] = shipped_test_predictions(artifacts)
+        if seed != args.seeds[0]:  # a challenger of the first seed's model, on the same texts
+            labels = np.asarray(load_split(artifacts.data.path, "test")["label"])
+            comparison = compare(shipped[args.seeds[0]], shipped[seed], labels)
+            promotion = config.promotion
+            rules = champion_rules(promotion.min_improvement, promotion.on_tie, False)
+            gates.append(
+                gate_row(
+                    f"champion (challenger of seed {args.seeds[0]})",
+                    seed,
+                    rules,
+                    comparison,
+                    two_sided_p(comparison),
+                )
+            )
+        write_results(args.output, gates, ratios, seconds)  # a stopped run keeps what it did
+    if args.section:
+        write_section(args.section, report(gates, ratios))
+
+
+def write_results(output: str, gates, ratios, seconds) -> None:
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(
+        json.dumps({"gates": gates, "bundle_ratio": ratios, "stage_seconds": seconds}, indent=2)
+        + "\n"
+    )
+
+
+def report(gates: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> str:
+    gate_rows = [
+        [
+            row["gate"],
+            str(row["seed"]),
+            f"{row['difference']:+.4f} [{row['interval'][0]:+.4f}, {row['interval'][1]:+.4f}]",
+            f"{row['only_reference_right']} / {row['only_candidate_right']} of {row['texts']}",
+            f"{row['p_value']:.3g}",
+            f"{row['old_decision']} ({row['old_stability']:.2f})",
+            f"{row['new_decision']} ({row['new_stability']:.2f})",
+        ]
+        for row in gates
+    ]
+    ratio_rows = [
+        [
+            str(row["seed"]),
+            f"{row['bundle_bytes'] / 1e6:.1f} MB",
+            f"{row['ratio']:.3f}",
+            "yes" if row["trimmed"] else "no",
+            row["method"],
+        ]
+        for row in ratios
+    ]
+    return "\n\n".join(
+        [
+            "## Decisions on evidence: old rule against paired rule",
+            header("decisions"),
+            "Difference: candidate minus reference accuracy (trimmed graph or INT8 candidate "
+            "against the trained student on validation; challenger against champion on test), "
+            "95% paired bootstrap interval. Discordant: texts only the reference / only the "
+            "candidate gets right. p: one-sided exact McNemar p of a cost (compression gates), "
+            "two-sided for the champion gate. Stability: share of 1,000 bootstrap resamples of "
+            "the deciding split with the same decision.",
+            markdown_table(
+                ["gate", "seed", "difference [95% CI]", "discordant", "p", "old rule", "new rule"],
+                gate_rows,
+            ),
+            markdown_table(
+                ["seed", "bundle", "bundle / teacher fp32", "trimmed", "method"], ratio_rows
+            ),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()
