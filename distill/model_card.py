@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from deploy.quantize import QuantizeManifest
     from distill.chain import RunArtifacts
     from distill.data import DataQuality
+    from distill.evaluation import EvaluationManifest
 
 CARD = "model_card.md"
 CURVES = "training_curves.png"
@@ -352,6 +353,7 @@ def render_model_card(
             ],
         ),
         "Latency: batch 1, one thread, on the machine that ran the pipeline.",
+        teacher_gap_line(evaluation),
         "## Gates"
         + ("" if champion_version is None else f" (current champion: v{champion_version})"),
         _table(
@@ -370,6 +372,19 @@ def render_model_card(
         f"`{TRADE_OFF}` (accuracy against latency).",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def teacher_gap_line(evaluation: EvaluationManifest) -> str:
+    """Whether the teacher was worth distilling from: its paired gap to the student."""
+    verdict = (
+        "significantly stronger than its student"
+        if evaluation.teacher_clearly_stronger
+        else "**not** significantly stronger than its student: distillation from it can gain "
+        "little (train it longer, pick a stronger teacher, or give it more text to label)"
+    )
+    return (
+        f"Teacher gap (validation): the teacher is {verdict}; {evaluation.teacher_gap.summary()}."
+    )
 
 
 def description_text(card: str) -> str:

@@ -115,7 +115,8 @@ def gate_and_promote(
     Registry reads and writes are serialised (`registry_lock`) from scoring the champion to
     moving the aliases, so two runs finishing at once cannot both replace the same champion.
     A reused registration (the very same model was registered before) is measured and judged
-    for the summary, but its version keeps its tags and aliases."""
+    for the summary, but its version keeps its tags and aliases, unless no run ever judged it
+    (its run was killed between registration and the gates): this run judges it then."""
     data, quantized = artifacts.data, artifacts.quantize
     metric, num_labels = config.metric, len(data.manifest.label_names)
     test = load_split(data.path, "test")
