@@ -228,7 +228,15 @@ def main() -> None:
 def write_results(output: str, gates, ratios, seconds) -> None:
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(
-        json.dumps({"gates": gates, "bundle_ratio": ratios, "stage_seconds": seconds}, indent=2)
+        json.dumps(
+            {
+                "gates": gates,
+                "bundle_ratio": [
+                    {**row, "stage_seconds": seconds.get(str(row["seed"]), {})} for row in ratios
+                ],
+            },
+            indent=2,
+        )
         + "\n"
     )
 
