@@ -101,15 +101,7 @@ def web_command(
         return
     from deploy.web import static_server
 
-    server = static_server(out, host, port, isolated=isolated)
-    bound_host, bound_port = server.server_address[:2]
-    typer.echo(f"serving {out} on http://{bound_host}:{bound_port}/", nl=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    _serve_until_interrupted(static_server(out, host, port, isolated=isolated), out)
 
 
 def predict_command(
@@ -238,9 +230,15 @@ def serve_command(
 
     if read_timeout <= 0:
         _fail(f"--read-timeout must be positive, got {read_timeout}")
-    server = make_server(_load(bundle, threads), host, port, workers, read_timeout)
+    _serve_until_interrupted(
+        make_server(_load(bundle, threads), host, port, workers, read_timeout), bundle
+    )
+
+
+def _serve_until_interrupted(server, what: Path) -> None:
+    """Say where `what` is served, serve until Ctrl-C, then close the socket."""
     bound_host, bound_port = server.server_address[:2]
-    typer.echo(f"serving {bundle} on http://{bound_host}:{bound_port}", nl=True)
+    typer.echo(f"serving {what} on http://{bound_host}:{bound_port}", nl=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
