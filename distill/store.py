@@ -45,8 +45,8 @@ class StoreFullError(OSError):
 
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 # Writers do not all raise ENOSPC: safetensors raises its own error with the OS's message in
-# it, numpy a bare OSError ("requested and written"). A failed build with less than this free
-# beside it is taken as a full disk too.
+# it, numpy a bare OSError ("requested and written"). An OSError with less than this free
+# beside it is taken as a full disk too (never another error: bad data stays bad data).
 FULL_DISK_FREE_BYTES = 1 << 20
 NO_SPACE_MESSAGES = tuple(os.strerror(code) for code in sorted(NO_SPACE))
 
@@ -57,6 +57,8 @@ def disk_full(err: Exception, folder: Path) -> bool:
         return True
     if any(message in str(err) for message in NO_SPACE_MESSAGES):
         return True
+    if not isinstance(err, OSError):
+        return False
     try:
         return shutil.disk_usage(folder).free < FULL_DISK_FREE_BYTES
     except OSError:

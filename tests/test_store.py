@@ -243,6 +243,21 @@ def test_a_full_disk_is_named_and_leaves_nothing_half_written(tmp_path, monkeypa
     assert sorted(p.name for p in (tmp_path / "teacher").iterdir() if p.is_dir()) == []
 
 
+def test_bad_data_on_a_nearly_full_disk_is_still_bad_data(tmp_path, monkeypatch):
+    import shutil as shell
+
+    from distill import store as store_module
+
+    usage = shell.disk_usage(tmp_path)._replace(free=1000)
+    monkeypatch.setattr(store_module.shutil, "disk_usage", lambda path: usage)
+
+    def build(folder):
+        raise ValueError("column 'text' is empty")
+
+    with pytest.raises(ValueError, match="column 'text' is empty"):
+        run_stage(tmp_path, "data", "k1", build, DemoManifest)
+
+
 def test_an_error_that_is_not_a_full_disk_is_raised_as_it_is(tmp_path):
     def build(folder):
         raise OSError("permission denied somewhere")
