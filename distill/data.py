@@ -23,8 +23,8 @@ from distill.tables import FILE_FORMATS, Table, TableError, read_table
 
 # bump when prepared data changes for the same settings (splits, tokenization)
 # 2: label names in the fingerprint; cross-split duplicates dropped from train
-# 3: rows read from a content-addressed copy and checked against the key's source identity
-#    (folders of 2 may hold rows of an older file read from a stale path+mtime cache)
+# 3: local files parsed from the very bytes they are hashed from, the rows' identity checked
+#    against the key's (folders of 2 may hold an older file's rows from a stale path+mtime cache)
 VERSION = 3
 SPLITS = ("train", "validation", "test")
 UNLABELED = "unlabeled"  # the split of transfer text, when the config has one
