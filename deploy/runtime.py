@@ -41,6 +41,7 @@ from deploy.bundle_format import (
     manifest_signature,
     required_files,
 )
+from deploy.onnx_eval import open_session  # ONNX or ORT format: onnxruntime tells them apart
 
 __all__ = [  # the format's names, re-exported for callers that import them from here
     "FORMAT_VERSION",
@@ -175,14 +176,6 @@ def open_bundle(folder: Path, manifest: Mapping[str, Any], threads: int = 0) -> 
     golden_path = folder / GOLDEN
     golden = json.loads(golden_path.read_text())["examples"] if golden_path.is_file() else []
     return Bundle(manifest, labels, tokenizer, session, tuple(golden))
-
-
-def open_session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session of an ONNX or ORT-format graph (onnxruntime tells them apart itself)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def with_graph(bundle: Bundle, path: Path, threads: int = 0) -> Bundle:

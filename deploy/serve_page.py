@@ -8,15 +8,40 @@ page of deploy/web.py, so one browser test drives both.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from html import escape
 
 
 def serve_page(labels: Sequence[str], model_version: object) -> str:
-    title = _escape(f"v{model_version}" if model_version is not None else "edge bundle")
-    return PAGE.replace("$title", title).replace("$labels", _escape(", ".join(labels)))
+    title = escape(f"v{model_version}" if model_version is not None else "edge bundle")
+    return (
+        PAGE.replace("$title", title)
+        .replace("$labels", escape(", ".join(labels)))
+        .replace("$show_result", SHOW_RESULT_JS)
+    )
 
 
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+# The result table of both pages (this one and deploy/web.py's): label, probability and a bar
+# per row, the predicted one in bold; the browser tests read the same element ids and classes.
+SHOW_RESULT_JS = """function show(result) {
+  const rows = Object.entries(result.probabilities).map(([label, p]) => {
+    const row = document.createElement('tr');
+    row.dataset.label = label;
+    row.className = label === result.label ? 'predicted' : '';
+    const name = document.createElement('th');
+    name.textContent = label;
+    const value = document.createElement('td');
+    value.className = 'probability';
+    value.textContent = p.toFixed(8);
+    const bar = document.createElement('td');
+    bar.innerHTML = '<meter min="0" max="1"></meter>';
+    bar.firstChild.value = p;
+    row.append(name, value, bar);
+    return row;
+  });
+  document.querySelector('#result tbody').replaceChildren(...rows);
+  document.getElementById('result').dataset.label = result.label;
+}
+"""
 
 
 PAGE = """<!doctype html>
@@ -32,6 +57,7 @@ PAGE = """<!doctype html>
   table { border-collapse: collapse; margin-top: 1rem; }
   td, th { padding: .25rem .75rem; text-align: left; }
   tr.predicted { font-weight: bold; }
+  meter { width: 12rem; }
   #status { color: #555; }
 </style>
 </head>
@@ -62,23 +88,7 @@ async function classify(text) {
   return { ...result, ms: performance.now() - begun };
 }
 
-function show(result) {
-  const rows = Object.entries(result.probabilities).map(([label, p]) => {
-    const row = document.createElement('tr');
-    row.dataset.label = label;
-    row.className = label === result.label ? 'predicted' : '';
-    const name = document.createElement('th');
-    name.textContent = label;
-    const value = document.createElement('td');
-    value.className = 'probability';
-    value.textContent = p.toFixed(8);
-    row.append(name, value);
-    return row;
-  });
-  document.querySelector('#result tbody').replaceChildren(...rows);
-  document.getElementById('result').dataset.label = result.label;
-}
-
+$show_result
 document.getElementById('form').addEventListener('submit', async (event) => {
   event.preventDefault();
   status.dataset.state = 'busy';

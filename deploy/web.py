@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+from html import escape
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from string import Template
@@ -26,6 +27,7 @@ from deploy.bundle_format import (
     TOKENIZER_CONFIG,
 )
 from deploy.runtime import BundleError, verify_bundle
+from deploy.serve_page import SHOW_RESULT_JS
 
 NODE_MODULES = Path(__file__).resolve().parents[1] / "edge" / "js" / "node_modules"
 # transformers.min.js bundles onnxruntime-web; it fetches the WASM backend from `wasmPaths`.
@@ -67,9 +69,10 @@ def write_web_app(bundle: Path, out: Path, node_modules: Path = NODE_MODULES) ->
     labels = json.loads((bundle / CONFIG).read_text())["id2label"]
     title = f"{manifest.get('mlflow_run_id', 'distillery')} v{manifest.get('model_version', '?')}"
     page = PAGE.substitute(
-        title=_escape(title),
+        title=escape(title),
         dtype="fp32" if model == FP32_MODEL else "q8",
-        labels=_escape(", ".join(labels[str(i)] for i in range(len(labels)))),
+        labels=escape(", ".join(labels[str(i)] for i in range(len(labels)))),
+        show_result=SHOW_RESULT_JS,
     )
     (out / "index.html").write_text(page)
     return out
@@ -96,10 +99,6 @@ def static_server(
     `serve_forever()`. `isolated` sends the COOP/COEP headers that allow WASM threads."""
     handler = type("Handler", (_StaticHandler,), {"isolated": isolated})
     return ThreadingHTTPServer((host, port), functools.partial(handler, directory=str(folder)))
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 PAGE = Template(
@@ -188,26 +187,7 @@ async function classify(text) {
   return { label: labels[scores.indexOf(top)], probabilities, ms };
 }
 
-function show(result) {
-  const rows = Object.entries(result.probabilities).map(([label, p]) => {
-    const row = document.createElement('tr');
-    row.dataset.label = label;
-    row.className = label === result.label ? 'predicted' : '';
-    const name = document.createElement('th');
-    name.textContent = label;
-    const value = document.createElement('td');
-    value.className = 'probability';
-    value.textContent = p.toFixed(8);
-    const bar = document.createElement('td');
-    bar.innerHTML = '<meter min="0" max="1"></meter>';
-    bar.firstChild.value = p;
-    row.append(name, value, bar);
-    return row;
-  });
-  document.querySelector('#result tbody').replaceChildren(...rows);
-  document.getElementById('result').dataset.label = result.label;
-}
-
+$show_result
 document.getElementById('form').addEventListener('submit', async (event) => {
   event.preventDefault();
   const text = document.getElementById('text').value;
