@@ -177,14 +177,12 @@ def student_loss(config: StudentConfig, targets: TeacherTargets) -> LossFn:
         )
         rows = batch["index"].numpy()
         device = out.logits.device
-        student, teacher = Outputs(out.logits), Outputs(None)
-        if reads_logits:
-            teacher = Outputs(torch.from_numpy(targets.logits[rows]).to(device))
+        soft = torch.from_numpy(targets.logits[rows]).to(device) if reads_logits else None
+        student_cls = teacher_cls = None
         if layer_map:
             student_cls = torch.stack([out.hidden_states[i][:, 0] for i in student_states], 1)
-            teacher_cls = torch.from_numpy(targets.cls_states[rows][:, teacher_states])
-            student = Outputs(out.logits, student_cls)
-            teacher = Outputs(teacher.logits, teacher_cls.to(device))
+            teacher_cls = torch.from_numpy(targets.cls_states[rows][:, teacher_states]).to(device)
+        student, teacher = Outputs(out.logits, student_cls), Outputs(soft, teacher_cls)
         return weighted_loss(terms, student, teacher, batch["label"])
 
     return loss
