@@ -295,16 +295,30 @@ StudentInit = Annotated[
 
 
 class HiddenDistillConfig(Section):
-    """Patient-KD: match the normalised [CLS] states of mapped student and teacher layers."""
+    """The [CLS]-state loss terms: each compares the [CLS] states of mapped student and teacher
+    layers, and each has a field here named `*weight` (0 turns the term off)."""
 
     weight: float = Field(
-        0.0, ge=0, description="weight of the Patient-KD loss on normalised [CLS] states; 0: off"
+        0.0,
+        ge=0,
+        description="weight of the Patient-KD term (`pkd`): squared distance of the normalised "
+        "[CLS] states of mapped layers; 0: off",
     )
     layer_map: list[tuple[StrictInt, StrictInt]] | None = Field(
         None,
-        description="pairs `[student_layer, teacher_layer]` (0-based blocks) the loss compares; "
-        "null maps each student block to the teacher block it was copied from",
+        description="pairs `[student_layer, teacher_layer]` (0-based blocks) the [CLS]-state "
+        "terms compare; null maps each student block to the teacher block it was copied from",
     )
+    cosine_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the cosine term (`cls_cosine`, 1 - cos of the same [CLS] states: "
+        "half the Patient-KD distance, the worked example of adding a term); 0: off",
+    )
+
+    def weighted(self) -> list[str]:
+        """The names of the weight fields that turn a [CLS]-state term on."""
+        return [name for name, value in self if name.endswith("weight") and value > 0]
 
     @field_validator("layer_map")
     @classmethod
@@ -339,8 +353,9 @@ class StudentConfig(Section):
         return self.init.num_layers
 
     def hidden_layer_map(self) -> list[tuple[int, int]]:
-        """The (student block, teacher block) pairs the hidden-state loss compares."""
-        if self.hidden.weight == 0:
+        """The (student block, teacher block) pairs the [CLS]-state terms compare ([] when
+        none of them has a weight)."""
+        if not self.hidden.weighted():
             return []
         if self.hidden.layer_map is not None:
             return list(self.hidden.layer_map)
@@ -348,7 +363,7 @@ class StudentConfig(Section):
 
     @model_validator(mode="after")
     def _hidden_map_fits_student(self) -> StudentConfig:
-        needs_map = self.hidden.weight > 0 and self.hidden.layer_map is None
+        needs_map = bool(self.hidden.weighted()) and self.hidden.layer_map is None
         if needs_map and not isinstance(self.init, TeacherLayersInit):
             raise ValueError(
                 "'student.hidden.layer_map' is required when student.init.kind is "

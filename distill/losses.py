@@ -1,40 +1,43 @@
-"""Knowledge-distillation losses as small composable functions.
+"""Knowledge-distillation losses: small pure functions, and the named terms built on them.
 
 Shapes: logits are [batch, num_classes], labels are [batch] (UNLABELLED marks rows without a
-label, such as augmented text). All losses upcast to float32 and reduce to a scalar.
+label, such as augmented text), [CLS] states are [batch, mapped_layers, hidden]. All losses
+upcast to float32 and reduce to a scalar.
+
+A loss term is one `LossTerm` class in `LOSS_TERMS`: its name (logged as `student/<name>` and
+drawn in the model card), its weight read from the student config, and `compute`. The student's
+loss is the weighted sum of the terms that have a weight (`weighted_loss`); the training loop,
+MLflow and the model card iterate over the parts it returns, in registry order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+
+from distill.config import StudentConfig
 
 UNLABELLED = -100  # label of rows that only have teacher targets
 
 
 @dataclass(frozen=True)
 class LossTerms:
-    """The loss to optimise and its unweighted parts (None: the term is not part of this loss).
+    """The loss to optimise and its unweighted parts by term name (only the terms computed).
 
-    `ce` is the hard-label cross-entropy, `kl` the T^2-scaled soft-target KL, `pkd` the
-    Patient-KD distance. Logging them apart shows how a T/alpha setting trades them off.
+    Logging the parts apart shows how a setting (T, alpha, a term's weight) trades them off.
     """
 
     total: torch.Tensor
-    ce: torch.Tensor | None = None
-    kl: torch.Tensor | None = None
-    pkd: torch.Tensor | None = None
+    parts: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
-    def parts(self) -> dict[str, float]:
-        """The terms present, as floats (for logging)."""
-        terms = {"ce": self.ce, "kl": self.kl, "pkd": self.pkd}
-        return {name: float(value.item()) for name, value in terms.items() if value is not None}
-
-    def with_pkd(self, pkd: torch.Tensor, weight: float) -> LossTerms:
-        """These terms plus `weight` * the Patient-KD term."""
-        return LossTerms(self.total + weight * pkd, self.ce, self.kl, pkd)
+    def floats(self) -> dict[str, float]:
+        """The parts as floats, in the order they were computed (for logging)."""
+        return {name: float(value.item()) for name, value in self.parts.items()}
 
 
 def soft_target_kl(
@@ -71,24 +74,150 @@ def patient_kd_loss(student_states: torch.Tensor, teacher_states: torch.Tensor) 
     return (student - teacher).pow(2).sum(-1).mean()
 
 
-def distillation_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor | None,
-    labels: torch.Tensor,
-    alpha: float,
-    temperature: float,
-) -> LossTerms:
-    """alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T).
+def cls_cosine_loss(student_states: torch.Tensor, teacher_states: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity of [CLS] states, averaged over the batch and the mapped layers.
 
-    With alpha = 1 the teacher's logits are not used (they may be None) and `kl` is None.
+    Shapes: [batch, mapped_layers, hidden] for both. 0 for parallel states, 2 for opposite
+    ones. For unit vectors |s - t|^2 = 2 - 2 cos(s, t), so on the same layers this is half the
+    Patient-KD term: a different scale of the same pull, not a new signal.
     """
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    ce = hard_label_ce(student_logits, labels)
-    total = alpha * ce
-    if alpha == 1:  # labels-only training needs no teacher logits at all
-        return LossTerms(total, ce=ce)
-    if teacher_logits is None:
-        raise ValueError(f"alpha {alpha} < 1 needs teacher logits")
-    kl = soft_target_kl(student_logits, teacher_logits, temperature)
-    return LossTerms(total + (1 - alpha) * kl, ce=ce, kl=kl)
+    similarity = F.cosine_similarity(student_states.float(), teacher_states.float(), dim=-1)
+    return (1.0 - similarity).mean()
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """One side of a batch, student or teacher: logits [batch, num_classes] and [CLS] states
+    at the mapped layers [batch, mapped_layers, hidden]; None where no active term reads them."""
+
+    logits: torch.Tensor | None
+    cls_states: torch.Tensor | None = None
+
+
+class LossTerm(ABC):
+    """One named part of the student's loss, configured by the student config.
+
+    A term with weight 0 is not computed, unless `always_computed` (it is then logged and
+    added with weight 0). `reads_teacher_logits` / `reads_cls_states` say which outputs it
+    needs: the student loss reads cached logits and hidden states only for terms that do.
+    """
+
+    name: ClassVar[str]  # the metric name: `student/<name>` in MLflow, a line in the card
+    reads_teacher_logits: ClassVar[bool] = False
+    reads_cls_states: ClassVar[bool] = False
+    always_computed: ClassVar[bool] = False
+
+    def __init__(self, config: StudentConfig) -> None:
+        self.config = config
+
+    @property
+    @abstractmethod
+    def weight(self) -> float:
+        """This term's weight in the total, read from the config."""
+
+    @abstractmethod
+    def compute(self, student: Outputs, teacher: Outputs, labels: torch.Tensor) -> torch.Tensor:
+        """The unweighted term for one batch, a float32 scalar."""
+
+    @property
+    def active(self) -> bool:
+        return self.weight > 0 or self.always_computed
+
+
+class HardLabelCE(LossTerm):
+    """Cross-entropy with the labels, weight `student.alpha`; logged even when alpha is 0."""
+
+    name = "ce"
+    always_computed = True
+
+    @property
+    def weight(self) -> float:
+        return self.config.alpha
+
+    def compute(self, student: Outputs, teacher: Outputs, labels: torch.Tensor) -> torch.Tensor:
+        assert student.logits is not None
+        return hard_label_ce(student.logits, labels)
+
+
+class SoftTargetKL(LossTerm):
+    """T^2-scaled KL to the teacher's softened logits, weight 1 - `student.alpha`."""
+
+    name = "kl"
+    reads_teacher_logits = True
+
+    @property
+    def weight(self) -> float:
+        return 1 - self.config.alpha
+
+    def compute(self, student: Outputs, teacher: Outputs, labels: torch.Tensor) -> torch.Tensor:
+        assert student.logits is not None and teacher.logits is not None
+        return soft_target_kl(student.logits, teacher.logits, self.config.temperature)
+
+
+class PatientKD(LossTerm):
+    """Patient-KD over the mapped layers, weight `student.hidden.weight`."""
+
+    name = "pkd"
+    reads_cls_states = True
+
+    @property
+    def weight(self) -> float:
+        return self.config.hidden.weight
+
+    def compute(self, student: Outputs, teacher: Outputs, labels: torch.Tensor) -> torch.Tensor:
+        assert student.cls_states is not None and teacher.cls_states is not None
+        return patient_kd_loss(student.cls_states, teacher.cls_states)
+
+
+class ClsCosine(LossTerm):
+    """Cosine distance of the mapped [CLS] states, weight `student.hidden.cosine_weight`."""
+
+    name = "cls_cosine"
+    reads_cls_states = True
+
+    @property
+    def weight(self) -> float:
+        return self.config.hidden.cosine_weight
+
+    def compute(self, student: Outputs, teacher: Outputs, labels: torch.Tensor) -> torch.Tensor:
+        assert student.cls_states is not None and teacher.cls_states is not None
+        return cls_cosine_loss(student.cls_states, teacher.cls_states)
+
+
+# Every loss term, in the order they are summed, logged and drawn. A new term: a class above,
+# its weight field in distill/config.py (under `student.hidden` if it reads [CLS] states, named
+# `*weight`), and a test.
+LOSS_TERMS: tuple[type[LossTerm], ...] = (HardLabelCE, SoftTargetKL, PatientKD, ClsCosine)
+LOSS_TERM_NAMES: tuple[str, ...] = tuple(term.name for term in LOSS_TERMS)
+
+
+def active_terms(config: StudentConfig) -> list[LossTerm]:
+    """The terms this config computes, in registry order."""
+    return [term for term in (kind(config) for kind in LOSS_TERMS) if term.active]
+
+
+def weighted_loss(
+    terms: Sequence[LossTerm], student: Outputs, teacher: Outputs, labels: torch.Tensor
+) -> LossTerms:
+    """The sum of weight * term over `terms` (in their order), and each term unweighted."""
+    if not terms:
+        raise ValueError("a loss needs at least one term")
+    for term in terms:
+        if term.reads_teacher_logits and teacher.logits is None:
+            raise ValueError(f"loss term '{term.name}' needs teacher logits")
+        if term.reads_cls_states and (student.cls_states is None or teacher.cls_states is None):
+            raise ValueError(f"loss term '{term.name}' needs [CLS] states of both models")
+    parts = {term.name: term.compute(student, teacher, labels) for term in terms}
+    total: torch.Tensor | None = None
+    for term in terms:
+        weighted = term.weight * parts[term.name]
+        total = weighted if total is None else total + weighted
+    assert total is not None
+    return LossTerms(total, parts)
+
+
+def distillation_loss(
+    config: StudentConfig, student: Outputs, teacher: Outputs, labels: torch.Tensor
+) -> LossTerms:
+    """The student's loss for one batch: every term the config gives a weight (and CE)."""
+    return weighted_loss(active_terms(config), student, teacher, labels)

@@ -6,6 +6,7 @@ rendered and tested without a registry. Every number in it comes from a manifest
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from collections.abc import Mapping, Sequence
@@ -404,23 +405,33 @@ def _pyplot():
     return plt
 
 
-LOSS_TERMS = ("ce", "kl", "pkd")  # the loss parts the training loop logs (distill.losses)
+TERM_STYLES = ("-", ":", "-.", "--")  # line styles of the loss terms, reused in turn
+
+
+def term_series(names: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """Each loss term with a line style; styles repeat past the fourth (colours tell models
+    apart, labels tell terms apart)."""
+    return tuple(zip(names, itertools.cycle(TERM_STYLES)))
 
 
 def plot_training_curves(
     histories: Mapping[str, Sequence[Mapping[str, float]]], path: Path
 ) -> list[str]:
     """Train and validation loss, validation accuracy and, when the histories have them, the
-    unweighted loss terms (CE, KL, Patient-KD) per optimizer step: one colour per model, solid
-    lines for training, dashed for validation. Returns the labels of the plotted series."""
-    has_terms = any(key in entry for h in histories.values() for entry in h for key in LOSS_TERMS)
+    unweighted loss terms (`distill.losses.LOSS_TERMS`: CE, KL, Patient-KD, ...) per optimizer
+    step: one colour per model, solid lines for training, dashed for validation. Returns the
+    labels of the plotted series."""
+    from distill.losses import LOSS_TERM_NAMES  # torch: only when drawing
+
+    has_terms = any(
+        key in entry for h in histories.values() for entry in h for key in LOSS_TERM_NAMES
+    )
     panels = [
         ("loss", (("train_loss", "-"), ("val_loss", "--o"))),
         ("validation accuracy", (("val_accuracy", "--o"),)),
     ]
     if has_terms:
-        styles = ("-", ":", "-.")
-        panels.append(("loss terms (unweighted)", tuple(zip(LOSS_TERMS, styles, strict=True))))
+        panels.append(("loss terms (unweighted)", term_series(LOSS_TERM_NAMES)))
     plt = _pyplot()
     figure, all_axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     plotted = []

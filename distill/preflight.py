@@ -91,7 +91,8 @@ def check_carving(init: TeacherLayersInit | PretrainedInit, shape: Shape, owner:
 
 
 def check_hidden_distillation(config: PipelineConfig, teacher: Shape) -> None:
-    """Patient-KD compares [CLS] states elementwise: both models must be equally wide."""
+    """The [CLS]-state terms (Patient-KD, cosine) compare states elementwise: both models must
+    be equally wide."""
     layer_map = config.student.hidden.layer_map or []
     too_deep = [teacher_layer for _, teacher_layer in layer_map if teacher_layer >= teacher.layers]
     if too_deep:
@@ -99,14 +100,15 @@ def check_hidden_distillation(config: PipelineConfig, teacher: Shape) -> None:
             f"config key 'student.hidden.layer_map': teacher has layers "
             f"0..{teacher.layers - 1}, no layer {too_deep}"
         )
-    if config.student.hidden.weight == 0:
+    weighted = [f"student.hidden.{name}" for name in config.student.hidden.weighted()]
+    if not weighted:
         return
     student = student_hidden_size(config, teacher)
     if student != teacher.hidden:
         raise ConfigError(
-            f"config key 'student.hidden.weight': Patient-KD compares hidden states, but the "
+            f"config key '{weighted[0]}': the [CLS]-state terms compare hidden states, but the "
             f"student is {student} wide and the teacher {teacher.hidden}; set "
-            "student.hidden.weight=0 or pick models of the same width"
+            f"{', '.join(f'{key}=0' for key in weighted)} or pick models of the same width"
         )
 
 

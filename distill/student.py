@@ -10,7 +10,7 @@ import torch
 from distill.config import PretrainedInit, RandomInit, StudentConfig
 from distill.data import load_split
 from distill.logit_cache import TeacherTargets, open_targets, row_counts, training_rows
-from distill.losses import LossTerms, distillation_loss, patient_kd_loss
+from distill.losses import LossTerms, Outputs, active_terms, weighted_loss
 from distill.models import (
     count_parameters,
     load_classifier,
@@ -156,12 +156,15 @@ def check_alignment(
 
 
 def student_loss(config: StudentConfig, targets: TeacherTargets) -> LossFn:
-    """The logit loss, plus the Patient-KD term over mapped layers when it has a weight.
+    """The weighted sum of the loss terms the config turns on (`distill.losses.LOSS_TERMS`).
 
     A batch's `index` (on the CPU) selects its rows of the cached targets, which go to the
-    model's device. Hidden state 0 is the embedding output, so transformer block i's output is
-    hidden state i + 1 on both sides. With alpha = 1 the cached logits are not read.
+    model's device. Only what an active term reads is read: the cached logits (not with
+    alpha = 1) and, over the mapped layers, the [CLS] states. Hidden state 0 is the embedding
+    output, so transformer block i's output is hidden state i + 1 on both sides.
     """
+    terms = active_terms(config)
+    reads_logits = any(term.reads_teacher_logits for term in terms)
     layer_map = config.hidden_layer_map()
     student_states = [student + 1 for student, _ in layer_map]
     teacher_states = [teacher + 1 for _, teacher in layer_map]
@@ -174,16 +177,13 @@ def student_loss(config: StudentConfig, targets: TeacherTargets) -> LossFn:
         )
         rows = batch["index"].numpy()
         device = out.logits.device
-        soft = None if config.alpha == 1 else torch.from_numpy(targets.logits[rows]).to(device)
-        terms = distillation_loss(
-            out.logits, soft, batch["label"], config.alpha, config.temperature
-        )
+        soft = torch.from_numpy(targets.logits[rows]).to(device) if reads_logits else None
+        student_cls = teacher_cls = None
         if layer_map:
             student_cls = torch.stack([out.hidden_states[i][:, 0] for i in student_states], 1)
-            teacher_cls = torch.from_numpy(targets.cls_states[rows][:, teacher_states])
-            pkd = patient_kd_loss(student_cls, teacher_cls.to(device))
-            terms = terms.with_pkd(pkd, config.hidden.weight)
-        return terms
+            teacher_cls = torch.from_numpy(targets.cls_states[rows][:, teacher_states]).to(device)
+        student, teacher = Outputs(out.logits, student_cls), Outputs(soft, teacher_cls)
+        return weighted_loss(terms, student, teacher, batch["label"])
 
     return loss
 
@@ -205,8 +205,9 @@ def build_student(
     rows = training_rows(data, augmented)
     check_alignment(cache, data, augmented, len(rows))
     if config.hidden_layer_map() and model.config.hidden_size != targets.cls_states.shape[2]:
+        keys = ", ".join(f"student.hidden.{name}" for name in config.hidden.weighted())
         raise ValueError(
-            f"student.hidden.weight: Patient-KD compares hidden states, but the student is "
+            f"{keys}: the [CLS]-state terms compare hidden states, but the student is "
             f"{model.config.hidden_size} wide and the teacher {targets.cls_states.shape[2]}"
         )
     for _, teacher_layer in config.hidden_layer_map():

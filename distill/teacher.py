@@ -81,7 +81,7 @@ def teacher_loss(model: torch.nn.Module, batch) -> LossTerms:
     """Fine-tuning on labels only: the loss is its cross-entropy (no kl or pkd terms)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     ce = hard_label_ce(logits, batch["label"])
-    return LossTerms(ce, ce=ce)
+    return LossTerms(ce, {"ce": ce})
 
 
 def build_teacher(

@@ -225,10 +225,10 @@ def train_epoch(
 ) -> dict[str, float]:
     """One pass over every training row in length-grouped, seeded batches.
 
-    Every LOG_EVERY global steps (and at the last) logs `train_loss`, the loss parts (`ce`,
-    `kl`, `pkd`, those the loss has) averaged over those steps, and `lr`. `after_step(step)`
-    runs after each step; True ends the pass there. Returns the pass's means of the loss and
-    its parts.
+    Every LOG_EVERY global steps (and at the last) logs `train_loss`, the unweighted loss parts
+    by term name (`ce`, `kl`, ..., those the loss computed) averaged over those steps, and `lr`.
+    `after_step(step)` runs after each step; True ends the pass there. Returns the pass's means
+    of the loss and its parts.
     """
     model.train()
     pad_id = pad_token_id(getattr(model, "config", None))
@@ -237,7 +237,7 @@ def train_epoch(
     for indices in length_grouped_batches(lengths, batch_size, rng):
         batch = move_batch(collate(split, indices, pad_id), optimisation.runtime.device)
         terms = optimisation.apply(model, loss_fn, batch)
-        values = {"train_loss": terms.total.item(), **terms.parts()}
+        values = {"train_loss": terms.total.item(), **terms.floats()}
         running.add(values)
         epoch.add(values)
         if progress is not None:

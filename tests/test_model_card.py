@@ -71,3 +71,42 @@ def test_a_shipped_trim_shows_its_paired_comparison_and_why_it_shipped(tiny_stag
     note = _tokenizer_note(export, quantized)
     assert "Trimming against the trained student on validation: accuracy difference" in note
     assert export.vocabulary["reason"] in note
+
+
+def test_the_card_draws_every_loss_term_whatever_their_number(tmp_path):
+    """Four terms and more: one line style each (reused in turn), one legend entry each."""
+    from distill.gates import GateResult
+    from distill.losses import LOSS_TERM_NAMES
+    from distill.model_card import (
+        CURVES,
+        ModelPoint,
+        plot_training_curves,
+        term_series,
+        write_model_card,
+    )
+
+    assert len(LOSS_TERM_NAMES) >= 4
+    parts = {name: 0.1 * (index + 1) for index, name in enumerate(LOSS_TERM_NAMES)}
+    student = [
+        {"step": 10, "train_loss": 0.5, **parts, "lr": 1e-4},
+        {"step": 20, "train_loss": 0.4, **parts, "lr": 1e-4},
+        {"step": 20, "val_accuracy": 0.8, "val_loss": 0.45, "epoch": 1.0},
+    ]
+    teacher = [{"step": 10, "train_loss": 0.7, "ce": 0.7}, {"step": 10, "val_accuracy": 0.8}]
+    histories = {"teacher": teacher, "student": student}
+    files = write_model_card(
+        tmp_path,
+        "# card",
+        histories,
+        [ModelPoint("student int8", 0.8, 1.0, 1.5)],
+        [GateResult("retention", 1.0, 0.9, True, "retention = 1 >= 0.9")],
+        None,
+    )
+    assert tmp_path / CURVES in files and (tmp_path / CURVES).stat().st_size > 0
+    labels = plot_training_curves(histories, tmp_path / "again.png")
+    assert {f"student {name}" for name in LOSS_TERM_NAMES} <= set(labels)
+    assert "teacher kl" not in labels
+    # Styles never run out: six terms get six styles, the fifth reusing the first.
+    six = term_series([f"term{i}" for i in range(6)])
+    assert [name for name, _ in six] == [f"term{i}" for i in range(6)]
+    assert six[4][1] == six[0][1] and len({style for _, style in six[:4]}) == 4

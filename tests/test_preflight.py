@@ -55,6 +55,16 @@ def test_patient_kd_between_different_widths_is_refused_naming_student_hidden(tm
         check_inputs(config)
 
 
+def test_the_cosine_term_between_different_widths_is_refused_naming_its_key(tmp_path):
+    config = tiny(
+        tmp_path, PRETRAINED, "student.hidden.cosine_weight=1", "student.hidden.layer_map=[[0, 1]]"
+    )
+    with pytest.raises(
+        ConfigError, match=r"student\.hidden\.cosine_weight'.*student is 384 wide.*teacher 32"
+    ):
+        check_inputs(config)
+
+
 def test_patient_kd_between_equal_widths_passes(tmp_path):
     config = tiny(
         tmp_path,

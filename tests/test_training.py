@@ -139,7 +139,7 @@ def test_loss_parts_are_averaged_like_the_loss(splits):
         ce = torch.nn.functional.cross_entropy(logits, batch["label"])
         n = float(len(calls))
         calls.append(n)
-        return LossTerms(ce, ce=ce, kl=torch.tensor(n), pkd=torch.tensor(2 * n))
+        return LossTerms(ce, {"ce": ce, "kl": torch.tensor(n), "pkd": torch.tensor(2 * n)})
 
     logged = []
     settings = TrainingConfig(**{**SETTINGS, "epochs": 1}, device="cpu")
