@@ -22,7 +22,7 @@ from distill.chain import (
 )
 from distill.config import ExportConfig, PipelineConfig, QuantizeConfig
 from distill.data import DataManifest
-from distill.shards import FanOut, run_each_here
+from distill.fan_out import FanOut, run_each_here
 from distill.store import Artifact
 from distill.student import StudentManifest
 

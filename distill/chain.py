@@ -17,8 +17,8 @@ from distill.augment import AugmentManifest, augmentation_stage
 from distill.config import PipelineConfig, StudentConfig
 from distill.data import DataManifest, data_stage, tokenized_for, tokenizer_identity
 from distill.evaluation import EvaluationManifest, evaluation_stage
+from distill.fan_out import FanOut, run_each_here
 from distill.logit_cache import CacheManifest, logit_cache_stage
-from distill.shards import FanOut, run_each_here
 from distill.store import Artifact
 from distill.student import StudentManifest, student_stage, student_tokenizer_model
 from distill.teacher import TeacherManifest, teacher_stage

@@ -203,7 +203,7 @@ def run_unit(name: str, work: Callable[[], Any]) -> Any:
 
 
 def prefect_fan_out(name: str, works: Sequence[Callable[[], Any]]) -> list[Any]:
-    """A `distill.shards.FanOut`: every unit submitted as a Prefect task to the flow's task
+    """A `distill.fan_out.FanOut`: every unit submitted as a Prefect task to the flow's task
     runner (a Dask cluster's workers under `compute.cluster`), results in the given order.
     Works are pickled to the workers: module-level functions and paths, no open handles."""
     futures = [run_unit.submit(f"{name}-{number}", work) for number, work in enumerate(works)]

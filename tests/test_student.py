@@ -7,8 +7,8 @@ import torch
 from distill.batching import collate
 from distill.config import build_config
 from distill.data import load_split
-from distill.logit_cache import TeacherTargets
 from distill.losses import distillation_loss, patient_kd_loss
+from distill.rows import TeacherTargets
 from distill.store import Artifact
 from distill.student import student_loss
 
