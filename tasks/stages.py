@@ -18,7 +18,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NONE
 
-from distill.chain import RunArtifacts, StageRunner
+from deploy.chain import RunArtifacts
+from distill.chain import StageRunner
 from distill.config import PromotionConfig
 from distill.store import MANIFEST, Artifact, StoreFullError
 from distill.training import MetricsLog
@@ -214,7 +215,7 @@ def prefect_fan_out(name: str, works: Sequence[Callable[[], Any]]) -> list[Any]:
 def register_model(
     registered_model: str, artifacts: RunArtifacts, tracker: MlflowTracker
 ) -> Registration:
-    from distill.model_card import model_identities
+    from tasks.model_card import model_identities
     from tasks.registry import register_model as register
 
     quantized, teacher, data = artifacts.quantize, artifacts.teacher, artifacts.data

@@ -17,7 +17,7 @@ from deploy.chain import run_pipeline_stages
 from deploy.runtime import load_bundle, predict
 from distill.config import PretrainedInit, RandomInit, TeacherLayersInit
 from distill.data import load_split
-from distill.model_card import model_identities
+from tasks.model_card import model_identities
 from tests.edge_js import node_packages_ready, run_node
 from tests.test_families import family_folder, train_texts  # noqa: F401 - fixtures
 
