@@ -26,8 +26,9 @@ from distill.batching import collate
 from distill.chain import run_until_cache
 from distill.config import TeacherLayersInit, load_config
 from distill.data import load_split
-from distill.logit_cache import TeacherTargets, open_targets, training_rows
+from distill.logit_cache import open_targets
 from distill.models import load_classifier, student_from_teacher
+from distill.rows import TeacherTargets, training_rows
 from distill.student import student_loss
 from distill.training import train_classifier
 

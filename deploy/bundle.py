@@ -58,8 +58,8 @@ from deploy.runtime import (
 from distill.store import Artifact, write_json_atomic
 
 if TYPE_CHECKING:
+    from deploy.chain import RunArtifacts
     from deploy.quantize import QuantizeManifest
-    from distill.chain import RunArtifacts
     from distill.evaluation import EvaluationManifest
 
 BUNDLE_DIR = "bundle"

@@ -1,4 +1,5 @@
-"""The whole pipeline's stage wiring: `distill.chain` up to evaluation, then export and quantize.
+"""The whole pipeline's stage wiring: `distill.chain` up to evaluation, then export and quantize,
+and `RunArtifacts`, every stage of one run (here, since it names deploy's manifests).
 
 Prefect-free like `distill.chain`; the flow, the benchmarks and the tests call these functions,
 so none of them can wire stages differently.
@@ -6,13 +7,14 @@ so none of them can wire stages differently.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.export import ExportManifest, export_stage
 from deploy.quantize import QuantizeManifest, quantize_stage
+from distill.augment import AugmentManifest
 from distill.chain import (
     CacheArtifacts,
-    RunArtifacts,
     StageRunner,
     run_directly,
     run_evaluation,
@@ -22,9 +24,53 @@ from distill.chain import (
 )
 from distill.config import ExportConfig, PipelineConfig, QuantizeConfig
 from distill.data import DataManifest
-from distill.shards import FanOut, run_each_here
+from distill.evaluation import EvaluationManifest
+from distill.fan_out import FanOut, run_each_here
 from distill.store import Artifact
 from distill.student import StudentManifest
+
+
+@dataclass(frozen=True)
+class RunArtifacts(CacheArtifacts):
+    """Every stage of one pipeline run, typed; what the summary, bundle, card and gates read.
+
+    `data` is tokenized for the teacher (its fingerprint is the run's data fingerprint);
+    `student_data` holds the same rows in the student's ids (`data` itself when they share a
+    tokenizer): the student, its export, INT8 model and bundle read that one."""
+
+    student: Artifact[StudentManifest]
+    evaluation: Artifact[EvaluationManifest]
+    export: Artifact[ExportManifest]
+    quantize: Artifact[QuantizeManifest]
+    student_data: Artifact[DataManifest]
+    student_augmented: Artifact[AugmentManifest] | None = None
+
+    def by_stage(self) -> dict[str, Artifact]:
+        """Stage folder name -> artifact, in pipeline order (augmentation only when it ran, the
+        student's own tokenization only when it differs from the teacher's)."""
+        student_side = [
+            artifact
+            for artifact, shared in (
+                (self.student_data, self.data),
+                (self.student_augmented, self.augmented),
+            )
+            if artifact is not None and artifact is not shared
+        ]
+        return {
+            artifact.stage: artifact
+            for artifact in (
+                self.data,
+                self.teacher,
+                self.augmented,
+                self.cache,
+                *student_side,
+                self.student,
+                self.evaluation,
+                self.export,
+                self.quantize,
+            )
+            if artifact is not None
+        }
 
 
 def run_export_quantize(

@@ -3,7 +3,8 @@
 Prefect-free: each stage is handed to a `runner(stage, build)` that returns its artifact. The
 default runner just calls `build(None)`; the Prefect flow passes one that runs each stage as a
 task (retries, timing, MLflow recording) and gives `build` a metrics log for training curves.
-The export and quantize stages live in `deploy/`, so their wiring is `deploy.chain`.
+The export and quantize stages live in `deploy/`, so their wiring, and `RunArtifacts` (every
+stage of a run), are `deploy.chain`'s: the core never names the edge side.
 """
 
 from __future__ import annotations
@@ -11,22 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from distill.augment import AugmentManifest, augmentation_stage
 from distill.config import PipelineConfig, StudentConfig
 from distill.data import DataManifest, data_stage, tokenized_for, tokenizer_identity
 from distill.evaluation import EvaluationManifest, evaluation_stage
+from distill.fan_out import FanOut, run_each_here
 from distill.logit_cache import CacheManifest, logit_cache_stage
-from distill.shards import FanOut, run_each_here
 from distill.store import Artifact
 from distill.student import StudentManifest, student_stage, student_tokenizer_model
 from distill.teacher import TeacherManifest, teacher_stage
 from distill.training import MetricsLog
-
-if TYPE_CHECKING:
-    from deploy.export import ExportManifest
-    from deploy.quantize import QuantizeManifest
 
 A = TypeVar("A", bound=Artifact)
 
@@ -59,49 +56,6 @@ class StudentRows:
 
     data: Artifact[DataManifest]
     augmented: Artifact[AugmentManifest] | None
-
-
-@dataclass(frozen=True)
-class RunArtifacts(CacheArtifacts):
-    """Every stage of one pipeline run, typed; what the summary, bundle, card and gates read.
-
-    `data` is tokenized for the teacher (its fingerprint is the run's data fingerprint);
-    `student_data` holds the same rows in the student's ids (`data` itself when they share a
-    tokenizer): the student, its export, INT8 model and bundle read that one."""
-
-    student: Artifact[StudentManifest]
-    evaluation: Artifact[EvaluationManifest]
-    export: Artifact[ExportManifest]
-    quantize: Artifact[QuantizeManifest]
-    student_data: Artifact[DataManifest]
-    student_augmented: Artifact[AugmentManifest] | None = None
-
-    def by_stage(self) -> dict[str, Artifact]:
-        """Stage folder name -> artifact, in pipeline order (augmentation only when it ran, the
-        student's own tokenization only when it differs from the teacher's)."""
-        student_side = [
-            artifact
-            for artifact, shared in (
-                (self.student_data, self.data),
-                (self.student_augmented, self.augmented),
-            )
-            if artifact is not None and artifact is not shared
-        ]
-        return {
-            artifact.stage: artifact
-            for artifact in (
-                self.data,
-                self.teacher,
-                self.augmented,
-                self.cache,
-                *student_side,
-                self.student,
-                self.evaluation,
-                self.export,
-                self.quantize,
-            )
-            if artifact is not None
-        }
 
 
 def run_until_cache(

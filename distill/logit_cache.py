@@ -6,23 +6,25 @@ the train split followed by any augmented rows and any transfer text. The key co
 what the targets depend on: the teacher's weights, the tokenized data (its fingerprint includes
 the tokenizer, max length and transfer text) and the augmented rows. Temperature and loss
 weights are applied at training time, so sweeping them reuses the cache.
+
+The rows (and their order) are `distill/rows.py`'s; they are labelled in shards
+(`distill/shards.py`). A reused cache folder's files are checked once, by the store
+(`distill.store.verified_manifest`); reading the targets checks only their shapes.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from distill.batching import sorted_batches
 from distill.config import TrainingConfig
-from distill.data import load_split
 from distill.devices import CPU, Runtime, resolve_runtime
-from distill.shards import FanOut, assemble, label_batches, label_shard, plan_shards, run_each_here
+from distill.fan_out import FanOut, run_each_here
+from distill.rows import TeacherTargets, row_counts, training_rows
+from distill.shards import assemble, label_shard, plan_shards
 from distill.store import MANIFEST, Artifact, StageManifest, file_sha256, run_stage, stage_key
 
 if TYPE_CHECKING:
@@ -42,7 +44,7 @@ class CacheManifest(StageManifest):
     shape: list[int]
     dtype: str
     cls_shape: list[int]
-    sha256: str
+    sha256: str  # of the two files, as recorded when built (the store checks `_files` on reuse)
     cls_sha256: str
     teacher_sha256: str
     data_fingerprint: str
@@ -52,13 +54,7 @@ class CacheManifest(StageManifest):
 
 
 class CacheError(RuntimeError):
-    """The cache on disk does not match its manifest."""
-
-
-@dataclass(frozen=True)
-class TeacherTargets:
-    logits: np.ndarray  # [rows, classes] float32
-    cls_states: np.ndarray  # [rows, teacher_layers + 1, hidden] float16
+    """The cache on disk cannot be read as its manifest describes it."""
 
 
 def cache_key(
@@ -77,39 +73,6 @@ def cache_key(
         augmented.key if augmented else None,
         precision,
     )
-
-
-def training_rows(data: Artifact[DataManifest], augmented: Artifact[AugmentManifest] | None):
-    """The student's training rows: the train split, then the augmented rows if any, then the
-    transfer text if any. Cached targets are matched to these rows by index, so this order is
-    the contract between the cache (teacher ids) and the student (its own ids)."""
-    from distill.data import UNLABELED
-
-    parts = [load_split(data.path, "train")]
-    if augmented is not None:
-        from distill.augment import load_augmented
-
-        parts.append(load_augmented(augmented))
-    if UNLABELED in data.manifest.sizes:
-        parts.append(load_split(data.path, UNLABELED))
-    if len(parts) == 1:
-        return parts[0]
-    from datasets import concatenate_datasets
-
-    return concatenate_datasets(parts)
-
-
-def row_counts(
-    data: Artifact[DataManifest], augmented: Artifact[AugmentManifest] | None
-) -> dict[str, int]:
-    """Rows per source, in training-row order (what the cache manifest records)."""
-    from distill.data import UNLABELED
-
-    return {
-        "train": data.manifest.sizes["train"],
-        "augmented": augmented.manifest.rows if augmented else 0,
-        "transfer": data.manifest.sizes.get(UNLABELED, 0),
-    }
 
 
 # Rows per shard when the config does not say (compute.shard_rows): small data is one shard.
@@ -164,22 +127,6 @@ def _same_teacher(manifest: CacheManifest, teacher: Artifact[TeacherManifest]) -
     )
 
 
-def teacher_outputs(
-    model: torch.nn.Module, rows, batch_size: int, runtime: Runtime = CPU
-) -> TeacherTargets:
-    """The teacher's logits (float32) and per-layer [CLS] states (float16) for every row, in
-    row order, computed on `runtime`'s device and precision; always stored as these dtypes.
-    Batches are the length-sorted ones every shard plan is cut from."""
-    batches = sorted_batches([len(ids) for ids in rows["input_ids"]], batch_size)
-    targets = label_batches(model, rows, batches, runtime)
-    order = np.concatenate(batches) if batches else np.empty(0, dtype=np.int64)
-    logits = np.empty_like(targets.logits)
-    cls_states = np.empty_like(targets.cls_states)
-    logits[order] = targets.logits
-    cls_states[order] = targets.cls_states
-    return TeacherTargets(logits, cls_states)
-
-
 def build_logit_cache(
     teacher: Artifact[TeacherManifest],
     data: Artifact[DataManifest],
@@ -202,8 +149,7 @@ def build_logit_cache(
         )
         for shard in shards
     ]
-    assembled = assemble(fan_out("logit_shard", works), len(rows))
-    targets = TeacherTargets(assembled.logits, assembled.cls_states)
+    targets = assemble(fan_out("logit_shard", works), len(rows))
     np.save(folder / LOGITS_FILE, targets.logits)
     np.save(folder / CLS_FILE, targets.cls_states)
     return CacheManifest(
@@ -223,13 +169,9 @@ def build_logit_cache(
     )
 
 
-def _open_checked(
-    cache: Artifact[CacheManifest], name: str, sha: str, shape: list[int], verify: bool
-):
+def _open_checked(cache: Artifact[CacheManifest], name: str, shape: list[int]) -> np.ndarray:
     path = cache.file(name)
     try:
-        if verify and file_sha256(path) != sha:
-            raise _corrupt(cache, f"{name} does not match the sha256 in its manifest")
         array = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as err:  # missing, unreadable or not a .npy file
         raise _corrupt(cache, f"{name} cannot be read ({err})") from None
@@ -247,10 +189,13 @@ def _corrupt(cache: Artifact[CacheManifest], problem: str) -> CacheError:
     )
 
 
-def open_targets(cache: Artifact[CacheManifest], verify: bool = True) -> TeacherTargets:
-    """The cached targets as read-only memmaps, checked against the manifest."""
+def open_targets(cache: Artifact[CacheManifest]) -> TeacherTargets:
+    """The cached targets as read-only memmaps of the shapes its manifest records.
+
+    `cache` comes from `logit_cache_stage`, whose store already checked every file's sha256
+    against the manifest (or just wrote them), so they are not hashed again here."""
     manifest = cache.manifest
     return TeacherTargets(
-        _open_checked(cache, manifest.file, manifest.sha256, manifest.shape, verify),
-        _open_checked(cache, manifest.cls_file, manifest.cls_sha256, manifest.cls_shape, verify),
+        _open_checked(cache, manifest.file, manifest.shape),
+        _open_checked(cache, manifest.cls_file, manifest.cls_shape),
     )

@@ -7,9 +7,9 @@ cache is byte-identical to the unsharded one (the unsharded cache is the one-sha
 
 Each shard is a stage folder of its own (`logit_shard/<key>`: logits, [CLS] states and the row
 indices, in the shard's batch order), keyed on the cache's key, the batch size and the shard's
-rows, so a killed run recomputes only the shards without a finished folder. Shards are handed to
-a `FanOut`: the default computes them one after another here; the Prefect flow passes one that
-runs each as a task on the selected task runner (a Dask cluster's workers).
+rows, so a killed run recomputes only the shards without a finished folder. The logit cache hands
+the shards to a `distill.fan_out.FanOut`. A shard folder's files are checked by the store when it
+is reused (`distill.store`), so assembling reads them without hashing them again.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from distill.batching import collate, sorted_batches
 from distill.devices import CPU, Runtime, move_batch
 from distill.models import load_classifier, pad_token_id
+from distill.rows import TeacherTargets, training_rows
 from distill.store import Artifact, StageManifest, file_sha256, run_stage, stage_key
 
 if TYPE_CHECKING:
@@ -40,19 +41,6 @@ SHARD_VERSION = 1  # bump when what a shard holds changes
 LOGITS_FILE = "logits.npy"
 CLS_FILE = "cls_states.npy"
 INDICES_FILE = "indices.npy"
-
-A = TypeVar("A")
-
-
-class FanOut(Protocol):
-    """Runs independent units of work (each returns its artifact); results in the given order."""
-
-    def __call__(self, name: str, works: Sequence[Callable[[], A]]) -> list[A]: ...
-
-
-def run_each_here(name: str, works: Sequence[Callable[[], A]]) -> list[A]:
-    """The default fan-out: one unit after another in this process."""
-    return [work() for work in works]
 
 
 @dataclass(frozen=True)
@@ -92,12 +80,6 @@ class ShardManifest(StageManifest):
     precision: str
 
 
-@dataclass(frozen=True)
-class Targets:
-    logits: np.ndarray  # [rows, classes] float32
-    cls_states: np.ndarray  # [rows, teacher_layers + 1, hidden] float16
-
-
 def plan_shards(lengths: Sequence[int], batch_size: int, shard_rows: int) -> list[Shard]:
     """The global length-sorted batches (as an unsharded pass makes them), grouped into shards
     of `shard_rows` rows rounded up to whole batches."""
@@ -114,7 +96,7 @@ def plan_shards(lengths: Sequence[int], batch_size: int, shard_rows: int) -> lis
 @torch.inference_mode()
 def label_batches(
     model: torch.nn.Module, rows, batches: Sequence[np.ndarray], runtime: Runtime = CPU
-) -> Targets:
+) -> TeacherTargets:
     """The teacher's logits (float32) and per-layer [CLS] states (float16) for the rows of
     `batches`, in the batches' order (concatenated), on `runtime`'s device and precision."""
     model.to(runtime.device).eval()
@@ -136,7 +118,7 @@ def label_batches(
         states = torch.stack([h[:, 0] for h in out.hidden_states], 1)
         cls_states[start:end] = states.float().cpu().numpy()  # numpy rounds to float16
         start = end
-    return Targets(logits, cls_states)
+    return TeacherTargets(logits, cls_states)
 
 
 def shard_key(cache_key: str, batch_size: int, shard: Shard) -> str:
@@ -184,8 +166,6 @@ def _build_shard(
     batch_size: int,
     runtime: Runtime,
 ) -> ShardManifest:
-    from distill.logit_cache import training_rows  # logit_cache imports this module
-
     rows = training_rows(data, augmented)
     started = time.perf_counter()
     targets = label_batches(_teacher(str(teacher_path)), rows, shard.batches, runtime)
@@ -212,19 +192,22 @@ def _build_shard(
 
 
 class ShardError(RuntimeError):
-    """Shards that do not add up to the cache's rows, or whose files do not match."""
+    """Shards that do not add up to the cache's rows."""
 
 
-def assemble(shards: Sequence[Artifact[ShardManifest]], total_rows: int) -> Targets:
-    """The shards' rows put back in row order; every row must come from exactly one shard."""
+def assemble(shards: Sequence[Artifact[ShardManifest]], total_rows: int) -> TeacherTargets:
+    """The shards' rows put back in row order; every row must come from exactly one shard.
+
+    The shards are artifacts `run_stage` just built or verified, so their files are not hashed
+    again here; their row indices are checked, since those decide where each row goes."""
     if not shards:
         raise ShardError("no shards to assemble")
     seen = np.zeros(total_rows, dtype=bool)
     logits = cls_states = None
     for shard in shards:
         manifest = shard.manifest
-        shard_logits = _load_checked(shard, manifest.logits_file, manifest.logits_sha256)
-        shard_cls = _load_checked(shard, manifest.cls_file, manifest.cls_sha256)
+        shard_logits = np.load(shard.file(manifest.logits_file))
+        shard_cls = np.load(shard.file(manifest.cls_file))
         indices = np.load(shard.file(manifest.indices_file))
         if len(indices) != manifest.rows or len(shard_logits) != manifest.rows:
             raise ShardError(
@@ -244,11 +227,4 @@ def assemble(shards: Sequence[Artifact[ShardManifest]], total_rows: int) -> Targ
         cls_states[indices] = shard_cls
     if not seen.all():
         raise ShardError(f"shards cover {int(seen.sum())} of {total_rows} rows")
-    return Targets(logits, cls_states)
-
-
-def _load_checked(shard: Artifact[ShardManifest], name: str, sha: str) -> np.ndarray:
-    path = shard.file(name)
-    if file_sha256(path) != sha:
-        raise ShardError(f"shard file {path} does not match the checksum in its manifest")
-    return np.load(path)
+    return TeacherTargets(logits, cls_states)

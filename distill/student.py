@@ -9,7 +9,7 @@ import torch
 
 from distill.config import PretrainedInit, RandomInit, StudentConfig
 from distill.data import load_split
-from distill.logit_cache import TeacherTargets, open_targets, row_counts, training_rows
+from distill.logit_cache import open_targets
 from distill.losses import LossTerms, Outputs, active_terms, weighted_loss
 from distill.models import (
     count_parameters,
@@ -22,6 +22,7 @@ from distill.models import (
     student_from_pretrained,
     student_from_teacher,
 )
+from distill.rows import TeacherTargets, row_counts, training_rows
 from distill.store import Artifact, StageManifest, run_stage, stage_key
 from distill.training import LossFn, MetricsLog, train_classifier
 

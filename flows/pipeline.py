@@ -11,15 +11,14 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from deploy.bundle import BUNDLE_DIR, place_folder, tarball_path, write_tarball
-from deploy.chain import run_pipeline_stages
-from distill.chain import RunArtifacts
+from deploy.chain import RunArtifacts, run_pipeline_stages
 from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
 from distill.store import write_json_atomic
-from distill.summary import build_summary
 from flows.workdir import recover_workdir, workdir_lock
 from tasks import stages
 from tasks.recovery import close_abandoned_runs, run_identity_tags
 from tasks.registry import REGISTRY_RECORD, check_registry_record
+from tasks.summary import build_summary
 from tasks.tracking import MlflowTracker, Registration, default_tracking_uri, git_commit
 
 SUMMARY = "summary.json"

@@ -17,7 +17,8 @@ from typing import Any
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from prefect import flow, get_run_logger
 
-from distill.chain import RunArtifacts, run_until_cache
+from deploy.chain import RunArtifacts
+from distill.chain import run_until_cache
 from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
 from distill.store import write_json_atomic
 from flows.pipeline import check_registry, open_tracker, register_bundle_and_gate

@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from deploy.chain import run_after_cache
-from distill.chain import CacheArtifacts, RunArtifacts
+from deploy.chain import RunArtifacts, run_after_cache
+from distill.chain import CacheArtifacts
 from distill.config import ConfigError, PipelineConfig, load_config
 from distill.data import load_split
+from distill.fan_out import FanOut, run_each_here
 from distill.paired import compare
-from distill.shards import FanOut, run_each_here
 
 # Sections read only after the cache: a grid over anything else would need another cache.
 SWEEPABLE = ("student.", "export.", "quantize.")

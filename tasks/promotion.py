@@ -14,23 +14,23 @@ from typing import Any
 import numpy as np
 
 from deploy.benchmark import onnx_latencies, torch_latency
+from deploy.chain import RunArtifacts
 from deploy.onnx_eval import onnx_logits, open_session
 from deploy.quantize import model_split, shipped_split
-from distill.chain import RunArtifacts
 from distill.config import PromotionConfig
 from distill.data import load_split
 from distill.evaluation import CONFUSION_PNG, TEACHER_TEST_LOGITS, EvaluationManifest
 from distill.gates import Measurements, Metric, evaluate_gates, majority_baseline, score
-from distill.model_card import (
+from distill.paired import compare
+from distill.store import Artifact
+from tasks import registry
+from tasks.model_card import (
     ModelPoint,
     card_evidence,
     description_text,
     render_model_card,
     write_model_card,
 )
-from distill.paired import compare
-from distill.store import Artifact
-from tasks import registry
 from tasks.registry import ChampionScore
 from tasks.tracking import MlflowTracker, Registration, comparison_tags
 

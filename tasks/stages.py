@@ -18,7 +18,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NONE
 
-from distill.chain import RunArtifacts, StageRunner
+from deploy.chain import RunArtifacts
+from distill.chain import StageRunner
 from distill.config import PromotionConfig
 from distill.store import MANIFEST, Artifact, StoreFullError
 from distill.training import MetricsLog
@@ -203,7 +204,7 @@ def run_unit(name: str, work: Callable[[], Any]) -> Any:
 
 
 def prefect_fan_out(name: str, works: Sequence[Callable[[], Any]]) -> list[Any]:
-    """A `distill.shards.FanOut`: every unit submitted as a Prefect task to the flow's task
+    """A `distill.fan_out.FanOut`: every unit submitted as a Prefect task to the flow's task
     runner (a Dask cluster's workers under `compute.cluster`), results in the given order.
     Works are pickled to the workers: module-level functions and paths, no open handles."""
     futures = [run_unit.submit(f"{name}-{number}", work) for number, work in enumerate(works)]
@@ -214,7 +215,7 @@ def prefect_fan_out(name: str, works: Sequence[Callable[[], Any]]) -> list[Any]:
 def register_model(
     registered_model: str, artifacts: RunArtifacts, tracker: MlflowTracker
 ) -> Registration:
-    from distill.model_card import model_identities
+    from tasks.model_card import model_identities
     from tasks.registry import register_model as register
 
     quantized, teacher, data = artifacts.quantize, artifacts.teacher, artifacts.data

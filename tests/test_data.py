@@ -280,7 +280,7 @@ def test_non_utf8_file_names_the_file_and_suggests_data_encoding(tmp_path):
 
 
 def test_model_card_states_the_data_quality_in_one_line():
-    from distill.model_card import data_quality_line
+    from tasks.model_card import data_quality_line
 
     splits = split_of(
         train=[("same", 1), ("Loved it", 1), ("loved it", 0)], validation=[("SAME", 1)], test=[]

@@ -115,11 +115,13 @@ def token_rows(rows: int = 24):
 
 
 def test_teacher_targets_computed_in_bf16_are_stored_as_float32(tiny_classifier):
-    from distill.logit_cache import teacher_outputs
+    from distill.batching import sorted_batches
+    from distill.shards import label_batches
 
     rows = token_rows()
-    full = teacher_outputs(tiny_classifier, rows, 8)
-    half = teacher_outputs(tiny_classifier, rows, 8, Runtime(torch.device("cpu"), "bf16"))
+    batches = sorted_batches([len(ids) for ids in rows["input_ids"]], 8)
+    full = label_batches(tiny_classifier, rows, batches)
+    half = label_batches(tiny_classifier, rows, batches, Runtime(torch.device("cpu"), "bf16"))
     assert half.logits.dtype == np.float32 and half.cls_states.dtype == np.float16
     assert half.logits.shape == full.logits.shape and half.cls_states.shape == (24, 4, 32)
     assert not np.array_equal(half.logits, full.logits)  # bf16 was really used ...

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from distill.model_card import card_evidence, evidence_sections
 from distill.paired import compare
+from tasks.model_card import card_evidence, evidence_sections
 
 NAMES = ["negative", "positive"]
 
@@ -64,7 +64,7 @@ def test_card_evidence_refuses_rows_that_do_not_line_up():
 
 
 def test_a_shipped_trim_shows_its_paired_comparison_and_why_it_shipped(tiny_stages):
-    from distill.model_card import _tokenizer_note
+    from tasks.model_card import _tokenizer_note
 
     export, quantized = tiny_stages.export.manifest, tiny_stages.quantize.manifest
     assert quantized.trimmed and export.trimming_comparison is not None
@@ -77,7 +77,7 @@ def test_the_card_draws_every_loss_term_whatever_their_number(tmp_path):
     """Four terms and more: one line style each (reused in turn), one legend entry each."""
     from distill.gates import GateResult
     from distill.losses import LOSS_TERM_NAMES
-    from distill.model_card import (
+    from tasks.model_card import (
         CURVES,
         ModelPoint,
         plot_training_curves,

@@ -17,7 +17,7 @@ from deploy.chain import run_pipeline_stages
 from deploy.runtime import load_bundle, predict
 from distill.config import PretrainedInit, RandomInit, TeacherLayersInit
 from distill.data import load_split
-from distill.model_card import model_identities
+from tasks.model_card import model_identities
 from tests.edge_js import node_packages_ready, run_node
 from tests.test_families import family_folder, train_texts  # noqa: F401 - fixtures
 
@@ -128,10 +128,11 @@ def test_batches_pad_with_the_models_pad_id_in_training_prediction_and_caching(
     """MPNet pads with 1 (and numbers positions from it): every padded batch must use 1."""
     from transformers import AutoModelForSequenceClassification
 
+    from distill.batching import sorted_batches
     from distill.config import TrainingConfig
     from distill.data import tokenized_table
-    from distill.logit_cache import teacher_outputs
     from distill.models import load_tokenizer
+    from distill.shards import label_batches
     from distill.teacher import teacher_loss
     from distill.training import predict_logits, train_classifier
 
@@ -153,7 +154,7 @@ def test_batches_pad_with_the_models_pad_id_in_training_prediction_and_caching(
 
     predict_logits(model, split, batch_size=8)
     assert padded_ids() == {1}
-    teacher_outputs(model, split, batch_size=8)
+    label_batches(model, split, sorted_batches([len(ids) for ids in split["input_ids"]], 8))
     assert padded_ids() == {1}
     train_classifier(model, split, split, TrainingConfig(epochs=1, batch_size=8), teacher_loss)
     assert padded_ids() == {1}

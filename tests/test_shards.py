@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
+from distill.fan_out import run_each_here
 from distill.logit_cache import logit_cache_stage
-from distill.shards import SHARD_STAGE, ShardError, assemble, plan_shards, run_each_here
+from distill.shards import SHARD_STAGE, ShardError, assemble, plan_shards
 from distill.store import file_sha256
 from distill.teacher import teacher_stage
 

@@ -7,7 +7,6 @@ import torch
 from distill.batching import collate
 from distill.config import build_config
 from distill.data import load_split
-from distill.logit_cache import TeacherTargets
 from distill.losses import (
     Outputs,
     cls_cosine_loss,
@@ -15,6 +14,7 @@ from distill.losses import (
     patient_kd_loss,
     soft_target_kl,
 )
+from distill.rows import TeacherTargets
 from distill.store import Artifact
 from distill.student import student_loss
 

@@ -264,7 +264,7 @@ def test_epoch_progress_lines_at_info(splits, caplog):
 
 
 def test_training_curves_show_the_loss_terms_when_present(tmp_path):
-    from distill.model_card import plot_training_curves
+    from tasks.model_card import plot_training_curves
 
     teacher = [{"step": 10, "train_loss": 0.7, "ce": 0.7}, {"step": 10, "val_accuracy": 0.8}]
     student = [

@@ -12,8 +12,8 @@ import pytest
 from distill.chain import run_student, run_student_rows, run_until_cache
 from distill.config import PretrainedInit, UnlabeledConfig
 from distill.data import UNLABELED, DataError, data_stage, load_split, load_unlabeled
-from distill.logit_cache import training_rows
 from distill.losses import UNLABELLED
+from distill.rows import training_rows
 from distill.student import AlignmentError, student_stage
 from tests.test_families import bert_like_tokenizer, wrap
 

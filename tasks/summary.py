@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from distill.chain import RunArtifacts
+from deploy.chain import RunArtifacts
 
 
 def build_summary(

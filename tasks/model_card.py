@@ -20,9 +20,9 @@ from distill.gates import GateResult, all_passed
 from distill.paired import PairedComparison, ScoreInterval, score_interval
 
 if TYPE_CHECKING:
+    from deploy.chain import RunArtifacts
     from deploy.export import ExportManifest
     from deploy.quantize import QuantizeManifest
-    from distill.chain import RunArtifacts
     from distill.data import DataQuality
     from distill.evaluation import EvaluationManifest
 
