@@ -7,7 +7,6 @@ runs in a fresh workdir on the shared store, one that damages it on a private co
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -153,10 +152,6 @@ def run_statuses(workdir: Path) -> dict[str, str]:
     mlflow = client(workdir)
     ids = [e.experiment_id for e in mlflow.search_experiments()]
     return {r.info.run_id: r.info.status for r in mlflow.search_runs(ids)} if ids else {}
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]], encoding: str = "utf-8") -> Path:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.suite import output, sha256
+from distill.store import file_sha256
+from tests.faults.suite import output
 
 pytestmark = pytest.mark.faults
 
@@ -58,7 +59,7 @@ def test_a_damaged_stage_is_named_set_aside_and_rebuilt(
     summary = json.loads((workdir / "summary.json").read_text())
     rebuilt = summary["stages"][stage]["reused"] is False
     weights = suite.stage_dir(store, "teacher") / "model.safetensors"
-    weights_ok = sha256(weights) == summary["teacher_sha256"]
+    weights_ok = file_sha256(weights) == summary["teacher_sha256"]
     aside = list((store / stage).glob(".corrupt-*"))
     warned = "does not match its manifest" in text
     verdict(
