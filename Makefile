@@ -18,7 +18,7 @@ JS := edge/js
 JS_STAMP := $(JS)/node_modules/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup setup-js setup-browser setup-mpnet run run-edge run-mpnet test lint format
+.PHONY: setup setup-js setup-browser setup-mpnet run run-edge run-mpnet test faults lint format
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,12 @@ run-mpnet: setup-mpnet
 # start once; session fixtures (the tiny pipeline, the embedded server) start once per worker.
 test: setup setup-js setup-browser
 	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
+
+# The fault suite (bad data, damaged stores, killed runs, hostile clients and archives; about
+# 10 minutes): every test marked fault_report, in one process (the faults share one base run).
+# Writes bench/results/faults.json and the "faults" section of docs/benchmarks.md.
+faults: setup
+	$(BIN)/python -m pytest -m fault_report -p no:xdist
 
 lint: setup
 	$(BIN)/ruff check .

@@ -33,6 +33,11 @@ def in_process(*args):
     return CliRunner().invoke(app, [str(arg) for arg in args])
 
 
+def fault(name, item, *values):
+    """A case that is also a row of the fault report (tests/faults/conftest.py)."""
+    return pytest.param(*values, id=name, marks=pytest.mark.fault_report(name, item))
+
+
 def error_line(result):
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.stderr
@@ -43,13 +48,33 @@ def error_line(result):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("student.temprature=2", "unknown config key 'student.temprature'"),
+        fault(
+            "unknown_config_key",
+            "-",
+            "student.temprature=2",
+            "unknown config key 'student.temprature'",
+        ),
         ("teacher.training.epochs=two", "config key 'teacher.training.epochs'"),
         ("student.init.layers=[0, 7]", "student.init.layers"),
         ("student.init.intermediate_size=100000", "student.init.intermediate_size"),
-        ("teacher.training.epochs=true", "'teacher.training.epochs': expected a number, got true"),
-        ("student.hidden.layer_map=[[0, 9]]", "'student.hidden.layer_map': teacher has layers"),
-        ("teacher.model=/nonexistent/teacher", "'teacher.model': '/nonexistent/teacher'"),
+        fault(
+            "epochs_true",
+            "13",
+            "teacher.training.epochs=true",
+            "'teacher.training.epochs': expected a number, got true",
+        ),
+        fault(
+            "bad_layer_map",
+            "13",
+            "student.hidden.layer_map=[[0, 9]]",
+            "'student.hidden.layer_map': teacher has layers",
+        ),
+        fault(
+            "missing_teacher_folder",
+            "13",
+            "teacher.model=/nonexistent/teacher",
+            "'teacher.model': '/nonexistent/teacher'",
+        ),
     ],
 )
 def test_config_mistakes_stop_the_run_and_name_the_key(tmp_path, override, expected):
@@ -85,6 +110,7 @@ def test_missing_data_file_is_named(tmp_path):
     assert not (tmp_path / "w" / "data").exists()
 
 
+@pytest.mark.fault_report("missing_text_column", "-")
 def test_missing_column_is_named(tmp_path):
     path = tmp_path / "reviews.csv"
     pd.DataFrame({"review": ["good", "bad"] * 10, "label": [1, 0] * 10}).to_csv(path, index=False)
@@ -93,6 +119,7 @@ def test_missing_column_is_named(tmp_path):
     assert "column 'text' not found" in error_line(result)
 
 
+@pytest.mark.fault_report("unreachable_cluster", "25.7")
 def test_an_unreachable_cluster_is_one_line_before_any_work(tmp_path):
     from tests.services import free_port
 
@@ -111,6 +138,7 @@ def test_show_config_prints_the_resolved_config():
     assert "alpha: 0.9" in result.stdout
 
 
+@pytest.mark.fault_report("rare_class_max_examples", "11")
 def test_a_class_made_rare_by_max_examples_is_named_before_any_mlflow_run(tmp_path):
     path = tmp_path / "skewed.csv"
     labels = ["pos"] * 300 + ["neg"] * 24
@@ -125,6 +153,7 @@ def test_a_class_made_rare_by_max_examples_is_named_before_any_mlflow_run(tmp_pa
     assert not (workdir / "mlflow.db").exists() and not (workdir / "data").exists()
 
 
+@pytest.mark.fault_report("latin1_csv", "13")
 def test_a_latin1_file_is_named_with_the_data_encoding_hint(tmp_path):
     path = tmp_path / "latin.csv"
     rows = "text,label\n" + "".join(f"caf\xe9 number {i},{i % 2}\n" for i in range(60))
@@ -135,6 +164,7 @@ def test_a_latin1_file_is_named_with_the_data_encoding_hint(tmp_path):
     assert f"data file {path} is not valid utf-8 text" in line and "data.encoding=" in line
 
 
+@pytest.mark.fault_report("unwritable_workdir", "12")
 def test_a_read_only_workdir_is_reported_as_such(tmp_path):
     from tests.test_preflight import unwritable_folder
 
@@ -148,6 +178,7 @@ def test_a_read_only_workdir_is_reported_as_such(tmp_path):
     assert "could not be read" not in line
 
 
+@pytest.mark.fault_report("unreachable_mlflow", "-")
 def test_an_unreachable_tracking_server_is_one_line_before_the_flow_starts(tmp_path):
     import os
     import socket

@@ -148,6 +148,7 @@ def test_the_page_classifies_a_golden_text_in_chromium(base_url, tiny_bundle, tm
             assert on_page["probabilities"][label] == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.fault_report("malformed_requests", "14")
 def test_unknown_paths_get_404_and_wrong_methods_405(base_url):
     status, body = call(f"{base_url}/nothing")
     assert status == 404 and "no such path: /nothing" in body["error"]
@@ -158,6 +159,7 @@ def test_unknown_paths_get_404_and_wrong_methods_405(base_url):
     assert call(f"{base_url}/health?verbose=1")[0] == 200  # a query string is not a new path
 
 
+@pytest.mark.fault_report("malformed_requests", "14")
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
@@ -173,6 +175,7 @@ def test_wrong_shapes_get_400(base_url, payload, message):
     assert message in body["error"]
 
 
+@pytest.mark.fault_report("deeply_nested_json", "14")
 def test_a_deeply_nested_body_gets_400_not_a_recursion_error(base_url):
     depth = 100_000  # 200 KB of brackets, far beyond Python's recursion limit
     body = b'{"texts": ' + b"[" * depth + b"]" * depth + b"}"
@@ -190,6 +193,7 @@ def request(path, headers, body=b"", method="POST"):
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+@pytest.mark.fault_report("malformed_requests", "14")
 @pytest.mark.parametrize(
     ("data", "status", "message"),
     [
@@ -252,6 +256,7 @@ def test_connections_beyond_the_limit_get_503_at_once(tiny_bundle):
     thread.join(timeout=10)
 
 
+@pytest.mark.fault_report("slow_client_content_length", "14")
 def test_a_client_that_sends_less_than_its_content_length_is_dropped_in_time(server):
     started = time.monotonic()
     status, body = raw(server, request("/predict", ["Content-Length: 100"], b'{"texts": ['))
@@ -275,6 +280,7 @@ def test_a_trickling_client_is_dropped_at_the_deadline_not_per_byte(server):
     assert time.monotonic() - started < READ_TIMEOUT + 2
 
 
+@pytest.mark.fault_report("stalled_and_concurrent_clients", "14")
 def test_stalled_connections_hold_no_threads_and_block_no_one(server, base_url):
     before = threading.active_count()
     stalled = []
@@ -297,6 +303,7 @@ def test_stalled_connections_hold_no_threads_and_block_no_one(server, base_url):
             conn.close()
 
 
+@pytest.mark.fault_report("serve_heavy_imports", "17")
 def test_serve_command_serves_the_bundle_without_heavy_imports(tiny_bundle):
     """The real CLI entry in a fresh process; -X importtime lists every module it imports,
     including any imported lazily while answering."""
@@ -328,6 +335,7 @@ def test_serve_command_serves_the_bundle_without_heavy_imports(tiny_bundle):
     assert {name.split(".")[0] for name in modules} & heavy == set()
 
 
+@pytest.mark.fault_report("edited_manifest", "15")
 def test_serve_command_refuses_an_edited_manifest(tiny_bundle, tmp_path):
     bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     manifest = json.loads((bundle / "manifest.json").read_text())
