@@ -1,17 +1,8 @@
-"""The one file sha256 and the one atomic writer (distill/files.py)."""
-
-import hashlib
+"""The one atomic writer (distill/files.py; its file_sha256 is checked in test_store.py)."""
 
 import pytest
 
-from distill.files import atomic_path, file_sha256, write_json_atomic, write_text_atomic
-
-
-def test_file_sha256_is_the_sha256_of_the_bytes(tmp_path):
-    path = tmp_path / "weights.bin"
-    content = bytes(range(256)) * 5000  # larger than one read chunk
-    path.write_bytes(content)
-    assert file_sha256(path) == hashlib.sha256(content).hexdigest()
+from distill.files import atomic_path, write_json_atomic, write_text_atomic
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
