@@ -133,8 +133,8 @@ def sweep_cells(args, base, store: Path, scratch: Path) -> dict[str, Any]:
 def sharded_labelling(args, store: Path, scratch: Path) -> dict[str, Any]:
     """(b): the training split plus one augmented copy, labelled in shards on 1 and N workers."""
     from distill.chain import run_until_cache
+    from distill.files import file_sha256
     from distill.logit_cache import logit_cache_stage
-    from distill.store import file_sha256
     from tasks.stages import prefect_fan_out
 
     config = load_config(args.config, [*args.overrides, "augmentation.multiplier=1"])

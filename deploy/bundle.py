@@ -50,12 +50,12 @@ from deploy.runtime import (
     BundleError,
     open_bundle,
     predict,
-    sha256,
     verify_bundle,
     version_tuple,
     with_graph,
 )
-from distill.store import Artifact, write_json_atomic
+from distill.files import atomic_path, file_sha256, write_json_atomic
+from distill.store import Artifact
 
 if TYPE_CHECKING:
     from deploy.chain import RunArtifacts
@@ -226,7 +226,7 @@ def write_bundle(inputs: BundleInputs, folder: Path) -> None:
     if mobile_model is not None:
         check_mobile(with_graph(runtime, folder / mobile_model, threads=1), examples)
     write_json(folder / GOLDEN, {"examples": examples})
-    manifest["files"] = {name: sha256(folder / name) for name in bundle_files(folder)}
+    manifest["files"] = {name: file_sha256(folder / name) for name in bundle_files(folder)}
     manifest[SIGNATURE] = manifest_signature(manifest)  # covers the file hashes and the rest
     write_json_atomic(folder / MANIFEST, manifest)  # last: its presence means "complete"
     verify_bundle(folder)  # what we ship must pass the runtime's own checks
@@ -406,18 +406,14 @@ def place_folder(tmp: Path, final: Path) -> None:
 def write_tarball(folder: Path, archive: Path) -> Path:
     """`folder`'s files at the archive's top level (`onnx/` as a folder), reproducibly (no
     times or owners; tarfile adds a folder's entries in sorted order)."""
-    tmp = archive.with_name(f".{archive.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with (
-            open(tmp, "wb") as raw,
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped,
-            tarfile.open(fileobj=zipped, mode="w") as tar,
-        ):
-            for path in sorted(folder.iterdir()):
-                tar.add(path, arcname=path.name, filter=_anonymous)
-        os.replace(tmp, archive)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with (
+        atomic_path(archive) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped,
+        tarfile.open(fileobj=zipped, mode="w") as tar,
+    ):
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=path.name, filter=_anonymous)
     return archive
 
 

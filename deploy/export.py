@@ -30,6 +30,7 @@ from onnx import numpy_helper
 from deploy.onnx_eval import onnx_logits, open_session
 from deploy.vocab_trim import tokenized_split, trim_vocabulary, untrimmable_reason
 from distill.config import ExportConfig
+from distill.constants import EPSILON, TOKENIZER_FILE
 from distill.data import DataManifest, load_split
 from distill.metrics import accuracy
 from distill.models import load_classifier
@@ -39,7 +40,6 @@ from distill.student import StudentManifest
 from distill.training import predict_logits
 
 ONNX_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
 FULL_ONNX_FILE = "model.full-vocabulary.onnx"
 FULL_TOKENIZER_FILE = "tokenizer.full-vocabulary.json"
 # The trained PyTorch student's predicted labels per text ("validation", "test"): the reference
@@ -51,8 +51,6 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 # decides on validation, not test, 5: the trimming gate refuses only a significant cost, and the
 # student's predictions are kept for the quantize stage's paired gate).
 VERSION = 5
-# Float tolerance for comparing measured accuracy differences with a budget.
-EPSILON = 1e-9
 
 
 class ExportManifest(StageManifest):

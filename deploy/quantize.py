@@ -51,6 +51,7 @@ from deploy.onnx_eval import onnx_logits, open_session
 from deploy.optimize import try_optimize
 from deploy.vocab_trim import tokenized_split
 from distill.config import QuantizeConfig
+from distill.constants import EPSILON, TOKENIZER_FILE
 from distill.data import DataManifest, load_split
 from distill.metrics import accuracy
 from distill.padding import pad
@@ -59,10 +60,7 @@ from distill.store import Artifact, StageManifest, file_sha256, run_stage, stage
 
 INT8_FILE = "model.int8.onnx"
 FP32_FILE = "model.fp32.onnx"
-TOKENIZER_FILE = "tokenizer.json"
 CALIBRATION_BATCH = 32
-# Float tolerance for comparing measured shares with thresholds (1 of 1000 texts is 1e-3).
-EPSILON = 1e-9
 # Bumped when the shipped model changes for the same settings and export (3: the gate decides
 # on validation, not test, 4: an accuracy cost over budget is refused only when significant,
 # and every candidate's paired comparison with the trained student is recorded).

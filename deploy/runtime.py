@@ -6,7 +6,6 @@ transformers), so it runs on a device that has nothing else installed.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -42,6 +41,7 @@ from deploy.bundle_format import (
     required_files,
 )
 from deploy.onnx_eval import open_session  # ONNX or ORT format: onnxruntime tells them apart
+from distill.files import file_sha256
 
 __all__ = [  # the format's names, re-exported for callers that import them from here
     "FORMAT_VERSION",
@@ -146,7 +146,7 @@ def verify_bundle(folder: Path) -> BundleManifest:
         file = folder / name
         if not file.is_file():
             raise BundleError(f"bundle file '{name}' is missing")
-        if sha256(file) != expected:
+        if file_sha256(file) != expected:
             raise BundleError(f"bundle file '{name}' does not match its sha256 in {MANIFEST}")
     if version == LEGACY_FORMAT_VERSION:
         log.warning(
@@ -290,14 +290,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def extract_archive(archive: Path, target: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> Path:

@@ -1,4 +1,4 @@
-"""A small HTTP server for a loaded bundle (standard library only, torch-free).
+"""A small HTTP server for a loaded bundle (standard library and h11 only, torch-free).
 
 `POST /predict` with `{"texts": [...]}` answers `{"results": [...]}`; `GET /health` answers the
 bundle's identity; `GET /` answers a small HTML page whose form posts a text to `/predict`.
@@ -9,12 +9,15 @@ thread: each request must arrive whole (headers and body) within `read_timeout` 
 connection is dropped (408). Only complete requests reach the bounded pool of `workers` threads
 that run the model. Beyond `max_connections` open connections new ones get 503 at once, and
 the kernel's listen backlog (`BACKLOG`) holds connections the loop has not accepted yet.
+
+HTTP/1.1 is parsed and framed by h11 (pure Python, the parser under uvicorn); the server adds
+its own limits on top (head and body size, the request deadline, one request per connection:
+every answer says `Connection: close`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import logging
 import re
@@ -24,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
+
+import h11
 
 from deploy.runtime import Bundle, predict
 from deploy.serve_page import serve_page
@@ -41,6 +46,8 @@ LINGER_BYTES = 16 << 20
 BUSY_LINGER_S = 0.5
 
 ROUTES = {"/": "GET", "/health": "GET", "/predict": "POST"}
+HEADERS_TOO_LARGE = f"request headers larger than {MAX_HEADER_BYTES} bytes"
+CHUNKED_REFUSED = "chunked bodies are not accepted: send a Content-Length"
 # JSON strings (escapes included), removed before counting bracket depth.
 JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 NOT_BRACKETS = re.compile(r"[^\[\]{}]")
@@ -105,22 +112,21 @@ class BundleServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(
-            self._connection, sock=self.socket, limit=MAX_HEADER_BYTES, backlog=BACKLOG
-        )
+        server = await asyncio.start_server(self._connection, sock=self.socket, backlog=BACKLOG)
         self._started.set()
         async with server:
             await self._stop.wait()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open += 1
+        connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         try:
             if self._open > self.max_connections:
                 status, payload = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "server is busy"}
                 method, path = "-", "-"
             else:
-                method, path, status, payload = await self._answer(reader, writer)
-            await self._reply(writer, status, payload)
+                method, path, status, payload = await self._answer(reader, writer, connection)
+            await self._reply(writer, connection, method, status, payload)
             log.info("%s %s %s %d", _peer(writer), method, path, status)
             writer.write_eof()  # the answer is complete: the client may stop reading
             busy = status == HTTPStatus.SERVICE_UNAVAILABLE  # shed load: linger briefly
@@ -136,13 +142,18 @@ class BundleServer:
             writer.close()
 
     async def _answer(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connection: h11.Connection,
     ) -> tuple[str, str, HTTPStatus, dict[str, Any] | str]:
         """(method, path, status, JSON payload or HTML page) for one request on this connection."""
         method = path = "-"
         try:
             async with asyncio.timeout(self.read_timeout):
-                method, path, headers = await read_head(reader)
+                request = await read_request(reader, connection)
+                method = request.method.decode("ascii")
+                path = urlsplit(request.target.decode("ascii")).path
                 allowed = ROUTES.get(path)
                 if allowed is None:
                     raise BadRequest(f"no such path: {path}", HTTPStatus.NOT_FOUND)
@@ -153,10 +164,13 @@ class BundleServer:
                     )
                 body = b""
                 if method == "POST":
-                    length = body_length(headers)
-                    if headers.get("Expect", "").lower() == "100-continue":
-                        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for it
-                    body = await read_body(reader, length)
+                    length = body_length(request)
+                    if connection.they_are_waiting_for_100_continue:  # curl waits for it
+                        continuing = h11.InformationalResponse(
+                            status_code=100, headers=[], reason=b"Continue"
+                        )
+                        writer.write(connection.send(continuing))
+                    body = await read_body(reader, connection, length)
         except TimeoutError:
             message = f"request not received within {self.read_timeout:g} s"
             return method, path, HTTPStatus.REQUEST_TIMEOUT, {"error": message}
@@ -190,67 +204,91 @@ class BundleServer:
         }
 
     async def _reply(
-        self, writer: asyncio.StreamWriter, status: HTTPStatus, payload: dict[str, Any] | str
+        self,
+        writer: asyncio.StreamWriter,
+        connection: h11.Connection,
+        method: str,
+        status: HTTPStatus,
+        payload: dict[str, Any] | str,
     ) -> None:
         if isinstance(payload, str):
             body, content_type = payload.encode(), "text/html; charset=utf-8"
         else:
             body, content_type = json.dumps(payload).encode(), "application/json"
-        head = (
-            f"HTTP/1.1 {status.value} {status.phrase}\r\n"
-            f"Content-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n"
+        response = h11.Response(
+            status_code=status.value,
+            reason=status.phrase.encode("ascii"),
+            headers=[
+                ("Content-Type", content_type),
+                ("Content-Length", str(len(body))),
+                ("Connection", "close"),  # one request per connection
+            ],
         )
-        writer.write(head.encode("latin-1") + body)
+        data = connection.send(response)
+        if method != "HEAD":  # h11 frames a HEAD answer as headers only (GET's Content-Length)
+            data += connection.send(h11.Data(data=body))
+        writer.write(data + connection.send(h11.EndOfMessage()))
         async with asyncio.timeout(self.read_timeout):  # a client that never reads is dropped
             await writer.drain()
 
 
-async def read_head(reader: asyncio.StreamReader) -> tuple[str, str, http.client.HTTPMessage]:
-    """(method, path, headers) of the request line and headers, or BadRequest."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.LimitOverrunError:
-        raise BadRequest(
-            f"request headers larger than {MAX_HEADER_BYTES} bytes",
-            HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-        ) from None
-    except asyncio.IncompleteReadError:
-        raise BadRequest("request ended before its headers did") from None
-    request_line, _, header_block = head.partition(b"\r\n")
-    parts = request_line.decode("latin-1").split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise BadRequest(f"malformed request line: {request_line[:80]!r}")
-    method, target, _ = parts
-    try:
-        headers = http.client.parse_headers(_Lines(header_block))
-    except http.client.HTTPException as err:
-        raise BadRequest(f"malformed headers: {err}") from None
-    return method, urlsplit(target).path, headers
+async def read_request(reader: asyncio.StreamReader, connection: h11.Connection) -> h11.Request:
+    """The request line and headers, parsed by h11, or BadRequest.
+
+    At most MAX_HEADER_BYTES are read before the request is complete, so a head larger than
+    that is refused (431) however the client splits it into packets."""
+    read = 0
+    ended = False
+    while True:
+        try:
+            event = connection.next_event()
+        except h11.RemoteProtocolError as err:
+            if ended:
+                raise BadRequest("request ended before its headers did") from None
+            raise refused(err) from None
+        if isinstance(event, h11.Request):
+            if event.http_version not in (b"1.0", b"1.1"):
+                version = event.http_version.decode("ascii")
+                raise BadRequest(f"malformed request line: HTTP/{version} is not HTTP/1.x")
+            return event
+        if isinstance(event, h11.ConnectionClosed):
+            raise BadRequest("request ended before its headers did")
+        if read >= MAX_HEADER_BYTES:
+            raise BadRequest(HEADERS_TOO_LARGE, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+        chunk = await reader.read(MAX_HEADER_BYTES - read)
+        read += len(chunk)
+        ended = not chunk
+        connection.receive_data(chunk)  # b"" tells h11 the client closed its side
 
 
-class _Lines:
-    """The `readline` that http.client.parse_headers reads the header block through."""
+def refused(err: h11.RemoteProtocolError) -> BadRequest:
+    """What h11 refused in a request's head, in the server's words and statuses."""
+    message = str(err)
+    if "Transfer-Encoding" in message:  # h11 reads only chunked bodies, the server none
+        return BadRequest(CHUNKED_REFUSED, HTTPStatus.LENGTH_REQUIRED)
+    if "Content-Length" in message:
+        return BadRequest(f"Content-Length must be a whole number of bytes ({message})")
+    if "request line" in message:
+        return BadRequest(f"malformed request line ({message})")
+    return BadRequest(f"malformed request: {message}", HTTPStatus(err.error_status_hint))
 
-    def __init__(self, block: bytes) -> None:
-        self._lines = iter(block.splitlines(keepends=True))
 
-    def readline(self, limit: int = -1) -> bytes:
-        return next(self._lines, b"")
+def header(request: h11.Request, name: bytes) -> str | None:
+    """A request header's value (`name` in lower case: h11 lowers them), None when absent."""
+    for key, value in request.headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
-def body_length(headers: http.client.HTTPMessage) -> int:
-    """The request's Content-Length, or BadRequest when it is missing, invalid or too large."""
-    if headers.get("Transfer-Encoding"):
-        raise BadRequest(
-            "chunked bodies are not accepted: send a Content-Length", HTTPStatus.LENGTH_REQUIRED
-        )
-    declared = headers.get("Content-Length")
+def body_length(request: h11.Request) -> int:
+    """The request's Content-Length, or BadRequest when it is missing or too large (h11 has
+    refused one that is not a whole number)."""
+    if header(request, b"transfer-encoding") is not None:
+        raise BadRequest(CHUNKED_REFUSED, HTTPStatus.LENGTH_REQUIRED)
+    declared = header(request, b"content-length")
     if declared is None:
         raise BadRequest("a Content-Length header is required", HTTPStatus.LENGTH_REQUIRED)
-    if not declared.strip().isdigit():
-        raise BadRequest(f"Content-Length must be a whole number of bytes, got {declared!r}")
     length = int(declared)
     if length > MAX_BODY_BYTES:
         raise BadRequest(
@@ -260,14 +298,22 @@ def body_length(headers: http.client.HTTPMessage) -> int:
     return length
 
 
-async def read_body(reader: asyncio.StreamReader, length: int) -> bytes:
-    """Exactly `length` body bytes, or BadRequest when the client closes before sending them."""
-    try:
-        return await reader.readexactly(length)
-    except asyncio.IncompleteReadError as err:
-        raise BadRequest(
-            f"body ended after {len(err.partial)} of {length} bytes (Content-Length)"
-        ) from None
+async def read_body(reader: asyncio.StreamReader, connection: h11.Connection, length: int) -> bytes:
+    """The `length` body bytes h11 frames, or BadRequest when the client closes before them."""
+    body = bytearray()
+    while True:
+        try:
+            event = connection.next_event()
+        except h11.RemoteProtocolError as err:
+            raise refused(err) from None
+        if isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return bytes(body)
+        elif chunk := await reader.read(1 << 16):
+            connection.receive_data(chunk)
+        else:
+            raise BadRequest(f"body ended after {len(body)} of {length} bytes (Content-Length)")
 
 
 async def discard_input(reader: asyncio.StreamReader, seconds: float) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from sklearn.metrics import accuracy_score, f1_score
 
 from distill.config import OnTie, PromotionConfig
+from distill.constants import EPSILON
 from distill.paired import ALPHA, PairedComparison
 
 Metric = Literal["accuracy", "macro_f1"]
@@ -181,7 +182,10 @@ def champion_decision(
         return False, (
             f"significantly worse, p = {comparison.p_worse:.2g} ({counts}): champion kept"
         )
-    if comparison.significantly_better(alpha) and comparison.difference >= min_improvement - 1e-9:
+    if (
+        comparison.significantly_better(alpha)
+        and comparison.difference >= min_improvement - EPSILON
+    ):
         return True, (
             f"significantly better, p = {comparison.p_better:.2g} ({counts}): champion replaced"
         )

@@ -25,7 +25,8 @@ from transformers import (
 )
 
 from distill.config import PretrainedInit, RandomArchitecture, TeacherLayersInit
-from distill.store import file_sha256, stable_hash
+from distill.files import file_sha256
+from distill.store import stable_hash
 
 # Bundled models shipped as a Python package with a `get_model_path()`; the split-zip assets
 # (e.g. "mpnet") are resolved by distill.assets.

@@ -29,6 +29,9 @@ from typing import Any, Generic, TypeVar
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+# The one sha256 and atomic writer (distill.files); stages also import them from here.
+from distill.files import file_sha256, write_json_atomic
+
 MANIFEST = "manifest.json"
 # Manifest key of the recorded files, {relative path: {"bytes", "sha256"}}; no model field can
 # start with "_", so it never collides with a stage's own fields.
@@ -102,25 +105,6 @@ def stage_key(stage: str, version: int, *inputs: Any) -> str:
     `VERSION` changes its key and every key after it.
     """
     return stable_hash(stage, version, *inputs)
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def write_bytes_atomic(path: Path, content: bytes) -> None:
-    """Write `path` under a temporary name and rename it into place: never half-written."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_bytes_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str).encode())
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:

@@ -146,27 +146,6 @@ def print_summary(summary: dict[str, Any], workdir: Path) -> None:
     console.print(f"summary: {workdir / 'summary.json'}")
 
 
-def split_sweep_args(args: list[str]) -> tuple[list[str], list[str]]:
-    """`[override ...] --grid key=v1,v2 [key=v1,v2 ...]` -> (overrides, grid items); `--grid`
-    may be repeated, each taking the words after it."""
-    overrides: list[str] = []
-    grid: list[str] = []
-    target = overrides
-    for arg in args:
-        if arg == "--grid":
-            target = grid
-        elif arg.startswith("--grid="):
-            target = grid
-            grid.append(arg.removeprefix("--grid="))
-        elif arg.startswith("-"):
-            raise ConfigError(f"sweep: unknown option {arg!r}")
-        else:
-            target.append(arg)
-    if not grid:
-        raise ConfigError("sweep: give the grid, e.g. --grid student.alpha=0.3,0.5")
-    return overrides, grid
-
-
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
@@ -189,9 +168,10 @@ def sweep(
     `distillery sweep CONFIG [key=value ...] --grid student.alpha=0.3,0.5 student.temperature=1,2`.
     Cells run on `compute.cluster`; finished cells are reused."""
     try:
-        overrides, grid_items = split_sweep_args(list(ctx.args))
+        from flows.sweep_grid import cell_configs, grid_cells, parse_grid, split_sweep_args
+
+        overrides, grid_items = split_sweep_args(ctx.args)
         settings = load_config(config, overrides)
-        from flows.sweep_grid import cell_configs, grid_cells, parse_grid
 
         cell_configs(config, overrides, grid_cells(parse_grid(grid_items)))
     except USER_ERRORS as err:

@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 from deploy.bundle import BUNDLE_DIR, place_folder, tarball_path, write_tarball
 from deploy.chain import RunArtifacts, run_pipeline_stages
 from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
-from distill.store import write_json_atomic
+from distill.files import write_json_atomic, write_text_atomic
 from flows.workdir import recover_workdir, workdir_lock
 from tasks import stages
 from tasks.recovery import close_abandoned_runs, run_identity_tags
@@ -151,9 +151,3 @@ def place_bundle(pending: Path, final: Path) -> Path:
     place_folder(pending, final)
     write_tarball(final, tarball_path(final))
     return final
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from deploy.chain import RunArtifacts
 from distill.chain import run_until_cache
 from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
-from distill.store import write_json_atomic
+from distill.files import write_json_atomic
 from flows.pipeline import check_registry, open_tracker, register_bundle_and_gate
 from flows.sweep_grid import (
     best_row,

@@ -75,6 +75,28 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
     return grid
 
 
+def split_sweep_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`[override ...] --grid key=v1,v2 [key=v1,v2 ...]` -> (overrides, grid items) for
+    `parse_grid`; `--grid` may be repeated (or written `--grid=key=v1,v2`), each taking the
+    words after it."""
+    overrides: list[str] = []
+    grid: list[str] = []
+    target = overrides
+    for arg in args:
+        if arg == "--grid":
+            target = grid
+        elif arg.startswith("--grid="):
+            target = grid
+            grid.append(arg.removeprefix("--grid="))
+        elif arg.startswith("-"):
+            raise ConfigError(f"sweep: unknown option {arg!r}")
+        else:
+            target.append(arg)
+    if not grid:
+        raise ConfigError("sweep: give the grid, e.g. --grid student.alpha=0.3,0.5")
+    return overrides, grid
+
+
 def grid_cells(grid: dict[str, list[str]]) -> list[Cell]:
     """Every combination, the last key varying fastest."""
     keys = list(grid)

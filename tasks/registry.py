@@ -43,8 +43,8 @@ from mlflow.protos.databricks_pb2 import (
 
 from deploy.onnx_eval import onnx_logits, open_session
 from deploy.runtime import TOKENIZER as BUNDLE_TOKENIZER
+from distill.files import file_sha256, write_json_atomic
 from distill.gates import Gate, GateResult, Metric, all_passed, failure_summary, score
-from distill.store import write_json_atomic
 from tasks.recovery import NOT_JUDGED
 from tasks.tracking import MlflowTracker, Registration, comparison_tags, mlflow_client
 
@@ -244,11 +244,6 @@ def remember_version(record: Path, tracking_uri: str, name: str, version: int) -
 
 
 # --- registration ---------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def find_identical(

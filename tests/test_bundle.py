@@ -28,7 +28,7 @@ from deploy.runtime import (
     manifest_signature,
     softmax,
 )
-from distill.store import file_sha256
+from distill.files import file_sha256
 from tests.conftest import REPO
 
 CONTENT = {

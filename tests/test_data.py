@@ -357,7 +357,8 @@ def test_a_file_changed_under_its_old_mtime_is_read_as_it_is_now(tmp_path):
 def test_a_folder_whose_rows_came_from_other_content_than_its_key_is_rebuilt(tmp_path, caplog):
     """A folder poisoned by an older release (rows of the old file under the new file's key)
     is refused on reuse and rebuilt from the file as it is."""
-    from distill.store import FILES, read_manifest, write_json_atomic
+    from distill.files import write_json_atomic
+    from distill.store import FILES, read_manifest
 
     path = write_source(tmp_path / "reviews.csv")
     config = DataConfig(source=str(path), text_column="review", label_column="sentiment")

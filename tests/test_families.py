@@ -251,8 +251,9 @@ END_TO_END = ["roberta", "mpnet", "distilbert", "deberta-v2"]
 def test_family_runs_teacher_cache_student_export_int8(
     family, family_folder, tiny_config, tmp_path_factory
 ):
-    from deploy.export import TOKENIZER_FILE, export_stage
+    from deploy.export import export_stage
     from deploy.quantize import quantize_stage
+    from distill.constants import TOKENIZER_FILE
     from distill.data import data_stage
     from distill.logit_cache import logit_cache_stage
     from distill.student import student_stage

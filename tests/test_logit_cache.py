@@ -116,7 +116,7 @@ def test_overwritten_teacher_weights_are_not_reused(tiny_config, tiny_data):
     weights.write_bytes(bytes(blob))
     again = teacher_stage(store, tiny_config.teacher, tiny_data)
     assert not again.reused
-    from distill.store import file_sha256
+    from distill.files import file_sha256
 
     assert file_sha256(again.file("model.safetensors")) == again.manifest.weights_sha256
     # A cache is reused only when it was computed from the teacher's current weights.

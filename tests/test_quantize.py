@@ -9,8 +9,8 @@ from tokenizers import Tokenizer
 
 from deploy.quantize import Measured, calibration_batches, choose, rejection
 from distill.data import load_split
+from distill.files import file_sha256
 from distill.paired import PairedComparison, compare
-from distill.store import file_sha256
 
 FP32 = Measured(
     "fp32",

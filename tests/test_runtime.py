@@ -21,8 +21,8 @@ from deploy.runtime import (
     load_bundle,
     manifest_signature,
     predict,
-    sha256,
 )
+from distill.files import file_sha256
 from tests.conftest import REPO
 
 CONTENT = [
@@ -60,7 +60,7 @@ def edit_manifest(folder, resign=True, **changes):
 def rehash(folder):
     """Make the manifest match the files again, as a careless (or malicious) editor would."""
     manifest = json.loads((folder / "manifest.json").read_text())
-    edit_manifest(folder, files={name: sha256(folder / name) for name in manifest["files"]})
+    edit_manifest(folder, files={name: file_sha256(folder / name) for name in manifest["files"]})
 
 
 def distillery(*args):
@@ -221,7 +221,7 @@ def test_an_edited_file_hash_is_refused_even_when_the_file_matches_it(bundle_cop
     """Replacing a file and its hash in the manifest is caught by the signature."""
     (bundle_copy / "config.json").write_text('{"id2label": {"0": "good", "1": "bad"}}')
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
-    files = {**manifest["files"], "config.json": sha256(bundle_copy / "config.json")}
+    files = {**manifest["files"], "config.json": file_sha256(bundle_copy / "config.json")}
     edit_manifest(bundle_copy, resign=False, files=files)
     with pytest.raises(BundleError, match="manifest.json does not match its signature"):
         load_bundle(bundle_copy)
@@ -449,7 +449,7 @@ def legacy_bundle(bundle, folder):
     for field in ("model", "mobile_model", "mobile_operators", "files", "signature"):
         del manifest[field]
     names = ("model.onnx", "tokenizer.json", "labels.json", "golden.json")
-    manifest |= {"format_version": 1, "files": {name: sha256(folder / name) for name in names}}
+    manifest |= {"format_version": 1, "files": {name: file_sha256(folder / name) for name in names}}
     manifest["signature"] = manifest_signature(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder

@@ -16,7 +16,14 @@ import urllib.request
 import pytest
 
 from deploy.runtime import load_bundle
-from deploy.server import MAX_BODY_BYTES, MAX_JSON_DEPTH, MAX_TEXTS, BundleServer, make_server
+from deploy.server import (
+    MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_TEXTS,
+    BundleServer,
+    make_server,
+)
 from tests.conftest import REPO
 
 READ_TIMEOUT = 1.0
@@ -209,6 +216,11 @@ def request(path, headers, body=b"", method="POST"):
         (b"GARBAGE\r\n\r\n", 400, "malformed request line"),
         (b"GET /health SPDY/3\r\n\r\n", 400, "malformed request line"),
         (request("/health", ["X: " + "a" * 70_000], method="GET"), 431, "headers larger"),
+        (request("/predict", ["Transfer-Encoding: gzip"]), 411, "chunked"),
+        (request("/predict", ["Content-Length: 3", "Content-Length: 4"]), 400, "whole number"),
+        (b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n", 400, "malformed request line"),
+        (b"GET /health HTTP/1.1\r\n\r\n", 400, "Host"),  # HTTP/1.1 requires it (RFC 9112)
+        (request("/health", ["no colon here"], method="GET"), 400, "malformed request"),
         (request("/predict", ["Content-Length: 20"], b'{"texts"'), 400, "body ended after 8"),
     ],
 )
@@ -225,6 +237,47 @@ def test_malformed_requests_get_a_4xx_json_error(server, base_url, data, status,
     assert b"Content-Type: application/json" in head
     assert message in json.loads(body)["error"]
     assert call(f"{base_url}/health")[0] == 200
+
+
+def test_the_head_limit_holds_however_the_head_is_split_into_packets(server):
+    small = request("/health", ["X: " + "a" * (MAX_HEADER_BYTES - 100)], method="GET")
+    large = request("/health", ["X: " + "a" * (MAX_HEADER_BYTES + 100)], method="GET")
+    assert len(small) <= MAX_HEADER_BYTES < len(large)
+    for data, status in ((small, 200), (large, 431)):
+        with socket.create_connection(server.server_address[:2], timeout=10) as conn:
+            for start in range(0, len(data), 4096):  # 4 KB packets, each read on its own
+                conn.sendall(data[start : start + 4096])
+                time.sleep(0.01)
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+        assert int(reply.split()[1]) == status, reply[:200]
+
+
+def test_expect_100_continue_gets_continue_before_the_answer(server):
+    body = json.dumps({"texts": ["a fine film"]}).encode()
+    head = request("/predict", [f"Content-Length: {len(body)}", "Expect: 100-continue"])
+    with socket.create_connection(server.server_address[:2], timeout=10) as conn:
+        conn.sendall(head)
+        assert conn.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n")
+        conn.sendall(body)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    head, _, answer = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in head
+    assert json.loads(answer)["results"][0]["label"]
+
+
+def test_head_requests_get_headers_only_and_the_connection_closes(server):
+    with socket.create_connection(server.server_address[:2], timeout=10) as conn:
+        conn.sendall(request("/health", [], method="HEAD"))
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ") and b"Content-Length: " in head
+    assert body == b""
 
 
 def test_an_oversized_body_gets_413_while_the_client_is_still_sending_it(base_url):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from distill.fan_out import run_each_here
+from distill.files import file_sha256
 from distill.logit_cache import logit_cache_stage
 from distill.shards import SHARD_STAGE, ShardError, assemble, plan_shards
-from distill.store import file_sha256
 from distill.teacher import teacher_stage
 
 

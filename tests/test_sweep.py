@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from distill.chain import run_until_cache
 from distill.config import ConfigError, load_config
+from distill.files import file_sha256
 from distill.shards import SHARD_STAGE
-from distill.store import file_sha256
-from flows.cli import app, split_sweep_args
+from flows.cli import app
 from flows.sweep_grid import (
     GRID_PNG,
     RESULTS_CSV,
@@ -30,6 +30,7 @@ from flows.sweep_grid import (
     parse_grid,
     register_row,
     run_cells,
+    split_sweep_args,
     write_results,
 )
 from tests.conftest import TINY_CONFIG

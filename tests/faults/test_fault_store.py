@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.store import file_sha256
+from distill.files import file_sha256
 from tests.faults.suite import output
 
 pytestmark = pytest.mark.faults
