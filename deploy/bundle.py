@@ -115,7 +115,7 @@ def bundle_from_stages(
     quantized, data, student = artifacts.quantize, artifacts.data, artifacts.student
     model_config = json.loads(student.file(CONFIG).read_text())
     if quantized.manifest.trimmed:
-        model_config["vocab_size"] = artifacts.export.manifest.vocabulary["kept_size"]
+        model_config["vocab_size"] = artifacts.export.manifest.vocabulary.kept_size
     inputs = BundleInputs(
         onnx_path=quantized.file(quantized.manifest.file),
         # The quantize stage carries the tokenizer that matches its model (a trimmed

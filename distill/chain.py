@@ -19,6 +19,7 @@ from distill.data import DataManifest, data_stage, tokenized_for, tokenizer_iden
 from distill.evaluation import EvaluationManifest, evaluation_stage
 from distill.logit_cache import CacheManifest, logit_cache_stage
 from distill.shards import FanOut, run_each_here
+from distill.stage_table import STAGE_FOLDERS
 from distill.store import Artifact
 from distill.student import StudentManifest, student_stage, student_tokenizer_model
 from distill.teacher import TeacherManifest, teacher_stage
@@ -77,8 +78,9 @@ class RunArtifacts(CacheArtifacts):
     student_augmented: Artifact[AugmentManifest] | None = None
 
     def by_stage(self) -> dict[str, Artifact]:
-        """Stage folder name -> artifact, in pipeline order (augmentation only when it ran, the
-        student's own tokenization only when it differs from the teacher's)."""
+        """Stage folder name -> artifact, in the stage table's (pipeline) order (augmentation
+        only when it ran, the student's own tokenization only when it differs from the
+        teacher's)."""
         student_side = [
             artifact
             for artifact, shared in (
@@ -87,7 +89,7 @@ class RunArtifacts(CacheArtifacts):
             )
             if artifact is not None and artifact is not shared
         ]
-        return {
+        present = {
             artifact.stage: artifact
             for artifact in (
                 self.data,
@@ -102,6 +104,10 @@ class RunArtifacts(CacheArtifacts):
             )
             if artifact is not None
         }
+        unknown = set(present) - set(STAGE_FOLDERS)
+        if unknown:
+            raise KeyError(f"stages {sorted(unknown)} are not in distill/stage_table.py STAGES")
+        return {name: present[name] for name in STAGE_FOLDERS if name in present}
 
 
 def run_until_cache(

@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger
 
 from distill.chain import RunArtifacts, run_until_cache
 from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
+from distill.stage_table import CELL_STAGES
 from distill.store import write_json_atomic
 from flows.pipeline import check_registry, open_tracker, register_bundle_and_gate
 from flows.sweep_grid import (
@@ -39,7 +40,6 @@ from tasks.tracking import MlflowTracker, git_commit
 
 SWEEP_FOLDER = "sweep"
 SWEEP_SUMMARY = "sweep_summary.json"
-CELL_STAGES = ("student", "evaluation", "export", "quantize")
 
 
 def record_cell(
@@ -168,7 +168,7 @@ def register_and_gate(
         "model_version": registration.version,
         "reused": registration.reused,
         "bundle": str(bundle),
-        "promotion": promotion,
+        "promotion": promotion.model_dump(mode="json"),
     }
 
 

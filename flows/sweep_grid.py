@@ -29,9 +29,11 @@ from distill.config import ConfigError, PipelineConfig, load_config
 from distill.data import load_split
 from distill.paired import compare
 from distill.shards import FanOut, run_each_here
+from distill.stage_table import SWEEPABLE_SECTIONS
 
-# Sections read only after the cache: a grid over anything else would need another cache.
-SWEEPABLE = ("student.", "export.", "quantize.")
+# Sections read only after the cache (the sweep cell stages' own sections, from the stage
+# table): a grid over anything else would need another cache.
+SWEEPABLE = tuple(f"{section}." for section in SWEEPABLE_SECTIONS)
 RESULTS_CSV = "sweep_results.csv"
 RESULTS_JSON = "sweep_results.json"
 GRID_PNG = "sweep_grid.png"

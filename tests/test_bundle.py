@@ -85,7 +85,7 @@ def test_config_is_the_students_with_the_shipped_vocabulary_size(tiny_bundle, ti
     config = read_json(tiny_bundle / "config.json")
     student = read_json(tiny_stages.student.file("config.json"))
     assert tiny_stages.quantize.manifest.trimmed
-    kept = tiny_stages.export.manifest.vocabulary["kept_size"]
+    kept = tiny_stages.export.manifest.vocabulary.kept_size
     assert config["vocab_size"] == kept < student["vocab_size"]
     assert embedding_rows(tiny_bundle / "onnx/model_quantized.onnx") == kept
     assert Tokenizer.from_file(str(tiny_bundle / "tokenizer.json")).get_vocab_size() == kept

@@ -125,7 +125,7 @@ def test_every_stage_the_code_builds_is_a_folder_gc_knows():
     in the store for ever (logit shards, student_data and student_augment once did)."""
     import re
 
-    from distill.stage_names import STAGE_FOLDERS
+    from distill.stage_table import COLLECTABLE
 
     built = set()
     pattern = re.compile(
@@ -137,7 +137,7 @@ def test_every_stage_the_code_builds_is_a_folder_gc_knows():
             for match in pattern.finditer(path.read_text()):
                 built.add(next(group for group in match.groups() if group))
     assert {"data", "logit_shard", "student_augment", "student_data", "quantize"} <= built
-    assert built <= set(STAGE_FOLDERS), built - set(STAGE_FOLDERS)
+    assert built <= set(COLLECTABLE), built - set(COLLECTABLE)
 
 
 @pytest.mark.parametrize("stage", ["logit_shard", "student_data", "student_augment"])

@@ -70,4 +70,4 @@ def test_a_shipped_trim_shows_its_paired_comparison_and_why_it_shipped(tiny_stag
     assert quantized.trimmed and export.trimming_comparison is not None
     note = _tokenizer_note(export, quantized)
     assert "Trimming against the trained student on validation: accuracy difference" in note
-    assert export.vocabulary["reason"] in note
+    assert export.vocabulary.reason in note
