@@ -75,3 +75,29 @@ def test_by_stage_follows_the_table_order(tiny_stages):
     assert list(tiny_stages.by_stage()) == [
         name for name in STAGE_FOLDERS if name in tiny_stages.by_stage()
     ]
+
+
+def test_every_manifest_on_disk_reads_back_as_the_same_json(tiny_stages):
+    """The typed records inside manifests (a vocabulary, a gate, candidates, a data source) write
+    the JSON the plain dicts they replaced wrote: an unset optional field stays absent."""
+    import json
+
+    for artifact in tiny_stages.by_stage().values():
+        written = json.loads(artifact.file("manifest.json").read_text())
+        typed = artifact.manifest.model_dump(mode="json")
+        assert {k: v for k, v in written.items() if k in typed} == typed, artifact.stage
+
+
+def test_an_unset_optional_field_of_a_record_is_left_out_of_the_json():
+    from deploy.quantize import CandidateRecord
+    from deploy.vocab_trim import VocabularyRecord
+
+    failed = CandidateRecord(accepted=False, reason="could not be built: X")
+    assert failed.model_dump(mode="json") == {"accepted": False, "reason": "could not be built: X"}
+    whole = VocabularyRecord(trimmed=False, original_size=30522, reason="no trim")
+    assert whole.model_dump(mode="json") == {
+        "trimmed": False,
+        "original_size": 30522,
+        "reason": "no trim",
+    }
+    assert VocabularyRecord.model_validate(whole.model_dump(mode="json")) == whole
