@@ -153,3 +153,14 @@ def test_gc_collects_unused_folders_of_every_stage(tmp_path, stage):
     (removal,) = plan(tmp_path, keep=set())
     assert removal.path == folder and removal.bytes == 102
     assert plan(tmp_path, keep={(stage, "0123abcd")}) == []
+
+
+def test_gc_keeps_the_stages_a_summary_names_and_skips_one_it_cannot_read(tmp_path):
+    import json
+
+    from flows.gc import keys_of_summaries
+
+    use = {"seconds": 1.0, "reused": False, "key": "abc", "path": "/store/student/abc"}
+    (tmp_path / "summary.json").write_text(json.dumps({"stages": {"student": use}, "alias": "x"}))
+    (tmp_path / "summary.previous.json").write_text("{not json")
+    assert keys_of_summaries(tmp_path) == {("student", "abc")}
