@@ -216,12 +216,12 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
         or not shipped_vs_student.significantly_worse()
     )
     assert manifest.test_comparison.n == len(load_split(tiny_stages.student_data.path, "test"))
-    assert candidates[winner].validation_comparison == shipped_vs_student.model_dump(mode="json")
+    assert candidates[winner].validation_comparison == shipped_vs_student
     tested, student = manifest.costs, manifest.student_test_accuracy
     assert student == export.student_test_accuracy
-    assert tested["trimming"] == pytest.approx(student - manifest.fp32_test_accuracy)
-    assert tested["quantization"] == pytest.approx(manifest.accuracy_drop)
-    assert tested["end_to_end"] == pytest.approx(student - manifest.test_accuracy)
+    assert tested.trimming == pytest.approx(student - manifest.fp32_test_accuracy)
+    assert tested.quantization == pytest.approx(manifest.accuracy_drop)
+    assert tested.end_to_end == pytest.approx(student - manifest.test_accuracy)
 
 
 def test_the_gate_measures_the_drop_from_the_trained_student_end_to_end():
