@@ -497,12 +497,12 @@ def test_the_ort_format_graph_reproduces_the_golden_examples(tiny_bundle, loaded
     from deploy.selftest import check_golden
 
     manifest = loaded.manifest
-    assert manifest["mobile_model"] == "onnx/model_quantized.ort"
-    mobile = with_graph(loaded, tiny_bundle / manifest["mobile_model"], threads=1)
+    assert manifest.mobile_model == "onnx/model_quantized.ort"
+    mobile = with_graph(loaded, tiny_bundle / manifest.mobile_model, threads=1)
     assert mobile.session is not loaded.session
     failures, worst = check_golden(mobile, tolerance=1e-5)
     assert failures == [] and worst <= 1e-5
-    operators = (tiny_bundle / manifest["mobile_operators"]).read_text()
+    operators = (tiny_bundle / str(manifest.mobile_operators)).read_text()
     assert "ai.onnx;" in operators and "DequantizeLinear" in operators
     assert "/tmp" not in operators, "no path of the build machine"
 
