@@ -174,10 +174,7 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
         gate.min_agreement,
         gate.reject_slower_int8,
         reference_accuracy=manifest.student_validation_accuracy,
-        comparisons={
-            name: candidates[name].validation_comparison
-            for name in names
-        },
+        comparisons={name: candidates[name].validation_comparison for name in names},
     )
     assert manifest.gate.split == "validation"
     assert manifest.method == winner
