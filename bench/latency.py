@@ -300,7 +300,7 @@ def summarize_quantize(quantized: Artifact[QuantizeManifest]) -> dict[str, Any]:
         ),
         "label_agreement_with_fp32": manifest.label_agreement_with_fp32,
         "candidates": {
-            name: {k: record.get(k) for k in CANDIDATE_NUMBERS}
+            name: {k: getattr(record, k) for k in CANDIDATE_NUMBERS}
             for name, record in manifest.candidates.items()
         },
         "optimization": manifest.optimization,
