@@ -75,7 +75,7 @@ def compare(golden: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, 
 def python_runtimes(folder: Path, texts: list[str]) -> list[dict[str, Any]]:
     """The Python runtime and the ORT-format graph, timed interleaved text by text."""
     bundle = load_bundle(folder, threads=1)
-    mobile = with_graph(bundle, folder / str(bundle.manifest["mobile_model"]), threads=1)
+    mobile = with_graph(bundle, folder / str(bundle.manifest.mobile_model), threads=1)
     golden = list(bundle.golden)
     runtimes = {"python": bundle, "ort_format": mobile}
     rows = {
@@ -105,7 +105,7 @@ from pathlib import Path
 from deploy.runtime import load_bundle, predict, with_graph
 bundle = load_bundle(sys.argv[1], threads=1)
 if sys.argv[2] == "1":
-    bundle = with_graph(bundle, Path(sys.argv[1]) / bundle.manifest["mobile_model"], threads=1)
+    bundle = with_graph(bundle, Path(sys.argv[1]) / str(bundle.manifest.mobile_model), threads=1)
 predict(bundle, [bundle.golden[0]["text"]])
 print(json.dumps(time.time()))
 """
@@ -205,8 +205,8 @@ def measure(profile: str, folder: Path, count: int, scratch: Path) -> dict[str, 
         "profile": profile,
         "bundle": str(folder),
         "bundle_bytes": size,
-        "graph_bytes": (folder / str(manifest["model"])).stat().st_size,
-        "ort_bytes": (folder / str(manifest["mobile_model"])).stat().st_size,
+        "graph_bytes": (folder / str(manifest.model)).stat().st_size,
+        "ort_bytes": (folder / str(manifest.mobile_model)).stat().st_size,
         "golden_examples": len(golden),
         "latency_texts": len(texts),
         "tokens": TOKENS,

@@ -271,7 +271,7 @@ def main() -> None:
         "bundle_tar_gz_bytes": bundle.with_name("bundle.tar.gz").stat().st_size,
         "teacher_fp32_bytes": (teacher.path / "model.safetensors").stat().st_size,
         "quantize": summarize_quantize(quantized),
-        "vocabulary": export.manifest.vocabulary,
+        "vocabulary": export.manifest.vocabulary.model_dump(mode="json"),
     }
     result["goals"] = goals(result, args.speedup_goal)
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
@@ -300,7 +300,7 @@ def summarize_quantize(quantized: Artifact[QuantizeManifest]) -> dict[str, Any]:
         ),
         "label_agreement_with_fp32": manifest.label_agreement_with_fp32,
         "candidates": {
-            name: {k: record.get(k) for k in CANDIDATE_NUMBERS}
+            name: {k: getattr(record, k) for k in CANDIDATE_NUMBERS}
             for name, record in manifest.candidates.items()
         },
         "optimization": manifest.optimization,

@@ -36,12 +36,13 @@ from deploy.bundle_format import (
     FORMAT_VERSION,
     GOLDEN,
     MANIFEST,
-    SIGNATURE,
     SPECIAL_TOKENS_MAP,
     TOKENIZER,
     TOKENIZER_CONFIG,
     BundleManifest,
-    manifest_signature,
+    BundleQuantization,
+    GraphInfo,
+    TensorInfo,
     mobile_files,
     model_file,
 )
@@ -87,7 +88,7 @@ class BundleInputs:
     tokenizer_path: Path
     label_names: tuple[str, ...]
     max_length: int
-    quantization: Mapping[str, Any]
+    quantization: BundleQuantization
     test_metrics: Mapping[str, float]
     provenance: Mapping[str, str]  # mlflow run id, model version, teacher hash, data fingerprint
     golden_texts: tuple[str, ...]
@@ -115,7 +116,7 @@ def bundle_from_stages(
     quantized, data, student = artifacts.quantize, artifacts.data, artifacts.student
     model_config = json.loads(student.file(CONFIG).read_text())
     if quantized.manifest.trimmed:
-        model_config["vocab_size"] = artifacts.export.manifest.vocabulary["kept_size"]
+        model_config["vocab_size"] = artifacts.export.manifest.vocabulary.kept_size
     inputs = BundleInputs(
         onnx_path=quantized.file(quantized.manifest.file),
         # The quantize stage carries the tokenizer that matches its model (a trimmed
@@ -123,11 +124,11 @@ def bundle_from_stages(
         tokenizer_path=quantized.file(quantized.manifest.tokenizer),
         label_names=tuple(data.manifest.label_names),
         max_length=data.manifest.max_length,
-        quantization={
-            "method": quantized.manifest.method,
-            "weight_type": quantized.manifest.weight_type,
-            "per_channel": quantized.manifest.per_channel,
-        },
+        quantization=BundleQuantization(
+            method=quantized.manifest.method,
+            weight_type=quantized.manifest.weight_type,
+            per_channel=quantized.manifest.per_channel,
+        ),
         test_metrics=collect_test_metrics(artifacts.evaluation, quantized),
         provenance={
             "mlflow_run_id": str(run_id),
@@ -193,12 +194,12 @@ def build_bundle(inputs: BundleInputs, target: Path) -> Path:
 
 
 def write_bundle(inputs: BundleInputs, folder: Path) -> None:
-    model = model_file(quantized=inputs.quantization.get("method") != "fp32")
+    model = model_file(quantized=inputs.quantization.method != "fp32")
     (folder / model).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(inputs.onnx_path, folder / model)
     shutil.copyfile(inputs.tokenizer_path, folder / TOKENIZER)
     graph = describe_graph(folder / model)
-    width = graph["outputs"][0]["shape"][-1]
+    width = graph.outputs[0].shape[-1]
     if isinstance(width, int) and width != len(inputs.label_names):
         raise BundleError(f"model gives {width} scores for {len(inputs.label_names)} labels")
     config = model_config(inputs.model_config, inputs.label_names, embedding_rows(folder / model))
@@ -207,28 +208,31 @@ def write_bundle(inputs: BundleInputs, folder: Path) -> None:
     write_json(folder / TOKENIZER_CONFIG, tokenizer)
     write_json(folder / SPECIAL_TOKENS_MAP, special_tokens_map(tokenizer))
     mobile_model, mobile_operators = write_mobile(folder, model) if inputs.mobile else (None, None)
-    manifest: BundleManifest = {
-        "format_version": FORMAT_VERSION,
-        "model": model,
-        "mobile_model": mobile_model,
-        "mobile_operators": mobile_operators,
-        **graph,  # type: ignore[typeddict-item]
-        "min_onnxruntime": min_onnxruntime(graph["opset"], graph["ir_version"]),
-        "max_length": inputs.max_length,
-        "quantization": dict(inputs.quantization),
-        "test_metrics": dict(inputs.test_metrics),
-        **inputs.provenance,  # type: ignore[typeddict-item]
-        "built_with": {"onnxruntime": ort.__version__, "tokenizers": tokenizers.__version__},
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    manifest = BundleManifest(
+        format_version=FORMAT_VERSION,
+        model=model,
+        mobile_model=mobile_model,
+        mobile_operators=mobile_operators,
+        opset=graph.opset,
+        ir_version=graph.ir_version,
+        inputs=graph.inputs,
+        outputs=graph.outputs,
+        min_onnxruntime=min_onnxruntime(graph.opset, graph.ir_version),
+        max_length=inputs.max_length,
+        quantization=inputs.quantization,
+        test_metrics=dict(inputs.test_metrics),
+        **inputs.provenance,
+        built_with={"onnxruntime": ort.__version__, "tokenizers": tokenizers.__version__},
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     runtime = open_bundle(folder, manifest, threads=1)
     examples = golden_examples(runtime, inputs.golden_texts)
     if mobile_model is not None:
         check_mobile(with_graph(runtime, folder / mobile_model, threads=1), examples)
     write_json(folder / GOLDEN, {"examples": examples})
-    manifest["files"] = {name: file_sha256(folder / name) for name in bundle_files(folder)}
-    manifest[SIGNATURE] = manifest_signature(manifest)  # covers the file hashes and the rest
-    write_json_atomic(folder / MANIFEST, manifest)  # last: its presence means "complete"
+    # The signature covers the file hashes and the rest.
+    signed = manifest.signed({name: file_sha256(folder / name) for name in bundle_files(folder)})
+    write_json_atomic(folder / MANIFEST, signed.as_json())  # last: its presence means "complete"
     verify_bundle(folder)  # what we ship must pass the runtime's own checks
 
 
@@ -357,30 +361,30 @@ def check_mobile(mobile: Bundle, examples: Sequence[Mapping[str, Any]]) -> None:
             )
 
 
-def describe_graph(path: Path) -> dict[str, Any]:
+def describe_graph(path: Path) -> GraphInfo:
     """Opset, IR version and the inputs/outputs (name, dtype, shape, dynamic axes) of a model."""
     model = onnx.load(str(path), load_external_data=False)
     opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
-    return {
-        "opset": int(opset),
-        "ir_version": int(model.ir_version),
-        "inputs": [_describe_value(value) for value in model.graph.input],
-        "outputs": [_describe_value(value) for value in model.graph.output],
-    }
+    return GraphInfo(
+        opset=int(opset),
+        ir_version=int(model.ir_version),
+        inputs=[_describe_value(value) for value in model.graph.input],
+        outputs=[_describe_value(value) for value in model.graph.output],
+    )
 
 
-def _describe_value(value: onnx.ValueInfoProto) -> dict[str, Any]:
+def _describe_value(value: onnx.ValueInfoProto) -> TensorInfo:
     tensor = value.type.tensor_type
     shape: list[int | str] = [
         dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "dynamic")
         for dim in tensor.shape.dim
     ]
-    return {
-        "name": value.name,
-        "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
-        "shape": shape,
-        "dynamic_axes": {str(axis): dim for axis, dim in enumerate(shape) if isinstance(dim, str)},
-    }
+    return TensorInfo(
+        name=value.name,
+        dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+        shape=shape,
+        dynamic_axes={str(axis): dim for axis, dim in enumerate(shape) if isinstance(dim, str)},
+    )
 
 
 def min_onnxruntime(opset: int, ir_version: int) -> str:

@@ -1,7 +1,7 @@
 """The edge bundle's layout and manifest: one definition shared by the writer and the runtime.
 
-Standard library only, so the torch-free runtime can import it. Format 2 is the Hugging Face
-ONNX layout that transformers.js, Optimum and ONNX Runtime Mobile read as it is:
+Standard library and pydantic only, so the torch-free runtime can import it. Format 2 is the
+Hugging Face ONNX layout that transformers.js, Optimum and ONNX Runtime Mobile read as it is:
 
     config.json                  the student's architecture (shipped vocab_size, id2label)
     tokenizer.json               the tokenizer whose ids the graph reads (trimmed or not)
@@ -23,7 +23,9 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import PurePosixPath
-from typing import Any, TypedDict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 FORMAT_VERSION = 2
 LEGACY_FORMAT_VERSION = 1  # still read for one release, with a warning
@@ -51,30 +53,79 @@ REEXPORT_HINT = (
 )
 
 
-class BundleManifest(TypedDict, total=False):
-    """`manifest.json`. Every field is covered by `signature`."""
+class TensorInfo(BaseModel):
+    """One graph input or output: its name, dtype, shape (a string names a dynamic axis)."""
 
-    format_version: int
-    model: str  # the graph the runtime loads: INT8_MODEL or FP32_MODEL (format 2)
-    mobile_model: str | None  # the ORT-format copy of `model`, when the bundle carries one
-    mobile_operators: str | None  # its reduced-operator config (ORT Mobile custom builds)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+    dynamic_axes: dict[str, str]  # axis number -> its name
+
+
+class GraphInfo(BaseModel):
+    """What the bundle's manifest says about its graph (deploy.bundle.describe_graph)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
     opset: int
     ir_version: int
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
-    min_onnxruntime: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+
+
+class BundleQuantization(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    method: str  # "static", "dynamic", "dynamic_matmul_only" or "fp32"
+    weight_type: str | None = None
+    per_channel: bool | None = None
+
+
+class BundleManifest(BaseModel):
+    """`manifest.json`, written by `deploy.bundle` and read by the runtime: one type for both.
+
+    Every field is covered by `signature` (over the JSON as written, see `manifest_signature`).
+    Fields a format-1 bundle or an older writer did not write have defaults; the writer writes
+    only the fields it sets (`as_json`), so the JSON keeps the shape edge runtimes read."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    format_version: int
+    model: str | None = None  # the graph the runtime loads: INT8_MODEL or FP32_MODEL (format 2)
+    mobile_model: str | None = None  # the ORT-format copy of `model`, when the bundle carries one
+    mobile_operators: str | None = None  # its reduced-operator config (ORT Mobile custom builds)
+    opset: int | None = None
+    ir_version: int | None = None
+    inputs: list[TensorInfo] = []
+    outputs: list[TensorInfo] = []
+    min_onnxruntime: str = "0"
     max_length: int
-    quantization: dict[str, Any]
-    test_metrics: dict[str, float]
-    mlflow_run_id: str
-    model_version: str
-    teacher_sha256: str
-    student_sha256: str
-    data_fingerprint: str
-    built_with: dict[str, str]
-    created_at: str
-    files: dict[str, str]  # relative POSIX path -> sha256
-    signature: str
+    quantization: BundleQuantization | None = None
+    test_metrics: dict[str, float] = {}
+    mlflow_run_id: str | None = None
+    model_version: str | None = None
+    teacher_sha256: str | None = None
+    student_sha256: str | None = None
+    data_fingerprint: str | None = None
+    built_with: dict[str, str] = {}
+    created_at: str | None = None
+    files: dict[str, str] = {}  # relative POSIX path -> sha256
+    signature: str = ""
+
+    @property
+    def legacy(self) -> bool:
+        return self.format_version == LEGACY_FORMAT_VERSION
+
+    def as_json(self) -> dict[str, Any]:
+        """The fields this manifest was given, as `manifest.json` holds (and signs) them."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def signed(self, files: Mapping[str, str]) -> BundleManifest:
+        """This manifest with its files' hashes and the signature over everything."""
+        unsigned = self.model_copy(update={"files": dict(files)})
+        return unsigned.model_copy(update={SIGNATURE: manifest_signature(unsigned.as_json())})
 
 
 def model_file(quantized: bool) -> str:
@@ -87,13 +138,13 @@ def mobile_files(model: str) -> tuple[str, str]:
     return f"{stem}.ort", f"{stem}.required_operators.config"
 
 
-def required_files(manifest: Mapping[str, Any]) -> tuple[str, ...]:
+def required_files(manifest: BundleManifest) -> tuple[str, ...]:
     """The files a bundle of this manifest's format must list and hold."""
-    if manifest.get("format_version") == LEGACY_FORMAT_VERSION:
+    if manifest.legacy:
         return LEGACY_FILES
-    optional = [manifest.get("mobile_model"), manifest.get("mobile_operators")]
+    optional = [manifest.mobile_model, manifest.mobile_operators]
     return (
-        str(manifest.get("model")),
+        str(manifest.model),
         CONFIG,
         TOKENIZER,
         TOKENIZER_CONFIG,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from deploy.export import ExportManifest, export_stage
 from deploy.quantize import QuantizeManifest, quantize_stage
+from deploy.stage_table import STAGE_FOLDERS
 from distill.augment import AugmentManifest
 from distill.chain import (
     CacheArtifacts,
@@ -46,8 +47,9 @@ class RunArtifacts(CacheArtifacts):
     student_augmented: Artifact[AugmentManifest] | None = None
 
     def by_stage(self) -> dict[str, Artifact]:
-        """Stage folder name -> artifact, in pipeline order (augmentation only when it ran, the
-        student's own tokenization only when it differs from the teacher's)."""
+        """Stage folder name -> artifact, in the stage table's (pipeline) order (augmentation
+        only when it ran, the student's own tokenization only when it differs from the
+        teacher's)."""
         student_side = [
             artifact
             for artifact, shared in (
@@ -56,7 +58,7 @@ class RunArtifacts(CacheArtifacts):
             )
             if artifact is not None and artifact is not shared
         ]
-        return {
+        present = {
             artifact.stage: artifact
             for artifact in (
                 self.data,
@@ -71,6 +73,10 @@ class RunArtifacts(CacheArtifacts):
             )
             if artifact is not None
         }
+        unknown = set(present) - set(STAGE_FOLDERS)
+        if unknown:
+            raise KeyError(f"stages {sorted(unknown)} are not in deploy/stage_table.py STAGES")
+        return {name: present[name] for name in STAGE_FOLDERS if name in present}
 
 
 def run_export_quantize(

@@ -20,7 +20,6 @@ import logging
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -28,7 +27,12 @@ import torch
 from onnx import numpy_helper
 
 from deploy.onnx_eval import onnx_logits, open_session
-from deploy.vocab_trim import tokenized_split, trim_vocabulary, untrimmable_reason
+from deploy.vocab_trim import (
+    VocabularyRecord,
+    tokenized_split,
+    trim_vocabulary,
+    untrimmable_reason,
+)
 from distill.config import ExportConfig
 from distill.constants import EPSILON, TOKENIZER_FILE
 from distill.data import DataManifest, load_split
@@ -71,7 +75,7 @@ class ExportManifest(StageManifest):
     # The tokenizer the graph's input ids come from: the edge bundle must ship this one.
     tokenizer: str
     tokenizer_sha256: str
-    vocabulary: dict[str, Any]
+    vocabulary: VocabularyRecord
     max_length: int
     # For onnxruntime's BERT fusions in the quantize stage.
     num_heads: int
@@ -89,7 +93,7 @@ class ExportManifest(StageManifest):
 
     @property
     def trimmed(self) -> bool:
-        return bool(self.vocabulary.get("trimmed"))
+        return self.vocabulary.trimmed
 
 
 class ParityError(RuntimeError):
@@ -281,12 +285,12 @@ def build_export(
     shipped_validation_accuracy: float | None = None  # known once a trimmed graph is scored
     trimming_comparison: PairedComparison | None = None
     shutil.copyfile(student.file(TOKENIZER_FILE), folder / TOKENIZER_FILE)
-    vocabulary: dict[str, Any] = {"trimmed": False, "original_size": model.config.vocab_size}
+    vocabulary = VocabularyRecord(trimmed=False, original_size=model.config.vocab_size)
     logits, result, files = full_logits, full_parity, {}
     # A tokenizer that cannot be trimmed safely ships whole; the manifest says why.
     skip_reason = untrimmable_reason(student.file(TOKENIZER_FILE))
     if config.trim_vocabulary and skip_reason is not None:
-        vocabulary["reason"] = skip_reason
+        vocabulary = vocabulary.model_copy(update={"reason": skip_reason})
     elif config.trim_vocabulary:
         # The full graph moves aside; the trimmed one takes the shipping names if it pays.
         (folder / ONNX_FILE).rename(folder / FULL_ONNX_FILE)
@@ -317,14 +321,17 @@ def build_export(
         trimming_comparison = compare(
             student_validation_labels, trimmed_labels, validation["label"]
         )
-        trim["trimming_cost"] = student_validation - trimmed_accuracy  # what the gate decides on
-        trim["test_trimming_cost"] = student_accuracy - accuracy(trimmed_logits, test["label"])
-        reason = trimming_rejection(trim["trimming_cost"], max_accuracy_drop, trimming_comparison)
+        trim = trim.model_copy(
+            update={
+                "trimming_cost": student_validation - trimmed_accuracy,  # what the gate decides on
+                "test_trimming_cost": student_accuracy - accuracy(trimmed_logits, test["label"]),
+            }
+        )
+        cost = student_validation - trimmed_accuracy
+        reason = trimming_rejection(cost, max_accuracy_drop, trimming_comparison)
         if reason is None:
-            vocabulary = trim
-            vocabulary["reason"] = trimming_note(
-                trim["trimming_cost"], max_accuracy_drop, trimming_comparison
-            )
+            note = trimming_note(cost, max_accuracy_drop, trimming_comparison)
+            vocabulary = trim.model_copy(update={"reason": note})
             shipped_validation_accuracy = trimmed_accuracy
             logits, result = trimmed_logits, trimmed_parity
             files = {
@@ -332,7 +339,7 @@ def build_export(
                 "full_vocabulary_tokenizer": FULL_TOKENIZER_FILE,
             }
         else:
-            vocabulary.update(reason=reason, rejected_trim=trim)
+            vocabulary = vocabulary.model_copy(update={"reason": reason, "rejected_trim": trim})
             (folder / FULL_ONNX_FILE).replace(folder / ONNX_FILE)
             (folder / FULL_TOKENIZER_FILE).replace(folder / TOKENIZER_FILE)
     path, tokenizer = folder / ONNX_FILE, folder / TOKENIZER_FILE

@@ -56,7 +56,14 @@ from distill.data import DataManifest, load_split
 from distill.metrics import accuracy
 from distill.padding import pad
 from distill.paired import ALPHA, PairedComparison, compare
-from distill.store import Artifact, StageManifest, file_sha256, run_stage, stage_key
+from distill.store import (
+    Artifact,
+    ManifestRecord,
+    StageManifest,
+    file_sha256,
+    run_stage,
+    stage_key,
+)
 
 INT8_FILE = "model.int8.onnx"
 FP32_FILE = "model.fp32.onnx"
@@ -65,6 +72,55 @@ CALIBRATION_BATCH = 32
 # on validation, not test, 4: an accuracy cost over budget is refused only when significant,
 # and every candidate's paired comparison with the trained student is recorded).
 VERSION = 4
+
+
+class GateRecord(ManifestRecord):
+    """The INT8 gate's settings and what it decided on."""
+
+    max_accuracy_drop: float
+    min_agreement: float
+    reject_slower_int8: bool
+    reference: str  # what the drop is measured from
+    split: str  # the split the gate decides on
+    texts: int
+    rule: str
+
+
+class CalibrationRecord(ManifestRecord):
+    split: str
+    samples: int
+    seed: int
+    method: str
+
+
+class StepCosts(ManifestRecord):
+    """Accuracy points (fractions) each step on the way to the shipped model cost."""
+
+    trimming: float  # trained student -> fp32 graph
+    quantization: float  # fp32 graph -> shipped model
+    end_to_end: float  # both
+
+
+class CandidateRecord(ManifestRecord):
+    """One graph the gate considered (every INT8 candidate, and fp32): its numbers, its drops
+    and why it was (not) shipped. A candidate that could not be built has `accepted` and
+    `reason` only."""
+
+    validation_accuracy: float | None = None
+    agreement: float | None = None
+    test_accuracy: float | None = None
+    test_agreement: float | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    bytes: int | None = None
+    validation_accuracy_drop: float | None = None  # from the fp32 graph
+    accuracy_drop: float | None = None
+    accepted: bool
+    reason: str
+    validation_comparison: PairedComparison | None = None  # against the trained student
+    test_comparison: PairedComparison | None = None
+    validation_end_to_end_drop: float | None = None  # from the trained student
+    end_to_end_drop: float | None = None
 
 
 class QuantizeManifest(StageManifest):
@@ -87,11 +143,11 @@ class QuantizeManifest(StageManifest):
     fp32_p50_ms: float
     fp32_bytes: int
     latency_samples: int
-    gate: dict[str, Any]
-    candidates: dict[str, dict[str, Any]]
+    gate: GateRecord
+    candidates: dict[str, CandidateRecord]
     # Candidate name -> its file in the folder, when `quantize.keep_candidates` is on.
     candidate_files: dict[str, str]
-    calibration: dict[str, Any]
+    calibration: CalibrationRecord
     optimization: dict[str, Any] | None
     # The tokenizer the shipped graph's input ids come from (trimmed or not): bundle this.
     tokenizer: str
@@ -101,9 +157,9 @@ class QuantizeManifest(StageManifest):
     # cost: {"trimming", "quantization", "end_to_end"} (accuracy points as fractions), on the
     # validation split (what the gate held within `max_accuracy_drop`) and on test (reported).
     student_validation_accuracy: float
-    validation_costs: dict[str, float]
+    validation_costs: StepCosts
     student_test_accuracy: float
-    costs: dict[str, float]
+    costs: StepCosts
     # The shipped model against the trained student, paired on the same texts: on validation
     # (what the gate decided on) and on the held-out test split (reported).
     validation_comparison: PairedComparison
@@ -298,12 +354,59 @@ def quantize_static_int8(
     )
 
 
-# Candidate name -> (how it is described in the manifest). Order is the order of preference.
-CANDIDATES = {
-    "static": {"weight_type": "QInt8", "per_channel": False, "quant_format": "QDQ"},
-    "dynamic": {"weight_type": "QInt8", "quant_format": "QOperator"},
-    "dynamic_matmul_only": {"weight_type": "QInt8", "quant_format": "QOperator"},
-}
+@dataclass(frozen=True)
+class Candidate:
+    """One INT8 recipe: its name, how the manifest describes it and how it is built."""
+
+    name: str
+    weight_type: str
+    quant_format: str
+    # Whether weights are quantized per channel; None: as `quantize.per_channel` says.
+    per_channel: bool | None
+    # (prepared graph, target file, settings, calibration batches) -> the INT8 graph at target
+    build: Callable[[Path, Path, QuantizeConfig, Sequence[dict[str, np.ndarray]]], None]
+
+    def describe(self, config: QuantizeConfig) -> dict[str, Any]:
+        """The manifest's `weight_type`, `per_channel` and `quant_format` for this recipe."""
+        per_channel = config.per_channel if self.per_channel is None else self.per_channel
+        return {
+            "weight_type": self.weight_type,
+            "per_channel": per_channel,
+            "quant_format": self.quant_format,
+        }
+
+
+# In order of preference.
+CANDIDATES: tuple[Candidate, ...] = (
+    Candidate(
+        "static",
+        "QInt8",
+        "QDQ",
+        per_channel=False,
+        build=lambda prepared, target, config, batches: quantize_static_int8(
+            prepared, target, batches
+        ),
+    ),
+    Candidate(
+        "dynamic",
+        "QInt8",
+        "QOperator",
+        per_channel=None,
+        build=lambda prepared, target, config, batches: quantize_dynamic_all(
+            prepared, target, config.per_channel
+        ),
+    ),
+    Candidate(
+        "dynamic_matmul_only",
+        "QInt8",
+        "QOperator",
+        per_channel=None,
+        build=lambda prepared, target, config, batches: quantize_dynamic_matmul(
+            prepared, target, config.per_channel
+        ),
+    ),
+)
+CANDIDATE_NAMES = tuple(candidate.name for candidate in CANDIDATES)
 
 
 def build_candidates(
@@ -313,19 +416,13 @@ def build_candidates(
     batches: Sequence[dict[str, np.ndarray]],
 ) -> tuple[dict[str, Path], dict[str, str]]:
     """Candidate name -> its file, and name -> error for candidates that could not be built."""
-    builders: dict[str, Callable[[Path], None]] = {
-        "static": lambda target: quantize_static_int8(prepared, target, batches),
-        "dynamic": lambda target: quantize_dynamic_all(prepared, target, config.per_channel),
-        "dynamic_matmul_only": lambda target: quantize_dynamic_matmul(
-            prepared, target, config.per_channel
-        ),
-    }
     built, failed = {}, {}
-    for name, build in builders.items():
+    for candidate in CANDIDATES:
+        name = candidate.name
         target = folder / f"candidate-{name}.onnx"
         try:
             with quiet_root_logger():
-                build(target)
+                candidate.build(prepared, target, config, batches)
             built[name] = target
         except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is skipped
             failed[name] = f"could not be built: {type(err).__name__}: {err}"[:300]
@@ -604,30 +701,30 @@ def build_quantized(
         fp32_p50_ms=shipping.fp32.p50_ms,
         fp32_bytes=shipping.fp32.bytes,
         latency_samples=shipping.latency_samples,
-        gate={
-            "max_accuracy_drop": config.max_accuracy_drop,
-            "min_agreement": config.min_agreement,
-            "reject_slower_int8": config.reject_slower_int8,
-            "reference": "trained student (end to end)",
-            "split": "validation",
-            "texts": shipping.comparisons["fp32"]["validation"].n,
-            "rule": (
+        gate=GateRecord(
+            max_accuracy_drop=config.max_accuracy_drop,
+            min_agreement=config.min_agreement,
+            reject_slower_int8=config.reject_slower_int8,
+            reference="trained student (end to end)",
+            split="validation",
+            texts=shipping.comparisons["fp32"]["validation"].n,
+            rule=(
                 f"refused for accuracy only when the drop is over max_accuracy_drop and "
                 f"significant (exact McNemar, one-sided p < {ALPHA})"
             ),
-        },
+        ),
         candidates=all_candidate_records(trials, shipping, validation_reference, reference),
         candidate_files=(
             {name: str(path.relative_to(folder)) for name, path in shipping.built.items()}
             if config.keep_candidates
             else {}
         ),
-        calibration={
-            "split": "train",
-            "samples": shipping.calibration_samples,
-            "seed": config.calibration_seed,
-            "method": "MinMax",
-        },
+        calibration=CalibrationRecord(
+            split="train",
+            samples=shipping.calibration_samples,
+            seed=config.calibration_seed,
+            method="MinMax",
+        ),
         optimization=shipping.optimization,
         tokenizer=TOKENIZER_FILE,
         tokenizer_sha256=file_sha256(folder / TOKENIZER_FILE),
@@ -643,41 +740,48 @@ def build_quantized(
     )
 
 
-def step_costs(student: float, fp32: float, shipped: float) -> dict[str, float]:
+def step_costs(student: float, fp32: float, shipped: float) -> StepCosts:
     """What trimming (student -> fp32 graph), quantization (-> shipped) and both cost."""
-    return {
-        "trimming": student - fp32,
-        "quantization": fp32 - shipped,
-        "end_to_end": student - shipped,
-    }
+    return StepCosts(
+        trimming=student - fp32, quantization=fp32 - shipped, end_to_end=student - shipped
+    )
 
 
 def all_candidate_records(
     trials: Sequence[Trial], shipping: Trial, validation_reference: float, test_reference: float
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, CandidateRecord]:
     """Every trial's candidate records, with each one's drop from the trained student (on
     validation, as gated, and on test); a fallback trial's names carry its vocabulary
     ("full_vocabulary/static")."""
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, CandidateRecord] = {}
     for index, trial in enumerate(trials):
         winner = trial.winner if trial is shipping else None
         trial_records = candidate_records(trial.fp32, trial.measured, winner, trial.reasons)
         for name, pair in trial.comparisons.items():
-            trial_records[name]["validation_comparison"] = pair["validation"].model_dump(
-                mode="json"
+            trial_records[name] = trial_records[name].model_copy(
+                update={
+                    "validation_comparison": pair["validation"],
+                    "test_comparison": pair["test"],
+                }
             )
-            trial_records[name]["test_comparison"] = pair["test"].model_dump(mode="json")
         if trial is not shipping:
-            trial_records["fp32"]["reason"] = (
-                f"not shipped: the {shipping.vocabulary.name} vocabulary's {shipping.winner} ships"
+            trial_records["fp32"] = trial_records["fp32"].model_copy(
+                update={
+                    "reason": f"not shipped: the {shipping.vocabulary.name} vocabulary's "
+                    f"{shipping.winner} ships"
+                }
             )
         prefix = "" if index == 0 else f"{trial.vocabulary.name}_vocabulary/"
         for name, record in trial_records.items():
-            if "test_accuracy" in record:
-                record["validation_end_to_end_drop"] = (
-                    validation_reference - record["validation_accuracy"]
+            if record.test_accuracy is not None and record.validation_accuracy is not None:
+                record = record.model_copy(
+                    update={
+                        "validation_end_to_end_drop": (
+                            validation_reference - record.validation_accuracy
+                        ),
+                        "end_to_end_drop": test_reference - record.test_accuracy,
+                    }
                 )
-                record["end_to_end_drop"] = test_reference - record["test_accuracy"]
             records[f"{prefix}{name}"] = record
     return records
 
@@ -685,25 +789,25 @@ def all_candidate_records(
 def describe_method(winner: str, config: QuantizeConfig) -> dict[str, Any]:
     if winner == "fp32":
         return {"weight_type": "float32", "per_channel": False, "quant_format": None}
-    return {"per_channel": config.per_channel, **CANDIDATES[winner]}
+    return next(candidate for candidate in CANDIDATES if candidate.name == winner).describe(config)
 
 
 def candidate_records(
     fp32: Measured, measured: Sequence[Measured], winner: str | None, reasons: Mapping[str, str]
-) -> dict[str, dict[str, Any]]:
-    records: dict[str, dict[str, Any]] = {}
+) -> dict[str, CandidateRecord]:
+    records: dict[str, CandidateRecord] = {}
     for candidate in [*measured, fp32]:
-        record = asdict(candidate)
-        record.pop("name")
-        record["validation_accuracy_drop"] = (
-            fp32.validation_accuracy - candidate.validation_accuracy
+        numbers = asdict(candidate)
+        numbers.pop("name")
+        records[candidate.name] = CandidateRecord(
+            **numbers,
+            validation_accuracy_drop=fp32.validation_accuracy - candidate.validation_accuracy,
+            accuracy_drop=fp32.test_accuracy - candidate.test_accuracy,
+            accepted=candidate.name == winner,
+            reason=reasons.get(candidate.name, "shipped"),
         )
-        record["accuracy_drop"] = fp32.test_accuracy - candidate.test_accuracy
-        record["accepted"] = candidate.name == winner
-        record["reason"] = reasons.get(candidate.name, "shipped")
-        records[candidate.name] = record
     for name, reason in reasons.items():  # candidates that failed to build
-        records.setdefault(name, {"accepted": False, "reason": reason})
+        records.setdefault(name, CandidateRecord(accepted=False, reason=reason))
     if winner not in (None, "fp32"):
-        records["fp32"]["reason"] = "fallback, not needed"
+        records["fp32"] = records["fp32"].model_copy(update={"reason": "fallback, not needed"})
     return records

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from pydantic import ValidationError
 from tokenizers import Encoding, Tokenizer
 
 from deploy.bundle_format import (
     CONFIG,
     FORMAT_VERSION,
     GOLDEN,
-    LEGACY_FORMAT_VERSION,
     LEGACY_LABELS,
     LEGACY_MODEL,
     MANIFEST,
@@ -75,7 +75,7 @@ class BundleError(ValueError):
 class Bundle:
     """A loaded, verified bundle: everything predict() needs, held in memory."""
 
-    manifest: Mapping[str, Any]
+    manifest: BundleManifest
     labels: tuple[str, ...]
     tokenizer: Tokenizer
     session: ort.InferenceSession
@@ -83,7 +83,7 @@ class Bundle:
 
     @property
     def max_length(self) -> int:
-        return int(self.manifest["max_length"])
+        return self.manifest.max_length
 
 
 def load_bundle(source: Path | str, threads: int = 0, max_bytes: int = MAX_ARCHIVE_BYTES) -> Bundle:
@@ -108,39 +108,36 @@ def verify_bundle(folder: Path) -> BundleManifest:
     """The bundle's manifest, after checking its format, its signature and every file's sha256.
 
     The signature is checked before any other field is read, so an edited manifest (a shorter
-    `max_length`, a fake accuracy) is refused rather than believed.
+    `max_length`, a fake accuracy) is refused rather than believed. Only the format version
+    and the signature are read from the raw JSON; everything else from the typed manifest.
     """
     path = folder / MANIFEST
     if not path.is_file():
         raise BundleError(f"bundle {folder} has no {MANIFEST}")
     try:
-        manifest = json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"bundle manifest {path} is not valid JSON: {err}") from None
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    version = raw.get("format_version") if isinstance(raw, dict) else None
     if version not in READABLE_FORMATS:
         raise BundleError(
             f"bundle manifest {path}: unknown bundle format version {version!r} (this runtime "
             f"reads {', '.join(map(str, READABLE_FORMATS))}): {REEXPORT_HINT}"
         )
-    signature = manifest.get(SIGNATURE)
+    signature = raw.get(SIGNATURE)
     if not isinstance(signature, str):
         raise BundleError(f"bundle manifest {path} has no signature: rebuild the bundle")
-    if not hmac.compare_digest(signature, manifest_signature(manifest)):
+    if not hmac.compare_digest(signature, manifest_signature(raw)):
         raise BundleError(
             f"bundle manifest {path} does not match its signature: it was edited after the build"
         )
-    if not isinstance(manifest.get("max_length"), int):
-        raise BundleError(f"bundle manifest {path} has no integer 'max_length'")
-    if version == FORMAT_VERSION and manifest.get("model") not in MODELS:
+    manifest = typed_manifest(path, raw)
+    if not manifest.legacy and manifest.model not in MODELS:
         raise BundleError(f"bundle manifest {path} 'model' must be one of {list(MODELS)}")
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise BundleError(f"bundle manifest {path} has no 'files' table")
     for name in required_files(manifest):
-        if name not in files:
+        if name not in manifest.files:
             raise BundleError(f"bundle manifest {path} does not list the file '{name}'")
-    for name, expected in files.items():
+    for name, expected in manifest.files.items():
         if not is_inside(name):  # a listed path may not leave the folder
             raise BundleError(f"bundle manifest {path} lists a file outside the bundle: '{name}'")
         file = folder / name
@@ -148,25 +145,37 @@ def verify_bundle(folder: Path) -> BundleManifest:
             raise BundleError(f"bundle file '{name}' is missing")
         if file_sha256(file) != expected:
             raise BundleError(f"bundle file '{name}' does not match its sha256 in {MANIFEST}")
-    if version == LEGACY_FORMAT_VERSION:
+    if manifest.legacy:
         log.warning(
             "bundle %s has the format-1 layout, read for one more release: %s",
             folder,
             REEXPORT_HINT,
         )
-    _check_onnxruntime(manifest.get("min_onnxruntime", "0"))
-    return BundleManifest(**manifest)
+    _check_onnxruntime(manifest.min_onnxruntime)
+    return manifest
 
 
-def open_bundle(folder: Path, manifest: Mapping[str, Any], threads: int = 0) -> Bundle:
+def typed_manifest(path: Path, raw: dict[str, Any]) -> BundleManifest:
+    """The (signed) JSON as a `BundleManifest`; a missing or mistyped field is named."""
+    try:
+        return BundleManifest.model_validate_json(json.dumps(raw))
+    except ValidationError as err:
+        problem = err.errors()[0]
+        field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        raise BundleError(
+            f"bundle manifest {path} field '{field}': {problem['msg']}: rebuild the bundle"
+        ) from None
+
+
+def open_bundle(folder: Path, manifest: BundleManifest, threads: int = 0) -> Bundle:
     """Load the files of an (already verified) bundle folder into memory."""
-    legacy = manifest.get("format_version") == LEGACY_FORMAT_VERSION
+    legacy = manifest.legacy
     labels = read_labels(folder / LEGACY_LABELS) if legacy else config_labels(folder / CONFIG)
     tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
     pad_id, pad_token = pad_of(tokenizer)
     tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)  # no fixed padding length
-    tokenizer.enable_truncation(int(manifest["max_length"]))
-    session = open_session(folder / (LEGACY_MODEL if legacy else str(manifest["model"])), threads)
+    tokenizer.enable_truncation(manifest.max_length)
+    session = open_session(folder / (LEGACY_MODEL if legacy else str(manifest.model)), threads)
     unknown = [i.name for i in session.get_inputs() if i.name not in FEEDS]
     if unknown:
         raise BundleError(f"bundle model has inputs this runtime cannot feed: {unknown}")
@@ -180,7 +189,7 @@ def open_bundle(folder: Path, manifest: Mapping[str, Any], threads: int = 0) -> 
 
 def with_graph(bundle: Bundle, path: Path, threads: int = 0) -> Bundle:
     """The same bundle running another copy of its graph, e.g. the ORT-format one
-    (`manifest["mobile_model"]`) that ONNX Runtime Mobile reads."""
+    (`manifest.mobile_model`) that ONNX Runtime Mobile reads."""
     return replace(bundle, session=open_session(path, threads))
 
 

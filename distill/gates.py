@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict
 from sklearn.metrics import accuracy_score, f1_score
 
 from distill.config import OnTie, PromotionConfig
@@ -107,8 +108,11 @@ class Gate:
         return None if self.baseline is None else self.baseline + self.min_improvement
 
 
-@dataclass(frozen=True)
-class GateResult:
+class GateResult(BaseModel):
+    """One gate's verdict, as the promotion result, `gates.json` and the summary record it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     name: str
     value: float | None
     threshold: float | None
@@ -117,10 +121,32 @@ class GateResult:
     comparison: PairedComparison | None = None  # the paired evidence it was decided on
 
     def as_dict(self) -> dict[str, Any]:
-        record = asdict(self)
-        if self.comparison is not None:
-            record["comparison"] = self.comparison.model_dump(mode="json")
-        return record
+        return self.model_dump(mode="json")
+
+
+class Latency(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    p50: float
+    p95: float
+
+
+class PromotionResult(BaseModel):
+    """What `gate_and_promote` decided for one registered version (the summary's gate fields)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    promoted: bool
+    reused: bool  # the very same model was registered before
+    alias: str  # champion, challenger, or "" (neither)
+    replaced_version: str | None  # the champion it replaced, now `previous`
+    champion_before: str | None
+    reason: str
+    metric: str
+    latency_ms: Latency  # the INT8 model, batch 1
+    gates: tuple[GateResult, ...]
+    # The challenger against the champion, paired on the same test texts (None: no champion).
+    vs_champion: PairedComparison | None
 
 
 Check = Callable[[Gate], str | None]  # why `gate` fails, or None when it passes
@@ -203,7 +229,14 @@ def champion_decision(
 
 def judge(gate: Gate, check: Check, champion_version: str | None = None) -> GateResult:
     def result(passed: bool, reason: str) -> GateResult:
-        return GateResult(gate.name, gate.value, gate.bound, passed, reason, gate.comparison)
+        return GateResult(
+            name=gate.name,
+            value=gate.value,
+            threshold=gate.bound,
+            passed=passed,
+            reason=reason,
+            comparison=gate.comparison,
+        )
 
     is_champion_gate = gate.name.endswith("_vs_champion")
     if gate.value is None:

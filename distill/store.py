@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 # The one sha256 and atomic writer (distill.files); stages also import them from here.
 from distill.files import file_sha256, write_json_atomic
@@ -72,6 +78,18 @@ class StageManifest(BaseModel):
     """Base of every stage's manifest model: frozen, unknown keys rejected."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ManifestRecord(BaseModel):
+    """A typed part of a stage manifest (a gate's settings, a vocabulary's numbers): frozen,
+    unknown keys rejected, and an optional field that is None left out of the JSON, as the
+    plain dicts these records replaced left it out (so a manifest's JSON keeps its shape)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {name: value for name, value in handler(self).items() if value is not None}
 
 
 M = TypeVar("M", bound=StageManifest)

@@ -105,42 +105,45 @@ def _checked_run(config: Path, overrides: list[str], settings) -> dict[str, Any]
         fail(err)
 
 
-def print_summary(summary: dict[str, Any], workdir: Path) -> None:
+def print_summary(written: dict[str, Any], workdir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from tasks.summary import RunSummary
+
+    summary = RunSummary.model_validate(written)  # summary.json's content, typed
     console = Console()
     metrics = Table(title="distillery run", show_header=False)
     rows = [
-        ("teacher accuracy", f"{summary['teacher_accuracy']:.4f}"),
-        ("student accuracy", f"{summary['student_accuracy']:.4f}"),
-        ("retention", f"{summary['retention']:.4f}"),
+        ("teacher accuracy", f"{summary.teacher_accuracy:.4f}"),
+        ("student accuracy", f"{summary.student_accuracy:.4f}"),
+        ("retention", f"{summary.retention:.4f}"),
         (
             "teacher gap (validation)",
-            f"{summary['teacher_gap']:+.4f}"
-            + ("" if summary["teacher_clearly_stronger"] else " (not significant: see warning)"),
+            f"{summary.teacher_gap:+.4f}"
+            + ("" if summary.teacher_clearly_stronger else " (not significant: see warning)"),
         ),
-        ("INT8 accuracy", f"{summary['int8_accuracy']:.4f}"),
+        ("INT8 accuracy", f"{summary.int8_accuracy:.4f}"),
         (
             "params teacher / student",
-            f"{summary['teacher_params']:,} / {summary['student_params']:,}",
+            f"{summary.teacher_params:,} / {summary.student_params:,}",
         ),
         (
             "ONNX fp32 / INT8 bytes",
-            f"{summary['onnx_fp32_bytes']:,} / {summary['onnx_int8_bytes']:,}",
+            f"{summary.onnx_fp32_bytes:,} / {summary.onnx_int8_bytes:,}",
         ),
-        ("registered", f"{summary['registered_model']} v{summary['model_version']}"),
-        ("alias", summary.get("alias", "challenger")),
-        ("MLflow run", summary["mlflow_run_id"]),
-        ("wall seconds", f"{summary['wall_seconds']:.1f}"),
+        ("registered", f"{summary.registered_model} v{summary.model_version}"),
+        ("alias", summary.alias),
+        ("MLflow run", summary.mlflow_run_id),
+        ("wall seconds", f"{summary.wall_seconds:.1f}"),
     ]
     for name, value in rows:
         metrics.add_row(name, value)
     stages = Table(title="stages")
     for column in ("stage", "seconds", "reused"):
         stages.add_column(column)
-    for name, stage in summary["stages"].items():
-        stages.add_row(name, f"{stage['seconds']:.1f}", "yes" if stage["reused"] else "no")
+    for name, stage in summary.stages.items():
+        stages.add_row(name, f"{stage.seconds:.1f}", "yes" if stage.reused else "no")
     console.print(metrics)
     console.print(stages)
     console.print(f"summary: {workdir / 'summary.json'}")

@@ -4,15 +4,14 @@ What is kept: every stage folder named by the `stage.<stage>.key` tags of (a) th
 registered model version in the workdirs' MLflow stores, (b) the last `keep_runs` runs and every
 run younger than `keep_days` or still RUNNING, and (c) the workdirs' `summary.json` (and the
 previous one). A run tags every stage it used, upstream included, so a kept student keeps the
-data, teacher and cache it was trained from. Everything else under the known stage folders of
-the store goes, plus debris: build folders of killed stages (`.tmp-*`) and folders moved aside
-as corrupt (`.corrupt-*`). A store shared by several workdirs must be collected with all of
-them named (`--workdir` repeated), or the others' stages look unused.
+data, teacher and cache it was trained from. Everything else in the folders of every collectable
+stage of `deploy/stage_table.py` goes, plus debris: build folders of killed stages (`.tmp-*`)
+and folders moved aside as corrupt (`.corrupt-*`). A store shared by several workdirs must be
+collected with all of them named (`--workdir` repeated), or the others' stages look unused.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -20,8 +19,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill.stage_names import STAGE_FOLDERS
+from pydantic import BaseModel
+
+from deploy.stage_table import COLLECTABLE
 from distill.store import CORRUPT_PREFIX, MANIFEST, TMP_PREFIX, key_lock, sweep_stale_builds
+from tasks.summary import StageUse
 
 STAGE_TAG = re.compile(r"^stage\.(?P<stage>[a-z_]+)\.key$")
 SUMMARIES = ("summary.json", "summary.previous.json")
@@ -89,19 +91,23 @@ def keys_of_summaries(workdir: Path) -> set[tuple[str, str]]:
     found = set()
     for name in SUMMARIES:
         try:
-            summary = json.loads((Path(workdir) / name).read_text())
-        except (OSError, ValueError):
+            used = SummaryStages.model_validate_json((Path(workdir) / name).read_bytes())
+        except (OSError, ValueError):  # no summary, or one gc cannot read: it keeps nothing
             continue
-        for stage, info in (summary.get("stages") or {}).items():
-            if isinstance(info, dict) and "key" in info:
-                found.add((stage, str(info["key"])))
+        found |= {(stage, use.key) for stage, use in used.stages.items()}
     return found
+
+
+class SummaryStages(BaseModel):
+    """The part of `summary.json` (`tasks.summary.RunSummary`) gc reads: the stages it used."""
+
+    stages: dict[str, StageUse] = {}
 
 
 def plan(store: Path, keep: set[tuple[str, str]]) -> list[Removal]:
     """Finished stage folders not in `keep`, and folders moved aside as corrupt."""
     removals = []
-    for stage in STAGE_FOLDERS:
+    for stage in COLLECTABLE:
         folder = Path(store) / stage
         if not folder.is_dir():
             continue

@@ -14,6 +14,7 @@ from deploy.bundle import BUNDLE_DIR, place_folder, tarball_path, write_tarball
 from deploy.chain import RunArtifacts, run_pipeline_stages
 from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
 from distill.files import write_json_atomic, write_text_atomic
+from distill.gates import PromotionResult
 from flows.workdir import recover_workdir, workdir_lock
 from tasks import stages
 from tasks.recovery import close_abandoned_runs, run_identity_tags
@@ -82,15 +83,19 @@ def _run(config: PipelineConfig, config_path: str, workdir: Path) -> dict[str, A
             model_version=registration.version,
             wall_seconds=time.perf_counter() - started,
             promotion=promotion,
+        ).model_copy(
+            update={
+                "bundle": str(bundle),
+                "bundle_bytes": sum(f.stat().st_size for f in bundle.iterdir()),
+            }
         )
-        summary["bundle"] = str(bundle)
-        summary["bundle_bytes"] = sum(f.stat().st_size for f in bundle.iterdir())
-        write_json_atomic(workdir / SUMMARY, summary)
+        written = summary.as_json()
+        write_json_atomic(workdir / SUMMARY, written)
         tracker.log_artifact(workdir / SUMMARY)
-        tracker.log_metrics({"pipeline/wall_seconds": summary["wall_seconds"]})
-        logger.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k != "stages"}))
+        tracker.log_metrics({"pipeline/wall_seconds": summary.wall_seconds})
+        logger.info("summary: %s", json.dumps({k: v for k, v in written.items() if k != "stages"}))
         status = "FINISHED"
-        return summary
+        return written  # summary.json's content (`RunSummary.model_validate` reads it back)
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -129,7 +134,7 @@ def check_registry(tracker: MlflowTracker, config: PipelineConfig, workdir: Path
 
 def register_bundle_and_gate(
     config: PipelineConfig, artifacts: RunArtifacts, tracker: MlflowTracker, workdir: Path
-) -> tuple[Registration, Path, dict[str, Any]]:
+) -> tuple[Registration, Path, PromotionResult]:
     """Register (`challenger`), bundle, gate, then put the gated bundle in place.
 
     The bundle goes with the run before any gate can promote the version, so a champion always

@@ -172,9 +172,12 @@ def retrain(
     from flows.retrain import retrain_flow
 
     result = retrain_flow(str(config.resolve()), overrides)
-    summary = result.get("summary", {})
     brief = {key: value for key, value in result.items() if key != "summary"}
-    brief |= {key: summary[key] for key in ("model_version", "alias") if key in summary}
+    if result.get("summary"):  # a retrain ran: its summary.json content
+        from tasks.summary import RunSummary
+
+        summary = RunSummary.model_validate(result["summary"])
+        brief |= {"model_version": summary.model_version, "alias": summary.alias}
     typer.echo(json.dumps(brief, sort_keys=True))
 
 

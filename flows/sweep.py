@@ -18,6 +18,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from prefect import flow, get_run_logger
 
 from deploy.chain import RunArtifacts
+from deploy.stage_table import CELL_STAGES
 from distill.chain import run_until_cache
 from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
 from distill.files import write_json_atomic
@@ -40,7 +41,6 @@ from tasks.tracking import MlflowTracker, git_commit
 
 SWEEP_FOLDER = "sweep"
 SWEEP_SUMMARY = "sweep_summary.json"
-CELL_STAGES = ("student", "evaluation", "export", "quantize")
 
 
 def record_cell(
@@ -169,7 +169,7 @@ def register_and_gate(
         "model_version": registration.version,
         "reused": registration.reused,
         "bundle": str(bundle),
-        "promotion": promotion,
+        "promotion": promotion.model_dump(mode="json"),
     }
 
 

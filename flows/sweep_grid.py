@@ -24,14 +24,16 @@ from typing import Any
 import numpy as np
 
 from deploy.chain import RunArtifacts, run_after_cache
+from deploy.stage_table import SWEEPABLE_SECTIONS
 from distill.chain import CacheArtifacts
 from distill.config import ConfigError, PipelineConfig, load_config
 from distill.data import load_split
 from distill.fan_out import FanOut, run_each_here
 from distill.paired import compare
 
-# Sections read only after the cache: a grid over anything else would need another cache.
-SWEEPABLE = ("student.", "export.", "quantize.")
+# Sections read only after the cache (the sweep cell stages' own sections, from the stage
+# table): a grid over anything else would need another cache.
+SWEEPABLE = tuple(f"{section}." for section in SWEEPABLE_SECTIONS)
 RESULTS_CSV = "sweep_results.csv"
 RESULTS_JSON = "sweep_results.json"
 GRID_PNG = "sweep_grid.png"

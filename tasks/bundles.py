@@ -44,10 +44,10 @@ def fetch_bundle(model_uri: str, out: Path, tracking_uri: str) -> Path:
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=out.parent) as tmp:
         downloaded = Path(client.download_artifacts(run_id, BUNDLE_DIR, dst_path=tmp))
         bundle = load_bundle(downloaded)  # refuses a tampered or incomplete bundle
-        if bundle.manifest.get("mlflow_run_id") != run_id:
+        if bundle.manifest.mlflow_run_id != run_id:
             raise BundleFetchError(
                 f"{model_uri}: the bundle in run {run_id} was built for run "
-                f"{bundle.manifest.get('mlflow_run_id')!r}"
+                f"{bundle.manifest.mlflow_run_id!r}"
             )
         place_folder(downloaded, out)  # same file system: an atomic rename
     write_tarball(out, tarball_path(out))

@@ -6,6 +6,7 @@ rendered and tested without a registry. Every number in it comes from a manifest
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
@@ -22,7 +23,7 @@ from distill.paired import PairedComparison, ScoreInterval, score_interval
 if TYPE_CHECKING:
     from deploy.chain import RunArtifacts
     from deploy.export import ExportManifest
-    from deploy.quantize import QuantizeManifest
+    from deploy.quantize import QuantizeManifest, StepCosts
     from distill.data import DataQuality
     from distill.evaluation import EvaluationManifest
 
@@ -235,18 +236,32 @@ def data_quality_line(quality: DataQuality) -> str:
     )
 
 
-def model_identities(artifacts: RunArtifacts) -> dict[str, str]:
+@dataclass(frozen=True)
+class ModelIdentities:
     """Both models by source, family and (for the student) how it was made: card and lineage.
 
     The family is the `model_type` of each saved model's config.json."""
+
+    teacher_source: str
+    teacher_family: str
+    student_source: str
+    student_family: str
+    student_init: str
+
+    def tags(self) -> dict[str, str]:
+        """As registry version tags, named as the fields."""
+        return dataclasses.asdict(self)
+
+
+def model_identities(artifacts: RunArtifacts) -> ModelIdentities:
     student = artifacts.student.manifest
-    return {
-        "teacher_source": artifacts.teacher.manifest.source,
-        "teacher_family": _model_type(artifacts.teacher.path),
-        "student_source": student.source or "teacher",
-        "student_family": student.model_type or _model_type(artifacts.student.path),
-        "student_init": student.init_kind or "teacher_layers",
-    }
+    return ModelIdentities(
+        teacher_source=artifacts.teacher.manifest.source,
+        teacher_family=_model_type(artifacts.teacher.path),
+        student_source=student.source or "teacher",
+        student_family=student.model_type or _model_type(artifacts.student.path),
+        student_init=student.init_kind or "teacher_layers",
+    )
 
 
 def _model_type(folder: Path) -> str:
@@ -291,7 +306,7 @@ def render_model_card(
             ["source", "fingerprint", "tokenizer", "max length"],
             [
                 [
-                    source.get("name") or source.get("path"),
+                    source.name or source.path,
                     f"`{data.fingerprint}`",
                     f"`{data.tokenizer_id}`",
                     data.max_length,
@@ -307,15 +322,15 @@ def render_model_card(
             [
                 [
                     "teacher",
-                    f"`{models['teacher_source']}` ({models['teacher_family']})",
+                    f"`{models.teacher_source}` ({models.teacher_family})",
                     f"{teacher.num_layers} layers, hidden {teacher.hidden_size}",
                     teacher.params,
                     _megabytes(teacher.weights_bytes),
                 ],
                 [
                     "student",
-                    f"`{models['student_source']}` ({models['student_family']}, "
-                    f"init {models['student_init']})",
+                    f"`{models.student_source}` ({models.student_family}, "
+                    f"init {models.student_init})",
                     f"{student.num_layers} layers, hidden {student.hidden_size}",
                     student.params,
                     _megabytes(student.weights_bytes),
@@ -498,7 +513,7 @@ def _tokenizer_note(export: ExportManifest, quantized: QuantizeManifest) -> str:
     """Which tokenizer the shipped graph's input ids must come from."""
     vocabulary = export.vocabulary
     if not quantized.trimmed:
-        rejected = vocabulary.get("reason") if "rejected_trim" in vocabulary else None
+        rejected = vocabulary.reason if vocabulary.rejected_trim is not None else None
         note = "Input ids come from the data tokenizer below; the run's `bundle/` holds it too."
         if export.trimmed:
             note += " The trimmed vocabulary was exported but not shipped: with it no INT8 model"
@@ -507,15 +522,15 @@ def _tokenizer_note(export: ExportManifest, quantized: QuantizeManifest) -> str:
             note += f" Vocabulary trimming was not shipped: {rejected}."
         return note
     note = (
-        f"The vocabulary is trimmed to {vocabulary['kept_size']} of "
-        f"{vocabulary['original_size']} word pieces: input ids must come from the run's "
+        f"The vocabulary is trimmed to {vocabulary.kept_size} of "
+        f"{vocabulary.original_size} word pieces: input ids must come from the run's "
         "`bundle/tokenizer.json` (the edge bundle), not from the data tokenizer below."
     )
     comparison = export.trimming_comparison
     if comparison is not None:
         note += (
             f" Trimming against the trained student on validation: {comparison.summary()}; "
-            f"{vocabulary.get('reason', 'within the budget')}."
+            f"{vocabulary.reason or 'within the budget'}."
         )
     return note
 
@@ -524,18 +539,18 @@ def _cost_note(quantized: QuantizeManifest) -> str:
     """What each step from the trained student to the shipped model cost: on validation (what
     the gates held within the budget) and on the held-out test split."""
 
-    def steps(costs: dict[str, float]) -> str:
+    def steps(costs: StepCosts) -> str:
         return (
-            f"trimming {-100 * costs['trimming']:+.2f}, quantization "
-            f"{-100 * costs['quantization']:+.2f}, "
-            f"together {-100 * costs['end_to_end']:+.2f} points"
+            f"trimming {-100 * costs.trimming:+.2f}, quantization "
+            f"{-100 * costs.quantization:+.2f}, "
+            f"together {-100 * costs.end_to_end:+.2f} points"
         )
 
     return (
         f"From the trained student to the shipped {quantized.method} model, validation accuracy "
         f"{quantized.student_validation_accuracy:.4f} -> {quantized.validation_accuracy:.4f}: "
         f"{steps(quantized.validation_costs)} (the gates decide on validation; budget "
-        f"{100 * quantized.gate['max_accuracy_drop']:.2f}). Held-out test accuracy "
+        f"{100 * quantized.gate.max_accuracy_drop:.2f}). Held-out test accuracy "
         f"{quantized.student_test_accuracy:.4f} -> {quantized.test_accuracy:.4f}: "
         f"{steps(quantized.costs)}."
     )

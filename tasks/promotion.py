@@ -9,7 +9,6 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -20,7 +19,15 @@ from deploy.quantize import model_split, shipped_split
 from distill.config import PromotionConfig
 from distill.data import load_split
 from distill.evaluation import CONFUSION_PNG, TEACHER_TEST_LOGITS, EvaluationManifest
-from distill.gates import Measurements, Metric, evaluate_gates, majority_baseline, score
+from distill.gates import (
+    Latency,
+    Measurements,
+    Metric,
+    PromotionResult,
+    evaluate_gates,
+    majority_baseline,
+    score,
+)
 from distill.paired import compare
 from distill.store import Artifact
 from tasks import registry
@@ -109,7 +116,7 @@ def gate_and_promote(
     artifacts: RunArtifacts,
     tracker: MlflowTracker,
     latency_samples: int,
-) -> dict[str, Any]:
+) -> PromotionResult:
     """Measure the registered model, judge the gates, and move aliases when they pass.
 
     Registry reads and writes are serialised (`registry_lock`) from scoring the champion to
@@ -209,19 +216,15 @@ def gate_and_promote(
     tracker.set_tags({"promotion.decision": decision})
     if measured.champion_comparison is not None:
         tracker.set_tags(comparison_tags("promotion.vs_champion.", measured.champion_comparison))
-    return {
-        "promoted": outcome.promoted,
-        "reused": registration.reused,
-        "alias": outcome.alias,
-        "replaced_version": outcome.replaced,
-        "champion_before": measured.champion_version,
-        "reason": outcome.reason,
-        "metric": metric,
-        "latency_ms": {"p50": candidate.p50_ms, "p95": candidate.p95_ms},
-        "gates": [result.as_dict() for result in results],
-        "vs_champion": (
-            None
-            if measured.champion_comparison is None
-            else measured.champion_comparison.model_dump(mode="json")
-        ),
-    }
+    return PromotionResult(
+        promoted=outcome.promoted,
+        reused=registration.reused,
+        alias=outcome.alias,
+        replaced_version=outcome.replaced,
+        champion_before=measured.champion_version,
+        reason=outcome.reason,
+        metric=metric,
+        latency_ms=Latency(p50=candidate.p50_ms, p95=candidate.p95_ms),
+        gates=tuple(results),
+        vs_champion=measured.champion_comparison,
+    )

@@ -11,17 +11,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NONE
 
+from deploy import stage_table
 from deploy.chain import RunArtifacts
+from deploy.stage_table import STAGES, Recording
 from distill.chain import StageRunner
 from distill.config import PromotionConfig
-from distill.store import MANIFEST, Artifact, StoreFullError
+from distill.gates import PromotionResult
+from distill.store import MANIFEST, Artifact, StageManifest, StoreFullError
 from distill.training import MetricsLog
 from tasks.tracking import MlflowTracker, Registration, comparison_tags
 
@@ -30,120 +32,55 @@ STAGE_RETRIES = 2
 STAGE_RETRY_DELAY_SECONDS = 2
 
 
-@dataclass(frozen=True)
-class Recording:
-    """What MLflow gets from a stage besides its manifest, seconds and reuse flag."""
-
-    metrics: tuple[str, ...] = ()
-    files: tuple[str, ...] = ()
-    tags: dict[str, str] = dataclasses.field(default_factory=dict)  # tag -> manifest field
-    # param -> manifest field: settings resolved at run time (e.g. the device actually used)
-    params: dict[str, str] = dataclasses.field(default_factory=dict)
-    curves: bool = False  # the stage logs training curves through a metrics log
-    # tag prefix -> manifest field holding a paired comparison (a gate's evidence): its counts,
-    # difference, interval and p-values become tags `<prefix>.texts`, `<prefix>.p_worse`, ...
-    comparisons: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-def runtime_params(stage: str) -> dict[str, str]:
-    """MLflow params for the device and precision a stage actually used."""
-    return {f"resolved.{stage}.device": "device", f"resolved.{stage}.precision": "precision"}
-
-
+# Stage folder name -> what MLflow records from it, read from the one stage table.
 RECORDINGS: dict[str, Recording] = {
-    "data": Recording(
-        files=("labels.json", "split.json"), tags={"data_fingerprint": "fingerprint"}
-    ),
-    "teacher": Recording(
-        metrics=("best_val_accuracy", "best_epoch", "params", "steps"),
-        tags={"teacher_sha256": "weights_sha256", "teacher.stop_reason": "stop_reason"},
-        params=runtime_params("teacher"),
-        curves=True,
-    ),
-    "augment": Recording(metrics=("rows",)),
-    # A student with its own tokenizer: the same rows in its ids (absent when it shares the
-    # teacher's tokenizer).
-    "student_data": Recording(files=("labels.json",)),
-    "student_augment": Recording(metrics=("rows",)),
-    "logit_cache": Recording(params=runtime_params("logit_cache")),
-    "student": Recording(
-        metrics=("best_val_accuracy", "best_epoch", "params", "steps"),
-        tags={"student.stop_reason": "stop_reason"},
-        params=runtime_params("student"),
-        curves=True,
-    ),
-    "evaluation": Recording(
-        metrics=(
-            "teacher_accuracy",
-            "teacher_macro_f1",
-            "student_accuracy",
-            "student_macro_f1",
-            "retention",
-            "agreement",
-            "teacher_params",
-            "student_params",
-        ),
-        files=("report.json", "confusion_matrix.png"),
-    ),
-    "export": Recording(
-        metrics=(
-            "max_abs_logit_diff",
-            "label_agreement",
-            "validation_accuracy",
-            "test_accuracy",
-            "bytes",
-        ),
-        files=("{file}",),
-        comparisons={"gate.trimming": "trimming_comparison"},
-    ),
-    "quantize": Recording(
-        metrics=(
-            "validation_accuracy",
-            "test_accuracy",
-            "accuracy_drop",
-            "label_agreement_with_fp32",
-            "bytes",
-        ),
-        files=("{file}",),
-        comparisons={
-            "gate.int8.validation": "validation_comparison",
-            "gate.int8.test": "test_comparison",
-        },
-    ),
+    stage.name: stage.recording for stage in STAGES if stage.recording is not None
 }
+
+
+def field(manifest: StageManifest, name: str) -> Any:
+    """A manifest field a recording names; a name the manifest type lacks is an error."""
+    if name not in type(manifest).model_fields:
+        raise AttributeError(
+            f"{type(manifest).__name__} has no field {name!r} (named in a Recording in "
+            "deploy/stage_table.py)"
+        )
+    return getattr(manifest, name)
 
 
 def record_stage(tracker: MlflowTracker, artifact: Artifact, recording: Recording) -> None:
     """Log a stage's manifest, chosen manifest numbers and files; replay curves if reused."""
     stage, manifest = artifact.stage, artifact.manifest
+    # Fields are read strictly (`field` raises on a name the manifest lacks): a misspelled
+    # recording fails here and in tests/test_stage_table.py instead of being skipped.
     tracker.log_metrics(
         {
-            f"{stage}/{name}": getattr(manifest, name)
+            f"{stage}/{name}": value
             for name in recording.metrics
-            if getattr(manifest, name, None) is not None
+            if (value := field(manifest, name)) is not None
         }
         | {f"{stage}/seconds": artifact.seconds, f"{stage}/reused": float(artifact.reused)}
     )
-    history = getattr(manifest, "history", None)
-    if artifact.reused and history:
+    if artifact.reused and recording.curves and (history := field(manifest, "history")):
         tracker.log_history(stage, history)
     tracker.set_tags(
         {f"stage.{stage}.key": artifact.key}
         | {
             tag: value
-            for tag, field in recording.tags.items()
-            if (value := getattr(manifest, field)) is not None
+            for tag, name in recording.tags.items()
+            if (value := field(manifest, name)) is not None
         }
     )
-    for prefix, field in recording.comparisons.items():
-        comparison = getattr(manifest, field, None)
+    for prefix, name in recording.comparisons.items():
+        comparison = field(manifest, name)
         if comparison is not None:
             tracker.set_tags(comparison_tags(f"{prefix}.", comparison))
-    resolved = {param: getattr(manifest, field, None) for param, field in recording.params.items()}
+    resolved = {param: field(manifest, name) for param, name in recording.params.items()}
     tracker.log_params({param: value for param, value in resolved.items() if value is not None})
     tracker.log_artifact(artifact.file(MANIFEST), f"manifests/{stage}")
     for name in recording.files:
-        tracker.log_artifact(artifact.file(name.format(file=getattr(manifest, "file", ""))), stage)
+        file = field(manifest, "file") if "{file}" in name else ""
+        tracker.log_artifact(artifact.file(name.format(file=file)), stage)
 
 
 def _timed(run: Callable[[], Artifact]) -> Artifact:
@@ -173,7 +110,7 @@ def _worth_retrying(task, task_run, state) -> bool:
 def run_stage_task(
     stage: str, build: Callable[[MetricsLog | None], Artifact], tracker: MlflowTracker
 ) -> Artifact:
-    recording = RECORDINGS[stage]
+    recording = stage_table.stage(stage).recording or Recording()
     log = tracker.metrics_log(stage) if recording.curves else None
     artifact = _timed(lambda: build(log))
     record_stage(tracker, artifact, recording)
@@ -229,7 +166,7 @@ def register_model(
             "data_fingerprint": data.manifest.fingerprint,
             "teacher_sha256": teacher.manifest.weights_sha256,
             "student_sha256": artifacts.student.manifest.weights_sha256,
-            **model_identities(artifacts),
+            **model_identities(artifacts).tags(),
             "quantization": quantized.manifest.method,
             "int8_test_accuracy": quantized.manifest.test_accuracy,
         },
@@ -243,7 +180,7 @@ def promote(
     artifacts: RunArtifacts,
     tracker: MlflowTracker,
     latency_samples: int,
-) -> dict[str, Any]:
+) -> PromotionResult:
     """Measure the registered INT8 model, judge the gates, write its model card, and make it
     `champion` when every gate passed (it stays `challenger` otherwise)."""
     from tasks.promotion import gate_and_promote

@@ -19,6 +19,7 @@ from deploy.bundle import (
     min_onnxruntime,
     tarball_path,
 )
+from deploy.bundle_format import BundleQuantization
 from deploy.onnx_eval import onnx_logits, open_session
 from deploy.quantize import model_split
 from deploy.runtime import (
@@ -85,7 +86,7 @@ def test_config_is_the_students_with_the_shipped_vocabulary_size(tiny_bundle, ti
     config = read_json(tiny_bundle / "config.json")
     student = read_json(tiny_stages.student.file("config.json"))
     assert tiny_stages.quantize.manifest.trimmed
-    kept = tiny_stages.export.manifest.vocabulary["kept_size"]
+    kept = tiny_stages.export.manifest.vocabulary.kept_size
     assert config["vocab_size"] == kept < student["vocab_size"]
     assert embedding_rows(tiny_bundle / "onnx/model_quantized.onnx") == kept
     assert Tokenizer.from_file(str(tiny_bundle / "tokenizer.json")).get_vocab_size() == kept
@@ -203,7 +204,7 @@ def test_rebuilding_replaces_the_whole_folder_and_leaves_no_debris(tiny_stages, 
     assert not (second / "stray.txt").exists()
     assert read_json(second / "manifest.json")["mlflow_run_id"] == "run-b"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bundle", "bundle.tar.gz"]
-    assert load_bundle(tarball_path(second)).manifest["mlflow_run_id"] == "run-b"
+    assert load_bundle(tarball_path(second)).manifest.mlflow_run_id == "run-b"
 
 
 def test_a_failed_build_leaves_the_previous_bundle_as_it_was(tiny_bundle, tmp_path):
@@ -212,7 +213,7 @@ def test_a_failed_build_leaves_the_previous_bundle_as_it_was(tiny_bundle, tmp_pa
         tokenizer_path=tiny_bundle / "tokenizer.json",
         label_names=("negative", "positive"),
         max_length=32,
-        quantization={"method": "dynamic"},
+        quantization=BundleQuantization(method="dynamic"),
         test_metrics={},
         provenance={"mlflow_run_id": "run-good"},
         golden_texts=("a fine film",),
@@ -234,7 +235,7 @@ def test_an_fp32_bundle_ships_onnx_model_onnx_and_mobile_is_optional(tiny_bundle
         tokenizer_path=tiny_bundle / "tokenizer.json",
         label_names=("negative", "positive"),
         max_length=32,
-        quantization={"method": "fp32"},
+        quantization=BundleQuantization(method="fp32"),
         test_metrics={},
         provenance={"mlflow_run_id": "run-fp32"},
         golden_texts=("a fine film",),
@@ -293,11 +294,11 @@ def test_distillery_bundle_fetches_the_challengers_bundle(registry, tmp_path):
         "bundle", "--model", f"models:/{NAME}@challenger", out, "--tracking-uri", uri
     )
     assert result.returncode == 0, result.stderr
-    assert load_bundle(out).manifest["mlflow_run_id"] == run_id
+    assert load_bundle(out).manifest.mlflow_run_id == run_id
     assert {name: (out / name).read_bytes() for name in files_of(out)} == {
         name: (logged / name).read_bytes() for name in files_of(logged)
     }
-    assert load_bundle(tmp_path / "edge" / "current.tar.gz").manifest["mlflow_run_id"] == run_id
+    assert load_bundle(tmp_path / "edge" / "current.tar.gz").manifest.mlflow_run_id == run_id
 
 
 def in_process(*args, env=None):
@@ -315,7 +316,7 @@ def test_distillery_bundle_reads_the_tracking_uri_from_the_environment(registry,
     model = f"models:/{NAME}@challenger"
     result = in_process("bundle", "--model", model, out, env={"MLFLOW_TRACKING_URI": uri})
     assert result.exit_code == 0, result.stderr
-    assert load_bundle(out).manifest["mlflow_run_id"] == run_id
+    assert load_bundle(out).manifest.mlflow_run_id == run_id
     missing = in_process("bundle", "--model", model, out, env={"MLFLOW_TRACKING_URI": ""})
     assert missing.exit_code == 2
     assert "MLFLOW_TRACKING_URI" in missing.stderr

@@ -9,6 +9,7 @@ import pytest
 from distill.config import DataConfig, SplitConfig
 from distill.data import (
     DataError,
+    DataSource,
     Examples,
     clean_splits,
     data_fingerprint,
@@ -300,7 +301,7 @@ def test_a_presplit_source_with_one_class_in_train_is_refused():
         },
         labels={"train": [0] * 20, "validation": [0, 1] * 10, "test": [1, 0] * 10},
         label_names=["bad", "good"],
-        source={"kind": "hub", "name": "example"},
+        source=DataSource(kind="hub", name="example"),
         identity="example",
     )
     with pytest.raises(DataError, match=r"only the class 'bad' in the train split"):

@@ -284,9 +284,9 @@ def test_family_runs_teacher_cache_student_export_int8(
     vocabulary = export.manifest.vocabulary
     kind = FAMILY_SPECS[family][2]
     if kind == "WordPiece":
-        assert vocabulary["trimmed"] and vocabulary["kept_size"] < vocabulary["original_size"]
+        assert vocabulary.trimmed and vocabulary.kept_size < vocabulary.original_size
     else:  # shipped whole, with the reason recorded, never a broken tokenizer
-        assert not vocabulary["trimmed"] and kind in vocabulary["reason"]
+        assert not vocabulary.trimmed and kind in vocabulary.reason
         assert export.file(TOKENIZER_FILE).read_bytes() == student.file(TOKENIZER_FILE).read_bytes()
 
     shipped = quantize_stage(workdir, tiny_config.quantize, export, data)

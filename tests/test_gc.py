@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from deploy.chain import run_pipeline_stages
+from deploy.stage_table import COLLECTABLE
 from distill.chain import run_student
 from tasks.tracking import MlflowTracker, sqlite_uri
 from tests.conftest import REPO
@@ -125,8 +126,6 @@ def test_every_stage_the_code_builds_is_a_folder_gc_knows():
     in the store for ever (logit shards, student_data and student_augment once did)."""
     import re
 
-    from distill.stage_names import STAGE_FOLDERS
-
     built = set()
     pattern = re.compile(
         r"run_stage\(\s*[^,]+,\s*\"(\w+)\"|fan_out\(\s*\"(\w+)\"|stage=\"(\w+)\"|"
@@ -137,11 +136,14 @@ def test_every_stage_the_code_builds_is_a_folder_gc_knows():
             for match in pattern.finditer(path.read_text()):
                 built.add(next(group for group in match.groups() if group))
     assert {"data", "logit_shard", "student_augment", "student_data", "quantize"} <= built
-    assert built <= set(STAGE_FOLDERS), built - set(STAGE_FOLDERS)
+    assert {"logit_shard", "student_augment", "student_data"} <= set(COLLECTABLE)
+    assert built <= set(COLLECTABLE), built - set(COLLECTABLE)
 
 
-@pytest.mark.parametrize("stage", ["logit_shard", "student_data", "student_augment"])
+@pytest.mark.parametrize("stage", COLLECTABLE)
 def test_gc_collects_unused_folders_of_every_stage(tmp_path, stage):
+    """Every folder kind of the stage table, logit shards, student_data and student_augment
+    included (they once piled up for ever)."""
     from flows.gc import plan
 
     folder = tmp_path / stage / "0123abcd"
@@ -151,3 +153,14 @@ def test_gc_collects_unused_folders_of_every_stage(tmp_path, stage):
     (removal,) = plan(tmp_path, keep=set())
     assert removal.path == folder and removal.bytes == 102
     assert plan(tmp_path, keep={(stage, "0123abcd")}) == []
+
+
+def test_gc_keeps_the_stages_a_summary_names_and_skips_one_it_cannot_read(tmp_path):
+    import json
+
+    from flows.gc import keys_of_summaries
+
+    use = {"seconds": 1.0, "reused": False, "key": "abc", "path": "/store/student/abc"}
+    (tmp_path / "summary.json").write_text(json.dumps({"stages": {"student": use}, "alias": "x"}))
+    (tmp_path / "summary.previous.json").write_text("{not json")
+    assert keys_of_summaries(tmp_path) == {("student", "abc")}

@@ -70,7 +70,7 @@ def test_a_shipped_trim_shows_its_paired_comparison_and_why_it_shipped(tiny_stag
     assert quantized.trimmed and export.trimming_comparison is not None
     note = _tokenizer_note(export, quantized)
     assert "Trimming against the trained student on validation: accuracy difference" in note
-    assert export.vocabulary["reason"] in note
+    assert export.vocabulary.reason in note
 
 
 def test_the_card_draws_every_loss_term_whatever_their_number(tmp_path):
@@ -99,7 +99,15 @@ def test_the_card_draws_every_loss_term_whatever_their_number(tmp_path):
         "# card",
         histories,
         [ModelPoint("student int8", 0.8, 1.0, 1.5)],
-        [GateResult("retention", 1.0, 0.9, True, "retention = 1 >= 0.9")],
+        [
+            GateResult(
+                name="retention",
+                value=1.0,
+                threshold=0.9,
+                passed=True,
+                reason="retention = 1 >= 0.9",
+            )
+        ],
         None,
     )
     assert tmp_path / CURVES in files and (tmp_path / CURVES).stat().st_size > 0

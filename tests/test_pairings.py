@@ -60,8 +60,8 @@ def test_pairing_runs_to_a_bundle_the_runtime_predicts_with(
         assert artifacts.student_data.stage == "student_data"
         assert artifacts.student_data.key != artifacts.data.key
         assert student_vocab != teacher_vocab and len(student_vocab) <= 600
-        assert identities["student_source"] == str(family_folder("bert"))
-        assert identities["student_init"] == "pretrained"
+        assert identities.student_source == str(family_folder("bert"))
+        assert identities.student_init == "pretrained"
         assert "student_data" in artifacts.by_stage()
     else:
         assert artifacts.student_data is artifacts.data
@@ -70,8 +70,8 @@ def test_pairing_runs_to_a_bundle_the_runtime_predicts_with(
     expected_family = {"mpnet_teacher": ("mpnet", "mpnet"), "random": ("bert", "bert")}.get(
         pairing, ("bert", "bert")
     )
-    assert (identities["teacher_family"], identities["student_family"]) == expected_family
-    assert identities["student_init"] == config.student.init.kind
+    assert (identities.teacher_family, identities.student_family) == expected_family
+    assert identities.student_init == config.student.init.kind
 
     # Evaluation scored each model on its own ids: the student's score is reproducible there.
     from distill.metrics import accuracy

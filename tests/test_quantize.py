@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 from deploy.quantize import Measured, calibration_batches, choose, rejection
 from distill.data import load_split
 from distill.files import file_sha256
-from distill.paired import PairedComparison, compare
+from distill.paired import compare
 
 FP32 = Measured(
     "fp32",
@@ -156,13 +156,13 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
         record = candidates[name]
         return Measured(
             name,
-            record["validation_accuracy"],
-            record["agreement"],
-            record["test_accuracy"],
-            record["test_agreement"],
-            record["p50_ms"],
-            record["p95_ms"],
-            record["bytes"],
+            record.validation_accuracy,
+            record.agreement,
+            record.test_accuracy,
+            record.test_agreement,
+            record.p50_ms,
+            record.p95_ms,
+            record.bytes,
         )
 
     gate = tiny_config.quantize
@@ -174,20 +174,17 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
         gate.min_agreement,
         gate.reject_slower_int8,
         reference_accuracy=manifest.student_validation_accuracy,
-        comparisons={
-            name: PairedComparison.model_validate(candidates[name]["validation_comparison"])
-            for name in names
-        },
+        comparisons={name: candidates[name].validation_comparison for name in names},
     )
-    assert manifest.gate["split"] == "validation"
+    assert manifest.gate.split == "validation"
     assert manifest.method == winner
-    assert candidates[winner]["accepted"] is True
-    assert sum(record["accepted"] for record in candidates.values()) == 1
+    assert candidates[winner].accepted is True
+    assert sum(record.accepted for record in candidates.values()) == 1
     for name, reason in reasons.items():
-        assert candidates[name]["reason"] == reason
-    assert manifest.test_accuracy == candidates[winner]["test_accuracy"]
-    assert manifest.validation_accuracy == candidates[winner]["validation_accuracy"]
-    assert manifest.label_agreement_with_fp32 == candidates[winner]["test_agreement"]
+        assert candidates[name].reason == reason
+    assert manifest.test_accuracy == candidates[winner].test_accuracy
+    assert manifest.validation_accuracy == candidates[winner].validation_accuracy
+    assert manifest.label_agreement_with_fp32 == candidates[winner].test_agreement
     assert manifest.accuracy_drop == pytest.approx(
         manifest.fp32_test_accuracy - manifest.test_accuracy
     )
@@ -197,31 +194,31 @@ def test_quantize_stage_ships_the_winner_the_gate_picks(tiny_stages, tiny_config
     )
     # Vocabulary trimming is on by default: the tokenizer that ships is the export stage's.
     vocab = json.loads(quantized.file("tokenizer.json").read_text())["model"]["vocab"]
-    assert len(vocab) == tiny_stages.export.manifest.vocabulary["kept_size"] < 30522
+    assert len(vocab) == tiny_stages.export.manifest.vocabulary.kept_size < 30522
     # Each step's cost is recorded on both splits; on validation (what the gates decide on)
     # they stay within the one budget together.
     export = tiny_stages.export.manifest
     costs, student = manifest.validation_costs, manifest.student_validation_accuracy
     assert student == export.student_validation_accuracy
-    assert costs["trimming"] == pytest.approx(student - manifest.fp32_validation_accuracy)
-    assert costs["quantization"] == pytest.approx(
+    assert costs.trimming == pytest.approx(student - manifest.fp32_validation_accuracy)
+    assert costs.quantization == pytest.approx(
         manifest.fp32_validation_accuracy - manifest.validation_accuracy
     )
-    assert costs["end_to_end"] == pytest.approx(costs["trimming"] + costs["quantization"])
+    assert costs.end_to_end == pytest.approx(costs.trimming + costs.quantization)
     # Within the one budget together, or a cost the paired comparison cannot tell from chance.
     shipped_vs_student = manifest.validation_comparison
-    assert -shipped_vs_student.difference == pytest.approx(costs["end_to_end"])
+    assert -shipped_vs_student.difference == pytest.approx(costs.end_to_end)
     assert (
-        costs["end_to_end"] <= gate.max_accuracy_drop + 1e-9
+        costs.end_to_end <= gate.max_accuracy_drop + 1e-9
         or not shipped_vs_student.significantly_worse()
     )
     assert manifest.test_comparison.n == len(load_split(tiny_stages.student_data.path, "test"))
-    assert candidates[winner]["validation_comparison"] == shipped_vs_student.model_dump(mode="json")
+    assert candidates[winner].validation_comparison == shipped_vs_student
     tested, student = manifest.costs, manifest.student_test_accuracy
     assert student == export.student_test_accuracy
-    assert tested["trimming"] == pytest.approx(student - manifest.fp32_test_accuracy)
-    assert tested["quantization"] == pytest.approx(manifest.accuracy_drop)
-    assert tested["end_to_end"] == pytest.approx(student - manifest.test_accuracy)
+    assert tested.trimming == pytest.approx(student - manifest.fp32_test_accuracy)
+    assert tested.quantization == pytest.approx(manifest.accuracy_drop)
+    assert tested.end_to_end == pytest.approx(student - manifest.test_accuracy)
 
 
 def test_the_gate_measures_the_drop_from_the_trained_student_end_to_end():
@@ -260,12 +257,12 @@ def test_int8_that_fails_end_to_end_on_the_trimmed_graph_is_tried_on_the_full_vo
 
     assert len(calls) == 2  # the trimmed graph, then the full-vocabulary graph
     assert manifest.method != "fp32" and manifest.trimmed is False
-    assert manifest.candidates[f"full_vocabulary/{manifest.method}"]["accepted"] is True
-    assert "ships" in manifest.candidates["fp32"]["reason"]
+    assert manifest.candidates[f"full_vocabulary/{manifest.method}"].accepted is True
+    assert "ships" in manifest.candidates["fp32"].reason
     full_tokenizer = export.file(export.manifest.full_vocabulary_tokenizer)
     assert shipped.file("tokenizer.json").read_bytes() == full_tokenizer.read_bytes()
-    assert manifest.validation_costs["trimming"] == pytest.approx(0.0, abs=1e-9)
-    assert manifest.costs["trimming"] == pytest.approx(0.0, abs=1e-9)
+    assert manifest.validation_costs.trimming == pytest.approx(0.0, abs=1e-9)
+    assert manifest.costs.trimming == pytest.approx(0.0, abs=1e-9)
     assert sorted(p.name for p in shipped.path.iterdir()) == sorted(
         ["manifest.json", manifest.file, "tokenizer.json"]
     )
@@ -295,3 +292,20 @@ def test_quantization_mutes_the_root_logger_only_while_it_runs(tiny_stages, tmp_
         assert root.level == logging.INFO
     finally:
         root.setLevel(before)
+
+
+def test_each_candidate_is_one_recipe_described_as_the_manifest_records_it():
+    from deploy.quantize import CANDIDATE_NAMES, CANDIDATES, describe_method
+    from distill.config import QuantizeConfig
+
+    assert CANDIDATE_NAMES == ("static", "dynamic", "dynamic_matmul_only")  # preference order
+    per_channel = QuantizeConfig(per_channel=True)
+    # Static INT8 is always per tensor; the dynamic recipes follow the config.
+    assert describe_method("static", per_channel)["per_channel"] is False
+    assert describe_method("dynamic", per_channel) == {
+        "weight_type": "QInt8",
+        "per_channel": True,
+        "quant_format": "QOperator",
+    }
+    assert describe_method("fp32", per_channel)["weight_type"] == "float32"
+    assert all(callable(candidate.build) for candidate in CANDIDATES)

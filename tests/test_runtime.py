@@ -239,7 +239,7 @@ def test_the_signature_ignores_key_order_and_formatting(bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     shuffled = dict(reversed(list(manifest.items())))
     (bundle_copy / "manifest.json").write_text(json.dumps(shuffled, indent=4))
-    assert load_bundle(bundle_copy).manifest == manifest
+    assert load_bundle(bundle_copy).manifest.as_json() == manifest
 
 
 def test_a_bundle_needing_a_newer_onnxruntime_is_refused(bundle_copy):
@@ -329,7 +329,7 @@ def test_the_size_cap_counts_every_member_and_can_be_raised(tiny_bundle, tmp_pat
     with pytest.raises(BundleError, match=f"more than {total - 1:,} bytes"):
         extract_archive(archive, tmp_path / "small", max_bytes=total - 1)
     assert not (tmp_path / "small").exists() or not list((tmp_path / "small").iterdir())
-    assert load_bundle(archive, max_bytes=total).manifest["model_version"] == "3"
+    assert load_bundle(archive, max_bytes=total).manifest.model_version == "3"
 
 
 def test_an_archive_with_too_many_members_is_refused(tmp_path):
@@ -497,11 +497,23 @@ def test_the_ort_format_graph_reproduces_the_golden_examples(tiny_bundle, loaded
     from deploy.selftest import check_golden
 
     manifest = loaded.manifest
-    assert manifest["mobile_model"] == "onnx/model_quantized.ort"
-    mobile = with_graph(loaded, tiny_bundle / manifest["mobile_model"], threads=1)
+    assert manifest.mobile_model == "onnx/model_quantized.ort"
+    mobile = with_graph(loaded, tiny_bundle / manifest.mobile_model, threads=1)
     assert mobile.session is not loaded.session
     failures, worst = check_golden(mobile, tolerance=1e-5)
     assert failures == [] and worst <= 1e-5
-    operators = (tiny_bundle / manifest["mobile_operators"]).read_text()
+    operators = (tiny_bundle / str(manifest.mobile_operators)).read_text()
     assert "ai.onnx;" in operators and "DequantizeLinear" in operators
     assert "/tmp" not in operators, "no path of the build machine"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [({"max_length": "32"}, "max_length"), ({"files": []}, "files"), ({"extra": 1}, "extra")],
+)
+def test_a_signed_manifest_with_a_mistyped_or_unknown_field_is_refused_naming_it(
+    bundle_copy, changes, field
+):
+    edit_manifest(bundle_copy, **changes)  # re-signed: the typed manifest is what refuses it
+    with pytest.raises(BundleError, match=rf"field '{field}'"):
+        load_bundle(bundle_copy)

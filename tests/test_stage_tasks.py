@@ -8,6 +8,9 @@ from distill.store import StageManifest, run_stage
 
 class CountManifest(StageManifest):
     attempts: int
+    # The fields the logit cache's recording reads (recordings read their fields strictly).
+    device: str | None = None
+    precision: str | None = None
 
 
 @pytest.fixture

@@ -77,13 +77,13 @@ def test_trimmed_model_gives_the_same_logits_on_in_vocabulary_text(
     trimmed_ids = trimmed.encode(text).ids
     assert trimmed_ids != full_ids  # renumbered ...
     assert trimmed.encode(text).tokens == full_tokenizer.encode(text).tokens  # ... same pieces
-    assert tiny_classifier.get_input_embeddings().weight.shape[0] == report["kept_size"]
-    assert tiny_classifier.config.vocab_size == report["kept_size"]
+    assert tiny_classifier.get_input_embeddings().weight.shape[0] == report.kept_size
+    assert tiny_classifier.config.vocab_size == report.kept_size
     with torch.inference_mode():
         actual = tiny_classifier(input_ids=torch.tensor([trimmed_ids])).logits
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
-    assert report["test_changed_token_rate"] == 0.0
-    assert report["fp32_embedding_bytes_saved"] == (30522 - report["kept_size"]) * 32 * 4
+    assert report.test_changed_token_rate == 0.0
+    assert report.fp32_embedding_bytes_saved == (30522 - report.kept_size) * 32 * 4
 
 
 def test_slice_keeps_the_chosen_rows_in_order(tiny_classifier):
@@ -126,16 +126,16 @@ def test_export_and_quantize_stages_ship_the_trimmed_tokenizer(tiny_stages, tiny
     data = tiny_stages.data
     export = export_stage(tmp_path, config, tiny_stages.student, data, 0.005)
     vocabulary = export.manifest.vocabulary
-    assert vocabulary["trimmed"] and vocabulary["kept_size"] < vocabulary["original_size"]
-    assert 0 < vocabulary["test_unk_token_rate"] <= vocabulary["test_changed_token_rate"] < 1
+    assert vocabulary.trimmed and vocabulary.kept_size < vocabulary.original_size
+    assert 0 < vocabulary.test_unk_token_rate <= vocabulary.test_changed_token_rate < 1
     tokenizer = Tokenizer.from_file(str(export.file(export.manifest.tokenizer)))
-    assert tokenizer.get_vocab_size() == vocabulary["kept_size"]
+    assert tokenizer.get_vocab_size() == vocabulary.kept_size
     # The gate's trimming cost is the validation split's; the test split's is recorded beside.
     manifest = export.manifest
-    assert vocabulary["trimming_cost"] == pytest.approx(
+    assert vocabulary.trimming_cost == pytest.approx(
         manifest.student_validation_accuracy - manifest.validation_accuracy
     )
-    assert vocabulary["test_trimming_cost"] == pytest.approx(
+    assert vocabulary.test_trimming_cost == pytest.approx(
         manifest.student_test_accuracy - manifest.test_accuracy
     )
     validation = load_split(data.path, "validation")
@@ -254,7 +254,7 @@ def test_a_trim_over_budget_by_chance_still_ships(tiny_stages, tiny_config, tmp_
     comparison = manifest.trimming_comparison
     assert comparison is not None and not comparison.significantly_worse()
     assert manifest.trimmed
-    assert "not significant" in manifest.vocabulary["reason"]
+    assert "not significant" in manifest.vocabulary.reason
 
 
 def test_a_trim_over_budget_ships_the_full_vocabulary_and_records_its_cost(
@@ -274,15 +274,15 @@ def test_a_trim_over_budget_ships_the_full_vocabulary_and_records_its_cost(
     export = export_stage(tmp_path, tiny_config.export, student, data, max_accuracy_drop=-1.0)
     manifest = export.manifest
     assert not manifest.trimmed and manifest.full_vocabulary_file is None
-    assert "the full vocabulary ships" in manifest.vocabulary["reason"]
-    rejected = manifest.vocabulary["rejected_trim"]
-    assert rejected["kept_size"] < rejected["original_size"]
+    assert "the full vocabulary ships" in manifest.vocabulary.reason
+    rejected = manifest.vocabulary.rejected_trim
+    assert rejected.kept_size < rejected.original_size
     # The gate's cost is measured on validation; the held-out test cost is recorded beside it.
     trimmed = tiny_stages.export.manifest
-    assert rejected["trimming_cost"] == pytest.approx(
+    assert rejected.trimming_cost == pytest.approx(
         manifest.student_validation_accuracy - trimmed.validation_accuracy
     )
-    assert rejected["test_trimming_cost"] == pytest.approx(
+    assert rejected.test_trimming_cost == pytest.approx(
         manifest.student_test_accuracy - trimmed.test_accuracy
     )
     shipped_tokenizer = export.file(manifest.tokenizer).read_bytes()
@@ -293,7 +293,7 @@ def test_a_trim_over_budget_ships_the_full_vocabulary_and_records_its_cost(
     # The paired comparison behind the decision is recorded with the trim's cost.
     comparison = manifest.trimming_comparison
     assert comparison is not None and comparison.n == data.manifest.sizes["validation"]
-    assert -comparison.difference == pytest.approx(rejected["trimming_cost"])
+    assert -comparison.difference == pytest.approx(rejected.trimming_cost)
     # The full graph matches the trained student: no step has spent the budget yet.
     assert manifest.test_accuracy == pytest.approx(manifest.student_test_accuracy)
     assert manifest.validation_accuracy == pytest.approx(manifest.student_validation_accuracy)
