@@ -91,3 +91,31 @@ def test_the_checker_notices_a_missing_path_target_and_name(tmp_path, monkeypatc
         "DOC.md:1 `distill/gone.py`: no such path distill/gone.py",
         "DOC.md:2 `distill.losses.MISSING`: distill.losses defines no MISSING",
     ]
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(doc: Path) -> set[str]:
+    return {slug(h) for h in re.findall(r"^#+ (.+)$", doc.read_text(), re.M)}
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_link_to_a_section_finds_its_heading(doc):
+    source = REPO / doc
+    broken = []
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", source.read_text()):
+        linked = (source.parent / target) if target else source
+        if not linked.is_file() or anchor not in anchors(linked):
+            broken.append(f"{target}#{anchor}")
+    assert broken == []
+
+
+def test_a_heading_slug_is_githubs():
+    assert slug("Damaged files, concurrent runs, killed runs, disk use") == (
+        "damaged-files-concurrent-runs-killed-runs-disk-use"
+    )
+    assert slug("Fault suite (`tests/faults/`)") == "fault-suite-testsfaults"
