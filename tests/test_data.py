@@ -90,27 +90,23 @@ def test_missing_file_is_named(tmp_path):
         load_examples(DataConfig(source=str(tmp_path / "absent.csv")))
 
 
-def test_missing_column_names_column_and_file(tmp_path):
-    path = write_source(tmp_path / "reviews.csv")
-    config = DataConfig(source=str(path), text_column="body", label_column="sentiment")
-    with pytest.raises(DataError, match=r"reviews\.csv: column 'body' not found"):
-        load_examples(config)
+BLANK_FIFTH_TEXT = [*ROWS[:4], ("   ", "pos"), *ROWS[5:]]
 
 
-def test_empty_dataset_is_refused(tmp_path):
-    path = tmp_path / "empty.csv"
-    path.write_text("review,sentiment\n")
-    with pytest.raises(DataError, match="empty.csv"):
-        load_examples(DataConfig(source=str(path), text_column="review", label_column="sentiment"))
-
-
-def test_empty_text_names_row_and_column(tmp_path):
-    rows = list(ROWS)
-    rows[4] = ("   ", "pos")
-    path = write_source(tmp_path / "reviews.jsonl", rows)
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
-    # JSON Lines has no header: the fifth row is line 5.
-    with pytest.raises(DataError, match=r"row 5, column 'review' is empty"):
+@pytest.mark.parametrize(
+    ("name", "rows", "text_column", "match"),
+    [
+        ("reviews.csv", ROWS, "body", r"reviews\.csv: column 'body' not found"),
+        ("empty.csv", [], "review", r"empty\.csv"),
+        # JSON Lines has no header: the fifth row is line 5.
+        ("reviews.jsonl", BLANK_FIFTH_TEXT, "review", r"row 5, column 'review' is empty"),
+    ],
+    ids=["missing column", "no rows", "empty text"],
+)
+def test_bad_data_is_refused_naming_file_column_or_row(tmp_path, name, rows, text_column, match):
+    path = write_source(tmp_path / name, rows)
+    config = DataConfig(source=str(path), text_column=text_column, label_column="sentiment")
+    with pytest.raises(DataError, match=match):
         load_examples(config)
 
 
