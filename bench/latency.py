@@ -37,6 +37,7 @@ from bench.report import (
     cold_starts,
     command_line,
     common_args,
+    formatted,
     header,
     machine,
     markdown_table,
@@ -355,19 +356,9 @@ def student_shape(folder: Path) -> dict[str, int]:
 
 
 def render(result: dict[str, Any], section: str) -> str:
-    table = [
-        [
-            r["model"],
-            r["format"] + (" (shipped)" if r["shipped"] else ""),
-            str(r["batch"]),
-            str(r["threads"]),
-            str(r["seq_len"]),
-            f"{r['p50_ms']:.2f}",
-            f"{r['p95_ms']:.2f}",
-            f"{r['throughput']:.0f}",
-        ]
-        for r in result["rows"]
-    ]
+    shown = [{**r, "format": r["format"] + (" (shipped)" * r["shipped"])} for r in result["rows"]]
+    columns = {"model": "", "format": "", "batch": "", "threads": "", "seq_len": ""}
+    table = formatted(shown, columns | {"p50_ms": ".2f", "p95_ms": ".2f", "throughput": ".0f"})
     g, q = result["goals"], result["quantize"]
     vocab = result["vocabulary"] or {}
     met = {name: "met" if ok else "NOT met" for name, ok in g["met"].items()}
@@ -392,7 +383,7 @@ def render(result: dict[str, Any], section: str) -> str:
             "thread; throughput in sequences per second. Inputs are windows of real test text "
             "of exactly `seq_len` tokens. Models were timed in interleaved rounds.",
             markdown_table(
-                ["model", "format", "batch", "threads", "seq_len", "p50 ms", "p95 ms", "seq/s"],
+                "model | format | batch | threads | seq_len | p50 ms | p95 ms | seq/s",
                 table,
             ),
             f"Shipped: **{q['method']}** ({g['shipped_format']}); test accuracy "

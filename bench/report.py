@@ -9,6 +9,7 @@ import os
 import platform
 import re
 import shlex
+import signal
 import socket
 import statistics
 import subprocess
@@ -109,6 +110,11 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def formatted(rows: list[dict], columns: dict[str, str]) -> list[list[str]]:
+    """Table cells: each row's value at each of `columns`' keys, in that key's format spec."""
+    return [[format(row[key], spec) for key, spec in columns.items()] for row in rows]
+
+
 def means(group: list[dict], keys: Sequence[str]) -> list[str]:
     """`mean_std` of each key over the rows of one group."""
     return [mean_std([row[key] for row in group]) for key in keys]
@@ -184,3 +190,41 @@ def cold_starts(script: str, args: list[str], runs: int) -> list[tuple[float, di
         child = json.loads(stdout.strip().splitlines()[-1])
         out.append((child["at"] - started, child))
     return out
+
+
+def wait_for(probe, timeout: float, what: str, pause: float = 0.25):
+    """`probe()`'s first truthy value (an exception counts as "not yet"); TimeoutError naming
+    `what` when `timeout` seconds pass without one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+        except Exception:  # noqa: BLE001 - not up yet
+            value = None
+        if value:
+            return value
+        time.sleep(pause)
+    raise TimeoutError(f"{what} not ready after {timeout} s")
+
+
+def start(command: list, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start a service in its own process group, so teardown stops it and its children
+    (a Dask nanny's worker, a server's workers)."""
+    return subprocess.Popen(
+        [str(part) for part in command],
+        cwd=REPO,
+        env=env,
+        stdout=open(log, "w"),  # noqa: SIM115 - the child owns it until it exits
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop(process: subprocess.Popen, timeout: float = 20) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

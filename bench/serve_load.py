@@ -34,6 +34,7 @@ from bench.report import (
     REPO,
     RESULTS,
     cpu_info,
+    formatted,
     header,
     markdown_table,
     tiny_bundle,
@@ -219,21 +220,17 @@ def measure(bundle: Path, workers: int) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> str:
-    rows = [
-        [
-            str(row["clients"]),
-            str(row["stalled_connections"]),
-            str(row["requests"]),
-            str(row["errors"]),
-            f"{row['p50_ms']:.1f}",
-            f"{row['p99_ms']:.1f}",
-            f"{row['requests_per_s']:.0f}",
-            str(row["peak_threads"]),
-        ]
-        for row in result["rows"]
-    ]
+    columns = {
+        "clients": "",
+        "stalled_connections": "",
+        "requests": "",
+        "errors": "",
+        "p50_ms": ".1f",
+    }
+    columns |= {"p99_ms": ".1f", "requests_per_s": ".0f", "peak_threads": ""}
+    rows = formatted(result["rows"], columns)
     table = markdown_table(
-        ["clients", "stalled conns", "requests", "errors", "p50 ms", "p99 ms", "req/s", "threads"],
+        "clients | stalled conns | requests | errors | p50 ms | p99 ms | req/s | threads",
         rows,
     )
     dropped = sum(row.get("stalled_dropped_by_server", 0) for row in result["rows"])
