@@ -145,6 +145,22 @@ def plan(args) -> list[tuple[Arm, int, PipelineConfig]]:
     return runs
 
 
+def settings(arm: Arm, seed: int, config: PipelineConfig) -> dict:
+    """What --dry-run prints for one run."""
+    student, unlabeled = config.student, config.data.unlabeled
+    return {
+        "arm": arm.name,
+        "seed": seed,
+        "teacher": config.teacher.model,
+        "student_init": student.init.model_dump(mode="json"),
+        "alpha": student.alpha,
+        "epochs": student.training.epochs,
+        "augmentation": config.augmentation.multiplier,
+        "unlabeled": unlabeled and unlabeled.source,
+        "store": str(config.store_dir),
+    }
+
+
 def measure(arm: Arm, seed: int, config: PipelineConfig) -> tuple[dict, dict]:
     """Run (or reuse) every stage of one cell; its table row and its teacher's numbers."""
     seconds: dict[str, float] = {}
@@ -213,22 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = plan(args)
     if args.dry_run:
         for arm, seed, config in runs:
-            print(
-                json.dumps(
-                    {
-                        "arm": arm.name,
-                        "seed": seed,
-                        "teacher": config.teacher.model,
-                        "student_init": config.student.init.model_dump(mode="json"),
-                        "alpha": config.student.alpha,
-                        "epochs": config.student.training.epochs,
-                        "augmentation": config.augmentation.multiplier,
-                        "unlabeled": config.data.unlabeled and config.data.unlabeled.source,
-                        "store": str(config.store_dir),
-                    }
-                ),
-                flush=True,
-            )
+            print(json.dumps(settings(arm, seed, config)), flush=True)
         return
     rows: list[dict] = []
     teachers: dict[str, dict] = {}
