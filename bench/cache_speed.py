@@ -16,12 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.report import REPO, RESULTS, header, markdown_table, write_section
+from bench.report import (
+    REPO,
+    common_args,
+    header,
+    markdown_table,
+    store_override,
+    write_json,
+    write_section,
+)
 from distill.batching import collate
 from distill.chain import run_until_cache
 from distill.config import TeacherLayersInit, load_config
@@ -66,13 +73,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(REPO / "configs" / "movie_reviews.yaml"))
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 5])
-    parser.add_argument("--output", default=str(RESULTS / "cache_speed.json"))
-    parser.add_argument("--section", default="cache-speed")
-    parser.add_argument("--store", help="the stage store to use (default: the config's store)")
-    parser.add_argument("overrides", nargs="*")
+    common_args(parser, "cache_speed.json", section="cache-speed")
     args = parser.parse_args()
-    if args.store:  # an override, so every config loaded below names the same store
-        args.overrides = [*args.overrides, f"store={args.store}"]
+    store_override(args)
 
     # The logit loss only: the Patient-KD term would need the cached [CLS] states online too.
     config = load_config(args.config, [*args.overrides, "student.hidden.weight=0"])
@@ -114,7 +117,7 @@ def main() -> None:
         "achieved_speedup": achieved,
         "fraction_of_ideal": achieved / ideal,
     }
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    write_json(args.output, result)
     print(json.dumps(result, indent=2))
     write_section(args.section, render(result))
 

@@ -113,13 +113,8 @@ def report(result: dict[str, Any]) -> str:
         for name, r in result["workloads"].items()
     ]
     table = markdown_table(
-        [
-            "workload (steps/s)",
-            "1 process, 1 thread",
-            "1 process, 2 threads",
-            "2 processes, 1 thread each",
-            "best parallel/sequential",
-        ],
+        "workload (steps/s) | 1 process, 1 thread | 1 process, 2 threads"
+        " | 2 processes, 1 thread each | best parallel/sequential",
         rows,
     )
     return "\n\n".join(

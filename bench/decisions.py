@@ -17,7 +17,6 @@ fp32 weights per seed. Writes bench/results/decisions.json and a section of docs
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import REPO, RESULTS, header, markdown_table, timing_runner, write_section
+from bench.report import (
+    REPO,
+    common_args,
+    header,
+    markdown_table,
+    store_override,
+    timing_runner,
+    write_json,
+    write_section,
+)
 from deploy.export import trimming_rejection
 from deploy.quantize import Measured, rejection
 from distill.gates import champion_decision, two_sided_p
@@ -162,10 +170,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(REPO / "configs" / "movie_reviews.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--output", default=str(RESULTS / "decisions.json"))
-    parser.add_argument("--section", default="decisions", help="benchmarks.md section ('' skips)")
-    parser.add_argument("overrides", nargs="*")
+    common_args(parser, "decisions.json", section="decisions")
     args = parser.parse_args()
+    store_override(args)
 
     gates: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
@@ -182,9 +189,9 @@ def main() -> None:
             trim = export.trimming_comparison
             gates.append(gate_row("trimming", seed, compression_rules(budget), trim, trim.p_worse))
         for name, record in quantized.candidates.items():
-            if "/" in name or name == "fp32" or "validation_comparison" not in record:
+            comparison = record.validation_comparison
+            if "/" in name or name == "fp32" or comparison is None:
                 continue  # the first trial's INT8 candidates only
-            comparison = PairedComparison.model_validate(record["validation_comparison"])
             gates.append(
                 gate_row(f"int8/{name}", seed, int8_rules(budget), comparison, comparison.p_worse)
             )
@@ -226,19 +233,8 @@ def main() -> None:
 
 
 def write_results(output: str, gates, ratios, seconds) -> None:
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(
-        json.dumps(
-            {
-                "gates": gates,
-                "bundle_ratio": [
-                    {**row, "stage_seconds": seconds.get(str(row["seed"]), {})} for row in ratios
-                ],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    timed = [{**row, "stage_seconds": seconds.get(str(row["seed"]), {})} for row in ratios]
+    write_json(output, {"gates": gates, "bundle_ratio": timed})
 
 
 def report(gates: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> str:

@@ -26,7 +26,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,7 +33,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.report import REPO, RESULTS, header, markdown_table, write_section
+from bench.report import (
+    REPO,
+    RESULTS,
+    cold_starts,
+    header,
+    markdown_table,
+    tiny_bundle,
+    write_json,
+    write_section,
+)
 from deploy.runtime import Bundle, load_bundle, predict, with_graph
 
 JS = REPO / "edge" / "js"
@@ -107,24 +115,14 @@ bundle = load_bundle(sys.argv[1], threads=1)
 if sys.argv[2] == "1":
     bundle = with_graph(bundle, Path(sys.argv[1]) / str(bundle.manifest.mobile_model), threads=1)
 predict(bundle, [bundle.golden[0]["text"]])
-print(json.dumps(time.time()))
+print(json.dumps({"at": time.time()}))
 """
 
 
 def python_cold_start(folder: Path, mobile: bool, runs: int = 3) -> float:
     """Median seconds from spawning a Python process to its first prediction."""
-    seconds = []
-    for _ in range(runs):
-        spawned = time.time()
-        out = subprocess.run(
-            [sys.executable, "-c", COLD_START, str(folder), "1" if mobile else "0"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        seconds.append(json.loads(out.stdout) - spawned)
-    return statistics.median(seconds)
+    args = [str(folder), "1" if mobile else "0"]
+    return statistics.median(seconds for seconds, _ in cold_starts(COLD_START, args, runs))
 
 
 def node_runtime(folder: Path, texts_file: Path, golden: list[dict]) -> dict[str, Any]:
@@ -214,19 +212,6 @@ def measure(profile: str, folder: Path, count: int, scratch: Path) -> dict[str, 
     }
 
 
-def tiny_bundle(scratch: Path) -> Path:
-    from deploy.bundle import bundle_from_stages
-    from distill.config import load_config
-    from distill.data import data_stage
-
-    config = load_config(REPO / "configs" / "tiny.yaml", [f"workdir={scratch / 'tiny'}"])
-    data_stage(config.workdir, config.data, config.teacher.model)
-    from deploy.chain import run_pipeline_stages
-
-    stages = run_pipeline_stages(config, config.store_dir)
-    return bundle_from_stages(scratch / "tiny-bundle", stages, run_id="bench", model_version="0")
-
-
 def report(results: dict[str, Any]) -> str:
     rows = []
     for bundle in results["bundles"]:
@@ -249,15 +234,8 @@ def report(results: dict[str, Any]) -> str:
         for b in results["bundles"]
     )
     table = markdown_table(
-        [
-            "bundle",
-            "runtime",
-            "golden agreement",
-            "max prob diff",
-            "p50 ms (batch 1, 25 tokens)",
-            "vs python",
-            "cold start s",
-        ],
+        "bundle | runtime | golden agreement | max prob diff | p50 ms (batch 1, 25 tokens)"
+        " | vs python | cold start s",
         rows,
     )
     pages = "; ".join(
@@ -286,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="edge-targets-") as tmp:
         scratch = Path(tmp)
         bundles = [tuple(item.split("=", 1)) for item in args.bundle] or [
-            ("tiny", tiny_bundle(scratch))
+            ("tiny", tiny_bundle(scratch / "tiny-run"))
         ]
         results = {
             "bundles": [
@@ -296,8 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "not_measured": NOT_MEASURED,
             "load_average": os.getloadavg(),
         }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
     write_section("edge-targets", report(results))
     print(json.dumps(results, indent=2))
 

@@ -26,15 +26,25 @@ import json
 import os
 import statistics
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.report import REPO, RESULTS, command_line, header, machine, markdown_table, write_section
+from bench.report import (
+    REPO,
+    cold_starts,
+    command_line,
+    common_args,
+    formatted,
+    header,
+    machine,
+    markdown_table,
+    store_override,
+    write_json,
+    write_section,
+)
 from deploy.chain import run_pipeline_stages
 from deploy.latency import Timing, interleaved_seconds, summarize
 from deploy.onnx_eval import open_session
@@ -136,30 +146,18 @@ import json, sys, time
 from deploy.runtime import load_bundle, predict
 bundle = load_bundle(sys.argv[1], threads=1)
 result = predict(bundle, ["a gripping, beautifully acted film"])
-print(json.dumps({"first_prediction_at": time.time(), "label": result[0]["label"],
+print(json.dumps({"at": time.time(), "label": result[0]["label"],
                   "torch_loaded": "torch" in sys.modules}))
 """
 
 
 def cold_start(bundle: Path) -> dict[str, Any]:
     """Seconds from starting a new Python process to its first prediction, median of a few."""
-    seconds, torch_loaded = [], False
-    for _ in range(COLD_STARTS):
-        started = time.time()
-        out = subprocess.run(
-            [sys.executable, "-c", COLD_START, str(bundle)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        child = json.loads(out.stdout.strip().splitlines()[-1])
-        seconds.append(child["first_prediction_at"] - started)
-        torch_loaded |= child["torch_loaded"]
+    runs = cold_starts(COLD_START, [str(bundle)], COLD_STARTS)
     return {
-        "cold_start_s": statistics.median(seconds),
-        "cold_start_runs_s": seconds,
-        "cold_start_torch_loaded": torch_loaded,
+        "cold_start_s": statistics.median(seconds for seconds, _ in runs),
+        "cold_start_runs_s": [seconds for seconds, _ in runs],
+        "cold_start_torch_loaded": any(child["torch_loaded"] for _, child in runs),
         "cold_start_method": "python -c: deploy.runtime.load_bundle + predict, new process",
     }
 
@@ -215,10 +213,9 @@ def main() -> None:
         default=GOALS["speedup_vs_teacher_pytorch"],
         help="shipped model vs the teacher in PyTorch, batch 1 (issue 10's MPNet profile: 75)",
     )
-    parser.add_argument("--output", default=str(RESULTS / "latency.json"))
-    parser.add_argument("--section", default="latency", help="benchmarks.md section ('' skips)")
-    parser.add_argument("overrides", nargs="*")
+    common_args(parser, "latency.json", section="latency")
     args = parser.parse_args()
+    store_override(args)
 
     load_before = uptime()
     workdir, scratch = Path(args.workdir), Path(args.scratch)
@@ -275,8 +272,7 @@ def main() -> None:
     }
     result["goals"] = goals(result, args.speedup_goal)
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    write_json(args.output, result)
     if args.section:
         write_section(args.section, render(result, args.section))
 
@@ -360,19 +356,9 @@ def student_shape(folder: Path) -> dict[str, int]:
 
 
 def render(result: dict[str, Any], section: str) -> str:
-    table = [
-        [
-            r["model"],
-            r["format"] + (" (shipped)" if r["shipped"] else ""),
-            str(r["batch"]),
-            str(r["threads"]),
-            str(r["seq_len"]),
-            f"{r['p50_ms']:.2f}",
-            f"{r['p95_ms']:.2f}",
-            f"{r['throughput']:.0f}",
-        ]
-        for r in result["rows"]
-    ]
+    shown = [{**r, "format": r["format"] + (" (shipped)" * r["shipped"])} for r in result["rows"]]
+    columns = {"model": "", "format": "", "batch": "", "threads": "", "seq_len": ""}
+    table = formatted(shown, columns | {"p50_ms": ".2f", "p95_ms": ".2f", "throughput": ".0f"})
     g, q = result["goals"], result["quantize"]
     vocab = result["vocabulary"] or {}
     met = {name: "met" if ok else "NOT met" for name, ok in g["met"].items()}
@@ -397,7 +383,7 @@ def render(result: dict[str, Any], section: str) -> str:
             "thread; throughput in sequences per second. Inputs are windows of real test text "
             "of exactly `seq_len` tokens. Models were timed in interleaved rounds.",
             markdown_table(
-                ["model", "format", "batch", "threads", "seq_len", "p50 ms", "p95 ms", "seq/s"],
+                "model | format | batch | threads | seq_len | p50 ms | p95 ms | seq/s",
                 table,
             ),
             f"Shipped: **{q['method']}** ({g['shipped_format']}); test accuracy "

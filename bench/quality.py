@@ -15,15 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from bench.report import (
-    REPO,
-    RESULTS,
-    header,
-    markdown_table,
-    mean_std,
-    timing_runner,
-    write_section,
-)
+from bench import report as bench
 from deploy.chain import run_after_cache
 from distill.chain import run_until_cache
 from distill.config import load_config
@@ -33,7 +25,7 @@ LAYER_CHOICES = {2: [0, 5], 3: [0, 2, 5], 4: [0, 2, 3, 5]}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=str(REPO / "configs" / "movie_reviews.yaml"))
+    parser.add_argument("--config", default=str(bench.REPO / "configs" / "movie_reviews.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument(
@@ -43,20 +35,14 @@ def main() -> None:
         default=["kd", "labels"],
         help="distilled students, labels-only students, or both",
     )
-    parser.add_argument("--output", default=str(RESULTS / "quality.json"))
-    parser.add_argument(
-        "--section", default="quality", help="section name in benchmarks.md ('' to skip)"
-    )
-    parser.add_argument("--store", help="the stage store to use (default: the config's store)")
-    parser.add_argument("overrides", nargs="*")
+    bench.common_args(parser, "quality.json", section="quality")
     args = parser.parse_args()
-    if args.store:  # an override, so every config loaded below names the same store
-        args.overrides = [*args.overrides, f"store={args.store}"]
+    bench.store_override(args)
 
     base = load_config(args.config, args.overrides)
     store = base.store_dir  # the pipeline's store: a run of the same config shares the teacher
     seconds: dict[str, float] = {}
-    runner = timing_runner(seconds)
+    runner = bench.timing_runner(seconds)
     upstream = run_until_cache(base, store, runner)
     teacher, cache = upstream.teacher, upstream.cache
     shared = {
@@ -88,11 +74,7 @@ def main() -> None:
                     "layers": layers,
                     "kd": kd,
                     "seed": seed,
-                    "test_accuracy": report.student_accuracy,
-                    "macro_f1": report.student_macro_f1,
-                    "teacher_accuracy": report.teacher_accuracy,
-                    "retention": report.retention,
-                    "int8_accuracy": run.quantize.manifest.test_accuracy,
+                    **bench.scores(run),
                     "fp32_onnx_accuracy": run.export.manifest.test_accuracy,
                     "params": report.student_params,
                     "best_epoch": student.manifest.best_epoch,
@@ -113,11 +95,10 @@ def main() -> None:
 
 
 def save(rows: list[dict], shared: dict, args) -> None:
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(rows, indent=2))
-    Path(args.output).with_suffix(".shared.json").write_text(json.dumps(shared, indent=2))
+    bench.write_json(args.output, rows)
+    bench.write_json(Path(args.output).with_suffix(".shared.json"), shared)
     if args.section:
-        write_section(args.section, render(rows, shared, args))
+        bench.write_section(args.section, render(rows, shared, args))
 
 
 def render(rows: list[dict], shared: dict, args) -> str:
@@ -132,10 +113,9 @@ def render(rows: list[dict], shared: dict, args) -> str:
                     str(layers),
                     "distilled" if kd else "labels only",
                     str(len(group)),
-                    mean_std([r["test_accuracy"] for r in group]),
-                    mean_std([r["macro_f1"] for r in group]),
-                    mean_std([r["retention"] for r in group]),
-                    mean_std([r["int8_accuracy"] for r in group]),
+                    *bench.means(
+                        group, ["test_accuracy", "macro_f1", "retention", "int8_accuracy"]
+                    ),
                     f"{group[0]['params'] / 1e6:.1f}M",
                     f"{statistics.mean(r['seconds']['student'] for r in group):.0f}",
                 ]
@@ -152,25 +132,16 @@ def render(rows: list[dict], shared: dict, args) -> str:
     return "\n\n".join(
         [
             f"## Student quality ({args.section})",
-            header("quality"),
+            bench.header("quality"),
             f"Teacher test accuracy {teacher_accuracy:.4f}{teacher_time}. "
             f"Overrides on every student: `{extra}`. "
             f"The teacher ran once for the whole grid: one target cache (`{shared['cache_key']}`, "
             f"{built}) "
             f"served all {len(rows)} students. Mean ± standard deviation over the seeds in the "
             "`seeds` column.",
-            markdown_table(
-                [
-                    "layers",
-                    "training",
-                    "seeds",
-                    "test accuracy",
-                    "macro-F1",
-                    "retention",
-                    "INT8 accuracy",
-                    "params",
-                    "student s",
-                ],
+            bench.markdown_table(
+                "layers | training | seeds | test accuracy | macro-F1 | retention | INT8 accuracy"
+                " | params | student s",
                 table,
             ),
         ]

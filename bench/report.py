@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
 import os
 import platform
 import re
 import shlex
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,17 +23,20 @@ BENCHMARKS_MD = REPO / "docs" / "benchmarks.md"
 RESULTS = REPO / "bench" / "results"
 
 
-def machine() -> dict[str, str]:
-    cpu, flags = "unknown CPU", ""
+def cpu_info() -> tuple[str, str]:
+    """The CPU's model name (as `lscpu` reports it) and its vector-instruction flags."""
     try:
         info = Path("/proc/cpuinfo").read_text()
         cpu = re.search(r"model name\s*:\s*(.*)", info).group(1).strip()
         all_flags = re.search(r"flags\s*:\s*(.*)", info).group(1).split()
-        flags = " ".join(
-            f for f in all_flags if f.startswith(("avx", "fma", "amx", "sse4", "vnni"))
-        )
     except (OSError, AttributeError):
-        pass
+        return "unknown CPU", ""
+    vector = ("avx", "fma", "amx", "sse4", "vnni")
+    return cpu, " ".join(f for f in all_flags if f.startswith(vector))
+
+
+def machine() -> dict[str, str]:
+    cpu, flags = cpu_info()
     import torch
 
     return {
@@ -74,7 +83,10 @@ def write_section(name: str, markdown: str) -> None:
     BENCHMARKS_MD.write_text(text)
 
 
-def markdown_table(header_row: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header_row: str | list[str], rows: list[list[str]]) -> str:
+    """`header_row`: the column names, or one string of them separated by " | "."""
+    if isinstance(header_row, str):
+        header_row = header_row.split(" | ")
     lines = ["| " + " | ".join(header_row) + " |", "|" + "---|" * len(header_row)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -96,3 +108,123 @@ def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def formatted(rows: list[dict], columns: dict[str, str]) -> list[list[str]]:
+    """Table cells: each row's value at each of `columns`' keys, in that key's format spec."""
+    return [[format(row[key], spec) for key, spec in columns.items()] for row in rows]
+
+
+def means(group: list[dict], keys: Sequence[str]) -> list[str]:
+    """`mean_std` of each key over the rows of one group."""
+    return [mean_std([row[key] for row in group]) for key in keys]
+
+
+def common_args(parser: argparse.ArgumentParser, output: str, section: str | None = None) -> None:
+    """--output (bench/results/OUTPUT), --section (when given), --store and the overrides."""
+    parser.add_argument("--output", default=str(RESULTS / output))
+    if section is not None:
+        parser.add_argument("--section", default=section, help="benchmarks.md section ('' skips)")
+    parser.add_argument("--store", help="the stage store to use (default: the config's store)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+
+
+def store_override(args: argparse.Namespace) -> None:
+    """--store as an override, so every config loaded from the overrides names the same store."""
+    if args.store:
+        args.overrides = [*args.overrides, f"store={args.store}"]
+
+
+def write_json(path: str | Path, data: object) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+SCORES = ("test_accuracy", "macro_f1", "teacher_accuracy", "retention", "int8_accuracy")
+
+
+def scores(run) -> dict[str, float]:
+    """The test scores of one student's run (`deploy.chain.run_after_cache`) that the tables use."""
+    report = run.evaluation.manifest
+    return {
+        "test_accuracy": report.student_accuracy,
+        "macro_f1": report.student_macro_f1,
+        "teacher_accuracy": report.teacher_accuracy,
+        "retention": report.retention,
+        "int8_accuracy": run.quantize.manifest.test_accuracy,
+    }
+
+
+def tiny_bundle(scratch: Path) -> Path:
+    """The tests' tiny bundle: every stage of configs/tiny.yaml in `scratch`, then the bundle."""
+    from deploy.bundle import bundle_from_stages
+    from deploy.chain import run_pipeline_stages
+    from distill.config import load_config
+
+    config = load_config(
+        REPO / "configs" / "tiny.yaml", [f"workdir={scratch}", f"store={scratch / 'store'}"]
+    )
+    stages = run_pipeline_stages(config, config.store_dir)
+    return bundle_from_stages(config.workdir, stages, run_id="bench", model_version="0")
+
+
+def cold_starts(script: str, args: list[str], runs: int) -> list[tuple[float, dict]]:
+    """Each of `runs` new `python -c script ARGS` processes: the seconds from its start to the
+    `"at"` time (`time.time()`) its last line of JSON reports, and that JSON."""
+    out = []
+    for _ in range(runs):
+        started = time.time()
+        stdout = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        child = json.loads(stdout.strip().splitlines()[-1])
+        out.append((child["at"] - started, child))
+    return out
+
+
+def wait_for(probe, timeout: float, what: str, pause: float = 0.25):
+    """`probe()`'s first truthy value (an exception counts as "not yet"); TimeoutError naming
+    `what` when `timeout` seconds pass without one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+        except Exception:  # noqa: BLE001 - not up yet
+            value = None
+        if value:
+            return value
+        time.sleep(pause)
+    raise TimeoutError(f"{what} not ready after {timeout} s")
+
+
+def start(command: list, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start a service in its own process group, so teardown stops it and its children
+    (a Dask nanny's worker, a server's workers)."""
+    return subprocess.Popen(
+        [str(part) for part in command],
+        cwd=REPO,
+        env=env,
+        stdout=open(log, "w"),  # noqa: SIM115 - the child owns it until it exits
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop(process: subprocess.Popen, timeout: float = 20) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -13,59 +13,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from bench.report import REPO, RESULTS, header, markdown_table, write_section
+from bench.report import (
+    RESULTS,
+    free_port,
+    header,
+    markdown_table,
+    start,
+    stop,
+    wait_for,
+    write_json,
+    write_section,
+)
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(probe, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-        except Exception:  # noqa: BLE001 - not up yet
-            value = None
-        if value:
-            return value
-        time.sleep(0.25)
-    raise TimeoutError(f"{what} not ready after {timeout} s")
 
 
 def healthy(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=2) as response:
         return response.status == 200
-
-
-def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(part) for part in command],
-        cwd=REPO,
-        env=env,
-        start_new_session=True,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def main() -> None:
@@ -129,15 +100,15 @@ def main() -> None:
             raise RuntimeError(f"scheduled run ended {flow_run.state}")
     finally:
         if serve is not None:
-            stop(serve)
-        stop(server)
+            stop(serve, timeout=30)
+        stop(server, timeout=30)
     result = {
         "prefect_server_startup_s": server_s,
         "trigger_to_completed_s": run_s,
         "total_s": server_s + run_s,
         "workdir": args.workdir,
     }
-    (RESULTS / "scheduled_retrain.json").write_text(json.dumps(result, indent=2))
+    write_json(RESULTS / "scheduled_retrain.json", result)
     print(json.dumps(result, indent=2))
     write_section(
         "scheduled-retrain",

@@ -30,7 +30,17 @@ from typing import Any
 
 import numpy as np
 
-from bench.report import REPO, RESULTS, header, markdown_table, write_section
+from bench.report import (
+    REPO,
+    RESULTS,
+    cpu_info,
+    formatted,
+    header,
+    markdown_table,
+    tiny_bundle,
+    write_json,
+    write_section,
+)
 
 CONCURRENCY = (8, 32)
 REQUESTS = {8: 50, 32: 25}  # per client
@@ -39,19 +49,6 @@ CLIENT_TIMEOUT = 30.0
 HOLD_S = 7.0  # stalls are held at least this long: past the server's 5 s request deadline
 WARMUP_REQUESTS = 20
 TEXT = "a gorgeous, witty and moving film that never outstays its welcome"
-
-
-def build_tiny_bundle(scratch: Path) -> Path:
-    """The tests' tiny bundle: every stage of configs/tiny.yaml, then the bundle stage."""
-    from deploy.bundle import bundle_from_stages
-    from deploy.chain import run_pipeline_stages
-    from distill.config import load_config
-
-    config = load_config(
-        REPO / "configs" / "tiny.yaml", [f"workdir={scratch}", f"store={scratch / 'store'}"]
-    )
-    stages = run_pipeline_stages(config, config.store_dir)
-    return bundle_from_stages(config.workdir, stages, run_id="bench", model_version="0")
 
 
 def start_server(bundle: Path, workers: int) -> tuple[subprocess.Popen, str, int]:
@@ -223,21 +220,17 @@ def measure(bundle: Path, workers: int) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> str:
-    rows = [
-        [
-            str(row["clients"]),
-            str(row["stalled_connections"]),
-            str(row["requests"]),
-            str(row["errors"]),
-            f"{row['p50_ms']:.1f}",
-            f"{row['p99_ms']:.1f}",
-            f"{row['requests_per_s']:.0f}",
-            str(row["peak_threads"]),
-        ]
-        for row in result["rows"]
-    ]
+    columns = {
+        "clients": "",
+        "stalled_connections": "",
+        "requests": "",
+        "errors": "",
+        "p50_ms": ".1f",
+    }
+    columns |= {"p99_ms": ".1f", "requests_per_s": ".0f", "peak_threads": ""}
+    rows = formatted(result["rows"], columns)
     table = markdown_table(
-        ["clients", "stalled conns", "requests", "errors", "p50 ms", "p99 ms", "req/s", "threads"],
+        "clients | stalled conns | requests | errors | p50 ms | p99 ms | req/s | threads",
         rows,
     )
     dropped = sum(row.get("stalled_dropped_by_server", 0) for row in result["rows"])
@@ -266,17 +259,6 @@ def report(result: dict[str, Any]) -> str:
     )
 
 
-def lscpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, help="bundle folder or .tar.gz (default: tiny)")
@@ -288,7 +270,7 @@ def main() -> None:
     if args.bundle is not None:
         bundle, description = args.bundle, str(args.bundle)
     else:
-        bundle = build_tiny_bundle(args.scratch)
+        bundle = tiny_bundle(args.scratch)
         description = (
             "the tiny pipeline's (configs/tiny.yaml: a 1-layer, hidden-32 student of a random "
             "teacher, INT8; the model's time is small, so this measures the server)"
@@ -299,11 +281,10 @@ def main() -> None:
         load_average_1min={"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         date=datetime.date.today().isoformat(),
         seconds=round(time.time() - started, 1),
-        lscpu_model=lscpu_model(),
+        lscpu_model=cpu_info()[0],
         bundle_description=description,
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.output, result)
     print(json.dumps(result["rows"], indent=2))
     if not args.no_docs:
         write_section("serve-load", report(result))

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.report import REPO, RESULTS, header, markdown_table, write_section
+from bench.report import REPO, common_args, header, markdown_table, store_override, write_section
 from distill.chain import run_until_cache
 from distill.config import load_config
 from flows.sweep_grid import Cell, cell_configs, cell_row, grid_cells, run_cells
@@ -34,12 +34,9 @@ def main() -> None:
         metavar="T:A",
         help="only these (temperature, alpha) cells instead of the full grid, e.g. 1:0.5 2:0",
     )
-    parser.add_argument("--output", default=str(RESULTS / "sweep.json"))
-    parser.add_argument("--store", help="the stage store to use (default: the config's store)")
-    parser.add_argument("overrides", nargs="*")
+    common_args(parser, "sweep.json")
     args = parser.parse_args()
-    if args.store:  # an override, so every config loaded below names the same store
-        args.overrides = [*args.overrides, f"store={args.store}"]
+    store_override(args)
 
     base = load_config(args.config, args.overrides)
     store = base.store_dir

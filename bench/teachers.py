@@ -38,15 +38,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.report import (
-    REPO,
-    RESULTS,
-    header,
-    markdown_table,
-    mean_std,
-    timing_runner,
-    write_section,
-)
+from bench import report as bench
 from deploy.chain import run_after_cache
 from distill.chain import run_until_cache
 from distill.config import PipelineConfig, load_config
@@ -153,10 +145,26 @@ def plan(args) -> list[tuple[Arm, int, PipelineConfig]]:
     return runs
 
 
+def settings(arm: Arm, seed: int, config: PipelineConfig) -> dict:
+    """What --dry-run prints for one run."""
+    student, unlabeled = config.student, config.data.unlabeled
+    return {
+        "arm": arm.name,
+        "seed": seed,
+        "teacher": config.teacher.model,
+        "student_init": student.init.model_dump(mode="json"),
+        "alpha": student.alpha,
+        "epochs": student.training.epochs,
+        "augmentation": config.augmentation.multiplier,
+        "unlabeled": unlabeled and unlabeled.source,
+        "store": str(config.store_dir),
+    }
+
+
 def measure(arm: Arm, seed: int, config: PipelineConfig) -> tuple[dict, dict]:
     """Run (or reuse) every stage of one cell; its table row and its teacher's numbers."""
     seconds: dict[str, float] = {}
-    runner = timing_runner(seconds)
+    runner = bench.timing_runner(seconds)
     store = config.store_dir
     upstream = run_until_cache(config, store, runner)
     run = run_after_cache(config, store, upstream, runner)
@@ -168,11 +176,7 @@ def measure(arm: Arm, seed: int, config: PipelineConfig) -> tuple[dict, dict]:
         "student_init": config.student.init.model_dump(mode="json"),
         "transfer": arm.transfer,
         "seed": seed,
-        "test_accuracy": report.student_accuracy,
-        "macro_f1": report.student_macro_f1,
-        "teacher_accuracy": report.teacher_accuracy,
-        "retention": report.retention,
-        "int8_accuracy": run.quantize.manifest.test_accuracy,
+        **bench.scores(run),
         "params": report.student_params,
         # A student reused from an earlier run reports its training time then.
         "seconds": student.manifest.train_seconds,
@@ -192,19 +196,17 @@ def measure(arm: Arm, seed: int, config: PipelineConfig) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--minilm-config", default=str(REPO / "configs" / "movie_reviews.yaml"))
     parser.add_argument(
-        "--mpnet-config", default=str(REPO / "configs" / "movie_reviews_mpnet.yaml")
+        "--minilm-config", default=str(bench.REPO / "configs" / "movie_reviews.yaml")
+    )
+    parser.add_argument(
+        "--mpnet-config", default=str(bench.REPO / "configs" / "movie_reviews_mpnet.yaml")
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=DEFAULT_ARMS)
     parser.add_argument("--student-init", default=STUDENT_INIT, help="student.init of every run")
     parser.add_argument("--unlabeled", help="transfer-text file for the kd_mpnet_transfer arm")
-    parser.add_argument("--output", default=str(RESULTS / "teachers.json"))
-    parser.add_argument(
-        "--section", default="teachers", help="section name in benchmarks.md ('' to skip)"
-    )
-    parser.add_argument("--store", help="the stage store to use (default: the configs' store)")
+    bench.common_args(parser, "teachers.json", section="teachers")
     parser.add_argument(
         "--dry-run", action="store_true", help="print every run's settings and stop"
     )
@@ -214,7 +216,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--merge", nargs="+", metavar="JSON", help="write the rows of these runs into --output"
     )
-    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args(argv)
 
     if args.merge:
@@ -228,22 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = plan(args)
     if args.dry_run:
         for arm, seed, config in runs:
-            print(
-                json.dumps(
-                    {
-                        "arm": arm.name,
-                        "seed": seed,
-                        "teacher": config.teacher.model,
-                        "student_init": config.student.init.model_dump(mode="json"),
-                        "alpha": config.student.alpha,
-                        "epochs": config.student.training.epochs,
-                        "augmentation": config.augmentation.multiplier,
-                        "unlabeled": config.data.unlabeled and config.data.unlabeled.source,
-                        "store": str(config.store_dir),
-                    }
-                ),
-                flush=True,
-            )
+            print(json.dumps(settings(arm, seed, config)), flush=True)
         return
     rows: list[dict] = []
     teachers: dict[str, dict] = {}
@@ -304,12 +290,11 @@ def merged(parts: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def save(rows: list[dict], teachers: list[dict], args) -> None:
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    result = {"rows": rows, "teachers": teachers, "goals": goals(rows, teachers)}
-    output.write_text(json.dumps(result, indent=2))
+    bench.write_json(
+        args.output, {"rows": rows, "teachers": teachers, "goals": goals(rows, teachers)}
+    )
     if args.section:
-        write_section(args.section, render(rows, teachers, args))
+        bench.write_section(args.section, render(rows, teachers, args))
 
 
 def render(rows: list[dict], teachers: list[dict], args) -> str:
@@ -324,11 +309,7 @@ def render(rows: list[dict], teachers: list[dict], args) -> str:
                 group[0]["teacher"],
                 group[0]["transfer"],
                 str(len(group)),
-                mean_std([r["test_accuracy"] for r in group]),
-                mean_std([r["macro_f1"] for r in group]),
-                mean_std([r["teacher_accuracy"] for r in group]),
-                mean_std([r["retention"] for r in group]),
-                mean_std([r["int8_accuracy"] for r in group]),
+                *bench.means(group, bench.SCORES),
                 f"{group[0]['params'] / 1e6:.1f}M",
                 f"{statistics.mean(r['seconds'] for r in group):.0f}",
             ]
@@ -346,27 +327,16 @@ def render(rows: list[dict], teachers: list[dict], args) -> str:
     return "\n\n".join(
         [
             f"## Teachers and transfer text ({args.section})",
-            header("teachers"),
+            bench.header("teachers"),
             f"Student for every arm: `{args.student_init}`. Mean ± standard deviation over the "
             "seeds in the `seeds` column; `student s` is the student's training time.",
-            markdown_table(
-                [
-                    "arm",
-                    "teacher",
-                    "transfer",
-                    "seeds",
-                    "test accuracy",
-                    "macro-F1",
-                    "teacher accuracy",
-                    "retention",
-                    "INT8 accuracy",
-                    "params",
-                    "student s",
-                ],
+            bench.markdown_table(
+                "arm | teacher | transfer | seeds | test accuracy | macro-F1 | teacher accuracy"
+                " | retention | INT8 accuracy | params | student s",
                 table,
             ),
-            markdown_table(
-                ["teacher", "test accuracy", "macro-F1", "params", "fine-tune s"], teacher_rows
+            bench.markdown_table(
+                "teacher | test accuracy | macro-F1 | params | fine-tune s", teacher_rows
             ),
             render_goals(goals(rows, teachers)),
         ]

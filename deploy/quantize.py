@@ -376,6 +376,19 @@ class Candidate:
         }
 
 
+def _dynamic(name: str, quantize: Callable[[Path, Path, bool], None]) -> Candidate:
+    """A dynamic INT8 recipe (no calibration) with `quantize(prepared, target, per_channel)`."""
+    return Candidate(
+        name,
+        "QInt8",
+        "QOperator",
+        per_channel=None,
+        build=lambda prepared, target, config, batches: quantize(
+            prepared, target, config.per_channel
+        ),
+    )
+
+
 # In order of preference.
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate(
@@ -387,24 +400,8 @@ CANDIDATES: tuple[Candidate, ...] = (
             prepared, target, batches
         ),
     ),
-    Candidate(
-        "dynamic",
-        "QInt8",
-        "QOperator",
-        per_channel=None,
-        build=lambda prepared, target, config, batches: quantize_dynamic_all(
-            prepared, target, config.per_channel
-        ),
-    ),
-    Candidate(
-        "dynamic_matmul_only",
-        "QInt8",
-        "QOperator",
-        per_channel=None,
-        build=lambda prepared, target, config, batches: quantize_dynamic_matmul(
-            prepared, target, config.per_channel
-        ),
-    ),
+    _dynamic("dynamic", quantize_dynamic_all),
+    _dynamic("dynamic_matmul_only", quantize_dynamic_matmul),
 )
 CANDIDATE_NAMES = tuple(candidate.name for candidate in CANDIDATES)
 

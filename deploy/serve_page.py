@@ -16,8 +16,22 @@ def serve_page(labels: Sequence[str], model_version: object) -> str:
     return (
         PAGE.replace("$title", title)
         .replace("$labels", escape(", ".join(labels)))
+        .replace("$style", STYLE)
         .replace("$show_result", SHOW_RESULT_JS)
     )
+
+
+# The look of both pages (this one and deploy/web.py's).
+STYLE = """<style>
+  body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; }
+  textarea { width: 100%; min-height: 5rem; font: inherit; }
+  table { border-collapse: collapse; margin-top: 1rem; }
+  td, th { padding: .25rem .75rem; text-align: left; }
+  tr.predicted { font-weight: bold; }
+  meter { width: 12rem; }
+  #status { color: #555; }
+</style>
+"""
 
 
 # The result table of both pages (this one and deploy/web.py's): label, probability and a bar
@@ -51,15 +65,7 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>distillery serve: $title</title>
 <link rel="icon" href="data:,">
-<style>
-  body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; }
-  textarea { width: 100%; min-height: 5rem; font: inherit; }
-  table { border-collapse: collapse; margin-top: 1rem; }
-  td, th { padding: .25rem .75rem; text-align: left; }
-  tr.predicted { font-weight: bold; }
-  meter { width: 12rem; }
-  #status { color: #555; }
-</style>
+$style
 </head>
 <body>
 <h1>Try the model</h1>

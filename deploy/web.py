@@ -27,7 +27,7 @@ from deploy.bundle_format import (
     TOKENIZER_CONFIG,
 )
 from deploy.runtime import BundleError, verify_bundle
-from deploy.serve_page import SHOW_RESULT_JS
+from deploy.serve_page import SHOW_RESULT_JS, STYLE
 
 NODE_MODULES = Path(__file__).resolve().parents[1] / "edge" / "js" / "node_modules"
 # transformers.min.js bundles onnxruntime-web; it fetches the WASM backend from `wasmPaths`.
@@ -72,6 +72,7 @@ def write_web_app(bundle: Path, out: Path, node_modules: Path = NODE_MODULES) ->
         title=escape(title),
         dtype="fp32" if model == FP32_MODEL else "q8",
         labels=escape(", ".join(labels[str(i)] for i in range(len(labels)))),
+        style=STYLE,
         show_result=SHOW_RESULT_JS,
     )
     (out / "index.html").write_text(page)
@@ -109,15 +110,7 @@ PAGE = Template(
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>distillery: $title</title>
 <link rel="icon" href="data:,">
-<style>
-  body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; }
-  textarea { width: 100%; min-height: 5rem; font: inherit; }
-  table { border-collapse: collapse; margin-top: 1rem; }
-  td, th { padding: .25rem .75rem; text-align: left; }
-  tr.predicted { font-weight: bold; }
-  meter { width: 12rem; }
-  #status { color: #555; }
-</style>
+$style
 </head>
 <body>
 <h1>Text classification in your browser</h1>

@@ -233,6 +233,14 @@ class TeacherConfig(Section):
     training: TrainingConfig = TrainingConfig()
 
 
+def _check_layers(layers: list[int], what: str) -> None:
+    """`student.init.layers` names at least one layer, none negative."""
+    if not layers:
+        raise ValueError(f"'student.init.layers' must name at least one {what}")
+    if any(layer < 0 for layer in layers):
+        raise ValueError(f"'student.init.layers' must be >= 0, got {layers}")
+
+
 class TeacherLayersInit(Section):
     """DistilBERT-style: copy the embeddings and these teacher layers."""
 
@@ -244,10 +252,7 @@ class TeacherLayersInit(Section):
 
     @model_validator(mode="after")
     def _layers_valid(self) -> TeacherLayersInit:
-        if not self.layers:
-            raise ValueError("'student.init.layers' must name at least one teacher layer")
-        if any(layer < 0 for layer in self.layers):
-            raise ValueError(f"'student.init.layers' must be >= 0, got {self.layers}")
+        _check_layers(self.layers, "teacher layer")
         return self
 
 
@@ -270,10 +275,7 @@ class PretrainedInit(Section):
 
     @model_validator(mode="after")
     def _layers_valid(self) -> PretrainedInit:
-        if not self.layers:
-            raise ValueError("'student.init.layers' must name at least one layer")
-        if any(layer < 0 for layer in self.layers):
-            raise ValueError(f"'student.init.layers' must be >= 0, got {self.layers}")
+        _check_layers(self.layers, "layer")
         if not self.model.strip():
             raise ValueError("'student.init.model' must name a model")
         return self

@@ -59,6 +59,19 @@ def _registry_errors() -> tuple[type[Exception], ...]:
     return (RegistryError, MlflowException)
 
 
+def _move_aliases(tracking_uri: str | None, workdir: Path | None, name: str, move):
+    """`move(client)` under the registry lock of model `name`; a registry error ends the command."""
+    uri = _registry_uri(tracking_uri, workdir)
+    from tasks.registry import registry_lock
+    from tasks.tracking import mlflow_client
+
+    try:
+        with registry_lock(uri, name):
+            return move(mlflow_client(uri))
+    except _registry_errors() as err:
+        fail(err)
+
+
 def promote(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[str, typer.Argument(help="Version to make champion.")],
@@ -68,15 +81,13 @@ def promote(
     workdir: Workdir = None,
 ) -> None:
     """Make VERSION the champion by hand, whatever its gates said (recorded as an override)."""
-    uri = _registry_uri(tracking_uri, workdir)
-    from tasks.registry import override_promote, registry_lock
-    from tasks.tracking import mlflow_client
 
-    try:
-        with registry_lock(uri, name):
-            outcome = override_promote(mlflow_client(uri), name, version, by=by, reason=reason)
-    except _registry_errors() as err:
-        fail(err)
+    def move(client):
+        from tasks.registry import override_promote
+
+        return override_promote(client, name, version, by=by, reason=reason)
+
+    outcome = _move_aliases(tracking_uri, workdir, name, move)
     replaced = f"; v{outcome.replaced} is now previous" if outcome.replaced else ""
     typer.echo(f"{name} v{version} is champion (manual override){replaced}")
 
@@ -88,16 +99,13 @@ def rollback(
     workdir: Workdir = None,
 ) -> None:
     """Make the previous champion the champion again."""
-    uri = _registry_uri(tracking_uri, workdir)
-    from tasks.registry import registry_lock
-    from tasks.registry import rollback as roll_back
-    from tasks.tracking import mlflow_client
 
-    try:
-        with registry_lock(uri, name):
-            outcome = roll_back(mlflow_client(uri), name, by=by)
-    except _registry_errors() as err:
-        fail(err)
+    def move(client):
+        from tasks.registry import rollback as roll_back
+
+        return roll_back(client, name, by=by)
+
+    outcome = _move_aliases(tracking_uri, workdir, name, move)
     typer.echo(f"{name} v{outcome.version} is champion again ({outcome.reason})")
 
 

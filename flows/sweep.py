@@ -22,20 +22,8 @@ from deploy.stage_table import CELL_STAGES
 from distill.chain import run_until_cache
 from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
 from distill.files import write_json_atomic
+from flows import sweep_grid
 from flows.pipeline import check_registry, open_tracker, register_bundle_and_gate
-from flows.sweep_grid import (
-    best_row,
-    cell_configs,
-    cell_row,
-    compare_with_best,
-    grid_cells,
-    parse_grid,
-    register_row,
-    run_cells,
-    validation_labels,
-    validation_predictions,
-    write_results,
-)
 from tasks import stages
 from tasks.tracking import MlflowTracker, git_commit
 
@@ -81,9 +69,10 @@ def distill_sweep(
     started = time.perf_counter()
     overrides = overrides or []
     config = load_config(config_path, overrides)
-    grid = parse_grid(grid_items or [])
-    cells = grid_cells(grid)
-    configs = cell_configs(config_path, overrides, cells)  # bad values fail before any work
+    grid = sweep_grid.parse_grid(grid_items or [])
+    cells = sweep_grid.grid_cells(grid)
+    # Bad values fail here, before any work.
+    configs = sweep_grid.cell_configs(config_path, overrides, cells)
     workdir = config.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     store = config.store_dir.resolve()
@@ -111,18 +100,21 @@ def distill_sweep(
         upstream = run_until_cache(
             config, store, stages.prefect_runner(tracker), stages.prefect_fan_out
         )
-        results = run_cells(configs, store, upstream, stages.prefect_fan_out)
-        rows = compare_with_best(
-            [cell_row(cell, artifacts) for cell, artifacts in zip(cells, results, strict=True)],
-            [validation_predictions(artifacts) for artifacts in results],
-            validation_labels(results[0]),
+        results = sweep_grid.run_cells(configs, store, upstream, stages.prefect_fan_out)
+        rows = sweep_grid.compare_with_best(
+            [
+                sweep_grid.cell_row(cell, artifacts)
+                for cell, artifacts in zip(cells, results, strict=True)
+            ],
+            [sweep_grid.validation_predictions(artifacts) for artifacts in results],
+            sweep_grid.validation_labels(results[0]),
         )
         for cell, row, artifacts in zip(cells, rows, results, strict=True):
             cell_trackers.append(record_cell(tracker, row, cell.values, artifacts))
-        files = write_results(workdir / SWEEP_FOLDER, grid, rows)
+        files = sweep_grid.write_results(workdir / SWEEP_FOLDER, grid, rows)
         for path in files:
             tracker.log_artifact(path, SWEEP_FOLDER)
-        best, chosen = best_row(rows), register_row(rows)
+        best, chosen = sweep_grid.best_row(rows), sweep_grid.register_row(rows)
         tracker.log_metrics(
             {
                 "best/val_accuracy": best["val_accuracy"],

@@ -9,6 +9,7 @@ has no finished folder yet. Registration and promotion change the registry and a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -99,14 +100,18 @@ def _worth_retrying(task, task_run, state) -> bool:
     return isinstance(error, Exception) and not isinstance(error, ValueError | StoreFullError)
 
 
-@task(
-    name="stage",
-    task_run_name="{stage}",
+# Stages and units: no Prefect result cache (the store is the cache); failures retried when
+# `_worth_retrying` says so.
+_retried_task = functools.partial(
+    task,
     cache_policy=NONE,
     retries=STAGE_RETRIES,
     retry_delay_seconds=STAGE_RETRY_DELAY_SECONDS,
     retry_condition_fn=_worth_retrying,
 )
+
+
+@_retried_task(name="stage", task_run_name="{stage}")
 def run_stage_task(
     stage: str, build: Callable[[MetricsLog | None], Artifact], tracker: MlflowTracker
 ) -> Artifact:
@@ -126,14 +131,7 @@ def prefect_runner(tracker: MlflowTracker) -> StageRunner:
     return run
 
 
-@task(
-    name="unit",
-    task_run_name="{name}",
-    cache_policy=NONE,
-    retries=STAGE_RETRIES,
-    retry_delay_seconds=STAGE_RETRY_DELAY_SECONDS,
-    retry_condition_fn=_worth_retrying,
-)
+@_retried_task(name="unit", task_run_name="{name}")
 def run_unit(name: str, work: Callable[[], Any]) -> Any:
     """One independent unit of work (a cache shard, a sweep cell); a retry rebuilds only what
     has no finished stage folder yet."""

@@ -4,10 +4,9 @@ from the MLflow registry."""
 
 import json
 import os
-import subprocess
-import sys
 import tarfile
 from dataclasses import replace
+from pathlib import Path
 
 import onnxruntime as ort
 import pytest
@@ -30,7 +29,7 @@ from deploy.runtime import (
     softmax,
 )
 from distill.files import file_sha256
-from tests.conftest import REPO
+from tests.conftest import run_cli
 
 CONTENT = {
     "config.json",
@@ -207,19 +206,24 @@ def test_rebuilding_replaces_the_whole_folder_and_leaves_no_debris(tiny_stages, 
     assert load_bundle(tarball_path(second)).manifest.mlflow_run_id == "run-b"
 
 
-def test_a_failed_build_leaves_the_previous_bundle_as_it_was(tiny_bundle, tmp_path):
-    good = BundleInputs(
+def inputs_from(tiny_bundle: Path, method: str, run_id: str) -> BundleInputs:
+    """Bundle inputs read back from the tiny bundle's own files."""
+    return BundleInputs(
         onnx_path=tiny_bundle / "onnx/model_quantized.onnx",
         tokenizer_path=tiny_bundle / "tokenizer.json",
         label_names=("negative", "positive"),
         max_length=32,
-        quantization=BundleQuantization(method="dynamic"),
+        quantization=BundleQuantization(method=method),
         test_metrics={},
-        provenance={"mlflow_run_id": "run-good"},
+        provenance={"mlflow_run_id": run_id},
         golden_texts=("a fine film",),
         model_config=read_json(tiny_bundle / "config.json"),
         tokenizer_config=read_json(tiny_bundle / "tokenizer_config.json"),
     )
+
+
+def test_a_failed_build_leaves_the_previous_bundle_as_it_was(tiny_bundle, tmp_path):
+    good = inputs_from(tiny_bundle, "dynamic", "run-good")
     target = build_bundle(good, tmp_path / "bundle")
     before = {name: (target / name).read_bytes() for name in files_of(target)}
     three_labels = replace(good, label_names=("a", "b", "c"), provenance={"mlflow_run_id": "x"})
@@ -230,19 +234,7 @@ def test_a_failed_build_leaves_the_previous_bundle_as_it_was(tiny_bundle, tmp_pa
 
 
 def test_an_fp32_bundle_ships_onnx_model_onnx_and_mobile_is_optional(tiny_bundle, tmp_path):
-    inputs = BundleInputs(
-        onnx_path=tiny_bundle / "onnx/model_quantized.onnx",
-        tokenizer_path=tiny_bundle / "tokenizer.json",
-        label_names=("negative", "positive"),
-        max_length=32,
-        quantization=BundleQuantization(method="fp32"),
-        test_metrics={},
-        provenance={"mlflow_run_id": "run-fp32"},
-        golden_texts=("a fine film",),
-        model_config=read_json(tiny_bundle / "config.json"),
-        tokenizer_config=read_json(tiny_bundle / "tokenizer_config.json"),
-        mobile=False,
-    )
+    inputs = replace(inputs_from(tiny_bundle, "fp32", "run-fp32"), mobile=False)
     folder = build_bundle(inputs, tmp_path / "bundle")
     manifest = read_json(folder / "manifest.json")
     assert manifest["model"] == "onnx/model.onnx"
@@ -276,15 +268,7 @@ def registry(tiny_stages, tmp_path_factory):
 
 
 def distillery(*args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *map(str, args)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
 
 
 def test_distillery_bundle_fetches_the_challengers_bundle(registry, tmp_path):

@@ -7,16 +7,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO, TINY_CONFIG
-
-
-def distillery(*args, cwd=REPO):
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.conftest import run_cli as distillery
 
 
 def in_process(*args):

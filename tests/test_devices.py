@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distill import devices
-from distill.config import ConfigError, TrainingConfig, build_config
+from distill.config import ConfigError, TrainingConfig
 from distill.devices import CPU, DeviceError, Runtime, move_batch, resolve_runtime
 
 
@@ -71,13 +71,6 @@ def test_an_unsupported_precision_is_an_error_naming_the_key(
     machine(monkeypatch, *present, bf16=False)
     with pytest.raises(DeviceError, match=message):
         resolve_runtime(TrainingConfig(device=device, precision=precision))
-
-
-def test_unknown_values_fail_at_config_time_with_the_key():
-    with pytest.raises(ConfigError, match="teacher.training.device"):
-        build_config({}, ["teacher.training.device=tpu"])
-    with pytest.raises(ConfigError, match="student.training.precision"):
-        build_config({}, ["student.training.precision=fp8"])
 
 
 def test_fp32_has_no_autocast_and_no_scaler():

@@ -131,18 +131,10 @@ def test_gradient_flows_to_the_student_only():
     assert student.grad is not None and student.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize(
-    ("override", "key"),
-    [
-        ("student.alpha=1.5", "student.alpha"),
-        ("student.alpha=-0.1", "student.alpha"),
-        ("student.temperature=0", "student.temperature"),
-        ("student.hidden.cosine_weight=-1", "student.hidden.cosine_weight"),
-    ],
-)
-def test_invalid_settings_are_refused_naming_the_key(override, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        student_config(override)
+def test_a_negative_term_weight_is_refused_naming_the_key():
+    # alpha and temperature out of range: tests/test_config.py
+    with pytest.raises(ConfigError, match=r"student\.hidden\.cosine_weight"):
+        student_config("student.hidden.cosine_weight=-1")
 
 
 def test_unlabelled_rows_are_left_out_of_cross_entropy():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, TINY_CONFIG
+from tests.conftest import REPO, TINY_CONFIG, run_cli
 from tests.services import free_port, http_ok, start, stop, wait_until
 
 pytestmark = pytest.mark.slow
@@ -44,14 +44,7 @@ def clean_env(**extra):
 
 
 def distillery(*args, env=None, timeout=600):
-    result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", *map(str, args)],
-        cwd=REPO,
-        env=env or clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    result = run_cli(*args, env=env or clean_env(), timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 

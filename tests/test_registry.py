@@ -9,8 +9,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from datetime import datetime
@@ -45,6 +43,7 @@ from tasks.registry import (
 )
 from tasks.tracking import MlflowTracker, TrackingUnavailable, mlflow_client
 from tests.conftest import REPO
+from tests.conftest import run_cli as distillery
 
 NAME = "registry-test"
 SPLIT = {
@@ -605,17 +604,6 @@ def test_lineage_names_run_config_data_teacher_commit_and_bundle(registry, tmp_p
     assert lineage(registry.client, f"models:/{NAME}/{version}")["bundle_logged"] is True
     with pytest.raises(RegistryError, match="no version with alias 'previous'"):
         lineage(registry.client, f"models:/{NAME}@previous")
-
-
-def distillery(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
 
 
 def test_promote_and_rollback_commands(registry):

@@ -3,7 +3,7 @@ and the flow's runner records each stage in a real (SQLite) MLflow run."""
 
 import pytest
 
-from distill.store import StageManifest, run_stage
+from distill.store import StageManifest, StoreFullError, run_stage
 
 
 class CountManifest(StageManifest):
@@ -70,35 +70,23 @@ def test_a_transient_failure_is_retried(prefect_engine, tracker, tmp_path):
     assert run.data.metrics["logit_cache/reused"] == 0.0
 
 
-def test_bad_input_is_not_retried(prefect_engine, tracker, tmp_path):
+@pytest.mark.parametrize(
+    "error",
+    [ValueError("column 'text' empty"), StoreFullError("disk full")],
+    ids=["bad input", "full disk"],
+)
+def test_bad_input_and_a_full_disk_are_not_retried(prefect_engine, tracker, tmp_path, error):
     from prefect import flow
 
     from tasks.stages import prefect_runner
 
-    build, counter = failing_build(tmp_path, failures=5, error=ValueError("column 'text' empty"))
+    build, counter = failing_build(tmp_path, failures=5, error=error)
 
     @flow
     def one_stage():
         return prefect_runner(tracker)("logit_cache", build)
 
-    with pytest.raises(ValueError, match="column 'text'"):
-        one_stage()
-    assert counter.read_text() == "1"
-
-
-def test_a_full_disk_is_not_retried(prefect_engine, tracker, tmp_path):
-    from prefect import flow
-
-    from distill.store import StoreFullError
-    from tasks.stages import prefect_runner
-
-    build, counter = failing_build(tmp_path, failures=5, error=StoreFullError("disk full"))
-
-    @flow
-    def one_stage():
-        return prefect_runner(tracker)("logit_cache", build)
-
-    with pytest.raises(StoreFullError, match="disk full"):
+    with pytest.raises(type(error), match=str(error)):
         one_stage()
     assert counter.read_text() == "1"
 
