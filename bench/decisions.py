@@ -155,11 +155,12 @@ def shipped_test_predictions(artifacts) -> np.ndarray:
 
 def bundle_bytes(artifacts) -> int:
     """The edge bundle's size as the pipeline builds it (no tarball)."""
+    from deploy.bundle import bundle_bytes as bundle_size
     from deploy.bundle import bundle_from_stages
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = bundle_from_stages(Path(tmp), artifacts, "bench", "0", tarball=False)
-        return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+        return bundle_size(folder)
 
 
 def main() -> None:

@@ -224,7 +224,7 @@ def main() -> None:
     stages = run_pipeline_stages(config, config.store_dir)
     data, teacher, student = stages.data, stages.teacher, stages.student
     export, quantized = stages.export, stages.quantize
-    from deploy.bundle import bundle_from_stages
+    from deploy.bundle import bundle_bytes, bundle_from_stages
 
     bundle = bundle_from_stages(scratch, stages, run_id="bench-latency", model_version="0")
 
@@ -263,8 +263,12 @@ def main() -> None:
         "student": student_shape(student.path),
         "rows": rows,
         **cold_start(bundle),
-        "bundle_bytes": sum(p.stat().st_size for p in bundle.iterdir()),
-        "bundle_files": {p.name: p.stat().st_size for p in sorted(bundle.iterdir())},
+        "bundle_bytes": bundle_bytes(bundle),
+        "bundle_files": {
+            str(p.relative_to(bundle)): p.stat().st_size
+            for p in sorted(bundle.rglob("*"))
+            if p.is_file()
+        },
         "bundle_tar_gz_bytes": bundle.with_name("bundle.tar.gz").stat().st_size,
         "teacher_fp32_bytes": (teacher.path / "model.safetensors").stat().st_size,
         "quantize": summarize_quantize(quantized),

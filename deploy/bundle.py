@@ -147,6 +147,11 @@ def bundle_from_stages(
     return folder
 
 
+def bundle_bytes(folder: Path) -> int:
+    """The bundle's size on disk: every file, those under `onnx/` included."""
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
 def tarball_path(folder: Path) -> Path:
     return folder.with_name(f"{folder.name}.tar.gz")
 

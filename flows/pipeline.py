@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from deploy.bundle import BUNDLE_DIR, place_folder, tarball_path, write_tarball
+from deploy.bundle import BUNDLE_DIR, bundle_bytes, place_folder, tarball_path, write_tarball
 from deploy.chain import RunArtifacts, run_pipeline_stages
 from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
 from distill.files import write_json_atomic, write_text_atomic
@@ -86,7 +86,7 @@ def _run(config: PipelineConfig, config_path: str, workdir: Path) -> dict[str, A
         ).model_copy(
             update={
                 "bundle": str(bundle),
-                "bundle_bytes": sum(f.stat().st_size for f in bundle.iterdir()),
+                "bundle_bytes": bundle_bytes(bundle),
             }
         )
         written = summary.as_json()
