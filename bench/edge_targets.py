@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
         results = {
             "bundles": [
-                measure(profile, Path(folder), args.texts, scratch / profile)
+                measure(profile, Path(folder).resolve(), args.texts, scratch / profile)
                 for profile, folder in bundles
             ],
             "not_measured": NOT_MEASURED,

@@ -309,3 +309,55 @@ def test_each_candidate_is_one_recipe_described_as_the_manifest_records_it():
     }
     assert describe_method("fp32", per_channel)["weight_type"] == "float32"
     assert all(callable(candidate.build) for candidate in CANDIDATES)
+
+
+def int8_weights(path):
+    """Every int8 initializer of an ONNX graph (the quantized weights)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    arrays = (numpy_helper.to_array(init) for init in model.graph.initializer)
+    return [array for array in arrays if array.dtype == np.int8 and array.size > 1]
+
+
+def test_every_candidate_has_7_bit_weights_so_every_cpu_and_runtime_agrees(tiny_stages, tmp_path):
+    """x86 CPUs without VNNI add uint8 x int8 products in int16 pairs, which saturate for
+    full-range weights; the browser's WASM kernels do not. Weights within +-64 cannot saturate,
+    so ONNX Runtime computes the exact integer product on any CPU (checked on one MatMulInteger
+    with the candidate's own weights and the widest activations)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploy.quantize import build_candidates, calibration_batches, model_split, prepare
+    from distill.config import QuantizeConfig
+
+    export, data = tiny_stages.export, tiny_stages.student_data
+    prepared = tmp_path / "prepared.onnx"
+    prepare(export.file(export.manifest.file), prepared)
+    batches = calibration_batches(model_split(export, data, "train"), samples=16, seed=0)
+    built, failed = build_candidates(prepared, tmp_path, QuantizeConfig(), batches)
+    assert not failed and set(built) == {"static", "dynamic", "dynamic_matmul_only"}
+    for name, path in built.items():
+        weights = int8_weights(path)
+        assert weights, name
+        # |w| <= 64: two products 255 * 64 sum to 32640, inside int16's 32767.
+        assert all(np.abs(w.astype(np.int16)).max() <= 64 for w in weights), name
+
+    weight = max(int8_weights(built["dynamic"]), key=lambda w: w.size)
+    weight = weight.reshape(weight.shape[0], -1)
+    activations = np.full((4, weight.shape[0]), 255, np.uint8)  # the largest pair sums
+    activations[1] = np.arange(weight.shape[0]) % 256
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])],
+        "one_matmul",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, activations.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (computed,) = session.run(None, {"a": activations})
+    exact = activations.astype(np.int64) @ weight.astype(np.int64)
+    assert np.array_equal(computed, exact)
