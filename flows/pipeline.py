@@ -83,11 +83,8 @@ def _run(config: PipelineConfig, config_path: str, workdir: Path) -> dict[str, A
             model_version=registration.version,
             wall_seconds=time.perf_counter() - started,
             promotion=promotion,
-        ).model_copy(
-            update={
-                "bundle": str(bundle),
-                "bundle_bytes": bundle_bytes(bundle),
-            }
+            bundle=bundle,
+            bundle_bytes=bundle_bytes(bundle),
         )
         written = summary.as_json()
         write_json_atomic(workdir / SUMMARY, written)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
@@ -88,6 +89,8 @@ def build_summary(
     model_version: str,
     wall_seconds: float,
     promotion: PromotionResult | None = None,
+    bundle: Path | None = None,
+    bundle_bytes: int | None = None,
 ) -> RunSummary:
     evaluation = artifacts.evaluation.manifest
     export = artifacts.export.manifest
@@ -124,6 +127,8 @@ def build_summary(
             )
             for name, artifact in artifacts.by_stage().items()
         },
+        bundle=None if bundle is None else str(bundle),
+        bundle_bytes=bundle_bytes,
     )
 
 
