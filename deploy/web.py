@@ -29,7 +29,11 @@ from deploy.bundle_format import (
 from deploy.runtime import BundleError, verify_bundle
 from deploy.serve_page import SHOW_RESULT_JS, STYLE
 
-NODE_MODULES = Path(__file__).resolve().parents[1] / "edge" / "js" / "node_modules"
+EDGE_JS = Path(__file__).resolve().parents[1] / "edge" / "js"
+NODE_MODULES = EDGE_JS / "node_modules"
+# The page scores texts with the same module as the Node app (one copy of the truncation and
+# softmax); its import map resolves that module's '@huggingface/transformers' to vendor/.
+SCORES_MODULE = EDGE_JS / "scores.mjs"
 # transformers.min.js bundles onnxruntime-web; it fetches the WASM backend from `wasmPaths`.
 # By default that is the asyncify build (27 MB, WebGPU-capable); the page names the plain CPU
 # build instead (14 MB): same results, and the page is ready in about 40% less time (measured
@@ -66,6 +70,7 @@ def write_web_app(bundle: Path, out: Path, node_modules: Path = NODE_MODULES) ->
     (out / VENDOR_DIR).mkdir(parents=True, exist_ok=True)
     for name in VENDOR_FILES:
         shutil.copyfile(node_modules / name, out / VENDOR_DIR / Path(name).name)
+    shutil.copyfile(SCORES_MODULE, out / VENDOR_DIR / SCORES_MODULE.name)
     labels = json.loads((bundle / CONFIG).read_text())["id2label"]
     title = f"{manifest.mlflow_run_id or 'distillery'} v{manifest.model_version or '?'}"
     page = PAGE.substitute(
@@ -122,8 +127,12 @@ nothing you type leaves this page.</p>
 </form>
 <p id="status">Loading the model...</p>
 <table id="result"><tbody></tbody></table>
+<script type="importmap">
+{"imports": {"@huggingface/transformers": "./vendor/transformers.min.js"}}
+</script>
 <script type="module">
-import { env, pipeline, Tensor } from './vendor/transformers.min.js';
+import { env, pipeline } from '@huggingface/transformers';
+import { classify as score } from './vendor/scores.mjs';
 
 // A path, not a full URL: transformers.js checks which tokenizer files exist only for paths.
 const here = new URL('./', location.href).pathname;
@@ -149,35 +158,15 @@ try {
   throw error;
 }
 
-// { label, probabilities, ms } for one text; every label is scored.
 let firstResultMs;  // navigation start to the first prediction: the page's cold start
 
-// At most model_max_length ids, the closing special token kept, as in training: transformers.js
-// 4.3.1 truncates after adding special tokens, which would drop an over-long text's [SEP].
-function truncatedIds(ids, maxLength) {
-  return ids.length <= maxLength ? ids : [...ids.slice(0, maxLength - 1), ids[ids.length - 1]];
-}
-
-// { label, probabilities, ms } for one text; every label is scored.
+// { label, probabilities, ms } for one text; every label is scored (edge/js/scores.mjs).
 async function classify(text) {
   const begun = performance.now();
-  const { tokenizer, model } = classifier;
-  const encoded = tokenizer(text, { return_tensor: false });
-  const ids = truncatedIds(encoded.input_ids, tokenizer.model_max_length);
-  const shape = [1, ids.length];
-  const { logits } = await model({
-    input_ids: new Tensor('int64', BigInt64Array.from(ids, BigInt), shape),
-    attention_mask: new Tensor('int64', new BigInt64Array(ids.length).fill(1n), shape),
-  });
-  const scores = Array.from(logits.data, Number);
-  const top = Math.max(...scores);
-  const exp = scores.map((score) => Math.exp(score - top));
-  const sum = exp.reduce((a, b) => a + b, 0);
-  const labels = model.config.id2label;
-  const probabilities = Object.fromEntries(exp.map((e, i) => [labels[i], e / sum]));
+  const result = await score(classifier, text);
   const ms = performance.now() - begun;
   firstResultMs ??= performance.now();
-  return { label: labels[scores.indexOf(top)], probabilities, ms };
+  return { ...result, ms };
 }
 
 $show_result

@@ -56,6 +56,7 @@ def test_the_page_serves_everything_it_needs_from_its_own_folder(tiny_bundle, tm
         "transformers.min.js",
         "ort-wasm-simd-threaded.mjs",
         "ort-wasm-simd-threaded.wasm",
+        "scores.mjs",  # the Node app's own scoring module, not a copy of it in the page
     }
     html = (page / "index.html").read_text()
     assert "dtype: 'q8'" in html and "https://" not in html and "http://" not in html
