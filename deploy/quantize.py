@@ -320,25 +320,25 @@ def quantize_int8(source: Path, target: Path, per_channel: bool) -> None:
 
 def quantize_dynamic_all(prepared: Path, target: Path, per_channel: bool) -> None:
     """Dynamic INT8 of every op it supports: MatMul weights and the embedding lookup."""
-    quantize_dynamic(
-        str(prepared),
-        str(target),
-        weight_type=QuantType.QInt8,
-        per_channel=per_channel,
-        reduce_range=REDUCE_RANGE,
-    )
+    _quantize_dynamic(prepared, target, per_channel, op_types=None)
 
 
 def quantize_dynamic_matmul(prepared: Path, target: Path, per_channel: bool) -> None:
     """Dynamic INT8 of the MatMul weights only: the embedding Gather (whose one per-tensor scale
     spans every word's vector) and the pooler/classifier Gemms stay fp32."""
+    _quantize_dynamic(prepared, target, per_channel, op_types=["MatMul"])
+
+
+def _quantize_dynamic(
+    prepared: Path, target: Path, per_channel: bool, op_types: list[str] | None
+) -> None:
     quantize_dynamic(
         str(prepared),
         str(target),
         weight_type=QuantType.QInt8,
         per_channel=per_channel,
         reduce_range=REDUCE_RANGE,
-        op_types_to_quantize=["MatMul"],
+        op_types_to_quantize=op_types,  # None: every op type the quantizer supports
     )
 
 

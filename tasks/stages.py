@@ -22,10 +22,9 @@ from deploy import stage_table
 from deploy.chain import RunArtifacts
 from deploy.stage_table import STAGES, Recording
 from distill.chain import StageRunner
-from distill.config import PromotionConfig
-from distill.gates import PromotionResult
 from distill.store import MANIFEST, Artifact, StageManifest, StoreFullError
 from distill.training import MetricsLog
+from tasks.promotion import gate_and_promote
 from tasks.tracking import MlflowTracker, Registration, comparison_tags
 
 UNGATED_BUNDLE = ".ungated-bundle"  # where the bundle waits for the gates
@@ -171,19 +170,9 @@ def register_model(
     )
 
 
-@task(name="gate-and-promote", cache_policy=NONE)
-def promote(
-    config: PromotionConfig,
-    registration: Registration,
-    artifacts: RunArtifacts,
-    tracker: MlflowTracker,
-    latency_samples: int,
-) -> PromotionResult:
-    """Measure the registered INT8 model, judge the gates, write its model card, and make it
-    `champion` when every gate passed (it stays `challenger` otherwise)."""
-    from tasks.promotion import gate_and_promote
-
-    return gate_and_promote(config, registration, artifacts, tracker, latency_samples)
+# Measure the registered INT8 model, judge the gates, write its model card, and make it
+# `champion` when every gate passed (it stays `challenger` otherwise).
+promote = task(name="gate-and-promote", cache_policy=NONE)(gate_and_promote)
 
 
 @task(name="bundle-for-edge", cache_policy=NONE)
