@@ -303,7 +303,7 @@ def summarize_quantize(quantized: Artifact[QuantizeManifest]) -> dict[str, Any]:
             name: {k: getattr(record, k) for k in CANDIDATE_NUMBERS}
             for name, record in manifest.candidates.items()
         },
-        "optimization": manifest.optimization,
+        "optimization": manifest.optimization and manifest.optimization.model_dump(),
     }
 
 

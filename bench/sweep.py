@@ -52,9 +52,9 @@ def main() -> None:
         row = {
             "temperature": float(cell.values["student.temperature"]),
             "alpha": float(cell.values["student.alpha"]),
-            "val_accuracy": full["val_accuracy"],
+            "val_accuracy": full.val_accuracy,
             "best_epoch": artifacts.student.manifest.best_epoch,
-            "train_seconds": full["train_seconds"],
+            "train_seconds": full.train_seconds,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from deploy.latency import Feeds, compare_onnx_latency
 from deploy.onnx_eval import onnx_logits, open_session
+from distill.store import ManifestRecord
 
 OPTIMIZED_FILE = "model.opt.onnx"
 # Smaller gains are within this shared machine's timing noise (and onnxruntime applies most of
@@ -23,17 +22,15 @@ OPTIMIZED_FILE = "model.opt.onnx"
 MIN_GAIN = 0.05
 
 
-@dataclass(frozen=True)
-class OptimizationResult:
+class OptimizationResult(ManifestRecord):
+    """Whether the fused graph replaced the base one, why, and what was measured."""
+
     kept: bool
     reason: str
     base_p50_ms: float
     optimized_p50_ms: float
     max_abs_logit_diff: float
     fused_operators: dict[str, int]
-
-    def record(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def keep_optimized(
@@ -86,5 +83,12 @@ def try_optimize(
     kept, reason = keep_optimized(base_ms, optimized_ms, diff, tolerance)
     if not kept:
         target.unlink()
-    result = OptimizationResult(kept, reason, base_ms, optimized_ms, diff, fused)
+    result = OptimizationResult(
+        kept=kept,
+        reason=reason,
+        base_p50_ms=base_ms,
+        optimized_p50_ms=optimized_ms,
+        max_abs_logit_diff=diff,
+        fused_operators=fused,
+    )
     return (target if kept else source), result

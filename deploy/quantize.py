@@ -48,7 +48,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from deploy.export import ExportManifest
 from deploy.latency import Timing, batch1_feeds, compare_onnx_latency
 from deploy.onnx_eval import onnx_logits, open_session
-from deploy.optimize import try_optimize
+from deploy.optimize import OptimizationResult, try_optimize
 from deploy.vocab_trim import tokenized_split
 from distill.config import QuantizeConfig
 from distill.constants import EPSILON, TOKENIZER_FILE
@@ -155,7 +155,7 @@ class QuantizeManifest(StageManifest):
     # Candidate name -> its file in the folder, when `quantize.keep_candidates` is on.
     candidate_files: dict[str, str]
     calibration: CalibrationRecord
-    optimization: dict[str, Any] | None
+    optimization: OptimizationResult | None
     # The tokenizer the shipped graph's input ids come from (trimmed or not): bundle this.
     tokenizer: str
     tokenizer_sha256: str
@@ -562,7 +562,7 @@ class Trial:
     built: dict[str, Path]
     winner: str
     reasons: dict[str, str]
-    optimization: dict[str, Any] | None
+    optimization: OptimizationResult | None
     calibration_samples: int
     latency_samples: int
     # Graph name (fp32 too) -> it against the trained student, per split ("validation", "test").
@@ -595,7 +595,7 @@ def try_vocabulary(
             feeds,
             export.parity_tolerance,
         )
-        optimization = result.record()
+        optimization = result
 
     prepared = folder / "prepared.onnx"
     prepare(base, prepared)

@@ -62,6 +62,17 @@ class DataSource(ManifestRecord):
     path: str | None = None  # the file read (bundled data too)
 
 
+class TransferRecord(ManifestRecord):
+    """Transfer text (the "unlabeled" split): its source, texts read, rows kept, and rows
+    dropped because they also occur in validation or test."""
+
+    source: str
+    text_column: str
+    read: int
+    rows: int
+    dropped_in_validation_or_test: int
+
+
 class DataManifest(StageManifest):
     fingerprint: str
     source: DataSource
@@ -75,7 +86,7 @@ class DataManifest(StageManifest):
     quality: DataQuality
     # Transfer text (split "unlabeled"): where it came from, rows kept, and rows dropped because
     # they also occur in validation or test. None when the config has no transfer text.
-    unlabeled: dict[str, Any] | None = None
+    unlabeled: TransferRecord | None = None
     # The identity (sha256 for files) of the content the rows were read from; equal to the one
     # in the stage key, or the folder is refused on reuse.
     source_identity: str
@@ -184,7 +195,7 @@ def load_unlabeled(config: UnlabeledConfig, cache_dir: Path | None = None) -> Tr
 
 def transfer_split(
     config: UnlabeledConfig, splits: dict[str, dict[str, list]], transfer: TransferText
-) -> tuple[dict[str, list], dict[str, Any]]:
+) -> tuple[dict[str, list], TransferRecord]:
     """The "unlabeled" split (label UNLABELLED) and what the manifest records about it.
 
     Texts that also occur in validation or test (after normalisation) are dropped, so the
@@ -209,13 +220,13 @@ def transfer_split(
         "label": [UNLABELLED] * len(kept),
         "source_index": [],  # not recorded: the texts themselves are in the dataset
     }
-    record = {
-        "source": config.source,
-        "text_column": config.text_column,
-        "read": len(texts),
-        "rows": len(kept),
-        "dropped_in_validation_or_test": dropped,
-    }
+    record = TransferRecord(
+        source=config.source,
+        text_column=config.text_column,
+        read=len(texts),
+        rows=len(kept),
+        dropped_in_validation_or_test=dropped,
+    )
     return part, record
 
 

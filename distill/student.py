@@ -24,7 +24,7 @@ from distill.models import (
 )
 from distill.rows import TeacherTargets, row_counts, training_rows
 from distill.store import Artifact, StageManifest, run_stage, stage_key
-from distill.training import LossFn, MetricsLog, train_classifier
+from distill.training import HistoryRow, LossFn, MetricsLog, train_classifier
 
 if TYPE_CHECKING:
     from distill.augment import AugmentManifest
@@ -49,7 +49,7 @@ class StudentManifest(StageManifest):
     weights_bytes: int
     best_epoch: int
     best_val_accuracy: float
-    history: list[dict[str, Any]]
+    history: list[HistoryRow]
     train_seconds: float
     device: str  # where training ran, and in which precision
     precision: str

@@ -21,7 +21,7 @@ from distill.models import (
     source_identity,
 )
 from distill.store import Artifact, StageManifest, run_stage, stage_key
-from distill.training import MetricsLog, seed_everything, train_classifier
+from distill.training import HistoryRow, MetricsLog, seed_everything, train_classifier
 
 # bump when the teacher trained for the same settings and data changes
 # 2: steps run and the stop reason recorded (early stopping)
@@ -31,7 +31,7 @@ WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
 
 class TeacherManifest(StageManifest):
     fine_tuned: bool
-    history: list[dict[str, Any]]
+    history: list[HistoryRow]
     best_epoch: int | None = None
     best_val_accuracy: float | None = None
     train_seconds: float | None = None

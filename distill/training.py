@@ -71,12 +71,16 @@ class Heartbeat:
 
 logger = logging.getLogger("distill.training")
 
+# One history row: the global `step` and the metrics logged there (train_loss, lr, the loss
+# terms by name, val_accuracy, ...). A mapping, since the loss terms a config turns on vary.
+HistoryRow = dict[str, int | float]
+
 
 @dataclass
 class TrainResult:
     best_epoch: int
     best_val_accuracy: float
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[HistoryRow] = field(default_factory=list)
     seconds: float = 0.0
     device: str = "cpu"  # the device type actually used: cpu, cuda or mps
     precision: str = "fp32"  # the precision actually used: fp32, bf16 or fp16
@@ -218,7 +222,7 @@ def train_epoch(
     optimisation: Optimisation,
     rng: np.random.Generator,
     log: MetricsLog,
-    history: list[dict[str, float]],
+    history: list[HistoryRow],
     progress: tqdm | None = None,
     heartbeat: Heartbeat | None = None,
     after_step: Callable[[int], bool] | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,6 +13,9 @@ from distill.data import DataError
 from flows.edge_cli import register as register_edge_commands
 from flows.errors import fail
 from flows.registry_cli import register as register_registry_commands
+
+if TYPE_CHECKING:
+    from flows.sweep_grid import SweepSummary
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -198,12 +201,12 @@ def sweep(
     print_sweep(summary)
 
 
-def print_sweep(summary: dict[str, Any]) -> None:
+def print_sweep(summary: SweepSummary) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    rows = summary["rows"]
-    table = Table(title=f"distillery sweep (MLflow run {summary['mlflow_run_id']})")
+    rows = [row.model_dump() for row in summary.rows]  # as the results table: settings as columns
+    table = Table(title=f"distillery sweep (MLflow run {summary.mlflow_run_id})")
     hidden = ("student_key", "train_seconds", "fp32_p50_ms", "vs_best_low", "vs_best_high")
     columns = [c for c in rows[0] if c not in hidden]
     for column in columns:
@@ -216,18 +219,18 @@ def print_sweep(summary: dict[str, Any]) -> None:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
     for row in rows:
-        marked = row["cell"] == summary.get("register_cell", summary["best_cell"])
+        marked = row["cell"] == summary.register_cell
         table.add_row(*[cell(row, c) for c in columns], style="bold" if marked else None)
     console = Console()
     console.print(table)
-    registered = summary.get("registered")
-    if registered:
+    registered = summary.registered
+    if registered is not None:
         console.print(
-            f"cell {summary['register_cell']} (most accurate: {summary['best_cell']}) registered "
-            f"as {registered['registered_model']} "
-            f"v{registered['model_version']} ({registered['promotion'].get('alias', 'challenger')})"
+            f"cell {summary.register_cell} (most accurate: {summary.best_cell}) registered "
+            f"as {registered.registered_model} v{registered.model_version} "
+            f"({registered.promotion.alias or 'no alias'})"
         )
-    console.print(f"results: {', '.join(summary['results'])}")
+    console.print(f"results: {', '.join(summary.results)}")
 
 
 @app.command()

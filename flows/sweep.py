@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from prefect import flow, get_run_logger
@@ -24,6 +23,7 @@ from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
 from distill.files import write_json_atomic
 from flows import sweep_grid
 from flows.pipeline import check_registry, open_tracker, register_bundle_and_gate
+from flows.sweep_grid import RegisteredCell, SweepRow, SweepSummary
 from tasks import stages
 from tasks.tracking import MlflowTracker, git_commit
 
@@ -31,25 +31,19 @@ SWEEP_FOLDER = "sweep"
 SWEEP_SUMMARY = "sweep_summary.json"
 
 
-def record_cell(
-    parent: MlflowTracker, row: dict[str, Any], values: dict[str, str], artifacts: RunArtifacts
-) -> MlflowTracker:
+def record_cell(parent: MlflowTracker, row: SweepRow, artifacts: RunArtifacts) -> MlflowTracker:
     """A nested run under `parent` for one cell: its overrides as params, its numbers as
     metrics, its stages' manifests and files as for a pipeline run. Returns its tracker (open)."""
     cell = copy.copy(parent)  # same client and experiment, its own run id
     cell.start_run(
-        run_name=f"cell-{row['cell']}",
-        tags={MLFLOW_PARENT_RUN_ID: parent.run_id, "sweep.cell": str(row["cell"])},
+        run_name=f"cell-{row.cell}",
+        tags={MLFLOW_PARENT_RUN_ID: parent.run_id, "sweep.cell": str(row.cell)},
     )
-    cell.log_params(values)
+    cell.log_params(row.values)
     cell.log_metrics(
-        {
-            "val_accuracy": row["val_accuracy"],
-            "test_accuracy": row["test_accuracy"],
-            "int8_accuracy": row["int8_accuracy"],
-            "int8_p50_ms": row["int8_p50_ms"],
-            "fp32_p50_ms": row["fp32_p50_ms"],
-        }
+        row.model_dump(
+            include={"val_accuracy", "test_accuracy", "int8_accuracy", "int8_p50_ms", "fp32_p50_ms"}
+        )
     )
     by_stage = artifacts.by_stage()
     for stage in CELL_STAGES:
@@ -63,7 +57,7 @@ def distill_sweep(
     overrides: list[str] | None = None,
     grid_items: list[str] | None = None,
     register_best: bool = False,
-) -> dict[str, Any]:
+) -> SweepSummary:
     """data -> teacher -> [augment] -> logit cache once, then every grid cell (student ->
     evaluation -> ONNX -> INT8) as a task; results table and grid PNG on the parent run."""
     started = time.perf_counter()
@@ -109,36 +103,40 @@ def distill_sweep(
             [sweep_grid.validation_predictions(artifacts) for artifacts in results],
             sweep_grid.validation_labels(results[0]),
         )
-        for cell, row, artifacts in zip(cells, rows, results, strict=True):
-            cell_trackers.append(record_cell(tracker, row, cell.values, artifacts))
+        for row, artifacts in zip(rows, results, strict=True):
+            cell_trackers.append(record_cell(tracker, row, artifacts))
         files = sweep_grid.write_results(workdir / SWEEP_FOLDER, grid, rows)
         for path in files:
             tracker.log_artifact(path, SWEEP_FOLDER)
         best, chosen = sweep_grid.best_row(rows), sweep_grid.register_row(rows)
         tracker.log_metrics(
             {
-                "best/val_accuracy": best["val_accuracy"],
-                "best/cell": float(best["cell"]),
-                "register/cell": float(chosen["cell"]),
+                "best/val_accuracy": best.val_accuracy,
+                "best/cell": float(best.cell),
+                "register/cell": float(chosen.cell),
             }
         )
-        tracker.set_tags({"sweep.best_cell_run": cell_trackers[best["cell"]].run_id})
-        summary: dict[str, Any] = {
-            "mlflow_run_id": parent_id,
-            "cell_run_ids": [cell.run_id for cell in cell_trackers],
-            "cache_key": upstream.cache.key,
-            "best_cell": best["cell"],
-            # Among cells not significantly worse than the best: the smallest, then fastest.
-            "register_cell": chosen["cell"],
-            "rows": rows,
-            "results": [str(path) for path in files],
-        }
+        tracker.set_tags({"sweep.best_cell_run": cell_trackers[best.cell].run_id})
+        registered = None
         if register_best:
-            summary["registered"] = register_and_gate(
-                configs[chosen["cell"]], results[chosen["cell"]], cell_trackers[chosen["cell"]]
+            registered = register_and_gate(
+                configs[chosen.cell], results[chosen.cell], cell_trackers[chosen.cell]
             )
-        summary["wall_seconds"] = time.perf_counter() - started
-        write_json_atomic(workdir / SWEEP_FOLDER / SWEEP_SUMMARY, summary)
+        summary = SweepSummary(
+            mlflow_run_id=parent_id,
+            cell_run_ids=[cell.run_id for cell in cell_trackers],
+            cache_key=upstream.cache.key,
+            best_cell=best.cell,
+            register_cell=chosen.cell,
+            rows=rows,
+            results=[str(path) for path in files],
+            registered=registered,
+            wall_seconds=time.perf_counter() - started,
+        )
+        unset = {"registered"} if registered is None else set()
+        write_json_atomic(
+            workdir / SWEEP_FOLDER / SWEEP_SUMMARY, summary.model_dump(mode="json", exclude=unset)
+        )
         tracker.log_artifact(workdir / SWEEP_FOLDER / SWEEP_SUMMARY, SWEEP_FOLDER)
         succeeded = True
         return summary
@@ -150,19 +148,19 @@ def distill_sweep(
 
 def register_and_gate(
     config: PipelineConfig, artifacts: RunArtifacts, tracker: MlflowTracker
-) -> dict[str, Any]:
+) -> RegisteredCell:
     """The best cell as the pipeline's last steps treat a run: registered (`challenger`),
     bundled, then through the promotion gates (`champion` only when every gate passes)."""
     registration, bundle, promotion = register_bundle_and_gate(
         config, artifacts, tracker, config.workdir.resolve()
     )
-    return {
-        "registered_model": registration.name,
-        "model_version": registration.version,
-        "reused": registration.reused,
-        "bundle": str(bundle),
-        "promotion": promotion.model_dump(mode="json"),
-    }
+    return RegisteredCell(
+        registered_model=registration.name,
+        model_version=registration.version,
+        reused=registration.reused,
+        bundle=str(bundle),
+        promotion=promotion,
+    )
 
 
 def run_sweep(
@@ -170,7 +168,7 @@ def run_sweep(
     overrides: Sequence[str],
     grid_items: Sequence[str],
     register_best: bool = False,
-) -> dict[str, Any]:
+) -> SweepSummary:
     """The sweep flow on the task runner `compute.cluster` asks for (the CLI's entry point)."""
     from flows.cluster import prefect_api_for_workers, with_compute
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from deploy.chain import RunArtifacts, run_after_cache
 from deploy.stage_table import SWEEPABLE_SECTIONS
@@ -29,6 +30,7 @@ from distill.chain import CacheArtifacts
 from distill.config import ConfigError, PipelineConfig, load_config
 from distill.data import load_split
 from distill.fan_out import FanOut, run_each_here
+from distill.gates import PromotionResult
 from distill.paired import compare
 
 # Sections read only after the cache (the sweep cell stages' own sections, from the stage
@@ -37,6 +39,69 @@ SWEEPABLE = tuple(f"{section}." for section in SWEEPABLE_SECTIONS)
 RESULTS_CSV = "sweep_results.csv"
 RESULTS_JSON = "sweep_results.json"
 GRID_PNG = "sweep_grid.png"
+
+
+class SweepRow(BaseModel):
+    """One cell's row of the results table: its settings, what it measured, and (once
+    `compare_with_best` ran) its paired comparison with the best cell on validation.
+
+    Written flat, as the table shows it: the swept settings are columns beside the numbers, and
+    the comparison's columns appear only once it exists."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cell: int
+    values: dict[str, str]  # dotted key -> the value as written in the grid
+    val_accuracy: float
+    test_accuracy: float
+    int8_accuracy: float
+    int8_p50_ms: float
+    fp32_p50_ms: float
+    int8_bytes: int
+    retention: float
+    train_seconds: float
+    student_key: str
+    reused: bool  # every stage of the cell came from an earlier run's folders
+    vs_best: float | None = None  # accuracy difference to the best cell, its 95% interval,
+    vs_best_low: float | None = None  # the one-sided p-value of "worse than the best", and
+    vs_best_high: float | None = None  # whether it is tied with the best (not significantly
+    vs_best_p_worse: float | None = None  # worse)
+    tied_with_best: bool | None = None
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        fields = {k: v for k, v in handler(self).items() if v is not None}
+        head = {"cell": fields.pop("cell")} if "cell" in fields else {}  # `include` may omit it
+        return head | fields.pop("values", {}) | fields
+
+
+class RegisteredCell(BaseModel):
+    """The cell `--register-best` registered, bundled and put through the promotion gates."""
+
+    model_config = ConfigDict(frozen=True)
+
+    registered_model: str
+    model_version: str
+    reused: bool
+    bundle: str
+    promotion: PromotionResult
+
+
+class SweepSummary(BaseModel):
+    """What `distillery sweep` returns and writes as `sweep_summary.json`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mlflow_run_id: str
+    cell_run_ids: list[str]
+    cache_key: str
+    best_cell: int
+    # Among cells not significantly worse than the best: the smallest, then fastest.
+    register_cell: int
+    rows: list[SweepRow]
+    results: list[str]
+    registered: RegisteredCell | None = None
+    wall_seconds: float
 
 
 @dataclass(frozen=True)
@@ -131,29 +196,28 @@ def run_cells(
     return fan_out("sweep-cell", works)
 
 
-def cell_row(cell: Cell, artifacts: RunArtifacts) -> dict[str, Any]:
+def cell_row(cell: Cell, artifacts: RunArtifacts) -> SweepRow:
     """The results-table row of one cell: its settings and what it measured."""
     student, evaluation, quantized = artifacts.student, artifacts.evaluation, artifacts.quantize
-    return {
-        "cell": cell.index,
-        **cell.values,
-        "val_accuracy": student.manifest.best_val_accuracy,
-        "test_accuracy": evaluation.manifest.student_accuracy,
-        "int8_accuracy": quantized.manifest.test_accuracy,
-        "int8_p50_ms": quantized.manifest.p50_ms,
-        "fp32_p50_ms": quantized.manifest.fp32_p50_ms,
-        "int8_bytes": quantized.manifest.bytes,
-        "retention": evaluation.manifest.retention,
-        "train_seconds": student.manifest.train_seconds,
-        "student_key": student.key,
-        # Every stage of the cell came from an earlier run's folders.
-        "reused": all(a.reused for a in (student, evaluation, artifacts.export, quantized)),
-    }
+    return SweepRow(
+        cell=cell.index,
+        values=cell.values,
+        val_accuracy=student.manifest.best_val_accuracy,
+        test_accuracy=evaluation.manifest.student_accuracy,
+        int8_accuracy=quantized.manifest.test_accuracy,
+        int8_p50_ms=quantized.manifest.p50_ms,
+        fp32_p50_ms=quantized.manifest.fp32_p50_ms,
+        int8_bytes=quantized.manifest.bytes,
+        retention=evaluation.manifest.retention,
+        train_seconds=student.manifest.train_seconds,
+        student_key=student.key,
+        reused=all(a.reused for a in (student, evaluation, artifacts.export, quantized)),
+    )
 
 
-def best_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def best_row(rows: Sequence[SweepRow]) -> SweepRow:
     """The cell with the highest validation accuracy (the first one on a tie)."""
-    return max(rows, key=lambda row: row["val_accuracy"])
+    return max(rows, key=lambda row: row.val_accuracy)
 
 
 def validation_predictions(artifacts: RunArtifacts) -> np.ndarray:
@@ -168,57 +232,49 @@ def validation_labels(artifacts: RunArtifacts) -> np.ndarray:
 
 
 def compare_with_best(
-    rows: Sequence[dict[str, Any]], predictions: Sequence[np.ndarray], labels: np.ndarray
-) -> list[dict[str, Any]]:
+    rows: Sequence[SweepRow], predictions: Sequence[np.ndarray], labels: np.ndarray
+) -> list[SweepRow]:
     """Each row with its cell's paired comparison against the best cell on the same validation
-    texts (`predictions[i]` belongs to `rows[i]`): the accuracy difference, its 95% interval,
-    the one-sided p-value of "worse than the best", and whether it is tied with the best (not
-    significantly worse)."""
-    best = next(i for i, row in enumerate(rows) if row is best_row(rows))
+    texts (`predictions[i]` belongs to `rows[i]`)."""
+    best = rows.index(best_row(rows))
     compared = []
     for row, predicted in zip(rows, predictions, strict=True):
         comparison = compare(predictions[best], predicted, labels)
+        low, high = comparison.interval
         compared.append(
-            {
-                **row,
-                "vs_best": comparison.difference,
-                "vs_best_low": comparison.interval[0],
-                "vs_best_high": comparison.interval[1],
-                "vs_best_p_worse": comparison.p_worse,
-                "tied_with_best": not comparison.significantly_worse(),
-            }
+            SweepRow(
+                **{
+                    **dict(row),
+                    "vs_best": comparison.difference,
+                    "vs_best_low": low,
+                    "vs_best_high": high,
+                    "vs_best_p_worse": comparison.p_worse,
+                    "tied_with_best": not comparison.significantly_worse(),
+                }
+            )
         )
     return compared
 
 
-def register_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def register_row(rows: Sequence[SweepRow]) -> SweepRow:
     """The cell `--register-best` registers: among cells tied with the best (not significantly
     worse on validation; rows without a comparison count only the best), the smallest shipped
     model, then the fastest, then the most accurate."""
     best = best_row(rows)
-    tied = [row for row in rows if row.get("tied_with_best", row is best)]
-    return min(
-        tied,
-        key=lambda row: (
-            row.get("int8_bytes", 0),
-            row.get("int8_p50_ms", 0.0),
-            -row["val_accuracy"],
-            row["cell"],
-        ),
-    )
+    tied = [row for row in rows if row.tied_with_best or row is best]
+    return min(tied, key=lambda row: (row.int8_bytes, row.int8_p50_ms, -row.val_accuracy, row.cell))
 
 
-def results_csv(rows: Sequence[dict[str, Any]]) -> str:
+def results_csv(rows: Sequence[SweepRow]) -> str:
+    flat = [row.model_dump() for row in rows]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=list(flat[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(flat)
     return out.getvalue()
 
 
-def write_results(
-    folder: Path, grid: dict[str, list[str]], rows: Sequence[dict[str, Any]]
-) -> list[Path]:
+def write_results(folder: Path, grid: dict[str, list[str]], rows: Sequence[SweepRow]) -> list[Path]:
     """The table as CSV and JSON and the grid as a PNG, in `folder`; returns the three paths."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RESULTS_CSV).write_text(results_csv(rows))
@@ -227,9 +283,9 @@ def write_results(
         json.dumps(
             {
                 "grid": grid,
-                "best_cell": best["cell"],
-                "register_cell": registered["cell"],
-                "rows": list(rows),
+                "best_cell": best.cell,
+                "register_cell": registered.cell,
+                "rows": [row.model_dump() for row in rows],
             },
             indent=2,
         )
@@ -238,7 +294,7 @@ def write_results(
     return [folder / RESULTS_CSV, folder / RESULTS_JSON, folder / GRID_PNG]
 
 
-def plot_grid(grid: dict[str, list[str]], rows: Sequence[dict[str, Any]], path: Path) -> None:
+def plot_grid(grid: dict[str, list[str]], rows: Sequence[SweepRow], path: Path) -> None:
     """Validation accuracy: a heatmap over two swept keys, else one bar per cell."""
     import matplotlib
 
@@ -250,7 +306,7 @@ def plot_grid(grid: dict[str, list[str]], rows: Sequence[dict[str, Any]], path: 
         first, second = keys
         table = [
             [
-                next(r["val_accuracy"] for r in rows if r[first] == a and r[second] == b)
+                next(r.val_accuracy for r in rows if r.values[first] == a and r.values[second] == b)
                 for b in grid[second]
             ]
             for a in grid[first]
@@ -269,8 +325,8 @@ def plot_grid(grid: dict[str, list[str]], rows: Sequence[dict[str, Any]], path: 
         figure.colorbar(image, ax=axes, label="validation accuracy")
     else:
         figure, axes = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 2), 4))
-        labels = [", ".join(str(row[key]) for key in keys) for row in rows]
-        axes.bar(range(len(rows)), [row["val_accuracy"] for row in rows])
+        labels = [", ".join(row.values[key] for key in keys) for row in rows]
+        axes.bar(range(len(rows)), [row.val_accuracy for row in rows])
         axes.set_xticks(range(len(rows)), labels, rotation=45, ha="right")
         axes.set_xlabel(", ".join(keys))
         axes.set_ylabel("validation accuracy")

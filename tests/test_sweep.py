@@ -23,6 +23,7 @@ from flows.cli import app
 from flows.sweep_grid import (
     GRID_PNG,
     RESULTS_CSV,
+    SweepRow,
     cell_configs,
     cell_row,
     compare_with_best,
@@ -97,17 +98,36 @@ def test_cli_refuses_a_grid_over_the_teacher_in_one_line(tmp_path):
     assert "only keys under student" in result.output and "Traceback" not in result.output
 
 
+def measured(cell: int, val_accuracy: float, values=None, **more) -> SweepRow:
+    """A results row with made-up measurements: what the table code reads, and only that."""
+    numbers = {
+        "test_accuracy": 0.5,
+        "int8_accuracy": 0.5,
+        "int8_p50_ms": 1.0,
+        "fp32_p50_ms": 2.0,
+        "int8_bytes": 100,
+        "retention": 0.9,
+        "train_seconds": 3.0,
+        "student_key": f"key{cell}",
+        "reused": False,
+    }
+    return SweepRow(cell=cell, values=values or {}, val_accuracy=val_accuracy, **(numbers | more))
+
+
 def test_results_table_and_grid_png(tmp_path):
     grid = parse_grid(["student.alpha=0.3,0.5", "student.temperature=1,2"])
     rows = [
-        {"cell": c.index, **c.values, "val_accuracy": acc}
+        measured(c.index, acc, c.values)
         for c, acc in zip(grid_cells(grid), [0.5, 0.75, 0.6, 0.7], strict=True)
     ]
     paths = write_results(tmp_path, grid, rows)
     assert [p.name for p in paths] == [RESULTS_CSV, "sweep_results.json", GRID_PNG]
     lines = (tmp_path / RESULTS_CSV).read_text().splitlines()
-    assert lines[0] == "cell,student.alpha,student.temperature,val_accuracy"
-    assert lines[2] == "1,0.3,2,0.75"
+    # The swept settings are columns beside the numbers; a row without a comparison has none.
+    assert lines[0].startswith("cell,student.alpha,student.temperature,val_accuracy,")
+    assert "vs_best" not in lines[0]
+    assert lines[2].startswith("1,0.3,2,0.75,")
+    assert json.loads(paths[1].read_text())["rows"][1]["student.temperature"] == "2"
     assert json.loads(paths[1].read_text())["best_cell"] == 1
     assert json.loads(paths[1].read_text())["register_cell"] == 1
     assert (tmp_path / GRID_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -124,24 +144,24 @@ def test_register_best_takes_the_smallest_then_fastest_cell_tied_with_the_best()
         return predicted
 
     rows = [
-        {"cell": 0, "val_accuracy": 0.990, "int8_bytes": 900, "int8_p50_ms": 2.0},
-        {"cell": 1, "val_accuracy": 0.984, "int8_bytes": 500, "int8_p50_ms": 3.0},
-        {"cell": 2, "val_accuracy": 0.984, "int8_bytes": 500, "int8_p50_ms": 1.5},
-        {"cell": 3, "val_accuracy": 0.960, "int8_bytes": 100, "int8_p50_ms": 1.0},
+        measured(0, 0.990, int8_bytes=900, int8_p50_ms=2.0),
+        measured(1, 0.984, int8_bytes=500, int8_p50_ms=3.0),
+        measured(2, 0.984, int8_bytes=500, int8_p50_ms=1.5),
+        measured(3, 0.960, int8_bytes=100, int8_p50_ms=1.0),
     ]
     # The best cell misses texts 0-9. Cells 1 and 2 miss 16 others (16 lost, 10 gained against
     # the best: p = 0.16, tied); cell 3 misses 40 others (40 against 10: significantly worse).
     predictions = [wrong_on(0, 10), wrong_on(10, 16), wrong_on(500, 16), wrong_on(100, 40)]
     compared = compare_with_best(rows, predictions, labels)
-    assert [row["tied_with_best"] for row in compared] == [True, True, True, False]
-    assert compared[0]["vs_best"] == 0.0 and compared[0]["vs_best_p_worse"] == 1.0
-    assert compared[1]["vs_best"] == pytest.approx(-0.006)
-    assert compared[1]["vs_best_low"] < -0.006 < compared[1]["vs_best_high"]
-    assert 0.05 < compared[1]["vs_best_p_worse"] < 0.2
-    assert compared[3]["vs_best_p_worse"] < 0.001
+    assert [row.tied_with_best for row in compared] == [True, True, True, False]
+    assert compared[0].vs_best == 0.0 and compared[0].vs_best_p_worse == 1.0
+    assert compared[1].vs_best == pytest.approx(-0.006)
+    assert compared[1].vs_best_low < -0.006 < compared[1].vs_best_high
+    assert 0.05 < compared[1].vs_best_p_worse < 0.2
+    assert compared[3].vs_best_p_worse < 0.001
     # The smallest tied cells are 1 and 2; cell 2 is faster. Cell 3 is smaller but worse.
-    assert register_row(compared)["cell"] == 2
-    assert register_row(rows)["cell"] == 0  # without comparisons: the most accurate only
+    assert register_row(compared).cell == 2
+    assert register_row(rows).cell == 0  # without comparisons: the most accurate only
 
 
 # --- real engine ----------------------------------------------------------------------------
@@ -157,8 +177,10 @@ def cache_bytes(cache) -> tuple[str, str]:
 
 
 def accuracies(rows) -> list[tuple]:
-    keys = ("cell", "student.alpha", "val_accuracy", "test_accuracy", "int8_accuracy")
-    return [tuple(row[k] for k in keys) for row in rows]
+    return [
+        (r.cell, r.values["student.alpha"], r.val_accuracy, r.test_accuracy, r.int8_accuracy)
+        for r in rows
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +214,7 @@ def check_against_sequential(summary, workdir, sequential) -> None:
     cache_sha, rows = sequential
     config = load_config(TINY_CONFIG, [f"workdir={workdir}"])
     (cache_folder,) = [p for p in (config.store_dir / "logit_cache").iterdir() if p.is_dir()]
-    assert cache_folder.name == summary["cache_key"]
+    assert cache_folder.name == summary.cache_key
     manifest = json.loads((cache_folder / "manifest.json").read_text())
     sharded = (
         file_sha256(cache_folder / manifest["file"]),
@@ -201,28 +223,28 @@ def check_against_sequential(summary, workdir, sequential) -> None:
     assert sharded == cache_sha  # byte-identical to the unsharded, in-process cache
     shards = [p for p in (config.store_dir / SHARD_STAGE).iterdir() if not p.name.startswith(".")]
     assert len(shards) == 3
-    assert accuracies(summary["rows"]) == accuracies(rows)
+    assert accuracies(summary.rows) == accuracies(rows)
 
 
 def check_mlflow(summary, workdir) -> None:
     from tasks.tracking import mlflow_client, sqlite_uri
 
     client = mlflow_client(sqlite_uri(workdir))
-    parent = client.get_run(summary["mlflow_run_id"])
+    parent = client.get_run(summary.mlflow_run_id)
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
     )
-    assert sorted(r.info.run_id for r in children) == sorted(summary["cell_run_ids"])
+    assert sorted(r.info.run_id for r in children) == sorted(summary.cell_run_ids)
     by_cell = {int(r.data.tags["sweep.cell"]): r for r in children}
-    for row in summary["rows"]:
-        run = by_cell[row["cell"]]
+    for row in summary.rows:
+        run = by_cell[row.cell]
         # The cell's overrides, plus the device and precision its student actually used.
         overrides = {k: v for k, v in run.data.params.items() if not k.startswith("resolved.")}
-        assert overrides == {"student.alpha": row["student.alpha"]}
+        assert overrides == row.values
         assert run.data.params["resolved.student.device"] == "cpu"
-        assert run.data.metrics["val_accuracy"] == pytest.approx(row["val_accuracy"])
-        assert run.data.metrics["int8_accuracy"] == pytest.approx(row["int8_accuracy"])
+        assert run.data.metrics["val_accuracy"] == pytest.approx(row.val_accuracy)
+        assert run.data.metrics["int8_accuracy"] == pytest.approx(row.int8_accuracy)
         assert "int8_p50_ms" in run.data.metrics
     logged = {f.path for f in client.list_artifacts(parent.info.run_id, "sweep")}
     assert {"sweep/sweep_results.csv", "sweep/sweep_grid.png"} <= logged
@@ -243,28 +265,34 @@ def test_sweep_on_a_real_scheduler_and_two_workers(prefect_api, dask_cluster, se
     assert len(ran_on) >= 5 and set(ran_on) <= workers, ran_on
     check_against_sequential(summary, tmp_path, sequential)
     check_mlflow(summary, tmp_path)
-    best = max(summary["rows"], key=lambda r: r["val_accuracy"])
-    assert summary["best_cell"] == best["cell"]
-    registered = summary["registered"]
+    best = max(summary.rows, key=lambda r: r.val_accuracy)
+    assert summary.best_cell == best.cell
+    registered = summary.registered
     client = mlflow_client(sqlite_uri(tmp_path))
-    version = client.get_model_version(registered["registered_model"], registered["model_version"])
+    version = client.get_model_version(registered.registered_model, registered.model_version)
     # --register-best: the smallest, then fastest, cell not significantly worse than the best.
-    chosen = summary["rows"][summary["register_cell"]]
-    assert chosen["tied_with_best"] and summary["rows"][best["cell"]]["vs_best"] == 0.0
+    chosen = summary.rows[summary.register_cell]
+    assert chosen.tied_with_best and summary.rows[best.cell].vs_best == 0.0
     assert all(
-        (chosen["int8_bytes"], chosen["int8_p50_ms"]) <= (row["int8_bytes"], row["int8_p50_ms"])
-        for row in summary["rows"]
-        if row["tied_with_best"]
+        (chosen.int8_bytes, chosen.int8_p50_ms) <= (row.int8_bytes, row.int8_p50_ms)
+        for row in summary.rows
+        if row.tied_with_best
     )
-    assert version.run_id == summary["cell_run_ids"][summary["register_cell"]]
+    assert version.run_id == summary.cell_run_ids[summary.register_cell]
     assert set(version.aliases) & {"challenger", "champion"}
-    assert registered["promotion"]["alias"] in ("challenger", "champion")
+    assert registered.promotion.alias in ("challenger", "champion")
+    # sweep_summary.json is the summary, rows flat as in the results table.
+    written = json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())
+    assert written["rows"] == [row.model_dump() for row in summary.rows]
+    assert written["rows"][0]["student.alpha"] == summary.rows[0].values["student.alpha"]
+    assert written["register_cell"] == summary.register_cell
+    assert written["registered"]["promotion"]["alias"] == registered.promotion.alias
     # A rerun reuses every cell and shard: the same students, nothing trained again.
     again = run_sweep(str(TINY_CONFIG), tiny(tmp_path, f"compute.cluster={address}"), GRID)
-    assert [r["student_key"] for r in again["rows"]] == [r["student_key"] for r in summary["rows"]]
-    assert [r["reused"] for r in again["rows"]] == [True, True]
-    assert not any(r["reused"] for r in summary["rows"])
-    assert accuracies(again["rows"]) == accuracies(summary["rows"])
+    assert [r.student_key for r in again.rows] == [r.student_key for r in summary.rows]
+    assert [r.reused for r in again.rows] == [True, True]
+    assert not any(r.reused for r in summary.rows)
+    assert accuracies(again.rows) == accuracies(summary.rows)
 
 
 @pytest.mark.slow
@@ -274,4 +302,5 @@ def test_sweep_on_local_2(prefect_api, sequential, tmp_path):
     summary = run_sweep(str(TINY_CONFIG), tiny(tmp_path, "compute.cluster=local:2"), GRID)
     check_against_sequential(summary, tmp_path, sequential)
     check_mlflow(summary, tmp_path)
-    assert "registered" not in summary
+    assert summary.registered is None
+    assert "registered" not in json.loads((tmp_path / "sweep" / "sweep_summary.json").read_text())

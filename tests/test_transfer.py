@@ -60,8 +60,8 @@ def test_transfer_text_is_a_leak_checked_unlabelled_split(tiny_config, tiny_data
     config = with_unlabeled(tiny_config, transfer_file)
     data = data_stage(config.store_dir, config.data, config.teacher.model)
     record = data.manifest.unlabeled
-    assert record["read"] == 32 and record["dropped_in_validation_or_test"] == 2
-    assert record["rows"] == data.manifest.sizes[UNLABELED] == 30
+    assert record.read == 32 and record.dropped_in_validation_or_test == 2
+    assert record.rows == data.manifest.sizes[UNLABELED] == 30
     rows = load_split(data.path, UNLABELED)
     assert list(rows["text"]) == NEW_TEXTS  # file order, leaks dropped
     assert set(rows["label"]) == {UNLABELLED}
