@@ -105,6 +105,7 @@ class Artifact(Generic[M]):
     manifest: M
     reused: bool = False
     seconds: float = 0.0
+    peak_rss_bytes: int | None = None  # the process's peak while the stage ran (tasks/ sets it)
 
     def file(self, name: str) -> Path:
         return self.path / name

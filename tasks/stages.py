@@ -21,6 +21,7 @@ from prefect.cache_policies import NONE
 from deploy import stage_table
 from deploy.chain import RunArtifacts
 from deploy.stage_table import STAGES, Recording
+from distill import memory
 from distill.chain import StageRunner
 from distill.store import MANIFEST, Artifact, StageManifest, StoreFullError
 from distill.training import MetricsLog
@@ -60,6 +61,11 @@ def record_stage(tracker: MlflowTracker, artifact: Artifact, recording: Recordin
             if (value := field(manifest, name)) is not None
         }
         | {f"{stage}/seconds": artifact.seconds, f"{stage}/reused": float(artifact.reused)}
+        | (
+            {f"{stage}/peak_rss_mb": artifact.peak_rss_bytes / 2**20}
+            if artifact.peak_rss_bytes is not None
+            else {}
+        )
     )
     if artifact.reused and recording.curves and (history := field(manifest, "history")):
         tracker.log_history(stage, history)
@@ -83,10 +89,16 @@ def record_stage(tracker: MlflowTracker, artifact: Artifact, recording: Recordin
         tracker.log_artifact(artifact.file(name.format(file=file)), stage)
 
 
-def _timed(run: Callable[[], Artifact]) -> Artifact:
+def _measured(run: Callable[[], Artifact]) -> Artifact:
+    """The stage's wall time and the process's peak resident memory while it ran."""
+    measuring = memory.reset_peak()
     started = time.perf_counter()
     artifact = run()
-    return dataclasses.replace(artifact, seconds=time.perf_counter() - started)
+    return dataclasses.replace(
+        artifact,
+        seconds=time.perf_counter() - started,
+        peak_rss_bytes=memory.peak_bytes() if measuring else None,
+    )
 
 
 def _worth_retrying(task, task_run, state) -> bool:
@@ -116,7 +128,7 @@ def run_stage_task(
 ) -> Artifact:
     recording = stage_table.stage(stage).recording or Recording()
     log = tracker.metrics_log(stage) if recording.curves else None
-    artifact = _timed(lambda: build(log))
+    artifact = _measured(lambda: build(log))
     record_stage(tracker, artifact, recording)
     return artifact
 

@@ -27,6 +27,8 @@ class StageUse(BaseModel):
     reused: bool
     key: str
     path: str
+    # The process's peak resident memory while the stage ran (None where it is not measured).
+    peak_rss_mb: float | None = None
 
 
 class RunSummary(BaseModel):
@@ -124,6 +126,11 @@ def build_summary(
                 reused=artifact.reused,
                 key=artifact.key,
                 path=str(artifact.path),
+                peak_rss_mb=(
+                    None
+                    if artifact.peak_rss_bytes is None
+                    else round(artifact.peak_rss_bytes / 2**20, 1)
+                ),
             )
             for name, artifact in artifacts.by_stage().items()
         },

@@ -55,6 +55,7 @@ def test_every_stage_leaves_a_manifest(runs):
         info = first["stages"][stage]
         assert info["reused"] is False
         assert (workdir / stage / info["key"] / "manifest.json").is_file()
+        assert info["peak_rss_mb"] > 100  # the process's peak in the stage: torch alone is more
     assert not list(workdir.glob("*/.tmp-*")), "no half-written stage folder may remain"
 
 
