@@ -21,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO / "docs" / "benchmarks.md"
 RESULTS = REPO / "bench" / "results"
+DEFAULT_CONFIG = str(REPO / "configs" / "movie_reviews.yaml")
 
 
 def cpu_info() -> tuple[str, str]:
@@ -60,7 +61,8 @@ def command_line() -> str:
     return " ".join(shlex.quote(part) for part in [".venv/bin/python", *sys.argv])
 
 
-def header(title: str) -> str:
+def header() -> str:
+    """The command, date and machine lines every section starts with."""
     info = machine()
     return (
         f"Command: `{command_line()}`  \n"
@@ -120,8 +122,13 @@ def means(group: list[dict], keys: Sequence[str]) -> list[str]:
     return [mean_std([row[key] for row in group]) for key in keys]
 
 
-def common_args(parser: argparse.ArgumentParser, output: str, section: str | None = None) -> None:
-    """--output (bench/results/OUTPUT), --section (when given), --store and the overrides."""
+def common_args(
+    parser: argparse.ArgumentParser, output: str, section: str | None = None, config: bool = True
+) -> None:
+    """--config (the default profile), --output (bench/results/OUTPUT), --section (when given),
+    --store and the key=value overrides."""
+    if config:
+        parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--output", default=str(RESULTS / output))
     if section is not None:
         parser.add_argument("--section", default=section, help="benchmarks.md section ('' skips)")
@@ -129,10 +136,25 @@ def common_args(parser: argparse.ArgumentParser, output: str, section: str | Non
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
 
 
-def store_override(args: argparse.Namespace) -> None:
-    """--store as an override, so every config loaded from the overrides names the same store."""
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The arguments, --store added to the overrides (so every config loaded from them names the
+    same store)."""
+    args = parser.parse_args(argv)
     if args.store:
         args.overrides = [*args.overrides, f"store={args.store}"]
+    return args
+
+
+def section(title: str, *parts: str, more: Sequence[str] = ()) -> str:
+    """A benchmarks.md section: its title, the `header` and `more` header lines, the parts."""
+    return "\n\n".join([title, "  \n".join([header(), *more]), *parts])
+
+
+def publish(output: str | Path, result: object, name: str | None, render) -> None:
+    """Write the results JSON, then (when `name` is set) `render()` as that docs section."""
+    write_json(output, result)
+    if name:
+        write_section(name, render())
 
 
 def write_json(path: str | Path, data: object) -> None:

@@ -5,28 +5,9 @@
     .venv/bin/python -m bench.teachers --render-only    # the table and goals from teachers.json
     .venv/bin/python -m bench.teachers --merge A.json B.json   # several runs' rows into --output
 
-One student shape for every arm (3 layers carved from the pretrained MiniLM, its own tokenizer),
-on the default data and split:
-
-    labels            labels only (alpha = 1; the MiniLM teacher is scored alongside)
-    kd_minilm         KD from the fine-tuned MiniLM teacher (the default run's teacher)
-    kd_mpnet          KD from the fine-tuned MPNet teacher (configs/movie_reviews_mpnet.yaml)
-    kd_mpnet_augment  kd_mpnet plus one augmented copy of the train split labelled by MPNet
-    kd_mpnet_augment4 kd_mpnet plus four augmented copies, two student epochs (about the same
-                      number of passes over each original sentence's variants, 1.7x the steps)
-    kd_mpnet_augment4_alpha01
-                      kd_mpnet_augment4 with alpha 0.1 instead of 0.5: on the train rows the
-                      loss leans on MPNet's soft targets rather than the labels
-    kd_mpnet_augment4_alpha01_3ep
-                      the same with three student epochs instead of two (a longer schedule)
-    kd_mpnet_augment8_alpha01
-                      eight augmented copies instead of four (alpha 0.1, two epochs): twice the
-                      teacher-labelled text, 1.8x the steps
-    kd_mpnet_transfer kd_mpnet plus transfer text (only with --unlabeled FILE)
-
-Every run goes through the library's own wiring (distill.chain / deploy.chain: data, teacher,
-cache, student, evaluation, export, INT8), so teachers and caches are content-addressed stages of
-the store and shared by every seed and arm that needs them. Writes bench/results/teachers.json
+Every arm (`ARMS`: labels only, KD from the MiniLM or the MPNet teacher, MPNet with augmented or
+transfer text) trains the same student (3 layers carved from the pretrained MiniLM) through the
+library's own wiring, sharing teachers and caches in the store. Writes bench/results/teachers.json
 (one row per student, written after each) and a table into docs/benchmarks.md.
 """
 
@@ -57,50 +38,34 @@ class Arm:
     kd: bool = True
 
 
+def mpnet_augment(name: str, copies: int, epochs: int, alpha: str = "", transfer: str = "") -> Arm:
+    """MPNet plus `copies` augmented copies of the train split labelled by MPNet."""
+    overrides = [f"augmentation.multiplier={copies:.1f}", f"student.training.epochs={epochs}"]
+    overrides += [f"student.alpha={alpha}"] if alpha else []
+    return Arm(name, "mpnet", transfer or f"augmentation x{copies}", tuple(overrides))
+
+
+NO_AUGMENTATION = ("augmentation.multiplier=0",)
 ARMS = {
-    "labels": Arm(
-        "labels", "minilm", "none", ("student.alpha=1.0", "augmentation.multiplier=0"), kd=False
-    ),
-    "kd_minilm": Arm("kd_minilm", "minilm", "none", ("augmentation.multiplier=0",)),
-    "kd_mpnet": Arm("kd_mpnet", "mpnet", "none", ("augmentation.multiplier=0",)),
-    "kd_mpnet_augment": Arm(
-        "kd_mpnet_augment", "mpnet", "augmentation x1", ("augmentation.multiplier=1.0",)
-    ),
-    "kd_mpnet_augment4": Arm(
-        "kd_mpnet_augment4",
-        "mpnet",
-        "augmentation x4",
-        ("augmentation.multiplier=4.0", "student.training.epochs=2"),
-    ),
-    "kd_mpnet_augment4_alpha01": Arm(
-        "kd_mpnet_augment4_alpha01",
-        "mpnet",
-        "augmentation x4, alpha 0.1",
-        ("augmentation.multiplier=4.0", "student.training.epochs=2", "student.alpha=0.1"),
-    ),
-    "kd_mpnet_augment4_alpha01_3ep": Arm(
-        "kd_mpnet_augment4_alpha01_3ep",
-        "mpnet",
-        "augmentation x4, alpha 0.1, 3 epochs",
-        ("augmentation.multiplier=4.0", "student.training.epochs=3", "student.alpha=0.1"),
-    ),
-    "kd_mpnet_augment8_alpha01": Arm(
-        "kd_mpnet_augment8_alpha01",
-        "mpnet",
-        "augmentation x8, alpha 0.1",
-        ("augmentation.multiplier=8.0", "student.training.epochs=2", "student.alpha=0.1"),
-    ),
-    "kd_mpnet_transfer": Arm("kd_mpnet_transfer", "mpnet", "unlabeled", ()),
+    arm.name: arm
+    for arm in [
+        Arm("labels", "minilm", "none", ("student.alpha=1.0", *NO_AUGMENTATION), kd=False),
+        Arm("kd_minilm", "minilm", "none", NO_AUGMENTATION),
+        Arm("kd_mpnet", "mpnet", "none", NO_AUGMENTATION),
+        Arm("kd_mpnet_augment", "mpnet", "augmentation x1", ("augmentation.multiplier=1.0",)),
+        # four copies, two epochs: about as many passes over each sentence's variants
+        mpnet_augment("kd_mpnet_augment4", 4, 2),
+        # alpha 0.1: on the train rows the loss leans on MPNet's soft targets, not the labels
+        mpnet_augment("kd_mpnet_augment4_alpha01", 4, 2, "0.1", "augmentation x4, alpha 0.1"),
+        mpnet_augment(
+            "kd_mpnet_augment4_alpha01_3ep", 4, 3, "0.1", "augmentation x4, alpha 0.1, 3 epochs"
+        ),
+        mpnet_augment("kd_mpnet_augment8_alpha01", 8, 2, "0.1", "augmentation x8, alpha 0.1"),
+        Arm("kd_mpnet_transfer", "mpnet", "unlabeled", ()),  # needs --unlabeled FILE
+    ]
 }
 # Arm (d) of issue 10: MPNet plus extra teacher-labelled text; each one is held to the goals.
-TRANSFER_ARMS = (
-    "kd_mpnet_augment",
-    "kd_mpnet_augment4",
-    "kd_mpnet_augment4_alpha01",
-    "kd_mpnet_augment4_alpha01_3ep",
-    "kd_mpnet_augment8_alpha01",
-    "kd_mpnet_transfer",
-)
+TRANSFER_ARMS = [name for name in ARMS if name.startswith("kd_mpnet_")]
 DEFAULT_ARMS = ["labels", "kd_minilm", "kd_mpnet", "kd_mpnet_augment"]
 
 
@@ -125,8 +90,6 @@ def arm_overrides(arm: Arm, seed: int, args, recipe: list[str]) -> list[str]:
     ]
     if arm.transfer == "unlabeled":
         overrides.append(f"data.unlabeled.source={args.unlabeled}")
-    if args.store:
-        overrides.append(f"store={args.store}")
     return overrides
 
 
@@ -196,35 +159,22 @@ def measure(arm: Arm, seed: int, config: PipelineConfig) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--minilm-config", default=str(bench.REPO / "configs" / "movie_reviews.yaml")
-    )
-    parser.add_argument(
-        "--mpnet-config", default=str(bench.REPO / "configs" / "movie_reviews_mpnet.yaml")
-    )
+    parser.add_argument("--minilm-config", default=bench.DEFAULT_CONFIG)
+    mpnet = str(bench.REPO / "configs" / "movie_reviews_mpnet.yaml")
+    parser.add_argument("--mpnet-config", default=mpnet)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=DEFAULT_ARMS)
     parser.add_argument("--student-init", default=STUDENT_INIT, help="student.init of every run")
     parser.add_argument("--unlabeled", help="transfer-text file for the kd_mpnet_transfer arm")
-    bench.common_args(parser, "teachers.json", section="teachers")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print every run's settings and stop"
-    )
-    parser.add_argument(
-        "--render-only", action="store_true", help="rewrite the table from --output and stop"
-    )
-    parser.add_argument(
-        "--merge", nargs="+", metavar="JSON", help="write the rows of these runs into --output"
-    )
-    args = parser.parse_args(argv)
+    bench.common_args(parser, "teachers.json", section="teachers", config=False)
+    parser.add_argument("--dry-run", action="store_true", help="print every run's settings")
+    parser.add_argument("--render-only", action="store_true", help="the table from --output")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="these runs' rows to --output")
+    args = bench.parse(parser, argv)
 
-    if args.merge:
-        rows, teachers = merged([json.loads(Path(part).read_text()) for part in args.merge])
-        save(rows, teachers, args)
-        return
-    if args.render_only:
-        saved = json.loads(Path(args.output).read_text())
-        save(saved["rows"], saved["teachers"], args)
+    if args.merge or args.render_only:  # the rows of earlier runs, in the table's order
+        parts = [json.loads(Path(part).read_text()) for part in args.merge or [args.output]]
+        save(*merged(parts), args)
         return
     runs = plan(args)
     if args.dry_run:
@@ -281,66 +231,51 @@ def goals(rows: list[dict], teachers: list[dict]) -> dict:
 def merged(parts: list[dict]) -> tuple[list[dict], list[dict]]:
     """The rows of several runs in table order (arm, then seed); each teacher once."""
     order = list(ARMS)
-    rows = sorted(
-        (row for part in parts for row in part["rows"]),
-        key=lambda row: (order.index(row["arm"]), row["seed"]),
-    )
+    rows = [row for part in parts for row in part["rows"]]
+    rows.sort(key=lambda row: (order.index(row["arm"]), row["seed"]))
     teachers = {t["key"]: t for part in parts for t in part["teachers"]}
     return rows, list(teachers.values())
 
 
 def save(rows: list[dict], teachers: list[dict], args) -> None:
-    bench.write_json(
-        args.output, {"rows": rows, "teachers": teachers, "goals": goals(rows, teachers)}
-    )
-    if args.section:
-        bench.write_section(args.section, render(rows, teachers, args))
+    result = {"rows": rows, "teachers": teachers, "goals": goals(rows, teachers)}
+    bench.publish(args.output, result, args.section, lambda: render(rows, teachers, args))
 
 
 def render(rows: list[dict], teachers: list[dict], args) -> str:
     table = []
     for name in ARMS:  # every arm with rows, in the table's order (--render-only merges runs)
-        group = [row for row in rows if row["arm"] == name]
-        if not group:
-            continue
-        table.append(
-            [
-                name,
-                group[0]["teacher"],
-                group[0]["transfer"],
-                str(len(group)),
-                *bench.means(group, bench.SCORES),
-                f"{group[0]['params'] / 1e6:.1f}M",
-                f"{statistics.mean(r['seconds'] for r in group):.0f}",
-            ]
-        )
+        if group := [row for row in rows if row["arm"] == name]:
+            first, student_s = group[0], statistics.mean(r["seconds"] for r in group)
+            table.append([name, first["teacher"], first["transfer"], str(len(group)),
+                          *bench.means(group, bench.SCORES), f"{first['params'] / 1e6:.1f}M",
+                          f"{student_s:.0f}"])  # fmt: skip
     teacher_rows = [
-        [
-            t["teacher"],
-            f"{t['test_accuracy']:.4f}",
-            f"{t['test_macro_f1']:.4f}",
-            f"{t['params'] / 1e6:.1f}M",
-            "-" if t["fine_tune_seconds"] is None else f"{t['fine_tune_seconds']:.0f}",
-        ]
+        [t["teacher"], f"{t['test_accuracy']:.4f}", f"{t['test_macro_f1']:.4f}",
+         f"{t['params'] / 1e6:.1f}M", "-" if t["fine_tune_seconds"] is None
+         else f"{t['fine_tune_seconds']:.0f}"]
         for t in teachers
-    ]
-    return "\n\n".join(
-        [
-            f"## Teachers and transfer text ({args.section})",
-            bench.header("teachers"),
-            f"Student for every arm: `{args.student_init}`. Mean ± standard deviation over the "
-            "seeds in the `seeds` column; `student s` is the student's training time.",
-            bench.markdown_table(
-                "arm | teacher | transfer | seeds | test accuracy | macro-F1 | teacher accuracy"
-                " | retention | INT8 accuracy | params | student s",
-                table,
-            ),
-            bench.markdown_table(
-                "teacher | test accuracy | macro-F1 | params | fine-tune s", teacher_rows
-            ),
-            render_goals(goals(rows, teachers)),
-        ]
+    ]  # fmt: skip
+    return bench.section(
+        f"## Teachers and transfer text ({args.section})",
+        f"Student for every arm: `{args.student_init}`. Mean ± standard deviation over the "
+        "seeds in the `seeds` column; `student s` is the student's training time.",
+        bench.markdown_table(
+            "arm | teacher | transfer | seeds | test accuracy | macro-F1 | teacher accuracy"
+            " | retention | INT8 accuracy | params | student s",
+            table,
+        ),
+        bench.markdown_table(
+            "teacher | test accuracy | macro-F1 | params | fine-tune s", teacher_rows
+        ),
+        render_goals(goals(rows, teachers)),
     )
+
+
+ARM_GOALS = {
+    "over_labels_points": "over labels only >= 3.0 points (PyTorch, {seeds})",
+    "over_minilm_teacher_points": "shipped INT8 over the MiniLM teacher >= 1.0 point ({seeds})",
+}
 
 
 def render_goals(measured: dict) -> str:
@@ -355,18 +290,12 @@ def render_goals(measured: dict) -> str:
         )
     for arm, values in measured["arms"].items():
         seeds = f"{values['seeds']} seed{'s' if values['seeds'] > 1 else ''}"
-        if "over_labels_points" in values:
-            lines.append(
-                f"- {arm} over labels only >= 3.0 points (PyTorch, {seeds}): "
-                f"{values['over_labels_points']:+.2f} points, "
-                f"{verdict(values['met']['over_labels_points'])}"
-            )
-        if "over_minilm_teacher_points" in values:
-            lines.append(
-                f"- {arm} shipped INT8 over the MiniLM teacher >= 1.0 point ({seeds}): "
-                f"{values['over_minilm_teacher_points']:+.2f} points, "
-                f"{verdict(values['met']['over_minilm_teacher_points'])}"
-            )
+        lines += [
+            f"- {arm} {text.format(seeds=seeds)}: {values[goal]:+.2f} points, "
+            f"{verdict(values['met'][goal])}"
+            for goal, text in ARM_GOALS.items()
+            if goal in values
+        ]
     return "\n".join(lines)
 
 
