@@ -1,13 +1,11 @@
-"""Decisions benchmark: the old point-estimate rules against the paired rules (`distill.paired`),
-and how stable each decision is, on the default profile with several student seeds.
+"""Decisions benchmark: the old point-estimate rules against the paired rules (`distill.paired`)
+for the trimming, INT8 and champion gates, each decision's stability over 1,000 bootstrap
+resamples of the deciding split (a multinomial draw of the discordant counts), and each seed's
+bundle size over the teacher's fp32 weights.
 
     .venv/bin/python -m bench.decisions [--seeds 1 2 3] [key=value ...]
 
-For the trimming gate and each INT8 candidate (validation, against the trained student) and the
-champion gate (test, later seeds as challengers of the first), each rule's decision and its
-stability: the share of 1,000 bootstrap resamples of the deciding split (a multinomial draw of
-the discordant counts, all an accuracy decision reads) deciding the same. Also each seed's bundle
-size over the teacher's fp32 weights. Writes bench/results/decisions.json and a docs section.
+Writes bench/results/decisions.json and the "decisions" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -109,19 +107,12 @@ def gate_row(gate: str, seed: int, rules: tuple[Rule, Rule], comparison: PairedC
     old, new = rules
     n, b, c = comparison.n, comparison.only_reference_right, comparison.only_candidate_right
     return {
-        "gate": gate,
-        "seed": seed,
-        "old_decision": old(n, b, c),
-        "new_decision": new(n, b, c),
-        "old_stability": stability(old, n, b, c),
-        "new_stability": stability(new, n, b, c),
-        "difference": comparison.difference,
-        "interval": list(comparison.interval),
-        "p_value": comparison.p_worse if p_value is None else p_value,
-        "texts": n,
-        "only_reference_right": b,
-        "only_candidate_right": c,
-    }
+        "gate": gate, "seed": seed, "old_decision": old(n, b, c), "new_decision": new(n, b, c),
+        "old_stability": stability(old, n, b, c), "new_stability": stability(new, n, b, c),
+        "difference": comparison.difference, "interval": list(comparison.interval),
+        "p_value": comparison.p_worse if p_value is None else p_value, "texts": n,
+        "only_reference_right": b, "only_candidate_right": c,
+    }  # fmt: skip
 
 
 def shipped_test_predictions(artifacts) -> np.ndarray:

@@ -2,13 +2,10 @@
 
     .venv/bin/python -m bench.edge_targets [--bundle PROFILE=FOLDER ...] [--texts 50]
 
-For each bundle (default: one of configs/tiny.yaml, built in a scratch folder) and runtime
-(`python`, `ort_format`: the `.ort` graph as ONNX Runtime Mobile reads it, `transformers_js_node`
-in edge/js, and the `distillery web` page in headless Chromium with one WASM thread or
-cross-origin isolated): golden label agreement and largest probability difference against the
-Python runtime's golden outputs, batch-1 latency (median over `--texts` sentences of 25 tokens,
-one thread) and cold start. Writes bench/results/edge_targets.json and the "edge-targets"
-section of docs/benchmarks.md.
+Runtimes: `python`, `ort_format` (the `.ort` graph), `transformers_js_node` (edge/js) and the
+`distillery web` page in headless Chromium (one WASM thread, or cross-origin isolated). Without
+--bundle, a bundle of configs/tiny.yaml. Writes bench/results/edge_targets.json and the
+"edge-targets" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -66,10 +63,10 @@ def compare(golden: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, 
 def python_runtimes(folder: Path, texts: list[str]) -> list[dict[str, Any]]:
     """The Python runtime and the ORT-format graph, timed interleaved text by text."""
     bundle = load_bundle(folder, threads=1)
-    mobile = with_graph(bundle, folder / str(bundle.manifest.mobile_model), threads=1)
+    ort = with_graph(bundle, folder / str(bundle.manifest.mobile_model), threads=1)
     golden = list(bundle.golden)
-    runtimes = {"python": bundle, "ort_format": mobile}
-    rows = {
+    runtimes = {"python": bundle, "ort_format": ort}
+    rows = {  # the golden texts first: a warm-up for the timing
         name: compare(golden, [predict(b, [g["text"]])[0] for g in golden])
         for name, b in runtimes.items()
     }
@@ -84,28 +81,12 @@ def python_runtimes(folder: Path, texts: list[str]) -> list[dict[str, Any]]:
             "runtime": name,
             **rows[name],
             "p50_ms": statistics.median(timings[name]),
-            "cold_start_s": python_cold_start(folder, mobile=name == "ort_format"),
+            "cold_start_s": statistics.median(
+                seconds for seconds, _ in bench.cold_starts(folder, golden[0]["text"], 3, mobile)
+            ),
         }
-        for name in runtimes
+        for name, mobile in (("python", False), ("ort_format", True))  # new processes
     ]
-
-
-COLD_START = """
-import json, sys, time
-from pathlib import Path
-from deploy.runtime import load_bundle, predict, with_graph
-bundle = load_bundle(sys.argv[1], threads=1)
-if sys.argv[2] == "1":
-    bundle = with_graph(bundle, Path(sys.argv[1]) / str(bundle.manifest.mobile_model), threads=1)
-predict(bundle, [bundle.golden[0]["text"]])
-print(json.dumps({"at": time.time()}))
-"""
-
-
-def python_cold_start(folder: Path, mobile: bool, runs: int = 3) -> float:
-    """Median seconds from spawning a Python process to its first prediction."""
-    args = [str(folder), "1" if mobile else "0"]
-    return statistics.median(seconds for seconds, _ in bench.cold_starts(COLD_START, args, runs))
 
 
 def node(script: str, *args: object) -> dict[str, Any]:
@@ -170,18 +151,13 @@ def measure(profile: str, folder: Path, count: int, scratch: Path) -> dict[str, 
     for isolated in (False, True):
         runtimes.append(browser_runtime(folder, texts, scratch / f"{profile}-{isolated}", isolated))
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    manifest = bundle.manifest
+    graph, ort = (folder / str(bundle.manifest.model), folder / str(bundle.manifest.mobile_model))
     return {
-        "profile": profile,
-        "bundle": str(folder),
-        "bundle_bytes": size,
-        "graph_bytes": (folder / str(manifest.model)).stat().st_size,
-        "ort_bytes": (folder / str(manifest.mobile_model)).stat().st_size,
-        "golden_examples": len(golden),
-        "latency_texts": len(texts),
-        "tokens": TOKENS,
+        "profile": profile, "bundle": str(folder), "bundle_bytes": size,
+        "graph_bytes": graph.stat().st_size, "ort_bytes": ort.stat().st_size,
+        "golden_examples": len(golden), "latency_texts": len(texts), "tokens": TOKENS,
         "runtimes": runtimes,
-    }
+    }  # fmt: skip
 
 
 def report(results: dict[str, Any]) -> str:

@@ -196,18 +196,30 @@ def tiny_bundle(scratch: Path) -> Path:
     return bundle_from_stages(config.workdir, stages, run_id="bench", model_version="0")
 
 
-def cold_starts(script: str, args: list[str], runs: int) -> list[tuple[float, dict]]:
-    """Each of `runs` new `python -c script ARGS` processes: the seconds from its start to the
-    `"at"` time (`time.time()`) its last line of JSON reports, and that JSON."""
+COLD_START = """
+import json, sys, time
+from pathlib import Path
+from deploy.runtime import load_bundle, predict, with_graph
+bundle = load_bundle(sys.argv[1], threads=1)
+if sys.argv[2] == "1":
+    bundle = with_graph(bundle, Path(sys.argv[1]) / str(bundle.manifest.mobile_model), threads=1)
+predict(bundle, [sys.argv[3]])
+print(json.dumps({"at": time.time(), "torch_loaded": "torch" in sys.modules}))
+"""
+
+
+def cold_starts(
+    bundle: Path, text: str, runs: int, mobile: bool = False
+) -> list[tuple[float, dict]]:
+    """Each of `runs` new Python processes that load `bundle` (its `.ort` graph when `mobile`)
+    with `deploy.runtime` and predict `text`: the seconds from its start to the prediction, and
+    the JSON it printed (`torch_loaded`)."""
     out = []
     for _ in range(runs):
         started = time.time()
+        command = [sys.executable, "-c", COLD_START, str(bundle), "1" if mobile else "0", text]
         stdout = subprocess.run(
-            [sys.executable, "-c", script, *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
+            command, cwd=REPO, capture_output=True, text=True, check=True
         ).stdout
         child = json.loads(stdout.strip().splitlines()[-1])
         out.append((child["at"] - started, child))

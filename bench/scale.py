@@ -2,13 +2,11 @@
 
     .venv/bin/python -m bench.scale [--quick] [--workers 2] [--shards 50] [--store DIR] [k=v ...]
 
-(a) Four student cells (alpha 0.3/0.7 x temperature 1/4) from one shared teacher-target cache,
-one after another with two torch threads (`sequential_s`), then as Prefect tasks on `local:2`
-with one thread per worker (`parallel_s`); accuracies must be identical. (b) Teacher labelling
-of the train split plus one augmented copy in `--shards` shards on `local:1` and `local:2`; both
-caches must be byte-identical to the unsharded one. Upstream stages come from the config's store;
-the timed ones are built in a scratch store, removed afterwards. `--quick` (600 rows, one epoch,
-10 shards) writes scale_quick.json; else bench/results/scale.json and a docs section.
+(a) Four student cells from one cache, sequential (two torch threads) and on `local:2` (one per
+worker), with identical accuracies; (b) the train split plus one augmented copy labelled in
+`--shards` shards on `local:1` and `local:2`, byte-identical to the unsharded cache. `--quick`
+(600 rows, one epoch, 10 shards) writes scale_quick.json; else bench/results/scale.json and the
+"scale" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -95,26 +93,25 @@ def sweep_cells(args, base, store: Path, scratch: Path) -> dict[str, Any]:
         local(args.workers), lambda: prefect_fan_out("scale-cell", works(scratch / "parallel"))
     )
     rows = [
-        {
-            "cell": cell.index,
-            **cell.values,
-            "val_accuracy_sequential": seq.manifest.best_val_accuracy,
-            "val_accuracy_parallel": par.manifest.best_val_accuracy,
-            "train_seconds_sequential": seq.manifest.train_seconds,
-            "train_seconds_parallel": par.manifest.train_seconds,
-            "same_weights": seq.manifest.weights_sha256 == par.manifest.weights_sha256,
-        }
+        {"cell": cell.index, **cell.values,
+         "val_accuracy_sequential": seq.manifest.best_val_accuracy,
+         "val_accuracy_parallel": par.manifest.best_val_accuracy,
+         "train_seconds_sequential": seq.manifest.train_seconds,
+         "train_seconds_parallel": par.manifest.train_seconds,
+         "same_weights": seq.manifest.weights_sha256 == par.manifest.weights_sha256}
         for cell, seq, par in zip(cells, sequential, parallel, strict=True)
-    ]
+    ]  # fmt: skip
+    identical = all(r["val_accuracy_sequential"] == r["val_accuracy_parallel"] for r in rows)
     return {
-        "cache_key": upstream.cache.key,
+        "variants": len(rows),
+        "workers": args.workers,
         "sequential_s": sequential_s,
         "parallel_s": parallel_s,
+        "ratio": parallel_s / sequential_s,
+        "goal": 0.75,
         "parallel_with_cluster_start_s": parallel_total_s,
+        "identical_accuracies": identical,
         "cells": rows,
-        "identical_accuracies": all(
-            r["val_accuracy_sequential"] == r["val_accuracy_parallel"] for r in rows
-        ),
     }
 
 
@@ -142,14 +139,9 @@ def sharded_labelling(args, store: Path, scratch: Path) -> dict[str, Any]:
 
         def label(workers=workers, recording=recording):
             return logit_cache_stage(
-                scratch / f"cache-{workers}",
-                upstream.teacher,
-                upstream.data,
-                upstream.augmented,
-                training=config.teacher.training,
-                shard_rows=shard_rows,
-                fan_out=recording,
-            )
+                scratch / f"cache-{workers}", upstream.teacher, upstream.data, upstream.augmented,
+                training=config.teacher.training, shard_rows=shard_rows, fan_out=recording,
+            )  # fmt: skip
 
         cache, seconds, total = on_cluster(local(workers), label)
         compute = [s.manifest.seconds for s in shards]
@@ -166,19 +158,16 @@ def sharded_labelling(args, store: Path, scratch: Path) -> dict[str, Any]:
             and cache.manifest.cls_sha256 == upstream.cache.manifest.cls_sha256,
         }
     one, many = runs["1"], runs[str(args.workers)]
+    counts = upstream.cache.manifest.rows
+    # "shards": shard_rows is rounded up to whole inference batches
     return {
-        "rows": rows,
-        "train_rows": upstream.cache.manifest.rows["train"],
-        "augmented_rows": upstream.cache.manifest.rows["augmented"],
-        "shards_asked": args.shards,
-        "shards": one["shards"],  # shard_rows is rounded up to whole inference batches
-        "shard_rows": shard_rows,
+        "rows": rows, "train_rows": counts["train"], "augmented_rows": counts["augmented"],
+        "shards_asked": args.shards, "shards": one["shards"], "shard_rows": shard_rows,
         "unsharded_in_process_s": reference_s if not upstream.cache.reused else None,
-        "runs": runs,
-        "ratio": many["seconds"] / one["seconds"],
+        "runs": runs, "ratio": many["seconds"] / one["seconds"],
         "per_shard_texts_per_s": one["per_shard_texts_per_s"],
         "fixed_cost_per_shard_s": one["fixed_cost_per_shard_s"],
-    }
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -201,15 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sweep = sweep_cells(args, base, store, scratch)
         cache = sharded_labelling(args, store, scratch)
     result = {
-        "variants": len(sweep["cells"]),
-        "workers": args.workers,
-        "sequential_s": sweep["sequential_s"],
-        "parallel_s": sweep["parallel_s"],
-        "ratio": sweep["parallel_s"] / sweep["sequential_s"],
-        "goal": 0.75,
-        "parallel_with_cluster_start_s": sweep["parallel_with_cluster_start_s"],
-        "identical_accuracies": sweep["identical_accuracies"],
-        "cells": sweep["cells"],
+        **sweep,
         "cache": cache,
         "quick": args.quick,
         "config": str(args.config),

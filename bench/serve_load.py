@@ -2,13 +2,10 @@
 
     .venv/bin/python -m bench.serve_load [--bundle PATH] [--scratch DIR] [--no-docs]
 
-Starts `python -m flows.cli serve BUNDLE --port 0` and sends bounded traffic from 127.0.0.1:
-8 and then 32 clients, each sending a fixed number of one-text `POST /predict` requests (a new
-connection each), alone and while 100 stalled connections are held open (half stop inside the
-headers, half inside the body; each one the server drops is replaced at once). Errors, p50/p99
-latency and the server's peak thread count go to bench/results/serve_load.json and the
-"serve-load" section of docs/benchmarks.md. Without --bundle, the tiny pipeline's bundle is built
-in --scratch (stage folders there are reused on a rerun).
+8 and then 32 clients on 127.0.0.1 send one-text `POST /predict` requests (a new connection
+each), alone and while 100 stalled connections are held open. Without --bundle, the tiny
+pipeline's bundle is built in --scratch. Writes bench/results/serve_load.json and the
+"serve-load" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -146,15 +144,9 @@ def client(host: str, port: int, requests: int, latencies: list[float], errors: 
 def run_clients(host: str, port: int, clients: int, requests: int) -> dict[str, Any]:
     latencies: list[float] = []
     errors: list[str] = []
-    threads = [
-        threading.Thread(target=client, args=(host, port, requests, latencies, errors))
-        for _ in range(clients)
-    ]
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(clients) as pool:  # one thread a client, all at once
+        list(pool.map(lambda _: client(host, port, requests, latencies, errors), range(clients)))
     wall = time.perf_counter() - started
 
     def percentile(q: float) -> float | None:

@@ -5,10 +5,8 @@
     .venv/bin/python -m bench.teachers --render-only    # the table and goals from teachers.json
     .venv/bin/python -m bench.teachers --merge A.json B.json   # several runs' rows into --output
 
-Every arm (`ARMS`: labels only, KD from the MiniLM or the MPNet teacher, MPNet with augmented or
-transfer text) trains the same student (3 layers carved from the pretrained MiniLM) through the
-library's own wiring, sharing teachers and caches in the store. Writes bench/results/teachers.json
-(one row per student, written after each) and a table into docs/benchmarks.md.
+Every arm (`ARMS`) trains the same student through the library's wiring. Writes
+bench/results/teachers.json (after each student) and the "teachers" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -80,14 +78,10 @@ def base_recipe(minilm_config: str) -> list[str]:
 def arm_overrides(arm: Arm, seed: int, args, recipe: list[str]) -> list[str]:
     """Every override of one run: the shared student recipe (`base_recipe`) and shape, the arm's
     changes, the seed."""
-    overrides = [
-        *recipe,
-        *args.overrides,  # then the caller's: what defines an arm wins over them
-        f"student.init={args.student_init}",
-        "student.hidden.weight=0",  # Patient-KD needs equal widths: MPNet is 768 wide
-        *arm.overrides,
-        f"student.training.seed={seed}",
-    ]
+    # The caller's overrides after the recipe: what defines an arm wins over them. Patient-KD
+    # (student.hidden) needs equal widths: MPNet is 768 wide.
+    overrides = [*recipe, *args.overrides, f"student.init={args.student_init}"]
+    overrides += ["student.hidden.weight=0", *arm.overrides, f"student.training.seed={seed}"]
     if arm.transfer == "unlabeled":
         overrides.append(f"data.unlabeled.source={args.unlabeled}")
     return overrides
@@ -112,48 +106,33 @@ def settings(arm: Arm, seed: int, config: PipelineConfig) -> dict:
     """What --dry-run prints for one run."""
     student, unlabeled = config.student, config.data.unlabeled
     return {
-        "arm": arm.name,
-        "seed": seed,
-        "teacher": config.teacher.model,
-        "student_init": student.init.model_dump(mode="json"),
-        "alpha": student.alpha,
-        "epochs": student.training.epochs,
-        "augmentation": config.augmentation.multiplier,
-        "unlabeled": unlabeled and unlabeled.source,
-        "store": str(config.store_dir),
-    }
+        "arm": arm.name, "seed": seed, "teacher": config.teacher.model,
+        "student_init": student.init.model_dump(mode="json"), "alpha": student.alpha,
+        "epochs": student.training.epochs, "augmentation": config.augmentation.multiplier,
+        "unlabeled": unlabeled and unlabeled.source, "store": str(config.store_dir),
+    }  # fmt: skip
 
 
 def measure(arm: Arm, seed: int, config: PipelineConfig) -> tuple[dict, dict]:
     """Run (or reuse) every stage of one cell; its table row and its teacher's numbers."""
-    seconds: dict[str, float] = {}
-    runner = bench.timing_runner(seconds)
-    store = config.store_dir
+    runner, store = bench.timing_runner({}), config.store_dir
     upstream = run_until_cache(config, store, runner)
     run = run_after_cache(config, store, upstream, runner)
     student, report = run.student, run.evaluation.manifest
     teacher = upstream.teacher.manifest
+    # `seconds`: a student reused from an earlier run reports its training time then.
     row = {
-        "arm": arm.name,
-        "teacher": "none" if not arm.kd else teacher.source,
-        "student_init": config.student.init.model_dump(mode="json"),
-        "transfer": arm.transfer,
-        "seed": seed,
-        **bench.scores(run),
-        "params": report.student_params,
-        # A student reused from an earlier run reports its training time then.
+        "arm": arm.name, "teacher": "none" if not arm.kd else teacher.source,
+        "student_init": config.student.init.model_dump(mode="json"), "transfer": arm.transfer,
+        "seed": seed, **bench.scores(run), "params": report.student_params,
         "seconds": student.manifest.train_seconds,
-        "training_rows": student.manifest.training_rows,
-        "student_reused": student.reused,
-    }
+        "training_rows": student.manifest.training_rows, "student_reused": student.reused,
+    }  # fmt: skip
     scored_teacher = {
-        "teacher": teacher.source,
-        "test_accuracy": report.teacher_accuracy,
-        "test_macro_f1": report.teacher_macro_f1,
-        "params": report.teacher_params,
-        "fine_tune_seconds": teacher.train_seconds,
-        "key": upstream.teacher.key,
-    }
+        "teacher": teacher.source, "test_accuracy": report.teacher_accuracy,
+        "test_macro_f1": report.teacher_macro_f1, "params": report.teacher_params,
+        "fine_tune_seconds": teacher.train_seconds, "key": upstream.teacher.key,
+    }  # fmt: skip
     return row, scored_teacher
 
 
