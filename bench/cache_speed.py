@@ -88,18 +88,13 @@ def main() -> None:
     ideal = (teacher_s + student_s) / student_s
     achieved = runs["online"]["epoch_s"] / runs["cached"]["epoch_s"]
     result = {
-        "student_layers": args.layers,
-        "batches": batches,
-        "cached_epoch_s": runs["cached"]["epoch_s"],
-        "cache_read_s": runs["cached"]["targets_s"],
-        "online_epoch_s": runs["online"]["epoch_s"],
-        "teacher_forward_s": teacher_s,
+        "student_layers": args.layers, "batches": batches,
+        "cached_epoch_s": runs["cached"]["epoch_s"], "cache_read_s": runs["cached"]["targets_s"],
+        "online_epoch_s": runs["online"]["epoch_s"], "teacher_forward_s": teacher_s,
         "student_step_s": student_s,
         "teacher_share_of_online_epoch": teacher_s / runs["online"]["epoch_s"],
-        "ideal_speedup": ideal,
-        "achieved_speedup": achieved,
-        "fraction_of_ideal": achieved / ideal,
-    }
+        "ideal_speedup": ideal, "achieved_speedup": achieved, "fraction_of_ideal": achieved / ideal,
+    }  # fmt: skip
     print(json.dumps(result, indent=2))
     bench.publish(args.output, result, args.section, lambda: render(result))
 

@@ -83,13 +83,10 @@ def measure(workload: str, seconds: float) -> dict[str, Any]:
     (two_threads,) = _rates([_spawn(workload, 2, seconds)])
     pair = _rates([_spawn(workload, 1, seconds) for _ in range(2)])  # started together
     return {
-        "one_thread": one,
-        "two_threads": two_threads,
-        "two_processes": pair,
-        "two_threads_speedup": two_threads / one,
-        "two_processes_speedup": sum(pair) / one,
+        "one_thread": one, "two_threads": two_threads, "two_processes": pair,
+        "two_threads_speedup": two_threads / one, "two_processes_speedup": sum(pair) / one,
         "best_sweep_ratio": two_threads / sum(pair),
-    }
+    }  # fmt: skip
 
 
 def report(result: dict[str, Any]) -> str:

@@ -59,8 +59,8 @@ def main() -> int:
                 annotated = [where.submit(i) for i in range(6)]
             plain = [where.submit(i) for i in range(6)]
             return {
-                "annotated": [f.result() for f in annotated],
-                "plain": [f.result() for f in plain],
+                "annotated": [a.result() for a in annotated],
+                "plain": [p.result() for p in plain],
             }
 
         ran = probe()

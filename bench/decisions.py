@@ -40,39 +40,37 @@ def counts_comparison(n: int, b: int, c: int) -> PairedComparison:
     )  # fmt: skip
 
 
-def compression_rules(budget: float) -> tuple[Rule, Rule]:
-    """(old, new) decision of a compression gate (trim or an INT8 candidate, on accuracy) from
-    the candidate's discordant counts against the trained student: "ship" or "refuse"."""
+def gate_rules(
+    refused: Callable[[int, int, int, PairedComparison | None], object],
+) -> tuple[Rule, Rule]:
+    """(old, new) decision of a compression gate, "ship" or "refuse": `refused(n, b, c,
+    comparison)` on the point estimate alone (no comparison), and with the paired comparison."""
 
     def old(n: int, b: int, c: int) -> str:
-        return "refuse" if trimming_rejection((b - c) / n, budget) else "ship"
+        return "refuse" if refused(n, b, c, None) else "ship"
 
     def new(n: int, b: int, c: int) -> str:
-        cost = (b - c) / n
-        return "refuse" if trimming_rejection(cost, budget, counts_comparison(n, b, c)) else "ship"
+        return "refuse" if refused(n, b, c, counts_comparison(n, b, c)) else "ship"
 
     return old, new
+
+
+def compression_rules(budget: float) -> tuple[Rule, Rule]:
+    """The gate of a trim or an INT8 candidate on accuracy, from the candidate's discordant
+    counts against the trained student."""
+    return gate_rules(lambda n, b, c, paired: trimming_rejection((b - c) / n, budget, paired))
 
 
 def int8_rules(budget: float) -> tuple[Rule, Rule]:
     """Like `compression_rules`, through the quantize stage's own `rejection` (agreement and
     latency held at passing values, so only accuracy decides)."""
-
-    def measured(n: int, b: int, c: int) -> Measured:
-        return Measured("candidate", 1.0 - (b - c) / n, 1.0, 0.0, 1.0, 1.0, 1.0, 1)
-
     fp32 = Measured("fp32", 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1)
 
-    def old(n: int, b: int, c: int) -> str:
-        refused = rejection(measured(n, b, c), fp32, budget, 0.0, reference_accuracy=1.0)
-        return "refuse" if refused else "ship"
+    def refused(n: int, b: int, c: int, paired: PairedComparison | None) -> object:
+        candidate = Measured("candidate", 1.0 - (b - c) / n, 1.0, 0.0, 1.0, 1.0, 1.0, 1)
+        return rejection(candidate, fp32, budget, 0.0, True, 1.0, paired)
 
-    def new(n: int, b: int, c: int) -> str:
-        comparison = counts_comparison(n, b, c)
-        refused = rejection(measured(n, b, c), fp32, budget, 0.0, True, 1.0, comparison)
-        return "refuse" if refused else "ship"
-
-    return old, new
+    return gate_rules(refused)
 
 
 def champion_rules(min_improvement: float, on_tie: str, data_changed: bool) -> tuple[Rule, Rule]:

@@ -242,12 +242,13 @@ def student_shape(folder: Path) -> dict[str, int]:
     return {key: config[key] for key in ("num_hidden_layers", "hidden_size", "intermediate_size")}
 
 
+COLUMNS = {"model": "", "format": "", "batch": "", "threads": "", "seq_len": ""}
+COLUMNS |= {"p50_ms": ".2f", "p95_ms": ".2f", "throughput": ".0f"}
+
+
 def render(result: dict[str, Any], section: str) -> str:
     shown = [{**r, "format": r["format"] + (" (shipped)" * r["shipped"])} for r in result["rows"]]
-    columns = {"model": "", "format": "", "batch": "", "threads": "", "seq_len": ""}
-    table = bench.formatted(
-        shown, columns | {"p50_ms": ".2f", "p95_ms": ".2f", "throughput": ".0f"}
-    )
+    table = bench.formatted(shown, COLUMNS)
     g, q, s = result["goals"], result["quantize"], result["student"]
     vocab = result["vocabulary"] or {}
     met = {name: "met" if ok else "NOT met" for name, ok in g["met"].items()}

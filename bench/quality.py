@@ -50,32 +50,22 @@ def main() -> None:
     for seed in args.seeds:
         for layers in args.layers:
             for kd in [choice == "kd" for choice in args.training]:
-                overrides = [
-                    *args.overrides,
-                    f"student.init.layers={LAYER_CHOICES[layers]}",
-                    f"student.training.seed={seed}",
-                ]
+                overrides = [*args.overrides, f"student.init.layers={LAYER_CHOICES[layers]}"]
+                overrides.append(f"student.training.seed={seed}")
                 if not kd:  # labels only: no soft targets, no hidden-state term
                     overrides += ["student.alpha=1.0", "student.hidden.weight=0"]
                 config = load_config(args.config, overrides)
                 run = run_after_cache(config, store, upstream, runner)
                 student, report = run.student, run.evaluation.manifest
                 student_s = student.manifest.train_seconds if student.reused else seconds["student"]
+                # A student reused from an earlier run reports its training time then.
+                stage_s = {stage: seconds[stage] for stage in ("evaluation", "export", "quantize")}
                 row = {
-                    "layers": layers,
-                    "kd": kd,
-                    "seed": seed,
-                    **bench.scores(run),
+                    "layers": layers, "kd": kd, "seed": seed, **bench.scores(run),
                     "fp32_onnx_accuracy": run.export.manifest.test_accuracy,
-                    "params": report.student_params,
-                    "best_epoch": student.manifest.best_epoch,
-                    # A student reused from an earlier run reports its training time then.
-                    "seconds": {
-                        "student": student_s,
-                        **{stage: seconds[stage] for stage in ("evaluation", "export", "quantize")},
-                    },
-                    "student_reused": student.reused,
-                }
+                    "params": report.student_params, "best_epoch": student.manifest.best_epoch,
+                    "seconds": {"student": student_s, **stage_s}, "student_reused": student.reused,
+                }  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 save(rows, shared, args)
@@ -98,11 +88,8 @@ def render(rows: list[dict], shared: dict, args) -> str:
                               f"{student_s:.0f}"])  # fmt: skip
     trained = shared.get("teacher_train_seconds")
     teacher_time = f" (fine-tuned once in {trained:.0f} s)" if trained else ""
-    built = (
-        "built by an earlier run in this store"
-        if shared["cache_reused"]
-        else f"built in {shared['cache_seconds']:.0f} s"
-    )
+    built = f"built in {shared['cache_seconds']:.0f} s"
+    built = "built by an earlier run in this store" if shared["cache_reused"] else built
     return bench.section(
         f"## Student quality ({args.section})",
         f"Teacher test accuracy {rows[0]['teacher_accuracy']:.4f}{teacher_time}. "

@@ -41,24 +41,18 @@ def machine() -> dict[str, str]:
     import torch
 
     return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "cpu_flags": flags,
-        "torch_threads": str(torch.get_num_threads()),
-        "python": platform.python_version(),
+        "cpu": cpu, "cores": str(os.cpu_count()), "cpu_flags": flags,
+        "torch_threads": str(torch.get_num_threads()), "python": platform.python_version(),
         "torch": torch.__version__,
-    }
+    }  # fmt: skip
 
 
 def command_line() -> str:
     """The command as a user types it from the repository root (`python -m bench.NAME ...`)."""
     script, *args = sys.argv
     path = Path(script).resolve()
-    if path.parent == REPO / "bench":
-        return " ".join(
-            shlex.quote(part) for part in [".venv/bin/python", "-m", f"bench.{path.stem}", *args]
-        )
-    return " ".join(shlex.quote(part) for part in [".venv/bin/python", *sys.argv])
+    parts = ["-m", f"bench.{path.stem}", *args] if path.parent == REPO / "bench" else sys.argv
+    return " ".join(shlex.quote(part) for part in [".venv/bin/python", *parts])
 
 
 def header() -> str:
@@ -106,20 +100,17 @@ def timing_runner(seconds: dict[str, float]):
     return run
 
 
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def formatted(rows: list[dict], columns: dict[str, str]) -> list[list[str]]:
     """Table cells: each row's value at each of `columns`' keys, in that key's format spec."""
     return [[format(row[key], spec) for key, spec in columns.items()] for row in rows]
 
 
 def means(group: list[dict], keys: Sequence[str]) -> list[str]:
-    """`mean_std` of each key over the rows of one group."""
-    return [mean_std([row[key] for row in group]) for key in keys]
+    """Each key's mean ± standard deviation over the rows of one group (one row: its value)."""
+    values = [[row[key] for row in group] for key in keys]
+    if len(group) == 1:
+        return [f"{value:.4f}" for (value,) in values]
+    return [f"{statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}" for v in values]
 
 
 def common_args(
@@ -175,12 +166,10 @@ def scores(run) -> dict[str, float]:
     """The test scores of one student's run (`deploy.chain.run_after_cache`) that the tables use."""
     report = run.evaluation.manifest
     return {
-        "test_accuracy": report.student_accuracy,
-        "macro_f1": report.student_macro_f1,
-        "teacher_accuracy": report.teacher_accuracy,
-        "retention": report.retention,
+        "test_accuracy": report.student_accuracy, "macro_f1": report.student_macro_f1,
+        "teacher_accuracy": report.teacher_accuracy, "retention": report.retention,
         "int8_accuracy": run.quantize.manifest.test_accuracy,
-    }
+    }  # fmt: skip
 
 
 def tiny_bundle(scratch: Path) -> Path:
@@ -189,9 +178,8 @@ def tiny_bundle(scratch: Path) -> Path:
     from deploy.chain import run_pipeline_stages
     from distill.config import load_config
 
-    config = load_config(
-        REPO / "configs" / "tiny.yaml", [f"workdir={scratch}", f"store={scratch / 'store'}"]
-    )
+    overrides = [f"workdir={scratch}", f"store={scratch / 'store'}"]
+    config = load_config(REPO / "configs" / "tiny.yaml", overrides)
     stages = run_pipeline_stages(config, config.store_dir)
     return bundle_from_stages(config.workdir, stages, run_id="bench", model_version="0")
 
@@ -244,14 +232,10 @@ def wait_for(probe, timeout: float, what: str, pause: float = 0.25):
 def start(command: list, env: dict[str, str], log: Path) -> subprocess.Popen:
     """Start a service in its own process group, so teardown stops it and its children
     (a Dask nanny's worker, a server's workers)."""
-    return subprocess.Popen(
-        [str(part) for part in command],
-        cwd=REPO,
-        env=env,
-        stdout=open(log, "w"),  # noqa: SIM115 - the child owns it until it exits
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    output = open(log, "w")  # noqa: SIM115 - the child owns it until it exits
+    command = [str(part) for part in command]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
 
 
 def stop(process: subprocess.Popen, timeout: float = 20) -> None:

@@ -103,16 +103,11 @@ def sweep_cells(args, base, store: Path, scratch: Path) -> dict[str, Any]:
     ]  # fmt: skip
     identical = all(r["val_accuracy_sequential"] == r["val_accuracy_parallel"] for r in rows)
     return {
-        "variants": len(rows),
-        "workers": args.workers,
-        "sequential_s": sequential_s,
-        "parallel_s": parallel_s,
-        "ratio": parallel_s / sequential_s,
-        "goal": 0.75,
-        "parallel_with_cluster_start_s": parallel_total_s,
-        "identical_accuracies": identical,
+        "variants": len(rows), "workers": args.workers, "sequential_s": sequential_s,
+        "parallel_s": parallel_s, "ratio": parallel_s / sequential_s, "goal": 0.75,
+        "parallel_with_cluster_start_s": parallel_total_s, "identical_accuracies": identical,
         "cells": rows,
-    }
+    }  # fmt: skip
 
 
 def sharded_labelling(args, store: Path, scratch: Path) -> dict[str, Any]:
@@ -145,18 +140,17 @@ def sharded_labelling(args, store: Path, scratch: Path) -> dict[str, Any]:
 
         cache, seconds, total = on_cluster(local(workers), label)
         compute = [s.manifest.seconds for s in shards]
+        same = file_sha256(cache.file(cache.manifest.file)) == reference
+        same = same and cache.manifest.cls_sha256 == upstream.cache.manifest.cls_sha256
+        # The fixed cost: all that is not a shard's forward passes, per shard (task bookkeeping,
+        # loading the teacher and rows, scheduling, assembling).
         runs[str(workers)] = {
-            "seconds": seconds,
-            "with_cluster_start_s": total,
-            "shards": len(shards),
+            "seconds": seconds, "with_cluster_start_s": total, "shards": len(shards),
             "per_shard_texts_per_s": statistics.median(s.manifest.texts_per_second for s in shards),
             "shard_compute_s": sum(compute),
-            # Everything that is not a shard's forward passes, per shard: task bookkeeping,
-            # loading the teacher and rows, scheduling, assembling (spread over the shards).
             "fixed_cost_per_shard_s": (seconds * workers - sum(compute)) / len(shards),
-            "byte_identical": file_sha256(cache.file(cache.manifest.file)) == reference
-            and cache.manifest.cls_sha256 == upstream.cache.manifest.cls_sha256,
-        }
+            "byte_identical": same,
+        }  # fmt: skip
     one, many = runs["1"], runs[str(args.workers)]
     counts = upstream.cache.manifest.rows
     # "shards": shard_rows is rounded up to whole inference batches
@@ -190,13 +184,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sweep = sweep_cells(args, base, store, scratch)
         cache = sharded_labelling(args, store, scratch)
     result = {
-        **sweep,
-        "cache": cache,
-        "quick": args.quick,
-        "config": str(args.config),
-        "overrides": args.overrides,
-        "machine": bench.machine(),
-    }
+        **sweep, "cache": cache, "quick": args.quick, "config": str(args.config),
+        "overrides": args.overrides, "machine": bench.machine(),
+    }  # fmt: skip
     print(json.dumps({k: v for k, v in result.items() if k not in ("cells", "machine")}, indent=2))
     bench.publish(args.output, result, None if args.no_docs else "scale", lambda: report(result))
     return result

@@ -39,11 +39,8 @@ def main() -> None:
     port = bench.free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env |= {
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
+    env |= {"PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false"}
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     started = time.perf_counter()
     server_command = [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", port]
     server = bench.start(server_command, env, home / "server.log")

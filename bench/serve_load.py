@@ -17,6 +17,7 @@ import http.client
 import itertools
 import json
 import os
+import re
 import selectors
 import socket
 import subprocess
@@ -54,10 +55,8 @@ def start_server(bundle: Path, workers: int) -> tuple[subprocess.Popen, str, int
 
 
 def thread_count(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no thread count for pid {pid}")
+    """The process's `Threads:` in /proc."""
+    return int(re.search(r"^Threads:\s*(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)[1])
 
 
 @contextlib.contextmanager
@@ -71,16 +70,6 @@ def in_background(work: Callable[[threading.Event], None]) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
-
-
-def sample_threads(pid: int, peak: list[int]) -> Callable[[threading.Event], None]:
-    """Keeps the server's largest thread count in `peak[0]`, sampled every 50 ms."""
-
-    def sample(stop: threading.Event) -> None:
-        while not stop.wait(0.05):
-            peak[0] = max(peak[0], thread_count(pid))
-
-    return sample
 
 
 HEAD = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -188,7 +177,12 @@ def measure(bundle: Path, workers: int) -> dict[str, Any]:
         for stalled in (0, STALLED):
             for clients in CONCURRENCY:
                 peak = [thread_count(process.pid)]
-                with in_background(sample_threads(process.pid, peak)):
+
+                def sample(stop: threading.Event, peak: list[int] = peak) -> None:
+                    while not stop.wait(0.05):  # the peak thread count, every 50 ms
+                        peak[0] = max(peak[0], thread_count(process.pid))
+
+                with in_background(sample):
                     row = phase(host, port, clients, stalled)
                 rows.append({"stalled_connections": stalled, **row, "peak_threads": peak[0]})
         return {"idle_threads": idle, "workers": workers, "rows": rows}
