@@ -57,8 +57,7 @@ def epoch(config, teacher, init, split, validation, logits: TimedLogits) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 5])
-    bench.common_args(parser, "cache_speed.json", section="cache-speed")
-    args = bench.parse(parser)
+    args = bench.arguments(parser, "cache_speed.json", section="cache-speed")
 
     # The logit loss only: the Patient-KD term would need the cached [CLS] states online too.
     config = load_config(args.config, [*args.overrides, "student.hidden.weight=0"])

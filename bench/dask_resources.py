@@ -42,11 +42,8 @@ def main() -> int:
             procs.append(subprocess.Popen([BIN / "dask", "worker", address, *common, *resources]))
         with Client(address) as client:
             client.wait_for_workers(2, timeout=60)
-            gpu_workers = {
-                addr
-                for addr, info in client.scheduler_info()["workers"].items()
-                if info.get("resources", {}).get("GPU")
-            }
+            workers = client.scheduler_info()["workers"].items()
+            gpu_workers = {addr for addr, info in workers if info.get("resources", {}).get("GPU")}
 
         @task
         def where(_: int) -> str:

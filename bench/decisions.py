@@ -19,8 +19,13 @@ from typing import Any
 import numpy as np
 
 from bench import report as bench
+from deploy.bundle import bundle_bytes, bundle_from_stages
+from deploy.chain import run_pipeline_stages
 from deploy.export import trimming_rejection
-from deploy.quantize import Measured, rejection
+from deploy.onnx_eval import onnx_logits, open_session
+from deploy.quantize import Measured, rejection, shipped_split
+from distill.config import load_config
+from distill.data import load_split
 from distill.gates import champion_decision, two_sided_p
 from distill.paired import PairedComparison, compare, mcnemar_p_values
 
@@ -114,34 +119,23 @@ def gate_row(gate: str, seed: int, rules: tuple[Rule, Rule], comparison: PairedC
 
 
 def shipped_test_predictions(artifacts) -> np.ndarray:
-    from deploy.onnx_eval import onnx_logits, open_session
-    from deploy.quantize import shipped_split
-
     quantized = artifacts.quantize
     split = shipped_split(quantized, artifacts.student_data, "test")
     session = open_session(quantized.file(quantized.manifest.file))
     return onnx_logits(session, split["input_ids"], split["attention_mask"]).argmax(-1)
 
 
-def bundle_bytes(artifacts) -> int:
+def bundle_size(artifacts) -> int:
     """The edge bundle's size as the pipeline builds it (no tarball)."""
-    from deploy.bundle import bundle_bytes as bundle_size
-    from deploy.bundle import bundle_from_stages
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = bundle_from_stages(Path(tmp), artifacts, "bench", "0", tarball=False)
-        return bundle_size(folder)
+        return bundle_bytes(folder)
 
 
 def main() -> None:
-    from deploy.chain import run_pipeline_stages
-    from distill.config import load_config
-    from distill.data import load_split
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    bench.common_args(parser, "decisions.json", section="decisions")
-    args = bench.parse(parser)
+    args = bench.arguments(parser, "decisions.json", section="decisions")
 
     gates: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
@@ -160,7 +154,7 @@ def main() -> None:
             comparison = record.validation_comparison
             if "/" not in name and name != "fp32" and comparison is not None:  # the first trial's
                 gates.append(gate_row(f"int8/{name}", seed, int8_rules(budget), comparison))
-        teacher_bytes, size = artifacts.teacher.manifest.weights_bytes, bundle_bytes(artifacts)
+        teacher_bytes, size = artifacts.teacher.manifest.weights_bytes, bundle_size(artifacts)
         cost = None if trim is None else -trim.difference
         ratios.append(
             {"seed": seed, "bundle_bytes": size, "teacher_fp32_bytes": teacher_bytes,

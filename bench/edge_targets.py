@@ -24,6 +24,9 @@ from typing import Any
 
 from bench import report as bench
 from deploy.runtime import Bundle, load_bundle, predict, with_graph
+from deploy.web import static_server, write_web_app
+from distill.config import load_config
+from distill.data import load_examples
 
 JS = bench.REPO / "edge" / "js"
 TOKENS = 25
@@ -36,9 +39,6 @@ NOT_MEASURED = {
 def latency_texts(bundle: Bundle, count: int, tokens: int = TOKENS) -> list[str]:
     """`count` movie-review sentences that the bundle's tokenizer turns into exactly `tokens`
     ids (special tokens included)."""
-    from distill.config import load_config
-    from distill.data import load_examples
-
     config = load_config(bench.REPO / "configs" / "tiny.yaml", ["workdir=/tmp/unused"])
     chosen = []
     for text in load_examples(config.data).texts["all"]:
@@ -109,11 +109,7 @@ def node_runtime(folder: Path, texts_file: Path, golden: list[dict]) -> dict[str
     }
 
 
-def browser_runtime(
-    folder: Path, texts: list[str], scratch: Path, isolated: bool
-) -> dict[str, Any]:
-    from deploy.web import static_server, write_web_app
-
+def browser_runtime(folder: Path, texts: list[str], scratch: Path, isolated: bool) -> dict:
     server = static_server(write_web_app(folder, scratch / "web"), isolated=isolated)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     golden = json.loads((folder / "golden.json").read_text())["examples"]

@@ -21,14 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from bench import report as bench
+from deploy.bundle import bundle_bytes, bundle_from_stages
 from deploy.chain import run_pipeline_stages
 from deploy.latency import interleaved_seconds, summarize
 from deploy.onnx_eval import open_session
 from deploy.quantize import QuantizeManifest, model_split, shipped_split
 from distill.config import load_config
 from distill.data import load_split
+from distill.models import load_classifier
 from distill.store import Artifact
 
 SEQ_LENS = (25, 64)
@@ -61,10 +64,6 @@ def onnx_runner(path: Path, threads: int) -> Runner:
 
 
 def torch_runner(folder: Path, threads: int) -> Runner:
-    import torch
-
-    from distill.models import load_classifier
-
     model = load_classifier(folder).eval()
 
     def run(ids: np.ndarray, mask: np.ndarray) -> object:
@@ -74,21 +73,6 @@ def torch_runner(folder: Path, threads: int) -> Runner:
             return model(input_ids=ids, attention_mask=mask).logits
 
     return run
-
-
-def time_interleaved(
-    runners: dict[str, Runner], inputs: dict[str, np.ndarray], batch: int, calls: int
-) -> dict[str, list[float]]:
-    """Seconds per call of each runner: `calls` windows of `batch` rows each, ROUNDS rounds that
-    alternate between runners (deploy.latency's interleaving)."""
-
-    def feeds(rows: np.ndarray) -> list[np.ndarray]:
-        starts = [(call * batch) % (len(rows) - batch + 1) for call in range(calls)]
-        return [rows[start : start + batch] for start in starts]
-
-    jobs = {name: (lambda ids, run=run: run(ids, np.ones_like(ids)), feeds(inputs[name]))
-            for name, run in runners.items()}  # fmt: skip
-    return interleaved_seconds(jobs, ROUNDS)
 
 
 def cold_start(bundle: Path) -> dict[str, Any]:
@@ -111,14 +95,20 @@ def measure_rows(
     inputs: dict[str, dict[int, np.ndarray]],
     shipped: str,
 ) -> list[dict[str, Any]]:
-    """models: name -> (model, format, make_runner(threads)); inputs: name -> seq_len -> rows."""
+    """models: name -> (model, format, make_runner(threads)); inputs: name -> seq_len -> rows.
+    Each setting times every model on `calls` windows of `batch` rows, in ROUNDS rounds that
+    alternate between the models (deploy.latency's interleaving)."""
     cores = os.cpu_count() or 1
     rows = []
     for seq_len in SEQ_LENS:
         for batch, threads, calls in ((1, 1, CALLS_PER_ROUND), (BATCH, cores, BATCHES_PER_ROUND)):
-            runners = {name: make(threads) for name, (_, _, make) in models.items()}
-            per_model = {name: inputs[name][seq_len] for name in models}
-            seconds = time_interleaved(runners, per_model, batch, calls)
+            jobs = {}
+            for name, (_, _, make) in models.items():
+                run, windows = make(threads), inputs[name][seq_len]
+                starts = [(call * batch) % (len(windows) - batch + 1) for call in range(calls)]
+                feeds = [windows[start : start + batch] for start in starts]
+                jobs[name] = (lambda ids, run=run: run(ids, np.ones_like(ids)), feeds)
+            seconds = interleaved_seconds(jobs, ROUNDS)
             for name, (model, fmt, _) in models.items():
                 timing = summarize(seconds[name])
                 rows.append(
@@ -138,8 +128,7 @@ def main() -> None:
     parser.add_argument("--scratch", default="/tmp/bench-latency")
     goal = "shipped model vs the teacher in PyTorch, batch 1 (the MPNet profile's: 75)"
     parser.add_argument("--speedup-goal", type=float, default=15.0, help=goal)
-    bench.common_args(parser, "latency.json", section="latency", config=False)
-    args = bench.parse(parser)
+    args = bench.arguments(parser, "latency.json", section="latency", config=False)
 
     load_before = uptime()
     workdir, scratch = Path(args.workdir), Path(args.scratch)
@@ -147,8 +136,6 @@ def main() -> None:
     config = load_config(source, [*args.overrides, "quantize.keep_candidates=true"])
     stages = run_pipeline_stages(config, config.store_dir)
     teacher, export, quantized = stages.teacher, stages.export, stages.quantize
-    from deploy.bundle import bundle_bytes, bundle_from_stages
-
     bundle = bundle_from_stages(scratch, stages, run_id="bench-latency", model_version="0")
     fp32_path = export.file(export.manifest.file)
     models = {

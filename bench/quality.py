@@ -29,8 +29,7 @@ def main() -> None:
     trainings = ["kd", "labels"]
     parser.add_argument("--training", nargs="+", choices=trainings, default=trainings,
                         help="distilled students, labels-only students, or both")  # fmt: skip
-    bench.common_args(parser, "quality.json", section="quality")
-    args = bench.parse(parser)
+    args = bench.arguments(parser, "quality.json", section="quality")
 
     base = load_config(args.config, args.overrides)
     store = base.store_dir  # the pipeline's store: a run of the same config shares the teacher

@@ -113,23 +113,23 @@ def means(group: list[dict], keys: Sequence[str]) -> list[str]:
     return [f"{statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}" for v in values]
 
 
-def common_args(
-    parser: argparse.ArgumentParser, output: str, section: str | None = None, config: bool = True
-) -> None:
-    """--config (the default profile), --output (bench/results/OUTPUT), --section (when given),
-    --store and the key=value overrides."""
+def arguments(
+    parser: argparse.ArgumentParser,
+    output: str | None,
+    section: str | None = None,
+    config: bool = True,
+    argv: Sequence[str] | None = None,
+) -> argparse.Namespace:
+    """The arguments with the shared ones: --config (the default profile), --output
+    (bench/results/OUTPUT), --section (when given), --store (added to the overrides, so every
+    config loaded from them names the same store) and the key=value overrides."""
     if config:
         parser.add_argument("--config", default=DEFAULT_CONFIG)
-    parser.add_argument("--output", default=str(RESULTS / output))
+    parser.add_argument("--output", default=output and str(RESULTS / output))
     if section is not None:
         parser.add_argument("--section", default=section, help="benchmarks.md section ('' skips)")
     parser.add_argument("--store", help="the stage store to use (default: the config's store)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
-
-
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The arguments, --store added to the overrides (so every config loaded from them names the
-    same store)."""
     args = parser.parse_args(argv)
     if args.store:
         args.overrides = [*args.overrides, f"store={args.store}"]

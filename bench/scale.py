@@ -35,9 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shards", type=int, help="shards of the labelling run (default 50)")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
-    bench.common_args(parser, "scale.json")
-    parser.set_defaults(output=None)  # scale.json, or scale_quick.json with --quick
-    args = bench.parse(parser, argv)
+    args = bench.arguments(parser, None, argv=argv)  # scale.json, or scale_quick.json with --quick
     if args.quick:
         current = load_config(args.config, args.overrides).data.max_examples
         rows = min(current or QUICK_MAX_EXAMPLES, QUICK_MAX_EXAMPLES)

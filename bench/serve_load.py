@@ -137,17 +137,14 @@ def run_clients(host: str, port: int, clients: int, requests: int) -> dict[str, 
     with ThreadPoolExecutor(clients) as pool:  # one thread a client, all at once
         list(pool.map(lambda _: client(host, port, requests, latencies, errors), range(clients)))
     wall = time.perf_counter() - started
-
-    def percentile(q: float) -> float | None:
-        return round(float(np.percentile(latencies, q)), 2) if latencies else None
-
+    p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (None, None)
     return {
         "clients": clients,
         "requests": clients * requests,
         "errors": len(errors),
         "error_examples": sorted(set(errors))[:5],
-        "p50_ms": percentile(50),
-        "p99_ms": percentile(99),
+        "p50_ms": None if p50 is None else round(float(p50), 2),
+        "p99_ms": None if p99 is None else round(float(p99), 2),
         "max_ms": round(max(latencies), 2) if latencies else None,
         "requests_per_s": round(len(latencies) / wall, 1),
     }

@@ -23,8 +23,7 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
     parser.add_argument("--pairs", nargs="+", metavar="T:A",
                         help="only these (temperature, alpha) cells, e.g. 1:0.5 2:0")  # fmt: skip
-    bench.common_args(parser, "sweep.json")
-    args = bench.parse(parser)
+    args = bench.arguments(parser, "sweep.json")
 
     base = load_config(args.config, args.overrides)
     upstream = run_until_cache(base, base.store_dir)
@@ -62,20 +61,16 @@ def render(result: dict, cache_key: str) -> str:
     )
 
 
+KEYS = ("student.temperature", "student.alpha")
+
+
 def cells(args) -> list[Cell]:
     """The (temperature, alpha) cells to train: the given pairs, or the full grid."""
     if args.pairs:
         pairs = [pair.split(":") for pair in args.pairs]
-        return [
-            Cell(i, {"student.temperature": t, "student.alpha": a})
-            for i, (t, a) in enumerate(pairs)
-        ]
-    return grid_cells(
-        {
-            "student.temperature": [f"{t:g}" for t in args.temperatures],
-            "student.alpha": [f"{a:g}" for a in args.alphas],
-        }
-    )
+        return [Cell(i, dict(zip(KEYS, pair, strict=True))) for i, pair in enumerate(pairs)]
+    grid = [[f"{t:g}" for t in args.temperatures], [f"{a:g}" for a in args.alphas]]
+    return grid_cells(dict(zip(KEYS, grid, strict=True)))
 
 
 if __name__ == "__main__":

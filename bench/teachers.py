@@ -140,11 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=DEFAULT_ARMS)
     parser.add_argument("--student-init", default=STUDENT_INIT, help="student.init of every run")
     parser.add_argument("--unlabeled", help="transfer-text file for the kd_mpnet_transfer arm")
-    bench.common_args(parser, "teachers.json", section="teachers", config=False)
     parser.add_argument("--dry-run", action="store_true", help="print every run's settings")
     parser.add_argument("--render-only", action="store_true", help="the table from --output")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="these runs' rows to --output")
-    args = bench.parse(parser, argv)
+    args = bench.arguments(parser, "teachers.json", section="teachers", config=False, argv=argv)
 
     if args.merge or args.render_only:  # the rows of earlier runs, in the table's order
         parts = [json.loads(Path(part).read_text()) for part in args.merge or [args.output]]
@@ -195,9 +194,8 @@ def goals(rows: list[dict], teachers: list[dict]) -> dict:
         if minilm:
             int8 = mean(arm, "int8_accuracy")
             measured["over_minilm_teacher_points"] = 100 * (int8 - minilm["test_accuracy"])
-        measured["met"] = {
-            name: measured[name] >= GOALS[name] for name in GOALS if name in measured
-        }
+        met = {goal: measured[goal] >= GOALS[goal] for goal in GOALS if goal in measured}
+        measured["met"] = met
         out["arms"][arm] = measured
     return out
 
