@@ -2,13 +2,7 @@
 
     .venv/bin/python -m bench.cache_speed [--layers 0 5] [key=value ...]
 
-Both epochs run the pipeline's own training step (`distill.training.train_classifier` with the
-student stage's `student_loss`) in this process, on the same batches from the same student
-initialisation; only where the teacher logits come from differs. The upstream stages come from
-`distill.chain` (augmentation included), in the config's store. The ideal speed-up of the cache
-is (teacher forward + student step) / student step, both measured in the online epoch: what the
-cache would give if reading it cost nothing. Results go to bench/results/cache_speed.json and
-docs/benchmarks.md.
+Writes bench/results/cache_speed.json and the "cache-speed" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,15 +14,7 @@ import time
 import numpy as np
 import torch
 
-from bench.report import (
-    REPO,
-    common_args,
-    header,
-    markdown_table,
-    store_override,
-    write_json,
-    write_section,
-)
+from bench import report as bench
 from distill.batching import collate
 from distill.chain import run_until_cache
 from distill.config import TeacherLayersInit, load_config
@@ -62,20 +48,16 @@ def epoch(config, teacher, init, split, validation, logits: TimedLogits) -> dict
     settings = config.student.training.model_copy(update={"epochs": 1})
     targets = TeacherTargets(logits, np.empty((0, 0, 0), dtype=np.float16))
     started = time.perf_counter()
-    train_classifier(
-        student, split, validation, settings, student_loss(config.student, targets), log=None
-    )
+    loss = student_loss(config.student, targets)
+    train_classifier(student, split, validation, settings, loss, log=None)
     wall = time.perf_counter() - started
     return {"epoch_s": wall, "targets_s": logits.seconds, "student_s": wall - logits.seconds}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=str(REPO / "configs" / "movie_reviews.yaml"))
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 5])
-    common_args(parser, "cache_speed.json", section="cache-speed")
-    args = parser.parse_args()
-    store_override(args)
+    args = bench.arguments(parser, "cache_speed.json", section="cache-speed")
 
     # The logit loss only: the Patient-KD term would need the cached [CLS] states online too.
     config = load_config(args.config, [*args.overrides, "student.hidden.weight=0"])
@@ -105,44 +87,32 @@ def main() -> None:
     ideal = (teacher_s + student_s) / student_s
     achieved = runs["online"]["epoch_s"] / runs["cached"]["epoch_s"]
     result = {
-        "student_layers": args.layers,
-        "batches": batches,
-        "cached_epoch_s": runs["cached"]["epoch_s"],
-        "cache_read_s": runs["cached"]["targets_s"],
-        "online_epoch_s": runs["online"]["epoch_s"],
-        "teacher_forward_s": teacher_s,
+        "student_layers": args.layers, "batches": batches,
+        "cached_epoch_s": runs["cached"]["epoch_s"], "cache_read_s": runs["cached"]["targets_s"],
+        "online_epoch_s": runs["online"]["epoch_s"], "teacher_forward_s": teacher_s,
         "student_step_s": student_s,
         "teacher_share_of_online_epoch": teacher_s / runs["online"]["epoch_s"],
-        "ideal_speedup": ideal,
-        "achieved_speedup": achieved,
-        "fraction_of_ideal": achieved / ideal,
-    }
-    write_json(args.output, result)
+        "ideal_speedup": ideal, "achieved_speedup": achieved, "fraction_of_ideal": achieved / ideal,
+    }  # fmt: skip
     print(json.dumps(result, indent=2))
-    write_section(args.section, render(result))
+    bench.publish(args.output, result, args.section, lambda: render(result))
 
 
 def render(r: dict) -> str:
     rows = [
         ["epoch with cached logits", f"{r['cached_epoch_s']:.1f}", f"{r['cache_read_s']:.2f}"],
-        [
-            "epoch with the teacher online",
-            f"{r['online_epoch_s']:.1f}",
-            f"{r['teacher_forward_s']:.1f}",
-        ],
-    ]
-    return "\n\n".join(
-        [
-            "## Teacher-logit cache speed",
-            header("cache"),
-            f"Student from teacher layers {r['student_layers']}, {r['batches']} batches. "
-            f"The teacher's forward pass is {r['teacher_share_of_online_epoch']:.0%} of an online "
-            f"epoch, so the ideal speed-up is {r['ideal_speedup']:.2f}x; the cache achieved "
-            f"{r['achieved_speedup']:.2f}x, **{r['fraction_of_ideal']:.0%} of ideal**. The larger "
-            "win is in sweeps: k students cost one teacher pass over the data instead of "
-            "k x epochs passes (see the quality grid).",
-            markdown_table(["", "wall s", "of which teacher targets s"], rows),
-        ]
+        ["epoch with the teacher online", f"{r['online_epoch_s']:.1f}",
+         f"{r['teacher_forward_s']:.1f}"],
+    ]  # fmt: skip
+    return bench.section(
+        "## Teacher-logit cache speed",
+        f"Student from teacher layers {r['student_layers']}, {r['batches']} batches. "
+        f"The teacher's forward pass is {r['teacher_share_of_online_epoch']:.0%} of an online "
+        f"epoch, so the ideal speed-up is {r['ideal_speedup']:.2f}x; the cache achieved "
+        f"{r['achieved_speedup']:.2f}x, **{r['fraction_of_ideal']:.0%} of ideal**. The larger "
+        "win is in sweeps: k students cost one teacher pass over the data instead of "
+        "k x epochs passes (see the quality grid).",
+        bench.markdown_table(["", "wall s", "of which teacher targets s"], rows),
     )
 
 

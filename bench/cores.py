@@ -2,17 +2,9 @@
 
     .venv/bin/python -m bench.cores [--seconds 15] [--no-docs]
 
-Two workloads, each run three ways side by side in one invocation: one process with one torch
-thread, one process with two threads (how `bench.scale` runs its sequential cells), and two
-one-thread processes at once (how `local:2` runs them). The workloads:
-
-    matmul      [256 x 384] @ [384 x 1536] products (compute-bound)
-    train_step  forward, backward and AdamW step of the 3-layer, 384-wide student shape with the
-                full 30,522-piece vocabulary (batch 32 x 64 tokens): the sweep cell's inner loop
-
-`best_sweep_ratio` = two-thread rate / summed rate of the two processes: the lowest
-`parallel_s / sequential_s` a perfectly parallel sweep could show here. Writes
-bench/results/cores.json and the section "cores" of docs/benchmarks.md.
+A matmul and a student training step, each in one process with one torch thread, one with two,
+and two one-thread processes at once. Writes bench/results/cores.json and the "cores" section
+of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -24,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from bench.report import RESULTS, header, machine, markdown_table, write_section
+from bench import report as bench
 
 WORKLOADS = ("matmul", "train_step")
 
@@ -91,42 +83,31 @@ def measure(workload: str, seconds: float) -> dict[str, Any]:
     (two_threads,) = _rates([_spawn(workload, 2, seconds)])
     pair = _rates([_spawn(workload, 1, seconds) for _ in range(2)])  # started together
     return {
-        "one_thread": one,
-        "two_threads": two_threads,
-        "two_processes": pair,
-        "two_threads_speedup": two_threads / one,
-        "two_processes_speedup": sum(pair) / one,
+        "one_thread": one, "two_threads": two_threads, "two_processes": pair,
+        "two_threads_speedup": two_threads / one, "two_processes_speedup": sum(pair) / one,
         "best_sweep_ratio": two_threads / sum(pair),
-    }
+    }  # fmt: skip
 
 
 def report(result: dict[str, Any]) -> str:
     rows = [
-        [
-            name,
-            f"{r['one_thread']:.3g}",
-            f"{r['two_threads']:.3g} ({r['two_threads_speedup']:.2f}x)",
-            f"{' + '.join(f'{x:.3g}' for x in r['two_processes'])} "
-            f"({r['two_processes_speedup']:.2f}x)",
-            f"{r['best_sweep_ratio']:.2f}",
-        ]
+        [name, f"{r['one_thread']:.3g}",
+         f"{r['two_threads']:.3g} ({r['two_threads_speedup']:.2f}x)",
+         f"{' + '.join(f'{x:.3g}' for x in r['two_processes'])} "
+         f"({r['two_processes_speedup']:.2f}x)", f"{r['best_sweep_ratio']:.2f}"]
         for name, r in result["workloads"].items()
-    ]
-    table = markdown_table(
-        "workload (steps/s) | 1 process, 1 thread | 1 process, 2 threads"
-        " | 2 processes, 1 thread each | best parallel/sequential",
-        rows,
-    )
-    return "\n\n".join(
-        [
-            "## How much two cores give (`bench/cores.py`)",
-            header("cores"),
-            f"Each cell ran {result['seconds']:.0f} s after a warm-up; the three ways ran one "
-            "after another in one invocation. `best parallel/sequential` is the lowest "
-            "`parallel_s / sequential_s` that `bench.scale` could show on this machine if the "
-            "sweep had no overhead at all (two-thread rate / summed two-process rate).",
-            table,
-        ]
+    ]  # fmt: skip
+    return bench.section(
+        "## How much two cores give (`bench/cores.py`)",
+        f"Each cell ran {result['seconds']:.0f} s after a warm-up; the three ways ran one "
+        "after another in one invocation. `best parallel/sequential` is the lowest "
+        "`parallel_s / sequential_s` that `bench.scale` could show on this machine if the "
+        "sweep had no overhead at all (two-thread rate / summed two-process rate).",
+        bench.markdown_table(
+            "workload (steps/s) | 1 process, 1 thread | 1 process, 2 threads"
+            " | 2 processes, 1 thread each | best parallel/sequential",
+            rows,
+        ),
     )
 
 
@@ -134,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--worker", nargs=2, metavar=("WORKLOAD", "THREADS"))
-    parser.add_argument("--output", default=str(RESULTS / "cores.json"))
+    parser.add_argument("--output", default=str(bench.RESULTS / "cores.json"))
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args(argv)
     if args.worker:
@@ -143,13 +124,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "seconds": args.seconds,
         "workloads": {name: measure(name, args.seconds) for name in WORKLOADS},
-        "machine": machine(),
+        "machine": bench.machine(),
     }
-    with open(args.output, "w") as handle:
-        json.dump(result, handle, indent=2)
     print(json.dumps(result["workloads"], indent=2))
-    if not args.no_docs:
-        write_section("cores", report(result))
+    bench.publish(args.output, result, None if args.no_docs else "cores", lambda: report(result))
     return result
 
 

@@ -34,24 +34,16 @@ def main() -> int:
     address = f"tcp://127.0.0.1:{free_port()}"
     port = address.rsplit(":", 1)[1]
     common = ["--nthreads", "1", "--no-dashboard"]
-    procs = [
-        subprocess.Popen(
-            [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"]
-        )
-    ]
+    scheduler = [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", port]
+    procs = [subprocess.Popen([*scheduler, "--no-dashboard"])]
     try:
         time.sleep(3)
-        procs.append(
-            subprocess.Popen([BIN / "dask", "worker", address, *common, "--resources", "GPU=1"])
-        )
-        procs.append(subprocess.Popen([BIN / "dask", "worker", address, *common]))
+        for resources in (["--resources", "GPU=1"], []):
+            procs.append(subprocess.Popen([BIN / "dask", "worker", address, *common, *resources]))
         with Client(address) as client:
             client.wait_for_workers(2, timeout=60)
-            gpu_workers = {
-                addr
-                for addr, info in client.scheduler_info()["workers"].items()
-                if info.get("resources", {}).get("GPU")
-            }
+            workers = client.scheduler_info()["workers"].items()
+            gpu_workers = {addr for addr, info in workers if info.get("resources", {}).get("GPU")}
 
         @task
         def where(_: int) -> str:
@@ -64,8 +56,8 @@ def main() -> int:
                 annotated = [where.submit(i) for i in range(6)]
             plain = [where.submit(i) for i in range(6)]
             return {
-                "annotated": [f.result() for f in annotated],
-                "plain": [f.result() for f in plain],
+                "annotated": [a.result() for a in annotated],
+                "plain": [p.result() for p in plain],
             }
 
         ran = probe()
@@ -75,17 +67,13 @@ def main() -> int:
         for proc in procs:
             proc.wait(timeout=30)
     honoured = set(ran["annotated"]) <= gpu_workers
-    print(
-        json.dumps(
-            {
-                "gpu_workers": sorted(gpu_workers),
-                "annotated_ran_on": sorted(set(ran["annotated"])),
-                "plain_ran_on": sorted(set(ran["plain"])),
-                "annotations_honoured": honoured,
-            },
-            indent=2,
-        )
-    )
+    result = {
+        "gpu_workers": sorted(gpu_workers),
+        "annotated_ran_on": sorted(set(ran["annotated"])),
+        "plain_ran_on": sorted(set(ran["plain"])),
+        "annotations_honoured": honoured,
+    }
+    print(json.dumps(result, indent=2))
     return 0 if honoured else 1
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO / "docs" / "benchmarks.md"
 RESULTS = REPO / "bench" / "results"
+DEFAULT_CONFIG = str(REPO / "configs" / "movie_reviews.yaml")
 
 
 def cpu_info() -> tuple[str, str]:
@@ -40,27 +41,22 @@ def machine() -> dict[str, str]:
     import torch
 
     return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "cpu_flags": flags,
-        "torch_threads": str(torch.get_num_threads()),
-        "python": platform.python_version(),
+        "cpu": cpu, "cores": str(os.cpu_count()), "cpu_flags": flags,
+        "torch_threads": str(torch.get_num_threads()), "python": platform.python_version(),
         "torch": torch.__version__,
-    }
+    }  # fmt: skip
 
 
 def command_line() -> str:
     """The command as a user types it from the repository root (`python -m bench.NAME ...`)."""
     script, *args = sys.argv
     path = Path(script).resolve()
-    if path.parent == REPO / "bench":
-        return " ".join(
-            shlex.quote(part) for part in [".venv/bin/python", "-m", f"bench.{path.stem}", *args]
-        )
-    return " ".join(shlex.quote(part) for part in [".venv/bin/python", *sys.argv])
+    parts = ["-m", f"bench.{path.stem}", *args] if path.parent == REPO / "bench" else sys.argv
+    return " ".join(shlex.quote(part) for part in [".venv/bin/python", *parts])
 
 
-def header(title: str) -> str:
+def header() -> str:
+    """The command, date and machine lines every section starts with."""
     info = machine()
     return (
         f"Command: `{command_line()}`  \n"
@@ -104,35 +100,52 @@ def timing_runner(seconds: dict[str, float]):
     return run
 
 
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def formatted(rows: list[dict], columns: dict[str, str]) -> list[list[str]]:
     """Table cells: each row's value at each of `columns`' keys, in that key's format spec."""
     return [[format(row[key], spec) for key, spec in columns.items()] for row in rows]
 
 
 def means(group: list[dict], keys: Sequence[str]) -> list[str]:
-    """`mean_std` of each key over the rows of one group."""
-    return [mean_std([row[key] for row in group]) for key in keys]
+    """Each key's mean ± standard deviation over the rows of one group (one row: its value)."""
+    values = [[row[key] for row in group] for key in keys]
+    if len(group) == 1:
+        return [f"{value:.4f}" for (value,) in values]
+    return [f"{statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}" for v in values]
 
 
-def common_args(parser: argparse.ArgumentParser, output: str, section: str | None = None) -> None:
-    """--output (bench/results/OUTPUT), --section (when given), --store and the overrides."""
-    parser.add_argument("--output", default=str(RESULTS / output))
+def arguments(
+    parser: argparse.ArgumentParser,
+    output: str | None,
+    section: str | None = None,
+    config: bool = True,
+    argv: Sequence[str] | None = None,
+) -> argparse.Namespace:
+    """The arguments with the shared ones: --config (the default profile), --output
+    (bench/results/OUTPUT), --section (when given), --store (added to the overrides, so every
+    config loaded from them names the same store) and the key=value overrides."""
+    if config:
+        parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--output", default=output and str(RESULTS / output))
     if section is not None:
         parser.add_argument("--section", default=section, help="benchmarks.md section ('' skips)")
     parser.add_argument("--store", help="the stage store to use (default: the config's store)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
-
-
-def store_override(args: argparse.Namespace) -> None:
-    """--store as an override, so every config loaded from the overrides names the same store."""
+    args = parser.parse_args(argv)
     if args.store:
         args.overrides = [*args.overrides, f"store={args.store}"]
+    return args
+
+
+def section(title: str, *parts: str, more: Sequence[str] = ()) -> str:
+    """A benchmarks.md section: its title, the `header` and `more` header lines, the parts."""
+    return "\n\n".join([title, "  \n".join([header(), *more]), *parts])
+
+
+def publish(output: str | Path, result: object, name: str | None, render) -> None:
+    """Write the results JSON, then (when `name` is set) `render()` as that docs section."""
+    write_json(output, result)
+    if name:
+        write_section(name, render())
 
 
 def write_json(path: str | Path, data: object) -> None:
@@ -153,12 +166,10 @@ def scores(run) -> dict[str, float]:
     """The test scores of one student's run (`deploy.chain.run_after_cache`) that the tables use."""
     report = run.evaluation.manifest
     return {
-        "test_accuracy": report.student_accuracy,
-        "macro_f1": report.student_macro_f1,
-        "teacher_accuracy": report.teacher_accuracy,
-        "retention": report.retention,
+        "test_accuracy": report.student_accuracy, "macro_f1": report.student_macro_f1,
+        "teacher_accuracy": report.teacher_accuracy, "retention": report.retention,
         "int8_accuracy": run.quantize.manifest.test_accuracy,
-    }
+    }  # fmt: skip
 
 
 def tiny_bundle(scratch: Path) -> Path:
@@ -167,25 +178,36 @@ def tiny_bundle(scratch: Path) -> Path:
     from deploy.chain import run_pipeline_stages
     from distill.config import load_config
 
-    config = load_config(
-        REPO / "configs" / "tiny.yaml", [f"workdir={scratch}", f"store={scratch / 'store'}"]
-    )
+    overrides = [f"workdir={scratch}", f"store={scratch / 'store'}"]
+    config = load_config(REPO / "configs" / "tiny.yaml", overrides)
     stages = run_pipeline_stages(config, config.store_dir)
     return bundle_from_stages(config.workdir, stages, run_id="bench", model_version="0")
 
 
-def cold_starts(script: str, args: list[str], runs: int) -> list[tuple[float, dict]]:
-    """Each of `runs` new `python -c script ARGS` processes: the seconds from its start to the
-    `"at"` time (`time.time()`) its last line of JSON reports, and that JSON."""
+COLD_START = """
+import json, sys, time
+from pathlib import Path
+from deploy.runtime import load_bundle, predict, with_graph
+bundle = load_bundle(sys.argv[1], threads=1)
+if sys.argv[2] == "1":
+    bundle = with_graph(bundle, Path(sys.argv[1]) / str(bundle.manifest.mobile_model), threads=1)
+predict(bundle, [sys.argv[3]])
+print(json.dumps({"at": time.time(), "torch_loaded": "torch" in sys.modules}))
+"""
+
+
+def cold_starts(
+    bundle: Path, text: str, runs: int, mobile: bool = False
+) -> list[tuple[float, dict]]:
+    """Each of `runs` new Python processes that load `bundle` (its `.ort` graph when `mobile`)
+    with `deploy.runtime` and predict `text`: the seconds from its start to the prediction, and
+    the JSON it printed (`torch_loaded`)."""
     out = []
     for _ in range(runs):
         started = time.time()
+        command = [sys.executable, "-c", COLD_START, str(bundle), "1" if mobile else "0", text]
         stdout = subprocess.run(
-            [sys.executable, "-c", script, *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
+            command, cwd=REPO, capture_output=True, text=True, check=True
         ).stdout
         child = json.loads(stdout.strip().splitlines()[-1])
         out.append((child["at"] - started, child))
@@ -210,14 +232,10 @@ def wait_for(probe, timeout: float, what: str, pause: float = 0.25):
 def start(command: list, env: dict[str, str], log: Path) -> subprocess.Popen:
     """Start a service in its own process group, so teardown stops it and its children
     (a Dask nanny's worker, a server's workers)."""
-    return subprocess.Popen(
-        [str(part) for part in command],
-        cwd=REPO,
-        env=env,
-        stdout=open(log, "w"),  # noqa: SIM115 - the child owns it until it exits
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    output = open(log, "w")  # noqa: SIM115 - the child owns it until it exits
+    command = [str(part) for part in command]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
 
 
 def stop(process: subprocess.Popen, timeout: float = 20) -> None:

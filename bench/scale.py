@@ -2,21 +2,11 @@
 
     .venv/bin/python -m bench.scale [--quick] [--workers 2] [--shards 50] [--store DIR] [k=v ...]
 
-(a) Four student cells (student.alpha 0.3/0.7 x student.temperature 1/4) trained from one
-shared teacher-target cache: one after another in this process with two torch threads
-(`sequential_s`), then as Prefect tasks on `local:2` with one torch thread per worker
-(`parallel_s`, the fan-out's wall time; starting the cluster is reported apart). Per-cell
-validation accuracies must be identical.
-(b) Teacher labelling of the training split plus one augmented copy (augmentation.multiplier=1),
-cut into `--shards` shards, on `local:1` and on `local:2`: wall time, ratio, per-shard
-throughput (texts/s, the shards' own compute time) and the fixed cost per shard; both caches
-must be byte-identical to the unsharded one.
-
-Data, teacher and the shared cache come from the config's store (a pipeline run's are reused);
-the timed students and shards are built in a scratch store that is removed afterwards. `--quick`
-cuts rows and epochs (data.max_examples=600, one epoch each, 10 shards) and writes
-scale_quick.json; the full run writes bench/results/scale.json and a section of
-docs/benchmarks.md (`--no-docs` skips it).
+(a) Four student cells from one cache, sequential (two torch threads) and on `local:2` (one per
+worker), with identical accuracies; (b) the train split plus one augmented copy labelled in
+`--shards` shards on `local:1` and `local:2`, byte-identical to the unsharded cache. `--quick`
+(600 rows, one epoch, 10 shards) writes scale_quick.json; else bench/results/scale.json and the
+"scale" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -31,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.report import REPO, RESULTS, header, machine, markdown_table, write_section
+from bench import report as bench
 from distill.config import ComputeConfig, load_config
 
 CELL_GRID = {"student.alpha": ["0.3", "0.7"], "student.temperature": ["1", "4"]}
@@ -41,24 +31,18 @@ QUICK_MAX_EXAMPLES = 600
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=str(REPO / "configs" / "movie_reviews.yaml"))
     parser.add_argument("--quick", action="store_true", help="fewer rows and epochs, 10 shards")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shards", type=int, help="shards of the labelling run (default 50)")
-    parser.add_argument("--store", help="the stage store to use (default: the config's store)")
-    parser.add_argument("--output", help="default bench/results/scale.json (scale_quick.json)")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = bench.arguments(parser, None, argv=argv)  # scale.json, or scale_quick.json with --quick
     if args.quick:
         current = load_config(args.config, args.overrides).data.max_examples
         rows = min(current or QUICK_MAX_EXAMPLES, QUICK_MAX_EXAMPLES)
         args.overrides = [*QUICK, f"data.max_examples={rows}", *args.overrides]
-    if args.store:
-        args.overrides = [*args.overrides, f"store={args.store}"]
     args.shards = args.shards or (10 if args.quick else 50)
     name = "scale_quick.json" if args.quick else "scale.json"
-    args.output = Path(args.output) if args.output else RESULTS / name
+    args.output = Path(args.output) if args.output else bench.RESULTS / name
     return args
 
 
@@ -107,27 +91,21 @@ def sweep_cells(args, base, store: Path, scratch: Path) -> dict[str, Any]:
         local(args.workers), lambda: prefect_fan_out("scale-cell", works(scratch / "parallel"))
     )
     rows = [
-        {
-            "cell": cell.index,
-            **cell.values,
-            "val_accuracy_sequential": seq.manifest.best_val_accuracy,
-            "val_accuracy_parallel": par.manifest.best_val_accuracy,
-            "train_seconds_sequential": seq.manifest.train_seconds,
-            "train_seconds_parallel": par.manifest.train_seconds,
-            "same_weights": seq.manifest.weights_sha256 == par.manifest.weights_sha256,
-        }
+        {"cell": cell.index, **cell.values,
+         "val_accuracy_sequential": seq.manifest.best_val_accuracy,
+         "val_accuracy_parallel": par.manifest.best_val_accuracy,
+         "train_seconds_sequential": seq.manifest.train_seconds,
+         "train_seconds_parallel": par.manifest.train_seconds,
+         "same_weights": seq.manifest.weights_sha256 == par.manifest.weights_sha256}
         for cell, seq, par in zip(cells, sequential, parallel, strict=True)
-    ]
+    ]  # fmt: skip
+    identical = all(r["val_accuracy_sequential"] == r["val_accuracy_parallel"] for r in rows)
     return {
-        "cache_key": upstream.cache.key,
-        "sequential_s": sequential_s,
-        "parallel_s": parallel_s,
-        "parallel_with_cluster_start_s": parallel_total_s,
+        "variants": len(rows), "workers": args.workers, "sequential_s": sequential_s,
+        "parallel_s": parallel_s, "ratio": parallel_s / sequential_s, "goal": 0.75,
+        "parallel_with_cluster_start_s": parallel_total_s, "identical_accuracies": identical,
         "cells": rows,
-        "identical_accuracies": all(
-            r["val_accuracy_sequential"] == r["val_accuracy_parallel"] for r in rows
-        ),
-    }
+    }  # fmt: skip
 
 
 def sharded_labelling(args, store: Path, scratch: Path) -> dict[str, Any]:
@@ -154,43 +132,34 @@ def sharded_labelling(args, store: Path, scratch: Path) -> dict[str, Any]:
 
         def label(workers=workers, recording=recording):
             return logit_cache_stage(
-                scratch / f"cache-{workers}",
-                upstream.teacher,
-                upstream.data,
-                upstream.augmented,
-                training=config.teacher.training,
-                shard_rows=shard_rows,
-                fan_out=recording,
-            )
+                scratch / f"cache-{workers}", upstream.teacher, upstream.data, upstream.augmented,
+                training=config.teacher.training, shard_rows=shard_rows, fan_out=recording,
+            )  # fmt: skip
 
         cache, seconds, total = on_cluster(local(workers), label)
         compute = [s.manifest.seconds for s in shards]
+        same = file_sha256(cache.file(cache.manifest.file)) == reference
+        same = same and cache.manifest.cls_sha256 == upstream.cache.manifest.cls_sha256
+        # The fixed cost: all that is not a shard's forward passes, per shard (task bookkeeping,
+        # loading the teacher and rows, scheduling, assembling).
         runs[str(workers)] = {
-            "seconds": seconds,
-            "with_cluster_start_s": total,
-            "shards": len(shards),
+            "seconds": seconds, "with_cluster_start_s": total, "shards": len(shards),
             "per_shard_texts_per_s": statistics.median(s.manifest.texts_per_second for s in shards),
             "shard_compute_s": sum(compute),
-            # Everything that is not a shard's forward passes, per shard: task bookkeeping,
-            # loading the teacher and rows, scheduling, assembling (spread over the shards).
             "fixed_cost_per_shard_s": (seconds * workers - sum(compute)) / len(shards),
-            "byte_identical": file_sha256(cache.file(cache.manifest.file)) == reference
-            and cache.manifest.cls_sha256 == upstream.cache.manifest.cls_sha256,
-        }
+            "byte_identical": same,
+        }  # fmt: skip
     one, many = runs["1"], runs[str(args.workers)]
+    counts = upstream.cache.manifest.rows
+    # "shards": shard_rows is rounded up to whole inference batches
     return {
-        "rows": rows,
-        "train_rows": upstream.cache.manifest.rows["train"],
-        "augmented_rows": upstream.cache.manifest.rows["augmented"],
-        "shards_asked": args.shards,
-        "shards": one["shards"],  # shard_rows is rounded up to whole inference batches
-        "shard_rows": shard_rows,
+        "rows": rows, "train_rows": counts["train"], "augmented_rows": counts["augmented"],
+        "shards_asked": args.shards, "shards": one["shards"], "shard_rows": shard_rows,
         "unsharded_in_process_s": reference_s if not upstream.cache.reused else None,
-        "runs": runs,
-        "ratio": many["seconds"] / one["seconds"],
+        "runs": runs, "ratio": many["seconds"] / one["seconds"],
         "per_shard_texts_per_s": one["per_shard_texts_per_s"],
         "fixed_cost_per_shard_s": one["fixed_cost_per_shard_s"],
-    }
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -213,76 +182,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sweep = sweep_cells(args, base, store, scratch)
         cache = sharded_labelling(args, store, scratch)
     result = {
-        "variants": len(sweep["cells"]),
-        "workers": args.workers,
-        "sequential_s": sweep["sequential_s"],
-        "parallel_s": sweep["parallel_s"],
-        "ratio": sweep["parallel_s"] / sweep["sequential_s"],
-        "goal": 0.75,
-        "parallel_with_cluster_start_s": sweep["parallel_with_cluster_start_s"],
-        "identical_accuracies": sweep["identical_accuracies"],
-        "cells": sweep["cells"],
-        "cache": cache,
-        "quick": args.quick,
-        "config": str(args.config),
-        "overrides": args.overrides,
-        "machine": machine(),
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2))
+        **sweep, "cache": cache, "quick": args.quick, "config": str(args.config),
+        "overrides": args.overrides, "machine": bench.machine(),
+    }  # fmt: skip
     print(json.dumps({k: v for k, v in result.items() if k not in ("cells", "machine")}, indent=2))
-    if not args.no_docs:
-        write_section("scale", report(result))
+    bench.publish(args.output, result, None if args.no_docs else "scale", lambda: report(result))
     return result
+
+
+CELLS = {"cell": "", "student.alpha": "", "student.temperature": ""}
+CELLS |= {"val_accuracy_sequential": ".4f", "val_accuracy_parallel": ".4f"}
+RUNS = {"workers": "", "seconds": ".1f", "per_shard_texts_per_s": ".1f"}
+RUNS |= {"fixed_cost_per_shard_s": ".2f"}
 
 
 def report(result: dict[str, Any]) -> str:
     cache = result["cache"]
     label = " (QUICK mode: fewer rows and epochs)" if result["quick"] else ""
-    cells = markdown_table(
-        ["cell", "alpha", "T", "val acc sequential", "val acc parallel"],
-        [
-            [
-                str(c["cell"]),
-                c["student.alpha"],
-                c["student.temperature"],
-                f"{c['val_accuracy_sequential']:.4f}",
-                f"{c['val_accuracy_parallel']:.4f}",
-            ]
-            for c in result["cells"]
-        ],
-    )
-    runs = markdown_table(
-        ["workers", "seconds", "per-shard texts/s (median)", "fixed cost per shard (s)"],
-        [
-            [
-                n,
-                f"{r['seconds']:.1f}",
-                f"{r['per_shard_texts_per_s']:.1f}",
-                f"{r['fixed_cost_per_shard_s']:.2f}",
-            ]
-            for n, r in cache["runs"].items()
-        ],
-    )
-    return "\n\n".join(
-        [
-            f"## Scaling on a local Dask cluster{label}",
-            header("scale"),
-            f"Four student cells from one cache: sequential in one process with 2 torch threads "
-            f"{result['sequential_s']:.1f} s; on `local:{result['workers']}` with 1 torch thread "
-            f"per worker {result['parallel_s']:.1f} s (cluster start and stop included: "
-            f"{result['parallel_with_cluster_start_s']:.1f} s). parallel_s / sequential_s = "
-            f"**{result['ratio']:.2f}** (goal <= 0.75); per-cell accuracies identical: "
-            f"{result['identical_accuracies']}.",
-            cells,
-            f"Sharded teacher labelling of {cache['rows']:,} rows (train {cache['train_rows']:,} "
-            f"+ augmented {cache['augmented_rows']:,}) in {cache['shards']} shards "
-            f"({cache['shard_rows']} rows asked per shard, rounded up to whole inference batches "
-            f"of 128): {result['workers']} workers / 1 worker = "
-            f"**{cache['ratio']:.2f}**; caches byte-identical to the unsharded one: "
-            f"{all(r['byte_identical'] for r in cache['runs'].values())}.",
-            runs,
-        ]
+    runs = [{"workers": n, **r} for n, r in cache["runs"].items()]
+    return bench.section(
+        f"## Scaling on a local Dask cluster{label}",
+        f"Four student cells from one cache: sequential in one process with 2 torch threads "
+        f"{result['sequential_s']:.1f} s; on `local:{result['workers']}` with 1 torch thread "
+        f"per worker {result['parallel_s']:.1f} s (cluster start and stop included: "
+        f"{result['parallel_with_cluster_start_s']:.1f} s). parallel_s / sequential_s = "
+        f"**{result['ratio']:.2f}** (goal <= 0.75); per-cell accuracies identical: "
+        f"{result['identical_accuracies']}.",
+        bench.markdown_table(
+            ["cell", "alpha", "T", "val acc sequential", "val acc parallel"],
+            bench.formatted(result["cells"], CELLS),
+        ),
+        f"Sharded teacher labelling of {cache['rows']:,} rows (train {cache['train_rows']:,} "
+        f"+ augmented {cache['augmented_rows']:,}) in {cache['shards']} shards "
+        f"({cache['shard_rows']} rows asked per shard, rounded up to whole inference batches "
+        f"of 128): {result['workers']} workers / 1 worker = "
+        f"**{cache['ratio']:.2f}**; caches byte-identical to the unsharded one: "
+        f"{all(r['byte_identical'] for r in cache['runs'].values())}.",
+        bench.markdown_table(
+            ["workers", "seconds", "per-shard texts/s (median)", "fixed cost per shard (s)"],
+            bench.formatted(runs, RUNS),
+        ),
     )
 
 

@@ -19,17 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.report import (
-    RESULTS,
-    free_port,
-    header,
-    markdown_table,
-    start,
-    stop,
-    wait_for,
-    write_json,
-    write_section,
-)
+from bench import report as bench
 
 BIN = Path(sys.executable).parent
 
@@ -46,47 +36,28 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="prefect-bench-"))
-    port = free_port()
+    port = bench.free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env |= {
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
+    env |= {"PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false"}
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     started = time.perf_counter()
-    server = start(
-        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", port],
-        env,
-        home / "server.log",
-    )
+    server_command = [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", port]
+    server = bench.start(server_command, env, home / "server.log")
     serve = None
     try:
-        wait_for(lambda: healthy(f"{api}/health"), 120, "prefect server")
+        bench.wait_for(lambda: healthy(f"{api}/health"), 120, "prefect server")
         server_s = time.perf_counter() - started
         serve_env = env | {"PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
-        serve = start(
-            [
-                sys.executable,
-                "-m",
-                "flows.cli",
-                "schedule",
-                args.config,
-                "--cron",
-                "0 3 * * 1",
-                "--name",
-                "bench",
-                f"workdir={args.workdir}",
-            ],
-            serve_env,
-            home / "serve.log",
-        )
+        command = [sys.executable, "-m", "flows.cli", "schedule", args.config, "--cron"]
+        command += ["0 3 * * 1", "--name", "bench", f"workdir={args.workdir}"]
+        serve = bench.start(command, serve_env, home / "serve.log")
         os.environ["PREFECT_API_URL"] = api
         from prefect.client.orchestration import get_client
         from prefect.deployments import run_deployment
 
         with get_client(sync_client=True) as client:
-            wait_for(
+            bench.wait_for(
                 lambda: client.read_deployment_by_name("distillery-retrain/bench"),
                 180,
                 "served deployment",
@@ -100,34 +71,33 @@ def main() -> None:
             raise RuntimeError(f"scheduled run ended {flow_run.state}")
     finally:
         if serve is not None:
-            stop(serve, timeout=30)
-        stop(server, timeout=30)
+            bench.stop(serve, timeout=30)
+        bench.stop(server, timeout=30)
     result = {
         "prefect_server_startup_s": server_s,
         "trigger_to_completed_s": run_s,
         "total_s": server_s + run_s,
         "workdir": args.workdir,
     }
-    write_json(RESULTS / "scheduled_retrain.json", result)
     print(json.dumps(result, indent=2))
-    write_section(
-        "scheduled-retrain",
-        "\n\n".join(
+    output = bench.RESULTS / "scheduled_retrain.json"
+    bench.publish(output, result, "scheduled-retrain", lambda: render(result))
+
+
+def render(result: dict[str, float]) -> str:
+    server_s, run_s = result["prefect_server_startup_s"], result["trigger_to_completed_s"]
+    return bench.section(
+        "## Scheduled retraining, unchanged data",
+        "A real `prefect server` and `distillery schedule` serving the retraining "
+        "deployment; the run compares the data fingerprint with the champion's and "
+        'ends with "nothing to do". Goal: under 60 s including Prefect start-up.',
+        bench.markdown_table(
+            ["step", "seconds"],
             [
-                "## Scheduled retraining, unchanged data",
-                header("scheduled"),
-                "A real `prefect server` and `distillery schedule` serving the retraining "
-                "deployment; the run compares the data fingerprint with the champion's and "
-                'ends with "nothing to do". Goal: under 60 s including Prefect start-up.',
-                markdown_table(
-                    ["step", "seconds"],
-                    [
-                        ["prefect server start-up (to healthy)", f"{server_s:.1f}"],
-                        ["trigger (`run_deployment`) to completed", f"{run_s:.1f}"],
-                        ["total", f"{server_s + run_s:.1f}"],
-                    ],
-                ),
-            ]
+                ["prefect server start-up (to healthy)", f"{server_s:.1f}"],
+                ["trigger (`run_deployment`) to completed", f"{run_s:.1f}"],
+                ["total", f"{server_s + run_s:.1f}"],
+            ],
         ),
     )
 

@@ -5,29 +5,8 @@
     .venv/bin/python -m bench.teachers --render-only    # the table and goals from teachers.json
     .venv/bin/python -m bench.teachers --merge A.json B.json   # several runs' rows into --output
 
-One student shape for every arm (3 layers carved from the pretrained MiniLM, its own tokenizer),
-on the default data and split:
-
-    labels            labels only (alpha = 1; the MiniLM teacher is scored alongside)
-    kd_minilm         KD from the fine-tuned MiniLM teacher (the default run's teacher)
-    kd_mpnet          KD from the fine-tuned MPNet teacher (configs/movie_reviews_mpnet.yaml)
-    kd_mpnet_augment  kd_mpnet plus one augmented copy of the train split labelled by MPNet
-    kd_mpnet_augment4 kd_mpnet plus four augmented copies, two student epochs (about the same
-                      number of passes over each original sentence's variants, 1.7x the steps)
-    kd_mpnet_augment4_alpha01
-                      kd_mpnet_augment4 with alpha 0.1 instead of 0.5: on the train rows the
-                      loss leans on MPNet's soft targets rather than the labels
-    kd_mpnet_augment4_alpha01_3ep
-                      the same with three student epochs instead of two (a longer schedule)
-    kd_mpnet_augment8_alpha01
-                      eight augmented copies instead of four (alpha 0.1, two epochs): twice the
-                      teacher-labelled text, 1.8x the steps
-    kd_mpnet_transfer kd_mpnet plus transfer text (only with --unlabeled FILE)
-
-Every run goes through the library's own wiring (distill.chain / deploy.chain: data, teacher,
-cache, student, evaluation, export, INT8), so teachers and caches are content-addressed stages of
-the store and shared by every seed and arm that needs them. Writes bench/results/teachers.json
-(one row per student, written after each) and a table into docs/benchmarks.md.
+Every arm (`ARMS`) trains the same student through the library's wiring. Writes
+bench/results/teachers.json (after each student) and the "teachers" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -53,54 +32,32 @@ class Arm:
     name: str
     teacher: str  # "minilm" or "mpnet": which --*-config the arm builds on
     transfer: str  # "none", "augmentation x1", "unlabeled"
-    overrides: tuple[str, ...]
+    overrides: str  # key=value ...
     kd: bool = True
 
 
+AUGMENT4 = "augmentation.multiplier=4.0 student.training.epochs=2"
 ARMS = {
-    "labels": Arm(
-        "labels", "minilm", "none", ("student.alpha=1.0", "augmentation.multiplier=0"), kd=False
-    ),
-    "kd_minilm": Arm("kd_minilm", "minilm", "none", ("augmentation.multiplier=0",)),
-    "kd_mpnet": Arm("kd_mpnet", "mpnet", "none", ("augmentation.multiplier=0",)),
-    "kd_mpnet_augment": Arm(
-        "kd_mpnet_augment", "mpnet", "augmentation x1", ("augmentation.multiplier=1.0",)
-    ),
-    "kd_mpnet_augment4": Arm(
-        "kd_mpnet_augment4",
-        "mpnet",
-        "augmentation x4",
-        ("augmentation.multiplier=4.0", "student.training.epochs=2"),
-    ),
-    "kd_mpnet_augment4_alpha01": Arm(
-        "kd_mpnet_augment4_alpha01",
-        "mpnet",
-        "augmentation x4, alpha 0.1",
-        ("augmentation.multiplier=4.0", "student.training.epochs=2", "student.alpha=0.1"),
-    ),
-    "kd_mpnet_augment4_alpha01_3ep": Arm(
-        "kd_mpnet_augment4_alpha01_3ep",
-        "mpnet",
-        "augmentation x4, alpha 0.1, 3 epochs",
-        ("augmentation.multiplier=4.0", "student.training.epochs=3", "student.alpha=0.1"),
-    ),
-    "kd_mpnet_augment8_alpha01": Arm(
-        "kd_mpnet_augment8_alpha01",
-        "mpnet",
-        "augmentation x8, alpha 0.1",
-        ("augmentation.multiplier=8.0", "student.training.epochs=2", "student.alpha=0.1"),
-    ),
-    "kd_mpnet_transfer": Arm("kd_mpnet_transfer", "mpnet", "unlabeled", ()),
-}
+    arm.name: arm
+    for arm in [
+        Arm("labels", "minilm", "none", "student.alpha=1.0 augmentation.multiplier=0", kd=False),
+        Arm("kd_minilm", "minilm", "none", "augmentation.multiplier=0"),
+        Arm("kd_mpnet", "mpnet", "none", "augmentation.multiplier=0"),
+        Arm("kd_mpnet_augment", "mpnet", "augmentation x1", "augmentation.multiplier=1.0"),
+        # Four copies, two epochs: about as many passes over each sentence's variants. Alpha 0.1:
+        # on the train rows the loss leans on MPNet's soft targets rather than the labels.
+        Arm("kd_mpnet_augment4", "mpnet", "augmentation x4", AUGMENT4),
+        Arm("kd_mpnet_augment4_alpha01", "mpnet", "augmentation x4, alpha 0.1",
+            f"{AUGMENT4} student.alpha=0.1"),
+        Arm("kd_mpnet_augment4_alpha01_3ep", "mpnet", "augmentation x4, alpha 0.1, 3 epochs",
+            "augmentation.multiplier=4.0 student.training.epochs=3 student.alpha=0.1"),
+        Arm("kd_mpnet_augment8_alpha01", "mpnet", "augmentation x8, alpha 0.1",
+            "augmentation.multiplier=8.0 student.training.epochs=2 student.alpha=0.1"),
+        Arm("kd_mpnet_transfer", "mpnet", "unlabeled", ""),  # needs --unlabeled FILE
+    ]
+}  # fmt: skip
 # Arm (d) of issue 10: MPNet plus extra teacher-labelled text; each one is held to the goals.
-TRANSFER_ARMS = (
-    "kd_mpnet_augment",
-    "kd_mpnet_augment4",
-    "kd_mpnet_augment4_alpha01",
-    "kd_mpnet_augment4_alpha01_3ep",
-    "kd_mpnet_augment8_alpha01",
-    "kd_mpnet_transfer",
-)
+TRANSFER_ARMS = [name for name in ARMS if name.startswith("kd_mpnet_")]
 DEFAULT_ARMS = ["labels", "kd_minilm", "kd_mpnet", "kd_mpnet_augment"]
 
 
@@ -115,18 +72,13 @@ def base_recipe(minilm_config: str) -> list[str]:
 def arm_overrides(arm: Arm, seed: int, args, recipe: list[str]) -> list[str]:
     """Every override of one run: the shared student recipe (`base_recipe`) and shape, the arm's
     changes, the seed."""
-    overrides = [
-        *recipe,
-        *args.overrides,  # then the caller's: what defines an arm wins over them
-        f"student.init={args.student_init}",
-        "student.hidden.weight=0",  # Patient-KD needs equal widths: MPNet is 768 wide
-        *arm.overrides,
-        f"student.training.seed={seed}",
-    ]
+    # The caller's overrides after the recipe: what defines an arm wins over them. Patient-KD
+    # (student.hidden) needs equal widths: MPNet is 768 wide.
+    overrides = [*recipe, *args.overrides, f"student.init={args.student_init}"]
+    overrides += ["student.hidden.weight=0", *arm.overrides.split()]
+    overrides.append(f"student.training.seed={seed}")
     if arm.transfer == "unlabeled":
         overrides.append(f"data.unlabeled.source={args.unlabeled}")
-    if args.store:
-        overrides.append(f"store={args.store}")
     return overrides
 
 
@@ -149,82 +101,53 @@ def settings(arm: Arm, seed: int, config: PipelineConfig) -> dict:
     """What --dry-run prints for one run."""
     student, unlabeled = config.student, config.data.unlabeled
     return {
-        "arm": arm.name,
-        "seed": seed,
-        "teacher": config.teacher.model,
-        "student_init": student.init.model_dump(mode="json"),
-        "alpha": student.alpha,
-        "epochs": student.training.epochs,
-        "augmentation": config.augmentation.multiplier,
-        "unlabeled": unlabeled and unlabeled.source,
-        "store": str(config.store_dir),
-    }
+        "arm": arm.name, "seed": seed, "teacher": config.teacher.model,
+        "student_init": student.init.model_dump(mode="json"), "alpha": student.alpha,
+        "epochs": student.training.epochs, "augmentation": config.augmentation.multiplier,
+        "unlabeled": unlabeled and unlabeled.source, "store": str(config.store_dir),
+    }  # fmt: skip
 
 
 def measure(arm: Arm, seed: int, config: PipelineConfig) -> tuple[dict, dict]:
     """Run (or reuse) every stage of one cell; its table row and its teacher's numbers."""
-    seconds: dict[str, float] = {}
-    runner = bench.timing_runner(seconds)
-    store = config.store_dir
+    runner, store = bench.timing_runner({}), config.store_dir
     upstream = run_until_cache(config, store, runner)
     run = run_after_cache(config, store, upstream, runner)
     student, report = run.student, run.evaluation.manifest
     teacher = upstream.teacher.manifest
+    # `seconds`: a student reused from an earlier run reports its training time then.
     row = {
-        "arm": arm.name,
-        "teacher": "none" if not arm.kd else teacher.source,
-        "student_init": config.student.init.model_dump(mode="json"),
-        "transfer": arm.transfer,
-        "seed": seed,
-        **bench.scores(run),
-        "params": report.student_params,
-        # A student reused from an earlier run reports its training time then.
+        "arm": arm.name, "teacher": "none" if not arm.kd else teacher.source,
+        "student_init": config.student.init.model_dump(mode="json"), "transfer": arm.transfer,
+        "seed": seed, **bench.scores(run), "params": report.student_params,
         "seconds": student.manifest.train_seconds,
-        "training_rows": student.manifest.training_rows,
-        "student_reused": student.reused,
-    }
+        "training_rows": student.manifest.training_rows, "student_reused": student.reused,
+    }  # fmt: skip
     scored_teacher = {
-        "teacher": teacher.source,
-        "test_accuracy": report.teacher_accuracy,
-        "test_macro_f1": report.teacher_macro_f1,
-        "params": report.teacher_params,
-        "fine_tune_seconds": teacher.train_seconds,
-        "key": upstream.teacher.key,
-    }
+        "teacher": teacher.source, "test_accuracy": report.teacher_accuracy,
+        "test_macro_f1": report.teacher_macro_f1, "params": report.teacher_params,
+        "fine_tune_seconds": teacher.train_seconds, "key": upstream.teacher.key,
+    }  # fmt: skip
     return row, scored_teacher
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--minilm-config", default=str(bench.REPO / "configs" / "movie_reviews.yaml")
-    )
-    parser.add_argument(
-        "--mpnet-config", default=str(bench.REPO / "configs" / "movie_reviews_mpnet.yaml")
-    )
+    parser.add_argument("--minilm-config", default=bench.DEFAULT_CONFIG)
+    mpnet = str(bench.REPO / "configs" / "movie_reviews_mpnet.yaml")
+    parser.add_argument("--mpnet-config", default=mpnet)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=DEFAULT_ARMS)
     parser.add_argument("--student-init", default=STUDENT_INIT, help="student.init of every run")
     parser.add_argument("--unlabeled", help="transfer-text file for the kd_mpnet_transfer arm")
-    bench.common_args(parser, "teachers.json", section="teachers")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print every run's settings and stop"
-    )
-    parser.add_argument(
-        "--render-only", action="store_true", help="rewrite the table from --output and stop"
-    )
-    parser.add_argument(
-        "--merge", nargs="+", metavar="JSON", help="write the rows of these runs into --output"
-    )
-    args = parser.parse_args(argv)
+    parser.add_argument("--dry-run", action="store_true", help="print every run's settings")
+    parser.add_argument("--render-only", action="store_true", help="the table from --output")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="these runs' rows to --output")
+    args = bench.arguments(parser, "teachers.json", section="teachers", config=False, argv=argv)
 
-    if args.merge:
-        rows, teachers = merged([json.loads(Path(part).read_text()) for part in args.merge])
-        save(rows, teachers, args)
-        return
-    if args.render_only:
-        saved = json.loads(Path(args.output).read_text())
-        save(saved["rows"], saved["teachers"], args)
+    if args.merge or args.render_only:  # the rows of earlier runs, in the table's order
+        parts = [json.loads(Path(part).read_text()) for part in args.merge or [args.output]]
+        save(*merged(parts), args)
         return
     runs = plan(args)
     if args.dry_run:
@@ -271,9 +194,8 @@ def goals(rows: list[dict], teachers: list[dict]) -> dict:
         if minilm:
             int8 = mean(arm, "int8_accuracy")
             measured["over_minilm_teacher_points"] = 100 * (int8 - minilm["test_accuracy"])
-        measured["met"] = {
-            name: measured[name] >= GOALS[name] for name in GOALS if name in measured
-        }
+        met = {goal: measured[goal] >= GOALS[goal] for goal in GOALS if goal in measured}
+        measured["met"] = met
         out["arms"][arm] = measured
     return out
 
@@ -281,66 +203,51 @@ def goals(rows: list[dict], teachers: list[dict]) -> dict:
 def merged(parts: list[dict]) -> tuple[list[dict], list[dict]]:
     """The rows of several runs in table order (arm, then seed); each teacher once."""
     order = list(ARMS)
-    rows = sorted(
-        (row for part in parts for row in part["rows"]),
-        key=lambda row: (order.index(row["arm"]), row["seed"]),
-    )
+    rows = [row for part in parts for row in part["rows"]]
+    rows.sort(key=lambda row: (order.index(row["arm"]), row["seed"]))
     teachers = {t["key"]: t for part in parts for t in part["teachers"]}
     return rows, list(teachers.values())
 
 
 def save(rows: list[dict], teachers: list[dict], args) -> None:
-    bench.write_json(
-        args.output, {"rows": rows, "teachers": teachers, "goals": goals(rows, teachers)}
-    )
-    if args.section:
-        bench.write_section(args.section, render(rows, teachers, args))
+    result = {"rows": rows, "teachers": teachers, "goals": goals(rows, teachers)}
+    bench.publish(args.output, result, args.section, lambda: render(rows, teachers, args))
 
 
 def render(rows: list[dict], teachers: list[dict], args) -> str:
     table = []
     for name in ARMS:  # every arm with rows, in the table's order (--render-only merges runs)
-        group = [row for row in rows if row["arm"] == name]
-        if not group:
-            continue
-        table.append(
-            [
-                name,
-                group[0]["teacher"],
-                group[0]["transfer"],
-                str(len(group)),
-                *bench.means(group, bench.SCORES),
-                f"{group[0]['params'] / 1e6:.1f}M",
-                f"{statistics.mean(r['seconds'] for r in group):.0f}",
-            ]
-        )
+        if group := [row for row in rows if row["arm"] == name]:
+            first, student_s = group[0], statistics.mean(r["seconds"] for r in group)
+            table.append([name, first["teacher"], first["transfer"], str(len(group)),
+                          *bench.means(group, bench.SCORES), f"{first['params'] / 1e6:.1f}M",
+                          f"{student_s:.0f}"])  # fmt: skip
     teacher_rows = [
-        [
-            t["teacher"],
-            f"{t['test_accuracy']:.4f}",
-            f"{t['test_macro_f1']:.4f}",
-            f"{t['params'] / 1e6:.1f}M",
-            "-" if t["fine_tune_seconds"] is None else f"{t['fine_tune_seconds']:.0f}",
-        ]
+        [t["teacher"], f"{t['test_accuracy']:.4f}", f"{t['test_macro_f1']:.4f}",
+         f"{t['params'] / 1e6:.1f}M", "-" if t["fine_tune_seconds"] is None
+         else f"{t['fine_tune_seconds']:.0f}"]
         for t in teachers
-    ]
-    return "\n\n".join(
-        [
-            f"## Teachers and transfer text ({args.section})",
-            bench.header("teachers"),
-            f"Student for every arm: `{args.student_init}`. Mean ± standard deviation over the "
-            "seeds in the `seeds` column; `student s` is the student's training time.",
-            bench.markdown_table(
-                "arm | teacher | transfer | seeds | test accuracy | macro-F1 | teacher accuracy"
-                " | retention | INT8 accuracy | params | student s",
-                table,
-            ),
-            bench.markdown_table(
-                "teacher | test accuracy | macro-F1 | params | fine-tune s", teacher_rows
-            ),
-            render_goals(goals(rows, teachers)),
-        ]
+    ]  # fmt: skip
+    return bench.section(
+        f"## Teachers and transfer text ({args.section})",
+        f"Student for every arm: `{args.student_init}`. Mean ± standard deviation over the "
+        "seeds in the `seeds` column; `student s` is the student's training time.",
+        bench.markdown_table(
+            "arm | teacher | transfer | seeds | test accuracy | macro-F1 | teacher accuracy"
+            " | retention | INT8 accuracy | params | student s",
+            table,
+        ),
+        bench.markdown_table(
+            "teacher | test accuracy | macro-F1 | params | fine-tune s", teacher_rows
+        ),
+        render_goals(goals(rows, teachers)),
     )
+
+
+ARM_GOALS = {
+    "over_labels_points": "over labels only >= 3.0 points (PyTorch, {seeds})",
+    "over_minilm_teacher_points": "shipped INT8 over the MiniLM teacher >= 1.0 point ({seeds})",
+}
 
 
 def render_goals(measured: dict) -> str:
@@ -355,18 +262,12 @@ def render_goals(measured: dict) -> str:
         )
     for arm, values in measured["arms"].items():
         seeds = f"{values['seeds']} seed{'s' if values['seeds'] > 1 else ''}"
-        if "over_labels_points" in values:
-            lines.append(
-                f"- {arm} over labels only >= 3.0 points (PyTorch, {seeds}): "
-                f"{values['over_labels_points']:+.2f} points, "
-                f"{verdict(values['met']['over_labels_points'])}"
-            )
-        if "over_minilm_teacher_points" in values:
-            lines.append(
-                f"- {arm} shipped INT8 over the MiniLM teacher >= 1.0 point ({seeds}): "
-                f"{values['over_minilm_teacher_points']:+.2f} points, "
-                f"{verdict(values['met']['over_minilm_teacher_points'])}"
-            )
+        lines += [
+            f"- {arm} {text.format(seeds=seeds)}: {values[goal]:+.2f} points, "
+            f"{verdict(values['met'][goal])}"
+            for goal, text in ARM_GOALS.items()
+            if goal in values
+        ]
     return "\n".join(lines)
 
 
