@@ -103,9 +103,8 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage("augment", "distill.augment:AugmentManifest", Recording(metrics=("rows",))),
     # The teacher as an ONNX graph (fp32 or INT8) that labels the cache (teacher.labelling);
-    # recorded through the cache's labelling fields. Not collected: gc keeps only the folders
-    # runs tag, and runs do not tag this one, so gc would remove every graph after every run.
-    Stage("teacher_onnx", "deploy.teacher_onnx:TeacherOnnxManifest", collectable=False),
+    # recorded with the cache (which tags the graph it used, so gc keeps that one).
+    Stage("teacher_onnx", "deploy.teacher_onnx:TeacherOnnxManifest"),
     # One unit of a sharded logit cache; assembled into logit_cache.
     Stage("logit_shard", "distill.shards:ShardManifest"),
     Stage(
@@ -118,6 +117,7 @@ STAGES: tuple[Stage, ...] = (
                 "labelling_mean_kl",
             ),
             params=runtime_params("logit_cache") | {"resolved.labelling": "labelling_runtime"},
+            tags={"stage.teacher_onnx.key": "labelling_graph_key"},
         ),
     ),
     # A student with its own tokenizer: the same rows in its ids (absent when it shares the

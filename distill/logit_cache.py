@@ -58,6 +58,7 @@ class CacheManifest(StageManifest):
     labelling_max_abs_logit_diff: float | None = None
     labelling_agreement: float | None = None
     labelling_mean_kl: float | None = None
+    labelling_graph_key: str | None = None  # the teacher_onnx stage whose graph labelled it
     labelling: LabellingRecord | None = None  # the choice, with every candidate's numbers
 
 
@@ -208,6 +209,7 @@ def _labelling_fields(labelling: Labelling) -> dict:
         "labelling_max_abs_logit_diff": figures.max_abs_logit_diff if figures else None,
         "labelling_agreement": figures.agreement if figures else None,
         "labelling_mean_kl": figures.mean_kl if figures else None,
+        "labelling_graph_key": labelling.graph_key,
         "labelling": record,
     }
 
