@@ -172,21 +172,33 @@ def sample_feeds(split, batches, pad_id: int, count: int) -> list[Feed]:
     return [(b["input_ids"].numpy(), b["attention_mask"].numpy()) for b in collated]
 
 
-def measure_throughput(
-    labellers: Mapping[str, BatchLabeller], feeds: Sequence[Feed], rounds: int = 3
-) -> dict[str, float]:
-    """Texts per second of each labeller over `feeds`, interleaved: every round runs each
-    labeller over all feeds in turn, so a slow moment of a shared machine hits all of them
-    alike. One warm-up batch each first; the rate is over all rounds."""
-    seconds = dict.fromkeys(labellers, 0.0)
+def interleaved(
+    labellers: Mapping[str, BatchLabeller], feeds: Sequence[Feed], rounds: int = 1
+) -> tuple[dict[str, float], dict[str, list[np.ndarray]]]:
+    """Seconds each labeller spent over `rounds` passes of `feeds`, and its logits per feed (of
+    the last round). Interleaved batch by batch, the order rotating, so a slow moment of a
+    shared machine hits every labeller alike; one warm-up batch each first."""
+    names = list(labellers)
+    seconds = dict.fromkeys(names, 0.0)
+    logits: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for labeller in labellers.values():
         labeller(*feeds[0])
     for _ in range(rounds):
-        for name, labeller in labellers.items():
-            started = time.perf_counter()
-            for ids, mask in feeds:
-                labeller(ids, mask)
-            seconds[name] += time.perf_counter() - started
+        logits = {name: [] for name in names}
+        for number, (ids, mask) in enumerate(feeds):
+            turn = number % len(names)
+            for name in names[turn:] + names[:turn]:
+                started = time.perf_counter()
+                logits[name].append(labellers[name](ids, mask)[0])
+                seconds[name] += time.perf_counter() - started
+    return seconds, logits
+
+
+def measure_throughput(
+    labellers: Mapping[str, BatchLabeller], feeds: Sequence[Feed], rounds: int = 3
+) -> dict[str, float]:
+    """Texts per second of each labeller over `rounds` passes of `feeds` (`interleaved`)."""
+    seconds, _ = interleaved(labellers, feeds, rounds)
     texts = rounds * sum(len(ids) for ids, _ in feeds)
     return {name: texts / spent for name, spent in seconds.items()}
 
