@@ -3,9 +3,9 @@
 `torch` labels with PyTorch. `onnx` / `onnx-int8` build (or reuse) the teacher's graph
 (`deploy/teacher_onnx.py`), judge its validation logits against PyTorch's with the gates of
 `distill/labelling.py`, and label with it when it passes; a refused explicit choice raises
-`LabellingRefused` with the measured figures. `auto` judges both graphs, measures the throughput
-of PyTorch and of every graph that passes on a small validation sample (interleaved), and picks
-the fastest; a runtime that was refused falls back silently, its figures recorded.
+`LabellingRefused` with the measured figures. `auto` judges both graphs and takes the first of
+`PREFERENCE` (fastest first, as measured by bench/labelling.py) that passes; a refused runtime
+falls back to the next, its figures recorded.
 """
 
 from __future__ import annotations
@@ -16,15 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.onnx_eval import open_session
 from deploy.teacher_onnx import (
-    OnnxLabeller,
     TeacherOnnxManifest,
-    measure_throughput,
     open_labeller,
-    sample_feeds,
     teacher_onnx_stage,
-    validation_batches,
 )
 from distill.config import ConfigError, PipelineConfig
 from distill.data import DataManifest
@@ -36,16 +31,18 @@ from distill.labelling import (
     Labelling,
     LabellingGate,
     LabellingRecord,
-    TorchLabeller,
     parity_figures,
     torch_only,
 )
-from distill.models import load_classifier, pad_token_id
 from distill.store import Artifact
 from distill.teacher import TeacherManifest
 
-SAMPLE_BATCHES = 3  # validation batches (of 32) per runtime and round in `auto`'s measurement
-ROUNDS = 3
+# `auto`: the first of these that passes its gate. The order is the runtimes' speed on CPU,
+# measured by bench/labelling.py (docs/benchmarks.md, "Teacher labelling"; 2 threads, batch 32:
+# INT8 2.4-3.1x PyTorch, fp32 ONNX 1.5-2.3x, for MPNet and MiniLM), not timed again in each run:
+# a choice timed per run could flip between runtimes within noise of each other and build a
+# second cache of the same rows.
+PREFERENCE = ("onnx-int8", "onnx", TORCH_RUNTIME)
 
 
 class LabellingRefused(ConfigError):
@@ -77,7 +74,6 @@ def choose_labelling(
     teacher: Artifact[TeacherManifest],
     data: Artifact[DataManifest],
     gates: Mapping[str, LabellingGate] = GATES,
-    sample_batches: int = SAMPLE_BATCHES,
 ) -> Labelling:
     """The runtime `config.teacher.labelling` asks for, judged by `gates` (a
     `distill.chain.LabellingChooser` once the gates are bound)."""
@@ -109,48 +105,23 @@ def choose_labelling(
             candidates=[verdict],
         )
         return labelling_of(graphs[requested], record)
-    passing = [name for name in names if figures[name].passed]
-    speeds, sample = _throughput(teacher, data, {n: graphs[n] for n in passing}, sample_batches)
-    fastest = max(speeds, key=speeds.__getitem__)
-    candidates = [
-        CandidateFigures(
-            runtime=TORCH_RUNTIME,
-            texts_per_second=speeds[TORCH_RUNTIME],
-            passed=True,
-            reason="the reference",
-        ),
-        *(f.model_copy(update={"texts_per_second": speeds.get(n)}) for n, f in figures.items()),
-    ]
+    passed = {TORCH_RUNTIME} | {name for name, verdict in figures.items() if verdict.passed}
+    chosen = next(name for name in PREFERENCE if name in passed)
     refused = [n for n in names if not figures[n].passed]
-    reason = f"fastest that passes its gate ({speeds[fastest]:.1f} texts/s)" + (
+    reason = f"the first of {', '.join(PREFERENCE)} that passes its gate" + (
         f"; refused: {', '.join(refused)}" if refused else ""
     )
     record = LabellingRecord(
         requested=requested,
-        runtime=fastest,
+        runtime=chosen,
         reason=reason,
         temperature=temperature,
         validation_texts=texts,
-        throughput_texts=sample,
-        candidates=candidates,
+        candidates=[
+            CandidateFigures(runtime=TORCH_RUNTIME, passed=True, reason="the reference"),
+            *figures.values(),
+        ],
     )
-    if fastest == TORCH_RUNTIME:
+    if chosen == TORCH_RUNTIME:
         return Labelling(record=record)
-    return labelling_of(graphs[fastest], record)
-
-
-def _throughput(
-    teacher: Artifact[TeacherManifest],
-    data: Artifact[DataManifest],
-    graphs: Mapping[str, Artifact[TeacherOnnxManifest]],
-    sample_batches: int,
-) -> tuple[dict[str, float], int]:
-    """Texts/s of PyTorch and each graph on the same validation batches, interleaved."""
-    model = load_classifier(teacher.path)
-    validation, batches = validation_batches(data)
-    feeds = sample_feeds(validation, batches, pad_token_id(model.config), sample_batches)
-    labellers = {TORCH_RUNTIME: TorchLabeller(model)} | {
-        name: OnnxLabeller(open_session(graph.file(graph.manifest.file)))
-        for name, graph in graphs.items()
-    }
-    return measure_throughput(labellers, feeds, ROUNDS), sum(len(ids) for ids, _ in feeds)
+    return labelling_of(graphs[chosen], record)

@@ -236,8 +236,8 @@ class TeacherConfig(Section):
         description="the runtime that labels the logit cache: `torch`, `onnx` (ONNX Runtime "
         "fp32, ships when it agrees with PyTorch on >= 99.9% of validation labels within 1e-3 "
         "of its logits), `onnx-int8` (dynamic INT8, ships at >= 99.5% agreement and mean KL "
-        "<= 0.01 of the soft targets); `auto`: the fastest that passes its gate here, measured "
-        "at start-up (a refused explicit choice is an error)",
+        "<= 0.01 of the soft targets); `auto`: the first of onnx-int8, onnx, torch (fastest "
+        "first) that passes its gate (a refused explicit choice is an error)",
     )
 
 

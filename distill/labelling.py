@@ -62,7 +62,6 @@ class CandidateFigures(ManifestRecord):
     max_abs_logit_diff: float | None = None
     agreement: float | None = None  # share of validation labels equal to PyTorch's
     mean_kl: float | None = None  # KL(PyTorch soft targets || the runtime's), at `temperature`
-    texts_per_second: float | None = None
     passed: bool
     reason: str
 
@@ -75,7 +74,6 @@ class LabellingRecord(ManifestRecord):
     reason: str
     temperature: float  # of the KL figures (the run's student.temperature when it was built)
     validation_texts: int = 0
-    throughput_texts: int = 0  # per runtime and round of the throughput measurement
     candidates: list[CandidateFigures] = []
 
 
