@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.export import ExportManifest, export_stage
+from deploy.labelling import choose_labelling
 from deploy.quantize import QuantizeManifest, quantize_stage
 from deploy.stage_table import STAGE_FOLDERS
 from distill.augment import AugmentManifest
@@ -102,8 +103,9 @@ def run_pipeline_stages(
     runner: StageRunner = run_directly,
     fan_out: FanOut = run_each_here,
 ) -> RunArtifacts:
-    """Every content-addressed stage of the pipeline, in order; cache shards go to `fan_out`."""
-    upstream = run_until_cache(config, store, runner, fan_out)
+    """Every content-addressed stage of the pipeline, in order; cache shards go to `fan_out`,
+    labelled by the runtime `teacher.labelling` picks (`deploy.labelling.choose_labelling`)."""
+    upstream = run_until_cache(config, store, runner, fan_out, choose_labelling)
     return run_after_cache(config, store, upstream, runner)
 
 

@@ -102,12 +102,23 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage("augment", "distill.augment:AugmentManifest", Recording(metrics=("rows",))),
+    # The teacher as an ONNX graph (fp32 or INT8) that labels the cache (teacher.labelling);
+    # recorded with the cache (which tags the graph it used, so gc keeps that one).
+    Stage("teacher_onnx", "deploy.teacher_onnx:TeacherOnnxManifest"),
     # One unit of a sharded logit cache; assembled into logit_cache.
     Stage("logit_shard", "distill.shards:ShardManifest"),
     Stage(
         "logit_cache",
         "distill.logit_cache:CacheManifest",
-        Recording(params=runtime_params("logit_cache")),
+        Recording(
+            metrics=(
+                "labelling_max_abs_logit_diff",
+                "labelling_agreement",
+                "labelling_mean_kl",
+            ),
+            params=runtime_params("logit_cache") | {"resolved.labelling": "labelling_runtime"},
+            tags={"stage.teacher_onnx.key": "labelling_graph_key"},
+        ),
     ),
     # A student with its own tokenizer: the same rows in its ids (absent when it shares the
     # teacher's tokenizer).

@@ -19,6 +19,7 @@ from distill.config import PipelineConfig, StudentConfig
 from distill.data import DataManifest, data_stage, tokenized_for, tokenizer_identity
 from distill.evaluation import EvaluationManifest, evaluation_stage
 from distill.fan_out import FanOut, run_each_here
+from distill.labelling import Labelling, torch_only
 from distill.logit_cache import CacheManifest, logit_cache_stage
 from distill.store import Artifact
 from distill.student import StudentManifest, student_stage, student_tokenizer_model
@@ -30,6 +31,29 @@ A = TypeVar("A", bound=Artifact)
 
 class StageRunner(Protocol):
     def __call__(self, stage: str, build: Callable[[MetricsLog | None], A]) -> A: ...
+
+
+class LabellingChooser(Protocol):
+    """Picks the runtime that labels the cache (`teacher.labelling`), building what it needs
+    (an ONNX graph: `deploy.labelling.choose_labelling`) in `store`."""
+
+    def __call__(
+        self,
+        store: Path,
+        config: PipelineConfig,
+        teacher: Artifact[TeacherManifest],
+        data: Artifact[DataManifest],
+    ) -> Labelling: ...
+
+
+def torch_labelling(
+    store: Path,
+    config: PipelineConfig,
+    teacher: Artifact[TeacherManifest],
+    data: Artifact[DataManifest],
+) -> Labelling:
+    """The core's chooser: PyTorch (`auto` included); another runtime is an error here."""
+    return torch_only(config.teacher.labelling, config.student.temperature)
 
 
 def run_directly(stage: str, build: Callable[[MetricsLog | None], A]) -> A:
@@ -63,8 +87,11 @@ def run_until_cache(
     store: Path,
     runner: StageRunner = run_directly,
     fan_out: FanOut = run_each_here,
+    labelling: LabellingChooser = torch_labelling,
 ) -> CacheArtifacts:
-    """data -> teacher -> [augmentation] -> logit cache; the cache's shards go to `fan_out`."""
+    """data -> teacher -> [augmentation] -> logit cache; the cache's shards go to `fan_out`,
+    labelled by the runtime `labelling` picks (chosen inside the cache stage, so its export,
+    checks and measurements count as the cache's time)."""
     data = runner("data", lambda log: data_stage(store, config.data, config.teacher.model))
     teacher = runner("teacher", lambda log: teacher_stage(store, config.teacher, data, log))
     augmented = None
@@ -83,6 +110,7 @@ def run_until_cache(
             training=config.teacher.training,
             shard_rows=config.compute.shard_rows,
             fan_out=fan_out,
+            labelling=labelling(store, config, teacher, data),
         ),
     )
     return CacheArtifacts(data, teacher, augmented, cache)

@@ -231,6 +231,14 @@ class TeacherConfig(Section):
         "`model` is still used): tests and smoke runs only",
     )
     training: TrainingConfig = TrainingConfig()
+    labelling: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="the runtime that labels the logit cache: `torch`, `onnx` (ONNX Runtime "
+        "fp32, ships when it agrees with PyTorch on >= 99.9% of validation labels within 1e-3 "
+        "of its logits), `onnx-int8` (dynamic INT8, ships at >= 99.5% agreement and mean KL "
+        "<= 0.01 of the soft targets); `auto`: the first of onnx-int8, onnx, torch (fastest "
+        "first) that passes its gate (a refused explicit choice is an error)",
+    )
 
 
 def _check_layers(layers: list[int], what: str) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from distill.config import TrainingConfig
 from distill.devices import CPU, Runtime, resolve_runtime
 from distill.fan_out import FanOut, run_each_here
+from distill.labelling import TORCH, Labelling, LabellingRecord
 from distill.rows import TeacherTargets, row_counts, training_rows
 from distill.shards import assemble, label_shard, plan_shards
 from distill.store import MANIFEST, Artifact, StageManifest, file_sha256, run_stage, stage_key
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 LOGITS_FILE = "train_logits.npy"
 CLS_FILE = "train_cls_states.npy"
-VERSION = 2  # bump when what the cache holds changes
+VERSION = 3  # bump when what the cache holds changes (3: the labelling runtime is in the key)
 
 
 class CacheManifest(StageManifest):
@@ -51,6 +52,14 @@ class CacheManifest(StageManifest):
     augmented_fingerprint: str | None
     device: str  # where the teacher ran; the logits on disk are float32 whatever the precision
     precision: str
+    # The runtime that labelled the rows ("torch", "onnx", "onnx-int8") and its figures against
+    # the PyTorch teacher on the validation split (None for torch: it is the reference).
+    labelling_runtime: str = "torch"
+    labelling_max_abs_logit_diff: float | None = None
+    labelling_agreement: float | None = None
+    labelling_mean_kl: float | None = None
+    labelling_graph_key: str | None = None  # the teacher_onnx stage whose graph labelled it
+    labelling: LabellingRecord | None = None  # the choice, with every candidate's numbers
 
 
 class CacheError(RuntimeError):
@@ -62,9 +71,11 @@ def cache_key(
     data: Artifact[DataManifest],
     augmented: Artifact[AugmentManifest] | None = None,
     precision: str = "fp32",
+    labelling: Labelling = TORCH,
 ) -> str:
-    """Teacher, data, augmented rows and the inference precision; never temperature or loss
-    weights (bf16 logits differ from fp32 ones, so precision is part of what the cache holds)."""
+    """Teacher, data, augmented rows, the inference precision and the labelling runtime (with
+    the graph it runs); never temperature or loss weights (bf16 or INT8 logits differ from fp32
+    ones, so precision and runtime are part of what the cache holds)."""
     return stage_key(
         "logit_cache",
         VERSION,
@@ -72,6 +83,8 @@ def cache_key(
         data.key,
         augmented.key if augmented else None,
         precision,
+        labelling.runtime,
+        labelling.graph_key,
     )
 
 
@@ -88,12 +101,17 @@ def logit_cache_stage(
     training: TrainingConfig | None = None,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     fan_out: FanOut = run_each_here,
+    labelling: Labelling = TORCH,
 ) -> Artifact[CacheManifest]:
     """`training` (the teacher's section) picks the device and precision; None: CPU, fp32.
+    `labelling` is the runtime that runs the teacher (`distill.labelling`; default PyTorch);
+    another runtime runs its own graph on the CPU, in its own precision.
     The rows are labelled in shards of `shard_rows` (distill/shards.py), each run by `fan_out`;
     the shard size never changes the cache's bytes, so it is not part of the key."""
     runtime = CPU if training is None else resolve_runtime(training, "teacher.training")
-    key = cache_key(teacher, data, augmented, runtime.precision)
+    if labelling.open is not None:
+        runtime = CPU  # the graph runs in ONNX Runtime, on the CPU, in its own precision
+    key = cache_key(teacher, data, augmented, runtime.precision, labelling)
     build = functools.partial(
         build_logit_cache,
         teacher,
@@ -105,6 +123,7 @@ def logit_cache_stage(
         key=key,
         shard_rows=shard_rows,
         fan_out=fan_out,
+        labelling=labelling,
     )
     return run_stage(
         store,
@@ -139,13 +158,23 @@ def build_logit_cache(
     key: str,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     fan_out: FanOut = run_each_here,
+    labelling: Labelling = TORCH,
 ) -> CacheManifest:
     """Plan the shards, have `fan_out` build (or reuse) each, assemble them in row order."""
     rows = training_rows(data, augmented)
     shards = plan_shards([len(ids) for ids in rows["input_ids"]], batch_size, shard_rows)
     works = [
         functools.partial(
-            label_shard, store, key, teacher.path, data, augmented, shard, batch_size, runtime
+            label_shard,
+            store,
+            key,
+            teacher.path,
+            data,
+            augmented,
+            shard,
+            batch_size,
+            runtime,
+            labelling.open,
         )
         for shard in shards
     ]
@@ -166,7 +195,23 @@ def build_logit_cache(
         augmented_fingerprint=augmented.manifest.fingerprint if augmented else None,
         device=runtime.device_name,
         precision=runtime.precision,
+        **_labelling_fields(labelling),
     )
+
+
+def _labelling_fields(labelling: Labelling) -> dict:
+    """The manifest's labelling fields: the runtime, its own figures and the whole record."""
+    record = labelling.record
+    own = [c for c in (record.candidates if record else []) if c.runtime == labelling.runtime]
+    figures = own[0] if own else None
+    return {
+        "labelling_runtime": labelling.runtime,
+        "labelling_max_abs_logit_diff": figures.max_abs_logit_diff if figures else None,
+        "labelling_agreement": figures.agreement if figures else None,
+        "labelling_mean_kl": figures.mean_kl if figures else None,
+        "labelling_graph_key": labelling.graph_key,
+        "labelling": record,
+    }
 
 
 def _open_checked(cache: Artifact[CacheManifest], name: str, shape: list[int]) -> np.ndarray:

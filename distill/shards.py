@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoConfig
 
 from distill.batching import collate, sorted_batches
 from distill.devices import CPU, Runtime, move_batch
+from distill.labelling import BatchLabeller
 from distill.models import load_classifier, pad_token_id
 from distill.rows import TeacherTargets, training_rows
 from distill.store import Artifact, StageManifest, file_sha256, run_stage, stage_key
@@ -121,6 +123,31 @@ def label_batches(
     return TeacherTargets(logits, cls_states)
 
 
+def label_batches_with(
+    labeller: BatchLabeller, rows, batches: Sequence[np.ndarray], pad_id: int
+) -> TeacherTargets:
+    """`label_batches` with another runtime's `labeller` (CPU, its own precision): logits
+    float32, [CLS] states float16, in the batches' order."""
+    logits = cls_states = None
+    start = 0
+    count = sum(len(batch) for batch in batches)
+    for indices in tqdm(batches, desc="teacher targets", disable=None, leave=False):
+        batch = collate(rows, indices, pad_id)
+        out_logits, out_states = labeller(
+            batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+        )
+        if logits is None:
+            logits = np.empty((count, *out_logits.shape[1:]), dtype=np.float32)
+            cls_states = np.empty((count, *out_states.shape[1:]), dtype=np.float16)
+        end = start + len(indices)
+        logits[start:end] = out_logits
+        cls_states[start:end] = out_states
+        start = end
+    if logits is None:
+        raise ValueError("no rows to label")
+    return TeacherTargets(logits, cls_states)
+
+
 def shard_key(cache_key: str, batch_size: int, shard: Shard) -> str:
     """The cache's key (teacher, data, augmented rows, precision, cache format), the batching
     and the shard's rows; not the shard size as such, so equal shards are shared."""
@@ -144,14 +171,17 @@ def label_shard(
     shard: Shard,
     batch_size: int,
     runtime: Runtime = CPU,
+    open_labeller: Callable[[], BatchLabeller] | None = None,
 ) -> Artifact[ShardManifest]:
-    """Shard `shard` of the cache `cache_key`, built (or reused) in `<store>/logit_shard/`."""
+    """Shard `shard` of the cache `cache_key`, built (or reused) in `<store>/logit_shard/`.
+    `open_labeller` gives another runtime's labeller (None: the PyTorch teacher on `runtime`);
+    the cache key names the runtime, so the shard key does too."""
     return run_stage(
         store,
         SHARD_STAGE,
         shard_key(cache_key, batch_size, shard),
         lambda folder: _build_shard(
-            folder, teacher_path, data, augmented, shard, batch_size, runtime
+            folder, teacher_path, data, augmented, shard, batch_size, runtime, open_labeller
         ),
         ShardManifest,
     )
@@ -165,10 +195,15 @@ def _build_shard(
     shard: Shard,
     batch_size: int,
     runtime: Runtime,
+    open_labeller: Callable[[], BatchLabeller] | None = None,
 ) -> ShardManifest:
     rows = training_rows(data, augmented)
     started = time.perf_counter()
-    targets = label_batches(_teacher(str(teacher_path)), rows, shard.batches, runtime)
+    if open_labeller is None:
+        targets = label_batches(_teacher(str(teacher_path)), rows, shard.batches, runtime)
+    else:
+        pad_id = pad_token_id(AutoConfig.from_pretrained(teacher_path))
+        targets = label_batches_with(open_labeller(), rows, shard.batches, pad_id)
     seconds = time.perf_counter() - started
     np.save(folder / LOGITS_FILE, targets.logits)
     np.save(folder / CLS_FILE, targets.cls_states)

@@ -51,12 +51,13 @@ class TeacherManifest(StageManifest):
 
 
 def teacher_key(config: TeacherConfig, data: Artifact[DataManifest]) -> str:
-    """Data + teacher settings + the model source's files; never anything of the student."""
+    """Data + teacher settings + the model source's files; never anything of the student, nor
+    the runtime that labels the cache afterwards (`labelling`: the cache's key has it)."""
     source = resolve_model_source(config.model)
     return stage_key(
         "teacher",
         VERSION,
-        config.model_dump(mode="json"),
+        config.model_dump(mode="json", exclude={"labelling"}),
         source_identity(source, WEIGHT_FILES),
         data.key,
     )

@@ -17,6 +17,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from prefect import flow, get_run_logger
 
 from deploy.chain import RunArtifacts
+from deploy.labelling import choose_labelling
 from deploy.stage_table import CELL_STAGES
 from distill.chain import run_until_cache
 from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
@@ -92,7 +93,11 @@ def distill_sweep(
     succeeded = False
     try:
         upstream = run_until_cache(
-            config, store, stages.prefect_runner(tracker), stages.prefect_fan_out
+            config,
+            store,
+            stages.prefect_runner(tracker),
+            stages.prefect_fan_out,
+            choose_labelling,
         )
         results = sweep_grid.run_cells(configs, store, upstream, stages.prefect_fan_out)
         rows = sweep_grid.compare_with_best(

@@ -11,6 +11,11 @@ class CountManifest(StageManifest):
     # The fields the logit cache's recording reads (recordings read their fields strictly).
     device: str | None = None
     precision: str | None = None
+    labelling_runtime: str | None = None
+    labelling_max_abs_logit_diff: float | None = None
+    labelling_agreement: float | None = None
+    labelling_mean_kl: float | None = None
+    labelling_graph_key: str | None = None
 
 
 @pytest.fixture

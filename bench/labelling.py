@@ -1,0 +1,119 @@
+"""Teacher labelling throughput: PyTorch vs the teacher's ONNX graph, fp32 and dynamic INT8.
+
+    nice -n 10 .venv/bin/python -m bench.labelling [--texts 2000] [--threads 2] [--scratch DIR]
+
+Teachers through the pipeline's stages (data, teacher, teacher_onnx): MPNet-base with a fresh
+seeded head (speed only: its figures are an untrained head's) and MiniLM fine-tuned one epoch
+(figures of a trained head). Each labels the first `--texts` train texts in batches of 32, the
+runtimes interleaved batch by batch. Writes strong_path.json's `labelling`, benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.report import RESULTS, header, machine, markdown_table, write_json, write_section
+from deploy.labelling import judged
+from deploy.onnx_eval import open_session
+from deploy.teacher_onnx import OnnxLabeller, interleaved, sample_feeds, teacher_onnx_stage
+from distill import models
+from distill.batching import sorted_batches
+from distill.config import load_config
+from distill.data import data_stage, load_split
+from distill.labelling import GATES, TorchLabeller, parity_figures
+from distill.teacher import teacher_stage
+
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+PROFILE = Path("configs/movie_reviews.yaml")
+MPNET_NOTE = "pretrained body, fresh seeded head (not fine-tuned): speed only"
+SPEED = "{texts_per_second:.1f} ({ratio_to_torch:.2f}x)"
+FIGURES = "{max_abs_logit_diff:.2g} / {agreement:.4f} / {mean_kl:.2g}"
+TITLE = "## Teacher labelling: PyTorch vs ONNX Runtime (batch 32)"
+COLUMNS = (
+    "teacher | texts | torch texts/s | onnx texts/s | onnx-int8 texts/s"
+    " | onnx: max diff / agreement / KL | int8: max diff / agreement / KL"
+)
+
+
+def seeded_mpnet(data, folder: Path) -> str:
+    """MPNet-base with a fresh seeded head, saved as a classifier (the teacher stage keeps it)."""
+    if not (folder / "config.json").exists():
+        torch.manual_seed(0)
+        source = models.resolve_model_source("mpnet")
+        model = models.pretrained_classifier(source, list(data.manifest.label_names))
+        models.save_classifier(model, models.load_tokenizer(source), folder)
+    return str(folder)
+
+
+def measure(name: str, overrides: list[str], args, note: str) -> dict:
+    config = load_config(PROFILE, [*overrides, f"teacher.model={name}"])
+    data = data_stage(config.store_dir, config.data, config.teacher.model)
+    if name == "mpnet":  # the seeded classifier folder is the teacher (tokenizer: MPNet's)
+        folder = seeded_mpnet(data, Path(args.scratch) / "mpnet-seeded")
+        config = load_config(PROFILE, [*overrides, f"teacher.model={folder}"])
+        data = data_stage(config.store_dir, config.data, config.teacher.model)
+    teacher = teacher_stage(config.store_dir, config.teacher, data)
+    graphs = {r: teacher_onnx_stage(config.store_dir, teacher, data, r) for r in RUNTIMES[1:]}
+    model = models.load_classifier(teacher.path)
+    sessions = {rt: open_session(g.file(g.manifest.file), args.threads) for rt, g in graphs.items()}
+    labellers = {"torch": TorchLabeller(model)} | {r: OnnxLabeller(s) for r, s in sessions.items()}
+    rows = load_split(data.path, "train").select(range(args.texts))
+    batches = sorted_batches([len(ids) for ids in rows["input_ids"]], 32)
+    feeds = sample_feeds(rows, batches, models.pad_token_id(model.config), len(batches))
+    seconds, logits = interleaved(labellers, feeds)
+    reference, temperature = np.concatenate(logits["torch"]), config.student.temperature
+    result = {"teacher": name, "note": note, "texts": len(rows), "threads": args.threads}
+    for rt in RUNTIMES:
+        speed = len(rows) / seconds[rt]
+        entry = {"texts_per_second": speed, "ratio_to_torch": seconds["torch"] / seconds[rt]}
+        if rt != "torch":
+            figures = parity_figures(rt, reference, np.concatenate(logits[rt]), temperature)
+            gate = judged(graphs[rt], GATES[rt], temperature)  # on the validation split
+            entry |= figures.model_dump(include={"max_abs_logit_diff", "agreement", "mean_kl"})
+            entry |= {"validation_gate": gate.reason, "fusion": graphs[rt].manifest.fusion_reason}
+        result[rt] = entry
+    return result
+
+
+def cells(row: dict) -> list[str]:
+    speeds = [SPEED.format(**row[r]) for r in RUNTIMES]
+    figures = [FIGURES.format(**row[r]) for r in RUNTIMES[1:]]
+    return [row["teacher"], str(row["texts"]), *speeds, *figures]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--minilm-examples", type=int, default=3000)
+    parser.add_argument("--scratch", default="/tmp/bench-labelling")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HOME", str(Path(args.scratch) / "hf"))
+    base = [f"workdir={args.scratch}/work", "teacher.training.epochs=1"]
+    started, load_before = time.time(), os.getloadavg()
+    minilm = f"fine-tuned 1 epoch on the train split of {args.minilm_examples} texts"
+    rows = [
+        measure("mpnet", [*base, "data.max_examples=3000"], args, MPNET_NOTE),
+        measure("minilm", [*base, f"data.max_examples={args.minilm_examples}"], args, minilm),
+    ]
+    meta = dict(machine=machine(), load_before=load_before, load_after=os.getloadavg())
+    meta["seconds"] = time.time() - started
+    path = RESULTS / "strong_path.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    write_json(path, results | {"labelling": [row | meta for row in rows]})
+    loads = f"Load average before/after: {load_before[0]:.1f} / {meta['load_after'][0]:.1f}"
+    table = markdown_table(COLUMNS, [cells(row) for row in rows])
+    write_section("labelling", f"{TITLE}\n\n{header(TITLE)}  \n{loads}\n\n{table}")
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""`teacher.labelling`: the logit cache labelled by the teacher's ONNX graph (fp32 or INT8),
+gated on parity with PyTorch, keyed on the runtime, float32 on disk."""
+
+import math
+
+import numpy as np
+import pytest
+
+from deploy.labelling import PREFERENCE, LabellingRefused, choose_labelling
+from deploy.teacher_onnx import teacher_onnx_stage
+from distill.batching import sorted_batches
+from distill.chain import run_until_cache
+from distill.config import ConfigError
+from distill.data import load_split
+from distill.labelling import (
+    INT8_GATE,
+    ONNX_GATE,
+    LabellingGate,
+    TorchLabeller,
+    mean_kl,
+    parity_figures,
+)
+from distill.logit_cache import logit_cache_stage, open_targets
+from distill.models import load_classifier
+from distill.shards import label_batches, label_batches_with
+from distill.teacher import teacher_stage
+
+# Bounds no real graph meets: INT8 always moves some logit and some soft target a little.
+IMPOSSIBLE_INT8 = LabellingGate(min_agreement=1.0, max_abs_logit_diff=0.0, max_mean_kl=0.0)
+
+
+def with_labelling(config, runtime: str):
+    return config.model_copy(
+        update={"teacher": config.teacher.model_copy(update={"labelling": runtime})}
+    )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return tmp_path_factory.mktemp("labelling-store")
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_config, tiny_data, store):
+    return teacher_stage(store, tiny_config.teacher, tiny_data)
+
+
+def cache_for(store, config, teacher, data, runtime: str, **gates):
+    labelling = choose_labelling(store, with_labelling(config, runtime), teacher, data, **gates)
+    return logit_cache_stage(store, teacher, data, labelling=labelling)
+
+
+# --- the gates: pure decisions on measured numbers ------------------------------------------
+
+
+def test_mean_kl_matches_a_hand_computed_value():
+    reference, candidate = np.array([[0.0, 0.0]]), np.array([[math.log(3.0), 0.0]])
+    # p = (1/2, 1/2), q = (3/4, 1/4): KL = 1/2 ln(2/3) + 1/2 ln(2)
+    assert mean_kl(reference, candidate, 1.0) == pytest.approx(0.5 * math.log(4 / 3))
+    assert mean_kl(reference, reference, 2.0) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_the_gates_name_every_figure_they_refuse_on():
+    reference = np.array([[1.0, 0.0], [0.0, 1.0]] * 500)
+    flipped = reference.copy()
+    flipped[0] = [0.0, 1.0]  # one label in 1000 flips: 99.9% agreement, logits off by 1
+    onnx = ONNX_GATE.judge(parity_figures("onnx", reference, flipped, 2.0))
+    assert not onnx.passed
+    assert "max |logit diff| 1 > 0.001" in onnx.reason
+    assert "agreement" not in onnx.reason.split("(measured")[0]  # 99.9% is within its bound
+    int8 = INT8_GATE.judge(parity_figures("onnx-int8", reference, flipped, 2.0))
+    assert int8.passed, int8.reason  # 99.9% >= 99.5%, mean KL ~1e-4 <= 0.01
+    close = ONNX_GATE.judge(parity_figures("onnx", reference, reference + 1e-6, 2.0))
+    assert close.passed and close.max_abs_logit_diff == pytest.approx(1e-6)
+
+
+def test_the_onnx_labeller_path_matches_the_torch_path(tiny_data, teacher):
+    """`label_batches_with` over a PyTorch labeller gives `label_batches`' targets."""
+    model = load_classifier(teacher.path)
+    rows = load_split(tiny_data.path, "train")
+    batches = sorted_batches([len(ids) for ids in rows["input_ids"]], 32)
+    plain = label_batches(model, rows, batches)
+    through = label_batches_with(TorchLabeller(model), rows, batches, pad_id=0)
+    np.testing.assert_allclose(through.logits, plain.logits, atol=1e-6)
+    assert through.cls_states.dtype == np.float16
+
+
+# --- the cache labelled by a graph ----------------------------------------------------------
+
+
+def test_an_onnx_cache_records_its_parity_and_stays_float32(tiny_config, tiny_data, teacher, store):
+    torch_cache = cache_for(store, tiny_config, teacher, tiny_data, "torch")
+    onnx_cache = cache_for(store, tiny_config, teacher, tiny_data, "onnx")
+    manifest = onnx_cache.manifest
+    assert manifest.labelling_runtime == "onnx" and manifest.dtype == "float32"
+    assert manifest.labelling_agreement == 1.0
+    assert manifest.labelling_max_abs_logit_diff <= ONNX_GATE.max_abs_logit_diff
+    assert manifest.labelling_mean_kl < 1e-8
+    assert manifest.labelling.validation_texts == 60
+    assert manifest.labelling.temperature == tiny_config.student.temperature
+    targets, reference = open_targets(onnx_cache), open_targets(torch_cache)
+    assert targets.logits.dtype == np.float32
+    np.testing.assert_allclose(targets.logits, reference.logits, atol=1e-4)
+    np.testing.assert_allclose(targets.cls_states, reference.cls_states, atol=1e-2)
+    assert torch_cache.manifest.labelling_runtime == "torch"
+    assert torch_cache.manifest.labelling_agreement is None  # PyTorch is the reference
+
+
+def test_the_cache_key_names_the_runtime_and_a_repeat_reuses(
+    tiny_config, tiny_data, teacher, store
+):
+    first = {
+        runtime: cache_for(store, tiny_config, teacher, tiny_data, runtime)
+        for runtime in ("torch", "onnx", "onnx-int8")
+    }
+    assert len({cache.key for cache in first.values()}) == 3
+    assert len({cache.path for cache in first.values()}) == 3
+    again = cache_for(store, tiny_config, teacher, tiny_data, "onnx-int8")
+    assert again.reused and again.key == first["onnx-int8"].key
+    graph = teacher_onnx_stage(store, teacher, tiny_data, "onnx-int8")
+    assert graph.reused  # exported once
+    assert again.manifest.labelling_graph_key == graph.key  # tagged, so gc keeps the graph
+    assert open_targets(again).logits.dtype == np.float32
+
+
+def test_an_explicit_refused_runtime_raises_with_its_figures(
+    tiny_config, tiny_data, teacher, store
+):
+    config = with_labelling(tiny_config, "onnx-int8")
+    with pytest.raises(LabellingRefused, match=r"teacher.labelling.*onnx-int8 refused") as error:
+        choose_labelling(store, config, teacher, tiny_data, gates={"onnx-int8": IMPOSSIBLE_INT8})
+    assert "mean KL" in str(error.value) and "agreement" in str(error.value)
+
+
+def test_auto_falls_back_from_a_refused_int8_and_records_why(
+    tiny_config, tiny_data, teacher, store
+):
+    config = with_labelling(tiny_config, "auto")
+    labelling = choose_labelling(
+        store, config, teacher, tiny_data, gates={"onnx-int8": IMPOSSIBLE_INT8}
+    )
+    record = labelling.record
+    assert labelling.runtime == record.runtime == "torch"  # the only runtime left
+    assert labelling.open is None and labelling.graph_key is None
+    int8 = next(c for c in record.candidates if c.runtime == "onnx-int8")
+    assert not int8.passed and int8.reason.startswith("refused")
+    assert "refused: onnx-int8" in record.reason
+
+
+def test_auto_takes_the_fastest_runtime_that_passes_and_the_same_one_every_time(
+    tiny_config, tiny_data, teacher, store
+):
+    config = with_labelling(tiny_config, "auto")
+    labelling = choose_labelling(store, config, teacher, tiny_data)
+    passed = [c.runtime for c in labelling.record.candidates if c.passed]
+    assert labelling.runtime == next(r for r in PREFERENCE if r in passed)
+    # No timing in the choice: a repeat picks the same runtime, so it reuses the same cache.
+    assert choose_labelling(store, config, teacher, tiny_data).runtime == labelling.runtime
+
+
+def test_the_core_alone_labels_with_torch_and_refuses_onnx(tiny_config, tiny_data, store):
+    upstream = run_until_cache(with_labelling(tiny_config, "auto"), store)
+    # (a PyTorch cache built earlier for `torch` is the same cache: its record says so)
+    assert upstream.cache.manifest.labelling_runtime == "torch"
+    with pytest.raises(ConfigError, match="teacher.labelling"):
+        run_until_cache(with_labelling(tiny_config, "onnx"), store)
