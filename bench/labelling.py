@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.report import RESULTS, header, machine, markdown_table, write_json, write_section
+from bench.report import RESULTS, machine, markdown_table, section, write_json, write_section
 from deploy.labelling import judged
 from deploy.onnx_eval import open_session
 from deploy.teacher_onnx import OnnxLabeller, interleaved, sample_feeds, teacher_onnx_stage
@@ -111,7 +111,7 @@ def main() -> None:
     write_json(path, results | {"labelling": [row | meta for row in rows]})
     loads = f"Load average before/after: {load_before[0]:.1f} / {meta['load_after'][0]:.1f}"
     table = markdown_table(COLUMNS, [cells(row) for row in rows])
-    write_section("labelling", f"{TITLE}\n\n{header(TITLE)}  \n{loads}\n\n{table}")
+    write_section("labelling", section(TITLE, table, more=[loads]))
     print(json.dumps(rows, indent=1))
 
 
