@@ -5,7 +5,9 @@ split, for when the CPU allows the teachers but not the caches and students behi
     .venv/bin/python -m bench.curve_teachers --store /work/lc_store --sizes 2000 --seeds 1 \
         --arms mpnet_after mpnet_today
 
-One JSON line per teacher, and --output (bench/results/curve_teachers.json) rewritten after each.
+One JSON line per teacher, and --output (bench/results/curve_teachers.json) rewritten after each;
+each validation check is printed as it happens (`"check"` lines), so a run killed mid-teacher
+still shows how far its teacher got.
 """
 
 from __future__ import annotations
@@ -24,10 +26,20 @@ from distill.teacher import teacher_stage
 from distill.training import predict_logits
 
 
+def checks(arm: str):
+    """A metrics log that prints each validation check as one JSON line."""
+
+    def log(metrics, step: int) -> None:
+        if "val_accuracy" in metrics:
+            print(json.dumps({"check": arm, "step": step, **metrics}), flush=True)
+
+    return log
+
+
 def score(arm: str, seed: int, config) -> dict:
     started = time.perf_counter()
     data = data_stage(config.store_dir, config.data, config.teacher.model)
-    teacher = teacher_stage(config.store_dir, config.teacher, data)
+    teacher = teacher_stage(config.store_dir, config.teacher, data, checks(arm))
     test = load_split(data.path, "test")
     logits = predict_logits(load_classifier(teacher.path), test)
     manifest = teacher.manifest
