@@ -57,6 +57,13 @@ class SplitConfig(Section):
     )
     test: float = Field(0.1, gt=0, lt=0.5, description="share of the data held out for testing")
     seed: int = Field(13, description="seed of the stratified split, used when the source has none")
+    max_train_examples: int | None = Field(
+        None,
+        gt=0,
+        description="stratified subsample of the train split only (seeded by `seed`, after the "
+        "cross-split duplicate drop): validation and test stay as without it, so runs at "
+        "several training sizes are scored on the same texts; null keeps all",
+    )
 
 
 class UnlabeledConfig(Section):

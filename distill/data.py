@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from distill.config import DataConfig, SplitConfig, UnlabeledConfig
 from distill.store import (
@@ -54,6 +55,14 @@ class DataQuality(StageManifest):
     dropped: dict[str, int]
 
 
+class TrainSubsample(ManifestRecord):
+    """`data.split.max_train_examples` at work: train rows kept of those the split left."""
+
+    kept: int
+    of: int
+    seed: int
+
+
 class DataSource(ManifestRecord):
     """Where the labelled rows came from."""
 
@@ -84,6 +93,9 @@ class DataManifest(StageManifest):
     truncated_train_fraction: float
     mean_train_tokens: float
     quality: DataQuality
+    # Set only when `data.split.max_train_examples` dropped train rows; left out of the JSON
+    # otherwise, so a manifest without it reads as before.
+    train_subsample: TrainSubsample | None = Field(None, exclude_if=lambda value: value is None)
     # Transfer text (split "unlabeled"): where it came from, rows kept, and rows dropped because
     # they also occur in validation or test. None when the config has no transfer text.
     unlabeled: TransferRecord | None = None
@@ -565,14 +577,36 @@ def clean_splits(
     return cleaned, quality
 
 
+def subsample_train(
+    splits: dict[str, dict[str, list]], split: SplitConfig
+) -> tuple[dict[str, dict[str, list]], TrainSubsample | None]:
+    """Keep a seeded, stratified `split.max_train_examples` of the train rows; validation and
+    test untouched (so every training size is scored on the same texts). None: nothing dropped."""
+    train = splits["train"]
+    if split.max_train_examples is None or split.max_train_examples >= len(train["label"]):
+        return splits, None
+    try:
+        keep = subsample(train["label"], split.max_train_examples, split.seed)
+    except ValueError as err:  # sklearn: fewer kept rows than classes
+        raise DataError(
+            f"data.split.max_train_examples={split.max_train_examples} cannot keep every class "
+            f"of the train split: {err}"
+        ) from None
+    kept = {column: [values[i] for i in keep] for column, values in train.items()}
+    record = TrainSubsample(kept=len(keep), of=len(train["label"]), seed=split.seed)
+    return {**splits, "train": kept}, record
+
+
 def plan_splits(
     examples: Examples, config: DataConfig
-) -> tuple[dict[str, dict[str, list]], DataQuality]:
-    """The splits the data stage writes: split, cleaned, and checked to still train every class.
+) -> tuple[dict[str, dict[str, list]], DataQuality, TrainSubsample | None]:
+    """The splits the data stage writes: split, cleaned, the train split subsampled when asked,
+    and checked to still train every class.
 
     Cheap (no tokenizer), so the pre-flight runs it and a bad split stops a run before any work.
     """
     splits, quality = clean_splits(split_examples(examples, config), config)
+    splits, train_subsample = subsample_train(splits, config.split)
     present = {label for part in splits.values() for label in part["label"]}
     lost = sorted(present - set(splits["train"]["label"]))
     if lost:
@@ -584,7 +618,7 @@ def plan_splits(
     for name, part in splits.items():
         if not part["text"]:
             raise DataError(f"split '{name}' is empty: the data set is too small")
-    return splits, quality
+    return splits, quality, train_subsample
 
 
 def data_fingerprint(
@@ -618,7 +652,7 @@ def prepare_data(
     from datasets import DatasetDict
 
     examples = load_examples(config, cache_dir)
-    splits, quality = plan_splits(examples, config)
+    splits, quality, train_subsample = plan_splits(examples, config)
     unlabeled, transfer = None, None
     if config.unlabeled is not None:
         transfer = load_unlabeled(config.unlabeled, cache_dir)
@@ -658,6 +692,7 @@ def prepare_data(
         truncated_train_fraction=float(np.mean([n >= config.max_length for n in lengths])),
         mean_train_tokens=float(np.mean(lengths)),
         quality=quality,
+        train_subsample=train_subsample,
         unlabeled=unlabeled,
         source_identity=identity,
     )
@@ -689,6 +724,8 @@ def data_key(config: DataConfig, tokenizer_id: str, identity: str | None = None)
     settings = config.model_dump(mode="json")
     if settings["unlabeled"] is None:  # keeps the keys of runs without transfer text as they were
         del settings["unlabeled"]
+    if settings["split"]["max_train_examples"] is None:  # likewise for runs of every train row
+        del settings["split"]["max_train_examples"]
     identity = identity if identity is not None else source_identity(config)
     return stage_key("data", VERSION, settings, identity, tokenizer_id)
 

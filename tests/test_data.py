@@ -147,6 +147,34 @@ def test_data_stage_key_follows_the_source_file(tmp_path):
     assert first.manifest.fingerprint != second.manifest.fingerprint
 
 
+def test_max_train_examples_shrinks_train_only_stratified_seeded_and_recorded(tmp_path):
+    path = write_source(tmp_path / "reviews.csv", labelled({"pos": 120, "neg": 60}))
+    full = reviews_config(path, split=SplitConfig(validation=0.2, test=0.2))
+    small = reviews_config(path, split=SplitConfig(validation=0.2, test=0.2, max_train_examples=30))
+    whole, _, none = plan_splits(load_examples(full), full)
+    part, _, record = plan_splits(load_examples(small), small)
+    assert none is None and len(whole["train"]["text"]) == 108
+    assert record.model_dump() == {"kept": 30, "of": 108, "seed": 13}
+    assert part["validation"] == whole["validation"] and part["test"] == whole["test"]
+    assert set(part["train"]["source_index"]) < set(whole["train"]["source_index"])
+    assert Counter(part["train"]["label"]) == {0: 10, 1: 20}  # the train split's 1:2 balance
+    assert plan_splits(load_examples(small), small)[0] == part  # seeded by data.split.seed
+    other = small.model_copy(update={"split": small.split.model_copy(update={"seed": 14})})
+    assert plan_splits(load_examples(other), other)[0]["train"] != part["train"]
+    # The stage records it; without it, neither the key nor the manifest's JSON names it.
+    stage = data_stage(tmp_path / "work", small, "minilm")
+    assert stage.manifest.sizes["train"] == 30 and stage.manifest.train_subsample == record
+    plain = data_stage(tmp_path / "work", full, "minilm")
+    assert plain.key != stage.key and "train_subsample" not in plain.manifest.model_dump_json()
+
+
+def test_max_train_examples_above_the_train_size_keeps_every_row(tmp_path):
+    path = write_source(tmp_path / "reviews.csv")
+    config = reviews_config(path, split=SplitConfig(max_train_examples=10_000))
+    splits, _, record = plan_splits(load_examples(config), config)
+    assert record is None and len(splits["train"]["text"]) == 48
+
+
 def labelled(counts: dict[str, int]) -> list[tuple[str, str]]:
     """Distinct texts with the given number of examples per label."""
     return [(f"{label} review number {i}", label) for label, n in counts.items() for i in range(n)]
@@ -165,7 +193,7 @@ def test_a_rare_class_is_refused_by_label_name_and_count(tmp_path):
     with pytest.raises(DataError, match=r"class 'neg' \(6\) in the data has fewer than .*=10"):
         plan_splits(load_examples(config), config)
     lowered = config.model_copy(update={"min_examples_per_class": 5})
-    splits, _ = plan_splits(load_examples(lowered), lowered)
+    splits, _, _ = plan_splits(load_examples(lowered), lowered)
     assert set(splits["train"]["label"]) == {0, 1}
 
 

@@ -1,0 +1,76 @@
+"""bench/learning_curve.py: the runs it plans, and goals that claim nothing from a partial curve."""
+
+from __future__ import annotations
+
+import json
+
+from bench import learning_curve
+
+
+def test_dry_run_plans_sizes_then_seeds_then_arms_cheap_first(capsys):
+    learning_curve.main(["--dry-run", "--sizes", "2000", "all", "--seeds", "1", "2"])
+    runs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["size"], r["seed"], r["arm"]) for r in runs[:5]] == [
+        ("2000", 1, "labels"),
+        ("2000", 1, "default"),
+        ("2000", 1, "mpnet_after"),
+        ("2000", 1, "mpnet_today"),
+        ("2000", 2, "labels"),
+    ]
+    assert len(runs) == 16
+    for run in runs:  # a seed is the whole run's; validation and test never change with size
+        assert run["teacher"]["training"]["seed"] == run["student"]["training"]["seed"]
+        assert run["seed"] == run["student"]["training"]["seed"]
+        subsample = run["data"]["split"]["max_train_examples"]
+        assert subsample == (None if run["size"] == "all" else 2000)
+        assert {k: run["data"]["split"][k] for k in ("validation", "test", "seed")} == {
+            "validation": 0.1,
+            "test": 0.1,
+            "seed": 13,
+        }
+    arm = {r["arm"]: r for r in runs if r["size"] == "2000" and r["seed"] == 1}
+    carved = {"kind": "pretrained", "model": "minilm", "layers": [0, 2, 5]}
+    labels = arm["labels"]["student"]
+    assert labels["alpha"] == 1.0 and arm["labels"]["augmentation"]["multiplier"] == 0
+    assert {k: labels["init"][k] for k in carved} == carved
+    assert arm["default"]["student"]["init"]["kind"] == "teacher_layers"
+    today, after = arm["mpnet_today"]["teacher"], arm["mpnet_after"]["teacher"]
+    assert today["model"] == after["model"] == "mpnet"
+    assert (today["training"]["epochs"], today["training"]["patience"]) == (1, None)
+    assert (after["training"]["epochs"], after["training"]["patience"]) == (4, 2)
+    assert after["training"]["eval_every_steps"] == 100
+    # Besides the teacher's stopping, mpnet_after is the MPNet profile as it is.
+    assert arm["mpnet_after"]["student"] == arm["mpnet_today"]["student"]
+
+
+def rows(size: int, accuracies: dict[str, float], seed: int = 1) -> list[dict]:
+    return [
+        {"size": size, "seed": seed, "arm": arm, "student_accuracy": accuracy}
+        for arm, accuracy in accuracies.items()
+    ]
+
+
+MEETS = {"labels": 0.80, "default": 0.81, "mpnet_after": 0.83}
+
+
+def test_goals_are_points_over_means_and_a_partial_curve_meets_nothing():
+    one = rows(2000, MEETS) + rows(2000, {"mpnet_after": 0.85}, seed=2)
+    measured = learning_curve.goals(one, full=8452)
+    size = measured["sizes"]["2000"]
+    assert size["over_default_points"] == 3.0 and size["over_labels_points"] == 4.0
+    assert size["seeds"] == {"labels": 1, "default": 1, "mpnet_today": 0, "mpnet_after": 2}
+    assert all(size["met"].values())
+    assert not measured["complete"] and measured["met"] is False
+
+
+def test_goals_are_met_only_when_every_size_meets_every_goal():
+    curve = rows(2000, MEETS) + rows(4000, MEETS) + rows(8452, {**MEETS, "mpnet_after": 0.86})
+    measured = learning_curve.goals(curve, full=8452)
+    assert measured["complete"] and measured["met"] is True
+    below_floor = rows(2000, MEETS) + rows(4000, MEETS) + rows(8452, MEETS)  # 0.83 < 0.853
+    assert learning_curve.goals(below_floor, full=8452)["met"] is False
+    close = rows(2000, {**MEETS, "default": 0.825}) + rows(4000, MEETS) + rows(8452, MEETS)
+    assert (
+        learning_curve.goals(close, full=8452)["sizes"]["2000"]["met"]["over_default_points"]
+        is False
+    )
