@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", default=["2000"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--arms", nargs="+", choices=learning_curve.ORDER, required=True)
-    bench.common_args(parser, "curve_teachers.json")
-    args = parser.parse_args(argv)
-    bench.store_override(args)
+    args = bench.arguments(parser, "curve_teachers.json", config=False, argv=argv)
     rows = []
     for _size, seed, arm, config in learning_curve.plan(args):
         rows.append(score(arm, seed, config))

@@ -120,7 +120,7 @@ def render(rows: list[dict], measured: dict) -> str:
         for arm in ORDER:
             group = [r for r in rows if r["size"] == size and r["arm"] == arm]
             if group:
-                cells = [bench.mean_std([float(r[key] or 0) for r in group]) for key in columns]
+                cells = bench.means(group, columns)
                 cells.append(f"{statistics.mean(r['teacher_steps'] or 0 for r in group):.0f}")
                 stops = ", ".join(sorted({str(r["stop_reason"]) for r in group}))
                 seconds = f"{statistics.mean(r['seconds'] for r in group):.0f}"
@@ -132,8 +132,8 @@ def render(rows: list[dict], measured: dict) -> str:
     if not measured["complete"]:
         lines.append("- the curve is partial: no goal is claimed until every size is measured")
     header = "size | arm | seeds | teacher | student | INT8 | teacher steps | stop | seconds"
-    parts = [bench.header("learning_curve"), bench.markdown_table(header, table), "\n".join(lines)]
-    return "## Learning curve (learning_curve)\n\n" + "\n\n".join(parts)
+    title = "## Learning curve (learning_curve)"
+    return bench.section(title, bench.markdown_table(header, table), "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,9 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--arms", nargs="+", choices=ORDER, default=ORDER)
     parser.add_argument("--dry-run", action="store_true", help="print every run's settings")
-    bench.common_args(parser, "learning_curve.json", section="learning_curve")
-    args = parser.parse_args(argv)
-    bench.store_override(args)
+    args = bench.arguments(parser, "learning_curve.json", "learning_curve", config=False, argv=argv)
     runs = plan(args)
     if args.dry_run:
         for size, seed, arm, config in runs:
