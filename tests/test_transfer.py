@@ -93,12 +93,15 @@ def test_a_changed_transfer_file_changes_the_retraining_fingerprint(tiny_config,
     assert "data_stage(config.store_dir.resolve(), config.data," in inspect.getsource(retrain)
 
 
-def test_runs_without_transfer_text_keep_their_data_key(tiny_config, tiny_data):
+def test_runs_without_transfer_text_or_a_train_subsample_keep_their_data_key(
+    tiny_config, tiny_data
+):
     from distill.data import VERSION, source_identity
     from distill.store import stage_key
 
     settings = tiny_config.data.model_dump(mode="json")
     assert settings.pop("unlabeled") is None
+    assert settings["split"].pop("max_train_examples") is None
     expected = stage_key(
         "data",
         VERSION,
