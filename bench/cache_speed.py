@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from bench import report as bench
+from deploy.chain import run_until_cache
 from distill.batching import collate
-from distill.chain import run_until_cache
 from distill.config import TeacherLayersInit, load_config
 from distill.data import load_split
 from distill.logit_cache import open_targets

@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 from bench import report as bench
-from deploy.chain import run_after_cache
-from distill.chain import run_until_cache
+from deploy.chain import run_after_cache, run_until_cache
 from distill.config import PipelineConfig, load_config
 from distill.data import load_examples, plan_splits
 

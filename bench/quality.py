@@ -15,8 +15,7 @@ import statistics
 from pathlib import Path
 
 from bench import report as bench
-from deploy.chain import run_after_cache
-from distill.chain import run_until_cache
+from deploy.chain import run_after_cache, run_until_cache
 from distill.config import load_config
 
 LAYER_CHOICES = {2: [0, 5], 3: [0, 2, 5], 4: [0, 2, 3, 5]}

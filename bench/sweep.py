@@ -12,7 +12,7 @@ import argparse
 import json
 
 from bench import report as bench
-from distill.chain import run_until_cache
+from deploy.chain import run_until_cache
 from distill.config import load_config
 from flows.sweep_grid import Cell, cell_configs, cell_row, grid_cells, run_cells
 

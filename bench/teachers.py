@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import report as bench
-from deploy.chain import run_after_cache
-from distill.chain import run_until_cache
+from deploy.chain import run_after_cache, run_until_cache
 from distill.config import PipelineConfig, load_config
 
 STUDENT_INIT = "{kind: pretrained, model: minilm, layers: [0, 2, 5]}"

@@ -22,7 +22,9 @@ from distill.chain import (
     run_evaluation,
     run_student,
     run_student_rows,
-    run_until_cache,
+)
+from distill.chain import (
+    run_until_cache as run_until_cache_with,
 )
 from distill.config import ExportConfig, PipelineConfig, QuantizeConfig
 from distill.data import DataManifest
@@ -97,6 +99,18 @@ def run_export_quantize(
     return exported, quantized
 
 
+def run_until_cache(
+    config: PipelineConfig,
+    store: Path,
+    runner: StageRunner = run_directly,
+    fan_out: FanOut = run_each_here,
+) -> CacheArtifacts:
+    """`distill.chain.run_until_cache` with every labelling runtime wired: the cache is labelled
+    by the runtime `teacher.labelling` picks (`deploy.labelling.choose_labelling`). What the
+    flows and the benchmarks call, so they measure the path a run takes."""
+    return run_until_cache_with(config, store, runner, fan_out, choose_labelling)
+
+
 def run_pipeline_stages(
     config: PipelineConfig,
     store: Path,
@@ -105,7 +119,7 @@ def run_pipeline_stages(
 ) -> RunArtifacts:
     """Every content-addressed stage of the pipeline, in order; cache shards go to `fan_out`,
     labelled by the runtime `teacher.labelling` picks (`deploy.labelling.choose_labelling`)."""
-    upstream = run_until_cache(config, store, runner, fan_out, choose_labelling)
+    upstream = run_until_cache(config, store, runner, fan_out)
     return run_after_cache(config, store, upstream, runner)
 
 

@@ -16,10 +16,8 @@ from collections.abc import Sequence
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from prefect import flow, get_run_logger
 
-from deploy.chain import RunArtifacts
-from deploy.labelling import choose_labelling
+from deploy.chain import RunArtifacts, run_until_cache
 from deploy.stage_table import CELL_STAGES
-from distill.chain import run_until_cache
 from distill.config import PipelineConfig, config_to_yaml, flatten, load_config
 from distill.files import write_json_atomic
 from flows import sweep_grid
@@ -97,7 +95,6 @@ def distill_sweep(
             store,
             stages.prefect_runner(tracker),
             stages.prefect_fan_out,
-            choose_labelling,
         )
         results = sweep_grid.run_cells(configs, store, upstream, stages.prefect_fan_out)
         rows = sweep_grid.compare_with_best(
