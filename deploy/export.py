@@ -111,8 +111,17 @@ class LogitsOnly(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-def export_onnx(model: torch.nn.Module, path: Path, opset: int, max_length: int) -> None:
-    wrapper = LogitsOnly(model).eval()  # eval on the outermost module, or dropout stays on
+def export_onnx(
+    model: torch.nn.Module,
+    path: Path,
+    opset: int,
+    max_length: int,
+    wrapper: torch.nn.Module | None = None,
+    output_names: tuple[str, ...] = ("logits",),
+) -> None:
+    """`model` (through `wrapper`, default its logits only) as an ONNX graph with dynamic batch
+    and sequence axes, inputs `INPUT_NAMES`, outputs `output_names`."""
+    wrapper = (wrapper or LogitsOnly(model)).eval()  # eval the outermost module: no dropout
     # Two distinct tensors: an input passed twice would be traced as one aliased input. Ids from
     # the upper half of the vocabulary: inside any model's table, clear of its special tokens.
     vocab = model.config.vocab_size
@@ -126,22 +135,18 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int, max_length: int)
         # The exporter warns about unused axis names and optional torchvision ops; neither
         # affects a BERT graph, and parity is checked right after export.
         warnings.simplefilter("ignore")
-        _export(wrapper, (example_ids, example_mask), path, opset, batch, sequence)
-
-
-def _export(wrapper, example, path: Path, opset: int, batch, sequence) -> None:
-    torch.onnx.export(
-        wrapper,
-        example,
-        str(path),
-        dynamo=True,
-        input_names=list(INPUT_NAMES),
-        output_names=["logits"],
-        dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
-        opset_version=opset,
-        external_data=False,
-        verbose=False,
-    )
+        torch.onnx.export(
+            wrapper,
+            (example_ids, example_mask),
+            str(path),
+            dynamo=True,
+            input_names=list(INPUT_NAMES),
+            output_names=list(output_names),
+            dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUT_NAMES},
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
 
 
 def replace_initializer(source: Path, target: Path, old: np.ndarray, new: np.ndarray) -> bool:

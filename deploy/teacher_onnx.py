@@ -16,9 +16,7 @@ labelling gates (`distill/labelling.py`) decide on at any distillation temperatu
 from __future__ import annotations
 
 import functools
-import logging
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -28,6 +26,7 @@ import onnxruntime as ort
 import torch
 from transformers import AutoConfig
 
+from deploy.export import export_onnx
 from deploy.onnx_eval import open_session
 from deploy.optimize import MIN_GAIN, optimize_bert
 from deploy.quantize import quantize_int8
@@ -103,28 +102,9 @@ class TargetsOnly(torch.nn.Module):
 
 
 def export_teacher(model: torch.nn.Module, path: Path, max_length: int) -> None:
-    wrapper = TargetsOnly(model).eval()
-    vocab = model.config.vocab_size
-    ids = torch.randint(vocab // 2, vocab, (2, 8), dtype=torch.long)
-    mask = torch.ones((2, 8), dtype=torch.long)
-    mask[1, -3:] = 0
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    sequence = torch.export.Dim("sequence", min=1, max=max(8, max_length))
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # unused axis names, optional ops: parity is checked
-        torch.onnx.export(
-            wrapper,
-            (ids, mask),
-            str(path),
-            dynamo=True,
-            input_names=["input_ids", "attention_mask"],
-            output_names=["logits", "cls_states"],
-            dynamic_shapes={n: {0: batch, 1: sequence} for n in ("input_ids", "attention_mask")},
-            opset_version=OPSET,
-            external_data=False,
-            verbose=False,
-        )
+    """The teacher with the cache's two outputs: its logits and its [CLS] states."""
+    outputs = ("logits", "cls_states")
+    export_onnx(model, path, OPSET, max_length, wrapper=TargetsOnly(model), output_names=outputs)
 
 
 def teacher_onnx_key(teacher: Artifact[TeacherManifest], runtime: Runtime) -> str:
