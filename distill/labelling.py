@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from distill.config import ConfigError
+from distill.devices import CPU, Runtime
 from distill.store import ManifestRecord
 
 TORCH_RUNTIME = "torch"
@@ -36,23 +37,27 @@ class BatchLabeller(Protocol):
 
 
 class TorchLabeller:
-    """The PyTorch teacher as a `BatchLabeller` (CPU, fp32): the reference the gates compare
-    against, and the `torch` entry of a throughput measurement."""
+    """The PyTorch teacher as a `BatchLabeller` on `runtime`'s device and precision (default
+    CPU, fp32): what labels a `torch` cache, the reference the gates compare against, and the
+    `torch` entry of a throughput measurement."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model.eval()
+    def __init__(self, model: torch.nn.Module, runtime: Runtime = CPU) -> None:
+        self.model = model.to(runtime.device).eval()
+        self.runtime = runtime
 
     @torch.inference_mode()
     def __call__(
         self, input_ids: np.ndarray, attention_mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        out = self.model(
-            input_ids=torch.from_numpy(input_ids),
-            attention_mask=torch.from_numpy(attention_mask),
-            output_hidden_states=True,
-        )
+        device = self.runtime.device
+        with self.runtime.autocast():
+            out = self.model(
+                input_ids=torch.from_numpy(input_ids).to(device),
+                attention_mask=torch.from_numpy(attention_mask).to(device),
+                output_hidden_states=True,
+            )
         states = torch.stack([h[:, 0] for h in out.hidden_states], 1)
-        return out.logits.float().numpy(), states.float().numpy()
+        return out.logits.float().cpu().numpy(), states.float().cpu().numpy()
 
 
 class CandidateFigures(ManifestRecord):

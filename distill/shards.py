@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from distill.batching import collate, sorted_batches
-from distill.devices import CPU, Runtime, move_batch
-from distill.labelling import BatchLabeller
+from distill.devices import CPU, Runtime
+from distill.labelling import BatchLabeller, TorchLabeller
 from distill.models import load_classifier, pad_token_id
 from distill.rows import TeacherTargets, training_rows
 from distill.store import Artifact, StageManifest, file_sha256, run_stage, stage_key
@@ -95,39 +95,20 @@ def plan_shards(lengths: Sequence[int], batch_size: int, shard_rows: int) -> lis
     ]
 
 
-@torch.inference_mode()
 def label_batches(
     model: torch.nn.Module, rows, batches: Sequence[np.ndarray], runtime: Runtime = CPU
 ) -> TeacherTargets:
     """The teacher's logits (float32) and per-layer [CLS] states (float16) for the rows of
     `batches`, in the batches' order (concatenated), on `runtime`'s device and precision."""
-    model.to(runtime.device).eval()
-    count = sum(len(batch) for batch in batches)
-    logits = np.empty((count, model.config.num_labels), dtype=np.float32)
-    layers, hidden = model.config.num_hidden_layers + 1, model.config.hidden_size
-    cls_states = np.empty((count, layers, hidden), dtype=np.float16)
-    start, pad_id = 0, pad_token_id(model.config)  # MPNet and RoBERTa pad with 1, not 0
-    for indices in tqdm(batches, desc="teacher targets", disable=None, leave=False):
-        batch = move_batch(collate(rows, indices, pad_id), runtime.device)
-        with runtime.autocast():
-            out = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                output_hidden_states=True,
-            )
-        end = start + len(indices)
-        logits[start:end] = out.logits.float().cpu().numpy()
-        states = torch.stack([h[:, 0] for h in out.hidden_states], 1)
-        cls_states[start:end] = states.float().cpu().numpy()  # numpy rounds to float16
-        start = end
-    return TeacherTargets(logits, cls_states)
+    pad_id = pad_token_id(model.config)  # MPNet and RoBERTa pad with 1, not 0
+    return label_batches_with(TorchLabeller(model, runtime), rows, batches, pad_id)
 
 
 def label_batches_with(
     labeller: BatchLabeller, rows, batches: Sequence[np.ndarray], pad_id: int
 ) -> TeacherTargets:
-    """`label_batches` with another runtime's `labeller` (CPU, its own precision): logits
-    float32, [CLS] states float16, in the batches' order."""
+    """The targets `labeller` gives for the rows of `batches`, in the batches' order: logits
+    float32, [CLS] states float16 (numpy rounds them)."""
     logits = cls_states = None
     start = 0
     count = sum(len(batch) for batch in batches)
