@@ -65,6 +65,7 @@ def labelling_of(graph: Artifact[TeacherOnnxManifest], record: LabellingRecord) 
         graph_key=graph.key,
         open=functools.partial(open_labeller, path),
         record=record,
+        release=open_labeller.cache_clear,
     )
 
 

@@ -85,12 +85,15 @@ class LabellingRecord(ManifestRecord):
 @dataclass(frozen=True)
 class Labelling:
     """The runtime that labels a cache. `graph_key`: the stage that holds its graph (None: the
-    PyTorch teacher); `open`: a picklable factory of its `BatchLabeller` (None: PyTorch)."""
+    PyTorch teacher); `open`: a picklable factory of its `BatchLabeller` (None: PyTorch);
+    `release`: drops what `open` keeps open in this process (a session and its memory arena,
+    reused across shards) once the cache is built."""
 
     runtime: str = TORCH_RUNTIME
     graph_key: str | None = None
     open: Callable[[], BatchLabeller] | None = None
     record: LabellingRecord | None = None
+    release: Callable[[], None] | None = None
 
 
 TORCH = Labelling()

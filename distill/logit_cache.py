@@ -25,7 +25,7 @@ from distill.devices import CPU, Runtime, resolve_runtime
 from distill.fan_out import FanOut, run_each_here
 from distill.labelling import TORCH, Labelling, LabellingRecord
 from distill.rows import TeacherTargets, row_counts, training_rows
-from distill.shards import assemble, label_shard, plan_shards
+from distill.shards import assemble, label_shard, plan_shards, release_teachers
 from distill.store import MANIFEST, Artifact, StageManifest, file_sha256, run_stage, stage_key
 
 if TYPE_CHECKING:
@@ -178,7 +178,12 @@ def build_logit_cache(
         )
         for shard in shards
     ]
-    targets = assemble(fan_out("logit_shard", works), len(rows))
+    try:
+        targets = assemble(fan_out("logit_shard", works), len(rows))
+    finally:  # what labelled the shards here is not needed again (about 0.6 GB for MiniLM)
+        release_teachers()
+        if labelling.release is not None:
+            labelling.release()
     np.save(folder / LOGITS_FILE, targets.logits)
     np.save(folder / CLS_FILE, targets.cls_states)
     return CacheManifest(

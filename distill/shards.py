@@ -143,6 +143,11 @@ def _teacher(path: str) -> torch.nn.Module:
     return load_classifier(Path(path))
 
 
+def release_teachers() -> None:
+    """Drop this process's loaded teachers (kept for the next shard) once a cache is built."""
+    _teacher.cache_clear()
+
+
 def label_shard(
     store: Path,
     cache_key: str,

@@ -94,11 +94,9 @@ def _measured(run: Callable[[], Artifact]) -> Artifact:
     measuring = memory.reset_peak()
     started = time.perf_counter()
     artifact = run()
-    return dataclasses.replace(
-        artifact,
-        seconds=time.perf_counter() - started,
-        peak_rss_bytes=memory.peak_bytes() if measuring else None,
-    )
+    peak = memory.peak_bytes() if measuring else None
+    memory.return_freed_memory()  # the next stage starts from what is live, not this peak
+    return dataclasses.replace(artifact, seconds=time.perf_counter() - started, peak_rss_bytes=peak)
 
 
 def _worth_retrying(task, task_run, state) -> bool:

@@ -1,5 +1,8 @@
 """Per-stage peak memory: the process's high-water mark, reset at each stage's start."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 
 from distill import memory
@@ -18,3 +21,20 @@ def test_the_peak_follows_what_was_touched_since_the_last_reset():
     assert memory.peak_bytes() >= grown - 4 * MB
     assert memory.reset_peak()
     assert memory.peak_bytes() <= grown - 200 * MB  # a new mark from today's resident size
+
+
+def resident_bytes() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE).group(1)) * 1024
+
+
+def test_memory_freed_inside_the_heap_goes_back_to_the_system():
+    # 4 KiB blocks come from the C heap, not mmap; a block kept after them stops free() from
+    # trimming the heap's top, as objects a stage leaves alive do.
+    blocks = [bytearray(4096) for _ in range(300 * MB // 4096)]
+    kept = bytearray(4096)
+    del blocks
+    held = resident_bytes()
+    assert memory.return_freed_memory()  # glibc
+    assert resident_bytes() <= held - 200 * MB
+    assert len(kept) == 4096
