@@ -16,6 +16,7 @@ much.
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import warnings
@@ -147,6 +148,28 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
+    release_exporter_graphs()
+
+
+MATCHER_STATE = ("_graph", "_current_node", "_match", "_tracer")
+
+
+def release_exporter_graphs() -> None:
+    """Let the exported model's weights go. onnxscript's rewrite rules are module-level objects,
+    and each rule's matcher keeps its last match's state (`SimplePatternMatcher._graph`,
+    `_current_node`, `_match`: onnxscript 0.7), which reaches the graph, whose initializers wrap
+    the model's parameters: after exporting the teacher, 127 MiB (MiniLM) to 438 MiB (MPNet)
+    stayed alive through the rest of the run. Private attributes, so set defensively: a later
+    onnxscript without them is left as it is."""
+    try:
+        from onnxscript.rewriter._matcher import SimplePatternMatcher
+    except ImportError:
+        return
+    for found in gc.get_objects():
+        if isinstance(found, SimplePatternMatcher):
+            for state in MATCHER_STATE:
+                if getattr(found, state, None) is not None:
+                    setattr(found, state, None)
 
 
 def replace_initializer(source: Path, target: Path, old: np.ndarray, new: np.ndarray) -> bool:
