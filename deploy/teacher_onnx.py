@@ -192,22 +192,24 @@ def build_fp32(
     export_teacher(model, folder / EXPORTED_FILE, data.manifest.max_length)
     validation, batches = validation_batches(data)
     reference = label_batches_with(TorchLabeller(model), validation, batches, pad_id).logits
+    config = model.config
+    del model  # from here on the graphs are scored: MPNet's weights alone are 438 MiB
     exported = graph_logits(folder / EXPORTED_FILE, data, pad_id)
-    fused, reason = _try_fusion(model, folder, data, pad_id, reference, batches, validation)
+    fused, reason = _try_fusion(config, folder, data, pad_id, reference, batches, validation)
     graph = folder / (ONNX_FILE if fused else EXPORTED_FILE)
     logits = graph_logits(graph, data, pad_id) if fused else exported
     return _manifest("onnx", folder, teacher, fused, reason, reference, logits, graph)
 
 
-def _try_fusion(model, folder: Path, data, pad_id, reference, batches, validation):
+def _try_fusion(config, folder: Path, data, pad_id, reference, batches, validation):
     """Fuse into `folder/ONNX_FILE`; keep it only when in parity with PyTorch and faster."""
     target = folder / ONNX_FILE
     try:
         fused_ops = optimize_bert(
             folder / EXPORTED_FILE,
             target,
-            model.config.num_attention_heads,
-            model.config.hidden_size,
+            config.num_attention_heads,
+            config.hidden_size,
         )
     except Exception as err:  # an architecture the optimizer cannot read: keep the export
         target.unlink(missing_ok=True)
