@@ -120,8 +120,16 @@ STAGES: tuple[Stage, ...] = (
             tags={"stage.teacher_onnx.key": "labelling_graph_key"},
         ),
     ),
+    # teacher.ensemble: the main teacher's cache averaged with the members' (their own teacher,
+    # logit_cache and student_data stages are built inside it, and not tagged: gc may collect
+    # them, and a later run then builds them again).
+    Stage(
+        "ensemble_cache",
+        "distill.ensemble:EnsembleManifest",
+        Recording(tags={"stage.logit_cache.key": "main_cache_key"}),
+    ),
     # A student with its own tokenizer: the same rows in its ids (absent when it shares the
-    # teacher's tokenizer).
+    # teacher's tokenizer; an ensemble member's rows in its ids too).
     Stage("student_data", "distill.data:DataManifest", Recording(files=("labels.json",))),
     Stage("student_augment", "distill.augment:AugmentManifest", Recording(metrics=("rows",))),
     Stage(

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from distill.augment import AugmentManifest, augmentation_stage
-from distill.config import PipelineConfig, StudentConfig
+from distill.config import EnsembleMember, PipelineConfig, StudentConfig
 from distill.data import DataManifest, data_stage, tokenized_for, tokenizer_identity
+from distill.ensemble import Labelled, ensemble_cache_stage, member_teacher
 from distill.evaluation import EvaluationManifest, evaluation_stage
 from distill.fan_out import FanOut, run_each_here
 from distill.labelling import Labelling, torch_only
@@ -113,7 +114,54 @@ def run_until_cache(
             labelling=labelling(store, config, teacher, data),
         ),
     )
+    if config.teacher.ensemble:
+        main = CacheArtifacts(data, teacher, augmented, cache)
+        cache = runner(
+            "ensemble_cache",
+            lambda log: run_ensemble(config, store, main, fan_out, labelling),
+        )
     return CacheArtifacts(data, teacher, augmented, cache)
+
+
+def run_ensemble(
+    config: PipelineConfig,
+    store: Path,
+    main: CacheArtifacts,
+    fan_out: FanOut = run_each_here,
+    labelling: LabellingChooser = torch_labelling,
+) -> Artifact[CacheManifest]:
+    """The main teacher's cache averaged with every `teacher.ensemble` member's; the members'
+    stages are built (or reused) here, so their time counts as the ensemble cache's."""
+    members = [Labelled(config.teacher.model, 1.0, main.teacher, main.cache)]
+    for member in config.teacher.ensemble:
+        members.append(label_member(config, store, main, member, fan_out, labelling))
+    return ensemble_cache_stage(store, members, config.student.temperature)
+
+
+def label_member(
+    config: PipelineConfig,
+    store: Path,
+    main: CacheArtifacts,
+    member: EnsembleMember,
+    fan_out: FanOut,
+    labelling: LabellingChooser,
+) -> Labelled:
+    """One member: the run's rows in its ids, fine-tuned, then its own logit cache."""
+    teacher_config = member_teacher(config.teacher, member)
+    member_config = config.model_copy(update={"teacher": teacher_config})
+    rows = rows_in_ids_of(member.model, config, store, main.data, main.augmented)
+    teacher = teacher_stage(store, teacher_config, rows.data)
+    cache = logit_cache_stage(
+        store,
+        teacher,
+        rows.data,
+        rows.augmented,
+        training=teacher_config.training,
+        shard_rows=config.compute.shard_rows,
+        fan_out=fan_out,
+        labelling=labelling(store, member_config, teacher, rows.data),
+    )
+    return Labelled(member.model, member.weight, teacher, cache)
 
 
 def run_student_rows(
@@ -127,24 +175,35 @@ def run_student_rows(
     Tokenized once per distinct tokenizer; the augmented texts depend only on the train texts
     and the augmentation settings, so the student's copy holds the same texts in the same order.
     """
-    shared = StudentRows(upstream.data, upstream.augmented)
     model = student_tokenizer_model(config.student, config.teacher.model)
     if model == config.teacher.model:
-        return shared
+        return StudentRows(upstream.data, upstream.augmented)
+    return rows_in_ids_of(model, config, store, upstream.data, upstream.augmented, runner)
+
+
+def rows_in_ids_of(
+    model: str,
+    config: PipelineConfig,
+    store: Path,
+    data: Artifact[DataManifest],
+    augmented: Artifact[AugmentManifest] | None,
+    runner: StageRunner = run_directly,
+) -> StudentRows:
+    """`data` and `augmented` in the token ids of `model`'s tokenizer (themselves when it is
+    theirs): a student's or an ensemble member's rows."""
     source, tokenizer_id = tokenizer_identity(model)
-    if tokenizer_id == upstream.data.manifest.tokenizer_id:
-        return shared
-    data = runner("student_data", lambda log: tokenized_for(store, upstream.data, model))
-    augmented = None
-    if upstream.augmented is not None:
-        tokenizer = Path(source)
-        augmented = runner(
+    if tokenizer_id == data.manifest.tokenizer_id:
+        return StudentRows(data, augmented)
+    tokenized = runner("student_data", lambda log: tokenized_for(store, data, model))
+    rows_augmented = None
+    if augmented is not None:
+        rows_augmented = runner(
             "student_augment",
             lambda log: augmentation_stage(
-                store, config.augmentation, data, tokenizer, stage="student_augment"
+                store, config.augmentation, tokenized, Path(source), stage="student_augment"
             ),
         )
-    return StudentRows(data, augmented)
+    return StudentRows(tokenized, rows_augmented)
 
 
 def run_student(

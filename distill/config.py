@@ -224,6 +224,19 @@ class RandomArchitecture(Section):
         return self
 
 
+class EnsembleMember(Section):
+    """Another teacher whose soft targets are averaged with the main teacher's."""
+
+    model: str = Field(description="as `teacher.model`: a bundled name, a folder or a hub name")
+    weight: float = Field(1.0, gt=0, description="its weight; the main teacher's is 1")
+    random_init: RandomArchitecture | None = Field(
+        None, description="as `teacher.random_init` (tests and smoke runs only)"
+    )
+    training: TrainingConfig | None = Field(
+        None, description="its fine-tuning settings (None: the main teacher's)"
+    )
+
+
 class TeacherConfig(Section):
     model: str = Field(
         "minilm",
@@ -245,6 +258,12 @@ class TeacherConfig(Section):
         "of its logits), `onnx-int8` (dynamic INT8, ships at >= 99.5% agreement and mean KL "
         "<= 0.01 of the soft targets); `auto`: the first of onnx-int8, onnx, torch (fastest "
         "first) that passes its gate (a refused explicit choice is an error)",
+    )
+    ensemble: list[EnsembleMember] = Field(
+        [],
+        description="more teachers, each fine-tuned and labelled as its own stages; the student "
+        "learns from the weighted mean of every teacher's soft targets at `student.temperature` "
+        "(the main teacher weighs 1; [CLS]-state terms read the main teacher's states)",
     )
 
 

@@ -232,3 +232,8 @@ def check_inputs(config: PipelineConfig) -> None:
     check_hidden_distillation(config, teacher)
     if not random_teacher:  # after the settings: a wrong layer or width is named first
         check_weight_files(config.teacher.model, "teacher.model")
+    for number, member in enumerate(config.teacher.ensemble):
+        key = f"teacher.ensemble[{number}].model"
+        check_tokenizer_source(member.model, key)
+        if member.random_init is None:
+            check_weight_files(member.model, key)

@@ -52,12 +52,13 @@ class TeacherManifest(StageManifest):
 
 def teacher_key(config: TeacherConfig, data: Artifact[DataManifest]) -> str:
     """Data + teacher settings + the model source's files; never anything of the student, nor
-    the runtime that labels the cache afterwards (`labelling`: the cache's key has it)."""
+    the runtime that labels the cache afterwards (`labelling`: the cache's key has it), nor the
+    other teachers of an ensemble (`ensemble`: the ensemble cache's key has them)."""
     source = resolve_model_source(config.model)
     return stage_key(
         "teacher",
         VERSION,
-        config.model_dump(mode="json", exclude={"labelling"}),
+        config.model_dump(mode="json", exclude={"labelling", "ensemble"}),
         source_identity(source, WEIGHT_FILES),
         data.key,
     )

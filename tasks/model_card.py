@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from deploy.quantize import QuantizeManifest, StepCosts
     from distill.data import DataQuality
     from distill.evaluation import EvaluationManifest
+    from distill.logit_cache import CacheManifest
 
 CARD = "model_card.md"
 CURVES = "training_curves.png"
@@ -370,6 +371,7 @@ def render_model_card(
         ),
         "Latency: batch 1, one thread, on the machine that ran the pipeline.",
         teacher_gap_line(evaluation),
+        *ensemble_lines(artifacts.cache.manifest),
         "## Gates"
         + ("" if champion_version is None else f" (current champion: v{champion_version})"),
         _table(
@@ -388,6 +390,28 @@ def render_model_card(
         f"`{TRADE_OFF}` (accuracy against latency).",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def ensemble_lines(cache: CacheManifest) -> list[str]:
+    """The teachers whose averaged soft targets the student learned from (none: one teacher)."""
+    from distill.ensemble import EnsembleManifest
+
+    if not isinstance(cache, EnsembleManifest):
+        return []
+    rows = [
+        [
+            member.model,
+            member.weight,
+            member.teacher_val_accuracy,
+            f"`{member.teacher_sha256[:12]}`",
+        ]
+        for member in cache.members
+    ]
+    return [
+        f"Soft targets: the weighted mean of {len(rows)} teachers' at T = {cache.temperature:g} "
+        "(`teacher.ensemble`; the teacher above is the first, whose test scores are shown):",
+        _table(["teacher", "weight", "best validation accuracy", "weights sha256"], rows),
+    ]
 
 
 def teacher_gap_line(evaluation: EvaluationManifest) -> str:
