@@ -40,7 +40,7 @@ from distill.chain import run_student
 from distill.config import PipelineConfig, load_config
 from distill.data import load_split
 from distill.models import load_classifier, load_tokenizer
-from distill.paired import compare
+from distill.paired import PairedComparison, compare
 from distill.student import init_student
 from distill.training import predict_logits
 
@@ -171,7 +171,7 @@ def measure(config: PipelineConfig, scratch: Path) -> dict:
 
 def render(result: dict) -> str:
     peer = result["rows"][-1]["seconds"]
-    paired = compare_line(result["paired"])
+    paired = PairedComparison.model_validate(result["paired"]).summary()
     accuracy = {"hand-written Trainer": result["peer_accuracy"]}
     rows = [
         [
@@ -192,13 +192,6 @@ def render(result: dict) -> str:
         + "; ".join(f"{name}: {why}" for name, why in result["packaged"].items()),
     ]
     return bench.section(TITLE, bench.markdown_table(COLUMNS, rows), more=more)
-
-
-def compare_line(paired: dict) -> str:
-    low, high = paired["interval"]
-    return (
-        f"{paired['difference']:+.4f} [{low:+.4f}, {high:+.4f}], p(worse) {paired['p_worse']:.3f}"
-    )
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from distill.config import load_config
 from distill.data import load_split
 from distill.devices import Runtime
 from distill.losses import LossTerms, hard_label_ce
-from distill.paired import compare
+from distill.paired import PairedComparison, compare
 from distill.student import init_student
 from distill.training import Optimisation, predict_logits
 
@@ -132,13 +132,10 @@ def measure(args, config) -> dict:
 
 
 def accuracy_line(accuracy: str | dict) -> str:
+    """The paired check's one line (a string: why it did not run)."""
     if isinstance(accuracy, str):
         return accuracy
-    low, high = accuracy["interval"]
-    return (
-        f"bf16 - fp32 on {accuracy['n']} validation texts {accuracy['difference']:+.4f} "
-        f"[{low:+.4f}, {high:+.4f}], p(worse) {accuracy['p_worse']:.3f}"
-    )
+    return PairedComparison.model_validate(accuracy).summary()
 
 
 def render(row: dict) -> str:

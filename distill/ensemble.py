@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from distill.config import EnsembleMember, TeacherConfig
+from distill.labelling import softmax
 from distill.logit_cache import LOGITS_FILE, CacheManifest, open_targets
 from distill.store import Artifact, file_sha256, run_stage, stage_key
 from distill.teacher import TeacherManifest
@@ -80,20 +81,16 @@ def combined_logits(
     logits: Sequence[np.ndarray], weights: Sequence[float], temperature: float
 ) -> np.ndarray:
     """T * log of the weighted mean of softmax(z_i / T): float32, one row per input row."""
-    total = np.zeros(logits[0].shape, dtype=np.float64)
-    for member, weight in zip(logits, weights, strict=True):
-        scaled = np.asarray(member, dtype=np.float64) / temperature
-        scaled -= scaled.max(-1, keepdims=True)
-        probabilities = np.exp(scaled)
-        total += weight * probabilities / probabilities.sum(-1, keepdims=True)
-    mean = total / sum(weights)
+    mean = sum(
+        weight * softmax(np.asarray(member), temperature)
+        for member, weight in zip(logits, weights, strict=True)
+    ) / sum(weights)
     return (temperature * np.log(np.maximum(mean, np.finfo(np.float64).tiny))).astype(np.float32)
 
 
 def ensemble_key(members: Sequence[Labelled], temperature: float) -> str:
-    return stage_key(
-        STAGE, VERSION, temperature, [(m.cache.key, m.weight, m.teacher.key) for m in members]
-    )
+    # A member's cache key covers its teacher, rows and labelling runtime.
+    return stage_key(STAGE, VERSION, temperature, [(m.cache.key, m.weight) for m in members])
 
 
 def ensemble_cache_stage(
