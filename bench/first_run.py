@@ -107,10 +107,10 @@ def main() -> None:
     row |= {"machine": bench.machine(), "command": bench.command_line()}
     row |= {"load_before": load_before, "load_after": os.getloadavg()}
     path = bench.RESULTS / "strong_path.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    first_runs = results.get("first_run", {}) | {config.name: row}
-    memory = {name: entry["stages"] for name, entry in first_runs.items()}
-    bench.write_json(path, results | {"first_run": first_runs, "memory": memory})
+    first_runs = json.loads(path.read_text()).get("first_run", {}) if path.exists() else {}
+    first_runs |= {config.name: row}
+    bench.update_results(path.name, "first_run", first_runs)
+    bench.update_results(path.name, "memory", {n: e["stages"] for n, e in first_runs.items()})
     if args.section:
         bench.write_section(args.section, render(list(first_runs.values())))
     print(json.dumps(row, indent=1))

@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.report import RESULTS, machine, markdown_table, section, write_json, write_section
+from bench.report import (
+    machine,
+    markdown_table,
+    section,
+    update_results,
+    write_section,
+)
 from deploy.labelling import judged
 from deploy.onnx_eval import open_session
 from deploy.teacher_onnx import OnnxLabeller, interleaved, sample_feeds, teacher_onnx_stage
@@ -106,9 +112,7 @@ def main() -> None:
     ]
     meta = dict(machine=machine(), load_before=load_before, load_after=os.getloadavg())
     meta["seconds"] = time.time() - started
-    path = RESULTS / "strong_path.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    write_json(path, results | {"labelling": [row | meta for row in rows]})
+    update_results("strong_path.json", "labelling", [row | meta for row in rows])
     loads = f"Load average before/after: {load_before[0]:.1f} / {meta['load_after'][0]:.1f}"
     table = markdown_table(COLUMNS, [cells(row) for row in rows])
     write_section("labelling", section(TITLE, table, more=[loads]))

@@ -19,10 +19,14 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+
 from bench import report as bench
 from deploy.chain import run_after_cache, run_until_cache
 from distill.config import PipelineConfig, load_config
-from distill.data import load_examples, plan_splits
+from distill.data import load_examples, load_split, plan_splits
+from distill.evaluation import STUDENT_TEST_LOGITS as STUDENT_LOGITS
+from distill.paired import PairedComparison, compare
 
 CONFIGS = bench.REPO / "configs"
 # The MPNet teacher trained to convergence: up to 4 epochs, validated every 100 steps as well as
@@ -91,7 +95,28 @@ def measure(arm: str, seed: int, config: PipelineConfig) -> dict:
         "teacher_steps": teacher.steps,
         "stop_reason": teacher.stop_reason,
         "seconds": round(seconds, 1),
+        # Where the test predictions and labels are, for the paired tests (`paired`).
+        "evaluation": str(run.evaluation.path),
+        "data": str(upstream.data.path),
     }
+
+
+def paired(rows: list[dict]) -> list[dict]:
+    """mpnet_after's student against each other arm's of the same size and seed on the test
+    split (exact McNemar on the texts one gets right and the other wrong); rows whose stage
+    folders were not recorded are left out."""
+    out = []
+    for after in (r for r in rows if r["arm"] == "mpnet_after" and "evaluation" in r):
+        truth = np.asarray(load_split(Path(after["data"]), "test")["label"])
+        candidate = np.load(Path(after["evaluation"]) / STUDENT_LOGITS)
+        for other in rows:
+            same_run = (other["size"], other["seed"]) == (after["size"], after["seed"])
+            if same_run and other["arm"] != "mpnet_after" and "evaluation" in other:
+                reference = np.load(Path(other["evaluation"]) / STUDENT_LOGITS)
+                comparison = compare(reference, candidate, truth).model_dump()
+                out.append({"size": after["size"], "seed": after["seed"],
+                            "reference": other["arm"], "comparison": comparison})  # fmt: skip
+    return out
 
 
 def full_size(args) -> int:
@@ -142,6 +167,12 @@ def render(rows: list[dict], measured: dict) -> str:
     for size, entry in measured["sizes"].items():
         found = ", ".join(f"{k} {v:+.2f}" for k, v in entry.items() if k.endswith("points"))
         lines.append(f"- size {size}, seeds {entry['seeds']}: {found}; met: {entry['met']}")
+    for pair in measured.get("paired", []):
+        summary = PairedComparison.model_validate(pair["comparison"]).summary()
+        lines.append(
+            f"- size {pair['size']}, seed {pair['seed']}, mpnet_after vs {pair['reference']} "
+            f"(students, test): {summary}"
+        )
     if not measured["complete"]:
         lines.append("- the curve is partial: no goal is claimed until every size is measured")
     header = "size | arm | seeds | teacher | student | INT8 | teacher steps | stop | seconds"
@@ -171,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
             continue  # measured by an earlier (perhaps killed) run
         rows.append(measure(arm, seed, config))
         print(json.dumps(rows[-1]), flush=True)
-        measured = goals(rows, full)
+        measured = goals(rows, full) | {"paired": paired(rows)}
         bench.write_json(output, {"rows": rows, "goals": measured})
         if args.section:
             bench.write_section(args.section, render(rows, measured))

@@ -209,9 +209,7 @@ def main() -> None:
         "load_after": os.getloadavg(),
         "seconds": round(time.time() - started, 1),
     }
-    path = bench.RESULTS / "strong_path.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    bench.write_json(path, results | {"peers": [result]})
+    bench.update_results("strong_path.json", "peers", [result])
     if args.section:
         bench.write_section(args.section, render(result))
     print(json.dumps(result, indent=1))

@@ -166,9 +166,7 @@ def main() -> None:
     row = measure(args, config)
     row |= {"machine": bench.machine(), "command": bench.command_line()}
     row |= {"load_before": load_before, "load_after": os.getloadavg()}
-    path = bench.RESULTS / "strong_path.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    bench.write_json(path, results | {"precision": row})
+    bench.update_results("strong_path.json", "precision", row)
     if args.section:
         bench.write_section(args.section, render(row))
     print(json.dumps(row, indent=1))

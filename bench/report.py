@@ -153,6 +153,14 @@ def write_json(path: str | Path, data: object) -> None:
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
+def update_results(name: str, key: str, value: object) -> None:
+    """Set `key` of the shared results file bench/results/NAME (e.g. strong_path.json, which
+    several benchmarks fill), keeping every other key."""
+    path = RESULTS / name
+    results = json.loads(path.read_text()) if path.exists() else {}
+    write_json(path, results | {key: value})
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

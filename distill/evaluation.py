@@ -38,6 +38,8 @@ WEAK_TEACHER_ADVICE = (
     "data.unlabeled)"
 )
 TEACHER_TEST_LOGITS = "teacher_test_logits.npy"  # one row per test text, as the split orders them
+STUDENT_TEST_LOGITS = "student_test_logits.npy"
+TEST_LOGITS = {"teacher": TEACHER_TEST_LOGITS, "student": STUDENT_TEST_LOGITS}  # by role
 
 
 class EvaluationManifest(StageManifest):
@@ -115,7 +117,7 @@ def evaluate(
     for role, artifact in (("teacher", teacher), ("student", student)):
         model = load_classifier(artifact.path)
         logits = predict_logits(model, tests[role])
-        np.save(folder / f"{role}_test_logits.npy", logits)
+        np.save(folder / TEST_LOGITS[role], logits)
         predictions[role] = logits.argmax(-1)
         validation_predictions[role] = predict_logits(model, validations[role]).argmax(-1)
         report[role] = {

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from bench import learning_curve
 
 
@@ -74,3 +77,38 @@ def test_goals_are_met_only_when_every_size_meets_every_goal():
         learning_curve.goals(close, full=8452)["sizes"]["2000"]["met"]["over_default_points"]
         is False
     )
+
+
+def test_mpnet_after_is_compared_pairwise_with_each_arm_of_its_size_and_seed(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    labels = [0, 1, 1, 0, 1, 0]
+    DatasetDict({"test": Dataset.from_dict({"label": labels})}).save_to_disk(
+        str(tmp_path / "data" / "dataset")
+    )
+
+    def evaluation(name: str, predicted: list[int]) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        np.save(folder / "student_test_logits.npy", np.eye(2, dtype=np.float32)[predicted])
+        return str(folder)
+
+    def row(arm: str, predicted: list[int], seed: int = 1) -> dict:
+        where = {
+            "evaluation": evaluation(f"{arm}{seed}", predicted),
+            "data": str(tmp_path / "data"),
+        }
+        return {"size": 2000, "seed": seed, "arm": arm, **where}
+
+    rows = [
+        row("default", [0, 1, 1, 1, 0, 1]),  # 3 of 6 right
+        row("mpnet_after", [0, 1, 1, 0, 1, 1]),  # 5 of 6 right
+        {"size": 2000, "seed": 1, "arm": "labels"},  # measured before folders were recorded
+        row("default", labels, seed=2),  # another seed: no mpnet_after to compare with
+    ]
+    (pair,) = learning_curve.paired(rows)
+    assert (pair["size"], pair["seed"], pair["reference"]) == (2000, 1, "default")
+    comparison = pair["comparison"]
+    assert comparison["n"] == 6
+    assert comparison["difference"] == pytest.approx(2 / 6)
+    assert (comparison["only_reference_right"], comparison["only_candidate_right"]) == (0, 2)
