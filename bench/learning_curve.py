@@ -156,6 +156,22 @@ def goals(rows: list[dict], full: int) -> dict:
     return {"targets": GOALS, "full_size": full, "sizes": sizes, "complete": complete, "met": met}
 
 
+def ensemble_results(rows: list[dict], pairs: list[dict]) -> list[dict]:
+    """Issue 23's ensemble against MPNet alone: per size and seed, both rows and their paired
+    test (the ensemble's student as the reference, `mpnet_after`'s as the candidate)."""
+    out = []
+    for ensemble in (r for r in rows if r["arm"] == "mpnet_ensemble"):
+        run = (ensemble["size"], ensemble["seed"])
+        alone = [r for r in rows if (r["size"], r["seed"]) == run and r["arm"] == "mpnet_after"]
+        test = [
+            p for p in pairs if (p["size"], p["seed"]) == run and p["reference"] == ensemble["arm"]
+        ]
+        out.append({"size": run[0], "seed": run[1], "ensemble": ensemble,
+                    "mpnet_alone": alone[0] if alone else None,
+                    "paired": test[0]["comparison"] if test else None})  # fmt: skip
+    return out
+
+
 def render(rows: list[dict], measured: dict) -> str:
     columns = ["teacher_accuracy", "student_accuracy", "int8_accuracy"]
     table = []
@@ -208,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(measure(arm, seed, config))
         print(json.dumps(rows[-1]), flush=True)
         measured = goals(rows, full) | {"paired": paired(rows)}
+        if ensembles := ensemble_results(rows, measured["paired"]):
+            bench.update_results("strong_path.json", "ensemble", ensembles)
         bench.write_json(output, {"rows": rows, "goals": measured})
         if args.section:
             bench.write_section(args.section, render(rows, measured))

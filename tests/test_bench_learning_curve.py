@@ -112,3 +112,16 @@ def test_mpnet_after_is_compared_pairwise_with_each_arm_of_its_size_and_seed(tmp
     assert comparison["n"] == 6
     assert comparison["difference"] == pytest.approx(2 / 6)
     assert (comparison["only_reference_right"], comparison["only_candidate_right"]) == (0, 2)
+
+
+def test_the_ensemble_is_reported_beside_mpnet_alone_with_their_paired_test():
+    rows = [
+        {"size": 2000, "seed": 1, "arm": "mpnet_after", "student_accuracy": 0.81},
+        {"size": 2000, "seed": 1, "arm": "mpnet_ensemble", "student_accuracy": 0.80},
+        {"size": 2000, "seed": 2, "arm": "mpnet_ensemble", "student_accuracy": 0.79},
+    ]
+    pairs = [{"size": 2000, "seed": 1, "reference": "mpnet_ensemble", "comparison": {"n": 6}}]
+    first, second = learning_curve.ensemble_results(rows, pairs)
+    assert first["mpnet_alone"]["arm"] == "mpnet_after" and first["paired"] == {"n": 6}
+    assert (second["seed"], second["mpnet_alone"], second["paired"]) == (2, None, None)
+    assert learning_curve.ensemble_results(rows[:1], pairs) == []
