@@ -106,11 +106,9 @@ def main() -> None:
     row = measured(config.name, scratch, seconds)
     row |= {"machine": bench.machine(), "command": bench.command_line()}
     row |= {"load_before": load_before, "load_after": os.getloadavg()}
-    path = bench.RESULTS / "strong_path.json"
-    first_runs = json.loads(path.read_text()).get("first_run", {}) if path.exists() else {}
-    first_runs |= {config.name: row}
-    bench.update_results(path.name, "first_run", first_runs)
-    bench.update_results(path.name, "memory", {n: e["stages"] for n, e in first_runs.items()})
+    first_runs = bench.read_results("strong_path.json").get("first_run", {}) | {config.name: row}
+    memory = {name: entry["stages"] for name, entry in first_runs.items()}
+    bench.update_results("strong_path.json", first_run=first_runs, memory=memory)
     if args.section:
         bench.write_section(args.section, render(list(first_runs.values())))
     print(json.dumps(row, indent=1))

@@ -8,10 +8,10 @@ its shipped model's batch-1 speed against MPNet in PyTorch.
 Every run is `configs/movie_reviews_mpnet.yaml` with the shape's `student.init` and the seed;
 the `labels` recipe sets alpha 1 and no augmented copies. The teacher, its logit cache and any
 student already built are reused from --store (a killed run resumes from there). Then, in one
-interleaved timing (deploy.latency), MPNet in PyTorch and each shape's shipped model (its first
-seed's distilled run) at batch 1, one thread, 25 and 64 tokens. Accuracy differences are paired
-McNemar tests of the shipped models on the test split. Writes strong_path.json's `frontier`
-and the benchmarks.md section "frontier".
+interleaved timing (bench.latency's), MPNet in PyTorch and each shape's shipped model (its first
+seed's distilled run) at batch 1 on one thread and batch 32 on every core, 25 and 64 tokens.
+Accuracy differences are paired McNemar tests of the shipped models on the test split.
+Writes strong_path.json's `frontier` and the benchmarks.md section "frontier".
 """
 
 from __future__ import annotations
@@ -26,9 +26,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench import report as bench
-from bench.latency import ROUNDS, onnx_runner, token_windows, torch_runner
+from bench.latency import (
+    BATCH,
+    BATCHES_PER_ROUND,
+    CALLS_PER_ROUND,
+    ROUNDS,
+    SEQ_LENS,
+    measure_rows,
+    onnx_runner,
+    token_windows,
+    torch_runner,
+)
 from deploy.chain import RunArtifacts, run_after_cache, run_until_cache
-from deploy.latency import interleaved_seconds, summarize
 from deploy.onnx_eval import onnx_logits, open_session
 from deploy.quantize import shipped_split
 from distill.config import PipelineConfig, load_config
@@ -49,8 +58,6 @@ RECIPES = {  # recipe -> overrides on the MPNet profile
     "distilled": (),
     "labels": ("student.alpha=1.0", "augmentation.multiplier=0"),
 }
-SEQ_LENS = (25, 64)
-CALLS = 20  # batch-1 calls per model per round
 SPEED_GOAL = 100.0  # the shipped profile: at least this much faster than MPNet, 25 tokens
 # What the pick must beat: the MPNet profile's student shape trained on labels alone.
 BASELINE = ("3L", "labels")
@@ -82,9 +89,8 @@ def config_for(
 
 def train(shape: str, recipe: str, seed: int, size: str, overrides: list[str]) -> Run:
     config = config_for(shape, recipe, seed, size, overrides)
-    runner = bench.timing_runner({})
-    upstream = run_until_cache(config, config.store_dir, runner)
-    return Run(shape, recipe, seed, run_after_cache(config, config.store_dir, upstream, runner))
+    upstream = run_until_cache(config, config.store_dir)
+    return Run(shape, recipe, seed, run_after_cache(config, config.store_dir, upstream))
 
 
 def shipped_logits(run: Run) -> np.ndarray:
@@ -114,39 +120,26 @@ def row(run: Run) -> dict:
     }
 
 
-def paired(candidate: Run, reference: Run) -> PairedComparison:
-    """One run's shipped model against another's on the test split (exact McNemar)."""
-    truth = np.asarray(load_split(candidate.stages.data.path, "test")["label"])
-    return compare(shipped_logits(reference), shipped_logits(candidate), truth)
-
-
 def latency(runs: list[Run]) -> list[dict]:
-    """p50 ms at batch 1, one thread: MPNet in PyTorch and each shape's shipped model, timed in
-    interleaved rounds; each model reads windows of the test texts in its own token ids."""
+    """MPNet in PyTorch and each shape's shipped model, timed as bench.latency times models
+    (interleaved rounds; batch 1 on one thread, batch 32 on every core; 25 and 64 tokens), each
+    reading windows of the test texts in its own token ids; batch-1 rows get their speed ratio
+    to MPNet."""
     first = runs[0].stages
-    models = {"mpnet": torch_runner(first.teacher.path, 1)}
+    models = {"mpnet": ("mpnet", "pytorch-fp32", lambda t: torch_runner(first.teacher.path, t))}
     ids = {"mpnet": load_split(first.data.path, "test")["input_ids"]}
     for run in runs:
-        quantized = run.stages.quantize
-        models[run.shape] = onnx_runner(quantized.file(quantized.manifest.file), 1)
-        ids[run.shape] = shipped_split(quantized, run.stages.student_data, "test")["input_ids"]
-    rows = []
-    for seq_len in SEQ_LENS:
-        jobs = {}
-        for name, run_model in models.items():
-            windows = token_windows(ids[name], seq_len, CALLS)
-            feeds = [windows[i : i + 1] for i in range(CALLS)]
-            jobs[name] = (lambda ids, run=run_model: run(ids, np.ones_like(ids)), feeds)
-        seconds = interleaved_seconds(jobs, ROUNDS)
-        teacher_p50 = summarize(seconds["mpnet"]).p50_ms
-        for name in models:
-            timing = summarize(seconds[name])
-            rows.append(
-                {"model": name, "seq_len": seq_len, "p50_ms": timing.p50_ms,
-                 "p95_ms": timing.p95_ms, "samples": timing.samples,
-                 "speed_vs_mpnet": teacher_p50 / timing.p50_ms}
-            )  # fmt: skip
-            print(json.dumps(rows[-1]), flush=True)
+        path = run.stages.quantize.file(run.stages.quantize.manifest.file)
+        models[run.shape] = (run.shape, "onnx-shipped", lambda t, p=path: onnx_runner(p, t))
+        ids[run.shape] = shipped_split(run.stages.quantize, run.stages.student_data, "test")[
+            "input_ids"
+        ]
+    count = ROUNDS * max(CALLS_PER_ROUND, BATCHES_PER_ROUND * BATCH)
+    inputs = {name: {n: token_windows(ids[name], n, count) for n in SEQ_LENS} for name in models}
+    rows = measure_rows(models, inputs, shipped="")
+    mpnet = {(r["batch"], r["seq_len"]): r["p50_ms"] for r in rows if r["model"] == "mpnet"}
+    for r in rows:
+        r["speed_vs_mpnet"] = mpnet[r["batch"], r["seq_len"]] / r["p50_ms"]
     return rows
 
 
@@ -163,7 +156,7 @@ def summarize_shapes(rows: list[dict], pairs: list[dict], speed: list[dict]) -> 
         line["params"] = next(r["params"] for r in rows if r["shape"] == shape)
         line["paired"] = [p for p in pairs if p["shape"] == shape]
         for s in speed:
-            if s["model"] == shape:
+            if s["model"] == shape and s["batch"] == 1:
                 line[f"p50_ms_{s['seq_len']}"] = s["p50_ms"]
                 line[f"speed_vs_mpnet_{s['seq_len']}"] = s["speed_vs_mpnet"]
         line["meets_speed_goal"] = line.get("speed_vs_mpnet_25", 0) >= SPEED_GOAL
@@ -196,7 +189,11 @@ def render(result: dict) -> str:
         "INT8 distilled vs labels-only (paired, test) | p50 ms 25 / 64 tokens | "
         "speed vs MPNet 25 / 64"
     )
-    mpnet = {s["seq_len"]: s["p50_ms"] for s in result["latency"] if s["model"] == "mpnet"}
+    mpnet = {
+        s["seq_len"]: s["p50_ms"]
+        for s in result["latency"]
+        if s["model"] == "mpnet" and s["batch"] == 1
+    }
     chosen = result["pick"]
     lines = [
         f"Train texts: {result['size']} (+ the profile's augmented copies for the distilled "
@@ -226,20 +223,29 @@ def main(argv: list[str] | None = None) -> None:
             for recipe in RECIPES:
                 runs.append(train(shape, recipe, seed, args.size, args.overrides))
                 print(json.dumps(row(runs[-1])), flush=True)
-    pairs = []
-    for distilled in (r for r in runs if r.recipe == "distilled"):
-        labels = next(r for r in runs if (r.shape, r.seed, r.recipe) == (
-            distilled.shape, distilled.seed, "labels"))  # fmt: skip
-        comparison = paired(distilled, labels).model_dump()
-        pairs.append({"shape": distilled.shape, "seed": distilled.seed, "comparison": comparison})
+    # Each shipped model's test logits, once: every paired test below reads them.
+    logits = {(r.shape, r.recipe, r.seed): shipped_logits(r) for r in runs}
+    truth = np.asarray(load_split(runs[0].stages.data.path, "test")["label"])
+
+    def paired(candidate: tuple, reference: tuple) -> dict:
+        return compare(logits[reference], logits[candidate], truth).model_dump()
+
+    pairs = [
+        {"shape": shape, "seed": seed,
+         "comparison": paired((shape, recipe, seed), (shape, "labels", seed))}
+        for shape, recipe, seed in logits
+        if recipe == "distilled"
+    ]  # fmt: skip
     shipped = {r.shape: r for r in runs if r.recipe == "distilled" and r.seed == args.seeds[0]}
     speed = latency(list(shipped.values()))
     rows = [row(r) for r in runs]
     shapes = summarize_shapes(rows, pairs, speed)
     chosen = pick(shapes)
-    baseline = [r for r in runs if (r.shape, r.recipe, r.seed) == (*BASELINE, args.seeds[0])]
+    baseline = (*BASELINE, args.seeds[0])
     against_baseline = (
-        paired(shipped[chosen["shape"]], baseline[0]).model_dump() if chosen and baseline else None
+        paired((chosen["shape"], "distilled", args.seeds[0]), baseline)
+        if chosen and baseline in logits
+        else None
     )
     result = {
         "size": rows[0]["size"],
@@ -257,8 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(time.time() - started, 1),
     }
     # strong_path.json's `frontier`: one line per shape; the runs behind it beside it.
-    bench.update_results("strong_path.json", "frontier", shapes)
-    bench.update_results("strong_path.json", "frontier_runs", result)
+    bench.update_results("strong_path.json", frontier=shapes, frontier_runs=result)
     if args.section:
         bench.write_section(args.section, render(result))
     print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "latency")}, indent=1))

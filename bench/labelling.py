@@ -112,7 +112,7 @@ def main() -> None:
     ]
     meta = dict(machine=machine(), load_before=load_before, load_after=os.getloadavg())
     meta["seconds"] = time.time() - started
-    update_results("strong_path.json", "labelling", [row | meta for row in rows])
+    update_results("strong_path.json", labelling=[row | meta for row in rows])
     loads = f"Load average before/after: {load_before[0]:.1f} / {meta['load_after'][0]:.1f}"
     table = markdown_table(COLUMNS, [cells(row) for row in rows])
     write_section("labelling", section(TITLE, table, more=[loads]))

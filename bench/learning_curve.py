@@ -25,7 +25,7 @@ from bench import report as bench
 from deploy.chain import run_after_cache, run_until_cache
 from distill.config import PipelineConfig, load_config
 from distill.data import load_examples, load_split, plan_splits
-from distill.evaluation import STUDENT_TEST_LOGITS as STUDENT_LOGITS
+from distill.evaluation import STUDENT_TEST_LOGITS
 from distill.paired import PairedComparison, compare
 
 CONFIGS = bench.REPO / "configs"
@@ -113,11 +113,11 @@ def paired(rows: list[dict]) -> list[dict]:
     out = []
     for after in (r for r in rows if r["arm"] == "mpnet_after" and "evaluation" in r):
         truth = np.asarray(load_split(Path(after["data"]), "test")["label"])
-        candidate = np.load(Path(after["evaluation"]) / STUDENT_LOGITS)
+        candidate = np.load(Path(after["evaluation"]) / STUDENT_TEST_LOGITS)
         for other in rows:
             same_run = (other["size"], other["seed"]) == (after["size"], after["seed"])
             if same_run and other["arm"] != "mpnet_after" and "evaluation" in other:
-                reference = np.load(Path(other["evaluation"]) / STUDENT_LOGITS)
+                reference = np.load(Path(other["evaluation"]) / STUDENT_TEST_LOGITS)
                 comparison = compare(reference, candidate, truth).model_dump()
                 out.append({"size": after["size"], "seed": after["seed"],
                             "reference": other["arm"], "comparison": comparison})  # fmt: skip
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rows[-1]), flush=True)
         measured = goals(rows, full) | {"paired": paired(rows)}
         if ensembles := ensemble_results(rows, measured["paired"]):
-            bench.update_results("strong_path.json", "ensemble", ensembles)
+            bench.update_results("strong_path.json", ensemble=ensembles)
         bench.write_json(output, {"rows": rows, "goals": measured})
         if args.section:
             bench.write_section(args.section, render(rows, measured))

@@ -209,7 +209,7 @@ def main() -> None:
         "load_after": os.getloadavg(),
         "seconds": round(time.time() - started, 1),
     }
-    bench.update_results("strong_path.json", "peers", [result])
+    bench.update_results("strong_path.json", peers=[result])
     if args.section:
         bench.write_section(args.section, render(result))
     print(json.dumps(result, indent=1))

@@ -166,7 +166,7 @@ def main() -> None:
     row = measure(args, config)
     row |= {"machine": bench.machine(), "command": bench.command_line()}
     row |= {"load_before": load_before, "load_after": os.getloadavg()}
-    bench.update_results("strong_path.json", "precision", row)
+    bench.update_results("strong_path.json", precision=row)
     if args.section:
         bench.write_section(args.section, render(row))
     print(json.dumps(row, indent=1))

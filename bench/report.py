@@ -153,12 +153,16 @@ def write_json(path: str | Path, data: object) -> None:
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
-def update_results(name: str, key: str, value: object) -> None:
-    """Set `key` of the shared results file bench/results/NAME (e.g. strong_path.json, which
-    several benchmarks fill), keeping every other key."""
+def read_results(name: str) -> dict:
+    """The shared results file bench/results/NAME ({} before any benchmark wrote it)."""
     path = RESULTS / name
-    results = json.loads(path.read_text()) if path.exists() else {}
-    write_json(path, results | {key: value})
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def update_results(name: str, **keys: object) -> None:
+    """Set `keys` of the shared results file bench/results/NAME (e.g. strong_path.json, which
+    several benchmarks fill), keeping every other key."""
+    write_json(RESULTS / name, read_results(name) | keys)
 
 
 def free_port() -> int:

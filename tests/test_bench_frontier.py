@@ -55,8 +55,9 @@ def test_shape_lines_average_over_seeds_and_carry_their_speed():
         )
     ]  # fmt: skip
     speed = [
-        {"model": "2L", "seq_len": 25, "p50_ms": 0.5, "speed_vs_mpnet": 120.0},
-        {"model": "2L", "seq_len": 64, "p50_ms": 1.0, "speed_vs_mpnet": 90.0},
+        {"model": "2L", "batch": 1, "seq_len": 25, "p50_ms": 0.5, "speed_vs_mpnet": 120.0},
+        {"model": "2L", "batch": 1, "seq_len": 64, "p50_ms": 1.0, "speed_vs_mpnet": 90.0},
+        {"model": "2L", "batch": 32, "seq_len": 25, "p50_ms": 9.0, "speed_vs_mpnet": 30.0},
     ]
     (line,) = frontier.summarize_shapes(rows, pairs=[], speed=speed)
     assert line["distilled_student_accuracy"] == pytest.approx(0.81)
