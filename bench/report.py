@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from distill import memory
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO / "docs" / "benchmarks.md"
 RESULTS = REPO / "bench" / "results"
@@ -89,7 +91,9 @@ def markdown_table(header_row: str | list[str], rows: list[list[str]]) -> str:
 
 
 def timing_runner(seconds: dict[str, float]):
-    """A `distill.chain` runner that runs each stage here and notes its wall seconds."""
+    """A `distill.chain` runner that runs each stage here and notes its wall seconds (with
+    the flow's allocator setting, so a benchmark's process runs as a user's run does)."""
+    memory.keep_large_blocks_out_of_heap()
 
     def run(stage, build):
         started = time.perf_counter()

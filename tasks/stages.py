@@ -91,6 +91,7 @@ def record_stage(tracker: MlflowTracker, artifact: Artifact, recording: Recordin
 
 def _measured(run: Callable[[], Artifact]) -> Artifact:
     """The stage's wall time and the process's peak resident memory while it ran."""
+    memory.keep_large_blocks_out_of_heap()  # process-wide and idempotent: first stage sets it
     measuring = memory.reset_peak()
     started = time.perf_counter()
     artifact = run()

@@ -1,5 +1,7 @@
 """Per-stage peak memory: the process's high-water mark, reset at each stage's start."""
 
+import ctypes
+import ctypes.util
 import re
 from pathlib import Path
 
@@ -38,3 +40,37 @@ def test_memory_freed_inside_the_heap_goes_back_to_the_system():
     assert memory.return_freed_memory()  # glibc
     assert resident_bytes() <= held - 200 * MB
     assert len(kept) == 4096
+
+
+class MallInfo2(ctypes.Structure):
+    """glibc's `struct mallinfo2` (malloc.h); `hblkhd` is the bytes in mapped blocks."""
+
+    FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd")
+    FIELDS += ("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS]
+
+
+def mapped_bytes(libc: ctypes.CDLL) -> int:
+    libc.mallinfo2.restype = MallInfo2
+    return libc.mallinfo2().hblkhd
+
+
+def test_large_blocks_keep_their_own_mapping_after_a_larger_one_was_freed():
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    assert memory.keep_large_blocks_out_of_heap()  # glibc
+    # Left to itself, glibc would now raise its threshold to 8 MiB and serve the next 4 MiB
+    # block from the heap, where a training step's churn fragments it.
+    libc.free(libc.malloc(8 * MB))
+    before = mapped_bytes(libc)
+    block = libc.malloc(4 * MB)
+    try:
+        assert mapped_bytes(libc) - before >= 4 * MB
+    finally:
+        libc.free(block)
+    small = libc.malloc(MB)  # below the threshold: the heap, as before
+    try:
+        assert mapped_bytes(libc) == before
+    finally:
+        libc.free(small)
