@@ -31,7 +31,8 @@ M_MMAP_THRESHOLD = -3  # mallopt(3)'s parameter number (malloc.h)
 # Blocks from this size up get their own mapping, returned to the system when freed. Measured on
 # the default student stage (80 steps, 2 runs each): 1 MiB saved ~210 MiB of peak but made steps
 # ~20% slower (fresh pages for the many 1-2 MiB activations); 2 MiB saved ~160 MiB at the same
-# step time (within 2%).
+# step time (within 2%). On MPNet fine-tuning (768 wide: most activations are 2-32 MiB) it saved
+# ~0.5 GiB of peak but made steps ~10% slower (docs/benchmarks.md, memory notes).
 LARGE_BLOCK_BYTES = 2 * 2**20
 
 
