@@ -77,8 +77,11 @@ def measure(name: str, overrides: list[str], args, note: str) -> dict:
     reference, temperature = np.concatenate(logits["torch"]), config.student.temperature
     result = {"teacher": name, "note": note, "texts": len(rows), "threads": args.threads}
     for rt in RUNTIMES:
-        speed = len(rows) / seconds[rt]
-        entry = {"texts_per_second": speed, "ratio_to_torch": seconds["torch"] / seconds[rt]}
+        spent = sum(seconds[rt])
+        entry = {
+            "texts_per_second": len(rows) / spent,
+            "ratio_to_torch": sum(seconds["torch"]) / spent,
+        }
         if rt != "torch":
             figures = parity_figures(rt, reference, np.concatenate(logits[rt]), temperature)
             gate = judged(graphs[rt], GATES[rt], temperature)  # on the validation split

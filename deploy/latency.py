@@ -1,7 +1,12 @@
 """Small latency measurements of ONNX models: batch 1, one example at a time.
 
-Models that are compared are timed in interleaved rounds on the same texts, so a burst of load
-from other jobs on a shared machine slows all of them alike instead of the one that ran then.
+Models that are compared are timed call beside call on the same texts (the order rotating from
+text to text), so a burst of load from other jobs on a shared machine slows both calls of a pair
+alike instead of the model that happened to run then. A decision on speed reads the pairs, not
+two medians: `paired_speed` gives the median per-text time ratio with a distribution-free
+interval, and a graph counts as faster (or slower) only when that interval says so. Without the
+interval a decision near its threshold flips from run to run on a busy machine, and the same
+stage key would then hold different artifacts.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import binom
 
 from deploy.onnx_eval import open_session
+from distill.paired import ALPHA
+from distill.store import ManifestRecord
 
 Feeds = dict[str, np.ndarray]
 
@@ -52,20 +60,22 @@ def time_calls(run: Callable[[Feeds], object], feeds: Sequence[Feeds]) -> list[f
     return seconds
 
 
-def compare_onnx_latency(
+def onnx_seconds(
     models: Mapping[str, Path], feeds: Sequence[Feeds], rounds: int = 3, threads: int = 1
-) -> dict[str, Timing]:
-    """Batch-1 latency of each model over the same `feeds`, timed in interleaved rounds."""
-    return compare_onnx_latency_each(
-        {name: (path, feeds) for name, path in models.items()}, rounds, threads
-    )
+) -> dict[str, list[float]]:
+    """Seconds per batch-1 call of each model over the same `feeds`, side by side
+    (`interleaved_seconds`: pair them with `paired_speed`, summarize them with `summarize`)."""
+    runners = {
+        name: (_runner(open_session(path, threads=threads)), feeds) for name, path in models.items()
+    }
+    return interleaved_seconds(runners, rounds)
 
 
 def compare_onnx_latency_each(
     models: Mapping[str, tuple[Path, Sequence[Feeds]]], rounds: int = 3, threads: int = 1
 ) -> dict[str, Timing]:
     """Batch-1 latency of each model over its own feeds (models with different tokenizers see
-    the same texts as different ids), timed in `rounds` interleaved rounds."""
+    the same texts as different ids, so as many feeds each), timed side by side."""
     runners = {
         name: (_runner(open_session(path, threads=threads)), feeds)
         for name, (path, feeds) in models.items()
@@ -77,17 +87,75 @@ def compare_onnx_latency_each(
 def interleaved_seconds(
     runners: Mapping[str, tuple[Callable[[Feeds], object], Sequence[Feeds]]], rounds: int = 3
 ) -> dict[str, list[float]]:
-    """Seconds per call of each runner over its own feeds, after a short warm-up, in `rounds`
-    rounds that alternate between the runners (any callables: ONNX sessions, PyTorch models)."""
-    if any(not feeds for _, feeds in runners.values()):
+    """Seconds per call of each runner over its own feeds (any callables: ONNX sessions, PyTorch
+    models), after a short warm-up, in `rounds` passes. Within a pass the runners take turns
+    text by text, the order rotating, so the i-th seconds of every runner were measured side by
+    side (the pairs `paired_speed` reads)."""
+    counts = {len(feeds) for _, feeds in runners.values()}
+    if 0 in counts:
         raise ValueError("cannot time a model on zero examples")
+    if len(counts) > 1:
+        raise ValueError(f"models timed side by side need as many feeds each, got {counts}")
     for run, feeds in runners.values():  # warm-up: first calls allocate and pick kernels
         time_calls(run, feeds[:3])
-    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    calls = counts.pop()
     for _ in range(rounds):
-        for name, (run, feeds) in runners.items():
-            seconds[name] += time_calls(run, feeds)
+        for index in range(calls):
+            turn = index % len(names)
+            for name in names[turn:] + names[:turn]:
+                run, feeds = runners[name]
+                seconds[name] += time_calls(run, feeds[index : index + 1])
     return seconds
+
+
+class SpeedComparison(ManifestRecord):
+    """A candidate's per-call time against a reference's, call beside call on the same inputs.
+
+    `median_ratio` is the median over pairs of candidate seconds / reference seconds (below 1:
+    the candidate is faster); `interval` is its distribution-free two-sided interval (order
+    statistics of the ratios, binomial), each side holding the one-sided level `ALPHA`; None
+    when there are too few pairs for one, and then nothing is significant."""
+
+    pairs: int
+    median_ratio: float
+    interval: tuple[float, float] | None = None
+
+    def faster_by(self, gain: float) -> bool:
+        """Whether the candidate is significantly more than `gain` (a fraction) faster."""
+        return self.interval is not None and self.interval[1] < 1.0 - gain
+
+    def slower(self) -> bool:
+        """Whether the candidate is significantly slower than the reference."""
+        return self.interval is not None and self.interval[0] > 1.0
+
+    def summary(self) -> str:
+        if self.interval is None:
+            return f"time ratio {self.median_ratio:.3f} ({self.pairs} paired calls: no interval)"
+        low, high = self.interval
+        return (
+            f"time ratio {self.median_ratio:.3f} (interval {low:.3f} to {high:.3f}, "
+            f"{self.pairs} paired calls)"
+        )
+
+
+def paired_speed(
+    candidate_seconds: Sequence[float], reference_seconds: Sequence[float], alpha: float = ALPHA
+) -> SpeedComparison:
+    """The median time ratio of paired calls with its interval (see `SpeedComparison`)."""
+    candidate = np.asarray(candidate_seconds, dtype=np.float64)
+    reference = np.asarray(reference_seconds, dtype=np.float64)
+    if candidate.shape != reference.shape or not candidate.size:
+        raise ValueError(f"need paired calls, got {candidate.size} and {reference.size} times")
+    ratios = np.sort(candidate / reference)
+    pairs = len(ratios)
+    # The k-th smallest and k-th largest ratios bound the median with probability
+    # >= 1 - 2 P(Binomial(pairs, 1/2) < k); take the largest k keeping each side <= alpha.
+    # (binom.ppf gives the smallest k with P(B <= k) >= alpha, so P(B <= k - 1) < alpha.)
+    k = int(binom.ppf(alpha, pairs, 0.5))
+    interval = (float(ratios[k - 1]), float(ratios[pairs - k])) if k >= 1 else None
+    return SpeedComparison(pairs=pairs, median_ratio=float(np.median(ratios)), interval=interval)
 
 
 def _runner(session) -> Callable[[Feeds], object]:

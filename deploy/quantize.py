@@ -7,9 +7,10 @@ against the fp32 graph and timed at batch 1 on one thread beside it. The first c
 accuracy cost is within `quantize.max_accuracy_drop` *or* not significantly greater than zero
 (exact McNemar against the trained student on the same validation texts, one-sided p < 0.05:
 `distill.paired`), that agrees with fp32 on at least `quantize.min_agreement` of the labels and
-is not slower than fp32 ships; when none does, fp32 ships. Every candidate's numbers, its paired
-comparison (discordant counts, 95% interval, p-values) and the reason it was passed over go into
-the manifest.
+is not significantly slower than fp32 (its per-call time beside fp32's on the same texts,
+paired: `deploy.latency.paired_speed`) ships; when none does, fp32 ships. Every candidate's
+numbers, its paired comparisons (discordant counts, 95% interval, p-values; time ratio and
+interval) and the reason it was passed over go into the manifest.
 
 The gate decides on the validation split only: the test split stays held out, so the shipped
 model's test accuracy is not the best of several tries on the same texts. Every candidate is
@@ -46,7 +47,13 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from deploy.export import ExportManifest
-from deploy.latency import Timing, batch1_feeds, compare_onnx_latency
+from deploy.latency import (
+    SpeedComparison,
+    batch1_feeds,
+    onnx_seconds,
+    paired_speed,
+    summarize,
+)
 from deploy.onnx_eval import onnx_logits, open_session
 from deploy.optimize import OptimizationResult, try_optimize
 from deploy.vocab_trim import tokenized_split
@@ -70,8 +77,9 @@ FP32_FILE = "model.fp32.onnx"
 CALIBRATION_BATCH = 32
 # Bumped when the shipped model changes for the same settings and export (3: the gate decides
 # on validation, not test, 4: an accuracy cost over budget is refused only when significant,
-# and every candidate's paired comparison with the trained student is recorded).
-VERSION = 5  # 5: 7-bit weights (REDUCE_RANGE), so every runtime computes the same numbers
+# and every candidate's paired comparison with the trained student is recorded, 5: 7-bit weights
+# (REDUCE_RANGE), so every runtime computes the same numbers).
+VERSION = 6  # 6: speed decisions read paired per-call times with an interval, not two medians
 # INT8 weights within +-64 (7 bits). x86 CPUs without VNNI multiply uint8 activations by int8
 # weights in pairs summed into int16 (pmaddubsw), which saturates for full-range weights: measured
 # on a trained 3-layer student, ONNX Runtime's MatMulInteger was off the exact integer product by
@@ -124,6 +132,7 @@ class CandidateRecord(ManifestRecord):
     accuracy_drop: float | None = None
     accepted: bool
     reason: str
+    speed: SpeedComparison | None = None  # per-call time against fp32's, paired
     validation_comparison: PairedComparison | None = None  # against the trained student
     test_comparison: PairedComparison | None = None
     validation_end_to_end_drop: float | None = None  # from the trained student
@@ -186,6 +195,7 @@ class Measured:
     p50_ms: float  # batch 1, one thread
     p95_ms: float
     bytes: int
+    speed: SpeedComparison | None = None  # per-call time against fp32's (None: fp32 itself)
 
 
 # --- the gate: pure decisions on measured numbers -----------------------------------------
@@ -220,8 +230,8 @@ def rejection(
             f"validation label agreement with fp32 {candidate.agreement:.4f} < min_agreement "
             f"{min_agreement:g}"
         )
-    if reject_slower and candidate.p50_ms > fp32.p50_ms:
-        return f"slower than fp32: p50 {candidate.p50_ms:.3f} ms > {fp32.p50_ms:.3f} ms"
+    if reject_slower and candidate.speed is not None and candidate.speed.slower():
+        return f"significantly slower than fp32 at batch 1: {candidate.speed.summary()}"
     return None
 
 
@@ -489,11 +499,11 @@ def score(
     path: Path,
     splits: Mapping[str, Any],
     fp32_labels: Mapping[str, np.ndarray] | None,
-    timing: Mapping[str, Timing],
+    seconds: Mapping[str, Sequence[float]],
 ) -> tuple[Measured, dict[str, np.ndarray]]:
     """One graph on the "validation" and "test" `splits`; agreement is with `fp32_labels` (None:
-    this is the fp32 graph)."""
-    session = open_session(path)
+    this is the fp32 graph); `seconds`: every graph's per-call times, side by side."""
+    session, timing = open_session(path), summarize(seconds[name])
     labels = {
         split_name: onnx_logits(session, split["input_ids"], split["attention_mask"]).argmax(-1)
         for split_name, split in splits.items()
@@ -510,9 +520,10 @@ def score(
         agreement=agreement("validation"),
         test_accuracy=accuracy(labels["test"], splits["test"]["label"]),
         test_agreement=agreement("test"),
-        p50_ms=timing[name].p50_ms,
-        p95_ms=timing[name].p95_ms,
+        p50_ms=timing.p50_ms,
+        p95_ms=timing.p95_ms,
         bytes=path.stat().st_size,
+        speed=None if fp32_labels is None else paired_speed(seconds[name], seconds["fp32"]),
     )
     return measured, labels
 
@@ -607,12 +618,12 @@ def try_vocabulary(
     built, failed = build_candidates(prepared, folder, config, batches)
     prepared.unlink()
 
-    timing = compare_onnx_latency({"fp32": base, **built}, feeds)
-    fp32, fp32_labels = score("fp32", base, splits, None, timing)
+    seconds = onnx_seconds({"fp32": base, **built}, feeds)
+    fp32, fp32_labels = score("fp32", base, splits, None, seconds)
     comparisons = {"fp32": student_comparisons(student_labels, fp32_labels, splits)}
     measured = []
     for name, path in built.items():
-        candidate, labels = score(name, path, splits, fp32_labels, timing)
+        candidate, labels = score(name, path, splits, fp32_labels, seconds)
         measured.append(candidate)
         comparisons[name] = student_comparisons(student_labels, labels, splits)
     winner, reasons = choose(
@@ -720,7 +731,9 @@ def build_quantized(
             texts=shipping.comparisons["fp32"]["validation"].n,
             rule=(
                 f"refused for accuracy only when the drop is over max_accuracy_drop and "
-                f"significant (exact McNemar, one-sided p < {ALPHA})"
+                f"significant (exact McNemar, one-sided p < {ALPHA}); for speed only when "
+                f"significantly slower than fp32 (paired per-call times, median ratio's "
+                f"interval above 1 at one-sided {ALPHA})"
             ),
         ),
         candidates=all_candidate_records(trials, shipping, validation_reference, reference),

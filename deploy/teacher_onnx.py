@@ -5,7 +5,8 @@ and VERSION, so the graph is exported once and every later cache reuses it:
 - `onnx`: the teacher exported fp32 with two outputs, the logits and the [CLS] state after the
   embeddings and after every layer (what the cache holds). onnxruntime's BERT fusions replace
   the exported graph only when the fused graph's validation logits stay within the fp32 gate's
-  bound of PyTorch's and it labels faster (measured here, interleaved).
+  bound of PyTorch's and it labels significantly faster (paired batch times, interleaved:
+  `deploy.latency.paired_speed`), so a busy machine cannot flip the choice between runs.
 - `onnx-int8`: the unfused fp32 graph of the `onnx` folder quantized dynamically (signed
   per-channel 7-bit weights, as the student's INT8 candidates: `deploy/quantize.py`).
 
@@ -27,6 +28,7 @@ import torch
 from transformers import AutoConfig
 
 from deploy.export import export_onnx
+from deploy.latency import paired_speed
 from deploy.onnx_eval import open_session
 from deploy.optimize import MIN_GAIN, optimize_bert
 from deploy.quantize import quantize_int8
@@ -39,7 +41,8 @@ from distill.store import Artifact, StageManifest, file_sha256, run_stage, stage
 from distill.teacher import TeacherManifest
 
 STAGE = "teacher_onnx"
-VERSION = 1  # bump when the graph or the evidence written for the same teacher changes
+VERSION = 2  # bump when the graph or the evidence written for the same teacher changes
+# (2: the fused graph is kept only when significantly faster, from paired batch times)
 ONNX_FILE = "teacher.onnx"
 EXPORTED_FILE = "teacher.exported.onnx"  # the unfused graph, kept for INT8
 REFERENCE_FILE = "torch_validation_logits.npy"
@@ -154,12 +157,13 @@ def sample_feeds(split, batches, pad_id: int, count: int) -> list[Feed]:
 
 def interleaved(
     labellers: Mapping[str, BatchLabeller], feeds: Sequence[Feed], rounds: int = 1
-) -> tuple[dict[str, float], dict[str, list[np.ndarray]]]:
-    """Seconds each labeller spent over `rounds` passes of `feeds`, and its logits per feed (of
-    the last round). Interleaved batch by batch, the order rotating, so a slow moment of a
-    shared machine hits every labeller alike; one warm-up batch each first."""
+) -> tuple[dict[str, list[float]], dict[str, list[np.ndarray]]]:
+    """Seconds each labeller spent on each batch over `rounds` passes of `feeds` (the i-th of
+    every labeller measured side by side), and its logits per feed (of the last round).
+    Interleaved batch by batch, the order rotating, so a slow moment of a shared machine hits
+    every labeller alike; one warm-up batch each first."""
     names = list(labellers)
-    seconds = dict.fromkeys(names, 0.0)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
     logits: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for labeller in labellers.values():
         labeller(*feeds[0])
@@ -170,17 +174,8 @@ def interleaved(
             for name in names[turn:] + names[:turn]:
                 started = time.perf_counter()
                 logits[name].append(labellers[name](ids, mask)[0])
-                seconds[name] += time.perf_counter() - started
+                seconds[name].append(time.perf_counter() - started)
     return seconds, logits
-
-
-def measure_throughput(
-    labellers: Mapping[str, BatchLabeller], feeds: Sequence[Feed], rounds: int = 3
-) -> dict[str, float]:
-    """Texts per second of each labeller over `rounds` passes of `feeds` (`interleaved`)."""
-    seconds, _ = interleaved(labellers, feeds, rounds)
-    texts = rounds * sum(len(ids) for ids, _ in feeds)
-    return {name: texts / spent for name, spent in seconds.items()}
 
 
 def build_fp32(
@@ -221,19 +216,18 @@ def _try_fusion(config, folder: Path, data, pad_id, reference, batches, validati
     if not diff <= ONNX_GATE.max_abs_logit_diff:
         target.unlink()
         return False, f"fused logits differ from PyTorch by {diff:.3g}: not in parity"
-    feeds = sample_feeds(validation, batches, pad_id, 3)
-    speed = measure_throughput(
-        {
-            "exported": OnnxLabeller(open_session(folder / EXPORTED_FILE)),
-            "fused": OnnxLabeller(open_session(target)),
-        },
-        feeds,
-    )
-    plain, fast = speed["exported"], speed["fused"]
-    if fast < plain * (1 + MIN_GAIN):
+    labellers = {
+        "exported": OnnxLabeller(open_session(folder / EXPORTED_FILE)),
+        "fused": OnnxLabeller(open_session(target)),
+    }
+    seconds, _ = interleaved(labellers, sample_feeds(validation, batches, pad_id, 4), rounds=3)
+    speed = paired_speed(seconds["fused"], seconds["exported"])
+    if not speed.faster_by(MIN_GAIN):
         target.unlink()
-        return False, f"fused {fused_ops}, not faster: {fast:.1f} vs {plain:.1f} texts/s"
-    return True, f"fused {fused_ops}: {fast:.1f} vs {plain:.1f} texts/s, max |diff| {diff:.3g}"
+        return False, (
+            f"fused {fused_ops}, not significantly faster by {MIN_GAIN:.0%}: {speed.summary()}"
+        )
+    return True, f"fused {fused_ops}: {speed.summary()}, max |diff| {diff:.3g}"
 
 
 def build_int8(

@@ -135,6 +135,9 @@ def test_the_cache_key_names_the_runtime_and_a_repeat_reuses(
     graph = teacher_onnx_stage(store, teacher, tiny_data, "onnx-int8")
     assert graph.reused  # exported once
     assert again.manifest.labelling_graph_key == graph.key  # tagged, so gc keeps the graph
+    # The fp32 graph's fusion decision names its evidence: a failed fusion, or paired times.
+    fusion = teacher_onnx_stage(store, teacher, tiny_data, "onnx").manifest.fusion_reason
+    assert "fusion failed" in fusion or "no operator fused" in fusion or "paired calls" in fusion
     assert open_targets(again).logits.dtype == np.float32
 
 
