@@ -302,6 +302,7 @@ def render_model_card(
         f"INT8 ONNX student from MLflow run `{run_id}`; {decision}.",
         _tokenizer_note(export, quantized),
         _cost_note(quantized),
+        _graph_note(quantized),
         "## Data",
         _table(
             ["source", "fingerprint", "tokenizer", "max length"],
@@ -557,6 +558,16 @@ def _tokenizer_note(export: ExportManifest, quantized: QuantizeManifest) -> str:
             f"{vocabulary.reason or 'within the budget'}."
         )
     return note
+
+
+def _graph_note(quantized: QuantizeManifest) -> str:
+    """Whether onnxruntime's fused fp32 graph was quantized instead of the export, and why:
+    the bundle carries com.microsoft operators only when it was."""
+    optimization = quantized.optimization
+    if optimization is None:
+        return "Graph: the exported fp32 graph (graph optimisation off)."
+    graph = "onnxruntime's fused fp32 graph" if optimization.kept else "the exported fp32 graph"
+    return f"Graph: {graph} ({optimization.reason})."
 
 
 def _cost_note(quantized: QuantizeManifest) -> str:

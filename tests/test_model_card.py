@@ -73,6 +73,17 @@ def test_a_shipped_trim_shows_its_paired_comparison_and_why_it_shipped(tiny_stag
     assert export.vocabulary.reason in note
 
 
+def test_the_card_says_which_fp32_graph_was_quantized_and_on_what_evidence(tiny_stages):
+    from tasks.model_card import _graph_note
+
+    quantized = tiny_stages.quantize.manifest
+    note = _graph_note(quantized)
+    assert quantized.optimization is not None and quantized.optimization.reason in note
+    assert "paired calls" in note or "parity" in note  # the evidence, whichever way it went
+    off = quantized.model_copy(update={"optimization": None})
+    assert "graph optimisation off" in _graph_note(off)
+
+
 def test_the_card_draws_every_loss_term_whatever_their_number(tmp_path):
     """Four terms and more: one line style each (reused in turn), one legend entry each."""
     from distill.gates import GateResult
