@@ -63,12 +63,18 @@ def _libc() -> ctypes.CDLL | None:
 
 def keep_large_blocks_out_of_heap() -> bool:
     """Serve blocks of LARGE_BLOCK_BYTES and more from their own mappings from now on, in this
-    process (glibc `mallopt(M_MMAP_THRESHOLD)`, which also stops glibc from raising the
-    threshold); False where the C library has no such call, which is harmless. Idempotent."""
+    process; False where the C library cannot, which is harmless. Idempotent."""
+    return set_mmap_threshold(LARGE_BLOCK_BYTES)
+
+
+def set_mmap_threshold(size: int) -> bool:
+    """Blocks of `size` bytes and more get their own mapping from now on, in this process
+    (glibc `mallopt(M_MMAP_THRESHOLD)`, which also stops glibc from raising the threshold);
+    False where the C library has no such call."""
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"):
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES))
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, size))
 
 
 def return_freed_memory() -> bool:

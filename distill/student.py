@@ -109,9 +109,18 @@ def init_student(
     config: StudentConfig, teacher_folder: Path, label_names: list[str]
 ) -> torch.nn.Module:
     if isinstance(config.init, PretrainedInit):
+        return student_of(None, config, label_names)
+    return student_of(load_classifier(teacher_folder), config, label_names)
+
+
+def student_of(
+    teacher: torch.nn.Module | None, config: StudentConfig, label_names: list[str]
+) -> torch.nn.Module:
+    """The untrained student: from `teacher` (its layers, or its shape at random), or for a
+    `pretrained` init from its own checkpoint (`teacher` unused, may be None)."""
+    if isinstance(config.init, PretrainedInit):
         source = resolve_model_source(config.init.model)
         return student_from_pretrained(source, config.init, label_names)
-    teacher = load_classifier(teacher_folder)
     if isinstance(config.init, RandomInit):
         return random_student(teacher, config.init, config.training.seed)
     return student_from_teacher(teacher, config.init)

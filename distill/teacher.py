@@ -86,25 +86,28 @@ def teacher_loss(model: torch.nn.Module, batch) -> LossTerms:
     return LossTerms(ce, {"ce": ce})
 
 
-def build_teacher(
-    config: TeacherConfig, data: Artifact[DataManifest], folder: Path, log: MetricsLog | None
-) -> TeacherManifest:
+def starting_teacher(
+    config: TeacherConfig, label_names: list[str], data: DataManifest
+) -> tuple[torch.nn.Module, bool]:
+    """The teacher before fine-tuning (pretrained, or randomly initialised for `random_init`),
+    and whether it needs fine-tuning on these labels."""
     source = resolve_model_source(config.model)
-    label_names = list(data.manifest.label_names)
-    tokenizer = load_tokenizer(source)
     # The new classification head is drawn from torch's global generator: seed it first, or two
     # runs of the same config fine-tune different teachers.
     seed_everything(config.training.seed)
-    if config.random_init is not None:
-        max_positions = max(128, data.manifest.max_length)
-        model = random_classifier(
-            config.random_init, len(tokenizer), max_positions, label_names, config.training.seed
-        )
-        fine_tune = True
-    else:
-        fine_tune = not is_finetuned_for(source, label_names)
-        model = pretrained_classifier(source, label_names)
+    if config.random_init is None:
+        return pretrained_classifier(source, label_names), not is_finetuned_for(source, label_names)
+    vocabulary = len(load_tokenizer(source))
+    max_positions = max(128, data.max_length)
+    arch, seed = config.random_init, config.training.seed
+    return random_classifier(arch, vocabulary, max_positions, label_names, seed), True
 
+
+def build_teacher(
+    config: TeacherConfig, data: Artifact[DataManifest], folder: Path, log: MetricsLog | None
+) -> TeacherManifest:
+    tokenizer = load_tokenizer(resolve_model_source(config.model))
+    model, fine_tune = starting_teacher(config, list(data.manifest.label_names), data.manifest)
     summary: dict[str, Any] = {"fine_tuned": fine_tune, "history": []}
     if fine_tune:
         result = train_classifier(
