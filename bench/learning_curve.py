@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -119,24 +120,47 @@ def measure(arm: str, seed: int, config: PipelineConfig) -> dict:
         # Where the test predictions and labels are, for the paired tests (`paired`).
         "evaluation": str(run.evaluation.path),
         "data": str(upstream.data.path),
+        # The predictions themselves, so the paired tests outlive the store.
+        "test_predictions": np.load(run.evaluation.path / STUDENT_TEST_LOGITS)
+        .argmax(axis=1)
+        .tolist(),
     }
 
 
-def paired(rows: list[dict]) -> list[dict]:
+def student_predictions(row: dict) -> list[int] | None:
+    """The row's student test predictions: recorded in the row, else read from its evaluation
+    folder while that stage is still in the store; None when neither is left."""
+    if "test_predictions" in row:
+        return row["test_predictions"]
+    logits = Path(row.get("evaluation", "")) / STUDENT_TEST_LOGITS
+    if "evaluation" in row and logits.exists():
+        return np.load(logits).argmax(axis=1).tolist()
+    return None
+
+
+def split_labels(row: dict) -> list[int]:
+    """The test labels of the data a row was scored on (its stage must still be there)."""
+    return list(load_split(Path(row["data"]), "test")["label"])
+
+
+def paired(rows: list[dict], labels: list[int] | None, earlier: Sequence[dict] = ()) -> list[dict]:
     """mpnet_after's student against each other arm's of the same size and seed on the test
-    split (exact McNemar on the texts one gets right and the other wrong); rows whose stage
-    folders were not recorded are left out."""
+    split `labels` (exact McNemar on the texts one gets right and the other wrong). A pair whose
+    predictions are no longer at hand keeps its `earlier` result, if any."""
+    kept = {(p["size"], p["seed"], p["reference"]): p for p in earlier}
     out = []
-    for after in (r for r in rows if r["arm"] == "mpnet_after" and "evaluation" in r):
-        truth = np.asarray(load_split(Path(after["data"]), "test")["label"])
-        candidate = np.load(Path(after["evaluation"]) / STUDENT_TEST_LOGITS)
+    for after in (r for r in rows if r["arm"] == "mpnet_after"):
         for other in rows:
-            same_run = (other["size"], other["seed"]) == (after["size"], after["seed"])
-            if same_run and other["arm"] != "mpnet_after" and "evaluation" in other:
-                reference = np.load(Path(other["evaluation"]) / STUDENT_TEST_LOGITS)
-                comparison = compare(reference, candidate, truth).model_dump()
-                out.append({"size": after["size"], "seed": after["seed"],
-                            "reference": other["arm"], "comparison": comparison})  # fmt: skip
+            run = (other["size"], other["seed"])
+            if run != (after["size"], after["seed"]) or other["arm"] == "mpnet_after":
+                continue
+            candidate, reference = student_predictions(after), student_predictions(other)
+            if candidate is not None and reference is not None and labels is not None:
+                comparison = compare(reference, candidate, labels).model_dump()
+                out.append({"size": run[0], "seed": run[1], "reference": other["arm"],
+                            "comparison": comparison})  # fmt: skip
+            elif (run[0], run[1], other["arm"]) in kept:
+                out.append(kept[(run[0], run[1], other["arm"])])
     return out
 
 
@@ -231,20 +255,35 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({"size": size, "seed": seed, "arm": arm, **shown}), flush=True)
         return
     output = Path(args.output)
-    rows = json.loads(output.read_text())["rows"] if output.exists() else []
+    results = json.loads(output.read_text()) if output.exists() else {}
+    rows, labels = results.get("rows", []), results.get("test_labels")
+    earlier = results.get("goals", {}).get("paired", [])
     full = full_size(args)
     for size, seed, arm, config in runs:
         wanted = full if size == "all" else int(size)
         if any((r["size"], r["seed"], r["arm"]) == (wanted, seed, arm) for r in rows):
             continue  # measured by an earlier (perhaps killed) run
         rows.append(measure(arm, seed, config))
-        print(json.dumps(rows[-1]), flush=True)
-        measured = goals(rows, full) | {"paired": paired(rows)}
+        shown = {k: v for k, v in rows[-1].items() if k != "test_predictions"}
+        print(json.dumps(shown), flush=True)
+        labels = same_test_labels(labels, split_labels(rows[-1]))
+        measured = goals(rows, full) | {"paired": paired(rows, labels, earlier)}
         if ensembles := ensemble_results(rows, measured["paired"]):
             bench.update_results("strong_path.json", ensemble=ensembles)
-        bench.write_json(output, {"rows": rows, "goals": measured})
+        bench.write_json(output, {"rows": rows, "goals": measured, "test_labels": labels})
         if args.section:
             bench.write_section(args.section, render(rows, measured))
+
+
+def same_test_labels(recorded: list[int] | None, found: list[int]) -> list[int]:
+    """Every size is scored on the same test split: a run whose split differs from the recorded
+    one cannot be paired with the others (and says the data changed)."""
+    if recorded is not None and recorded != found:
+        raise ValueError(
+            "this run's test split differs from the one bench/results/learning_curve.json "
+            "recorded: the data or its split settings changed; start a new results file"
+        )
+    return found
 
 
 if __name__ == "__main__":

@@ -106,12 +106,36 @@ def test_mpnet_after_is_compared_pairwise_with_each_arm_of_its_size_and_seed(tmp
         {"size": 2000, "seed": 1, "arm": "labels"},  # measured before folders were recorded
         row("default", labels, seed=2),  # another seed: no mpnet_after to compare with
     ]
-    (pair,) = learning_curve.paired(rows)
+    (pair,) = learning_curve.paired(rows, learning_curve.split_labels(rows[0]))
     assert (pair["size"], pair["seed"], pair["reference"]) == (2000, 1, "default")
     comparison = pair["comparison"]
     assert comparison["n"] == 6
     assert comparison["difference"] == pytest.approx(2 / 6)
     assert (comparison["only_reference_right"], comparison["only_candidate_right"]) == (0, 2)
+
+
+def test_recorded_predictions_outlive_the_store_and_lost_pairs_keep_their_earlier_result():
+    labels = [0, 1, 1, 0, 1, 0]
+    gone = {"evaluation": "/nonexistent/evaluation", "data": "/nonexistent/data"}
+    rows = [
+        {"size": 2000, "seed": 2, "arm": "labels", "test_predictions": [0, 0, 0, 0, 0, 0], **gone},
+        {"size": 2000, "seed": 2, "arm": "mpnet_after", "test_predictions": labels, **gone},
+        {"size": 2000, "seed": 1, "arm": "default", **gone},  # its store was wiped
+        {"size": 2000, "seed": 1, "arm": "mpnet_after", **gone},
+    ]
+    earlier = [{"size": 2000, "seed": 1, "reference": "default", "comparison": {"n": 1057}}]
+    computed, kept = learning_curve.paired(rows, labels, earlier)
+    assert (computed["seed"], computed["reference"]) == (2, "labels")
+    assert computed["comparison"]["only_candidate_right"] == 3  # the three positives
+    assert kept == earlier[0]
+    assert learning_curve.paired(rows, labels) == [computed]  # nothing earlier: nothing kept
+
+
+def test_a_run_on_another_test_split_is_refused():
+    assert learning_curve.same_test_labels(None, [0, 1]) == [0, 1]
+    assert learning_curve.same_test_labels([0, 1], [0, 1]) == [0, 1]
+    with pytest.raises(ValueError, match="test split differs"):
+        learning_curve.same_test_labels([0, 1], [1, 1])
 
 
 def test_the_ensemble_is_reported_beside_mpnet_alone_with_their_paired_test():
