@@ -1,16 +1,18 @@
-"""bf16 autocast against fp32 for student training on this CPU (issue 23, part 2).
+"""bf16 autocast against fp32 for student (or teacher) training on this CPU (issue 23, part 2).
 
     nice -n 5 .venv/bin/python -m bench.precision [--config configs/movie_reviews.yaml]
-        [--rounds 6] [--steps 8] [--store DIR] [key=value ...]
+        [--model student|teacher] [--rounds 6] [--steps 8] [--store DIR] [key=value ...]
 
 `training.precision: auto` stays fp32 on a CPU unless this benchmark, run on that CPU, shows
 bf16 faster and its accuracy within noise. It reports what torch says of the CPU (AVX512-BF16,
 AMX tiles: the units that make bf16 fast; without them bf16 is emulated), then trains two copies
-of the config's student from the same start on the same batches, fp32 and bf16 autocast, in
-alternating blocks of `--steps` optimizer steps (`--rounds` blocks each, the order rotating), and
-gives each precision's seconds per step. Only when bf16 is faster does the accuracy check run:
-both copies trained on `--accuracy-steps` more steps, validation accuracy paired (McNemar).
-Writes strong_path.json's `precision`, the benchmarks.md section "precision".
+of the config's student (or, `--model teacher`, its teacher before fine-tuning) from the same
+start on the same batches, fp32 and bf16 autocast, in alternating blocks of `--steps` optimizer
+steps (`--rounds` blocks each, the order rotating), and gives each precision's seconds per step.
+Only when bf16 is faster does the accuracy check run: both copies trained on `--accuracy-steps`
+more steps, validation accuracy paired (McNemar).
+Writes strong_path.json's `precision` (`precision_teacher`), a row per torch CPU capability, and
+the benchmarks.md section "precision-<capability>" ("precision-teacher-<capability>").
 """
 
 from __future__ import annotations
@@ -28,16 +30,17 @@ import torch
 
 from bench import report as bench
 from distill.batching import collate, length_grouped_batches
-from distill.chain import run_until_cache
-from distill.config import load_config
-from distill.data import load_split
+from distill.config import TrainingConfig, load_config
+from distill.data import data_stage, load_split
 from distill.devices import Runtime
 from distill.losses import LossTerms, hard_label_ce
 from distill.paired import PairedComparison, compare
-from distill.student import init_student
+from distill.store import Artifact
+from distill.student import init_student, student_tokenizer_model
+from distill.teacher import starting_teacher, teacher_stage
 from distill.training import Optimisation, predict_logits
 
-TITLE = "## bf16 autocast against fp32, student training on the CPU (precision)"
+TITLE = "## bf16 autocast against fp32, {model} training on the CPU (precision)"
 
 
 def cpu_bf16_units() -> dict[str, bool]:
@@ -54,16 +57,29 @@ def labels_loss(model, batch) -> LossTerms:
     return LossTerms(total=loss, parts={"ce": loss})
 
 
-def trainers(config, upstream, total_steps: int) -> dict[str, tuple]:
-    """Two copies of the student from one start: (model, optimisation) per precision."""
-    start = init_student(
-        config.student, upstream.teacher.path, list(upstream.data.manifest.label_names)
+def starting_point(config, which: str) -> tuple[torch.nn.Module, TrainingConfig, Artifact]:
+    """The untrained model (`which`: the student, carved as its stage carves it from the
+    fine-tuned teacher, or the teacher from its checkpoint), its training settings and the data
+    in its token ids."""
+    store = config.store_dir
+    teacher_data = data_stage(store, config.data, config.teacher.model)
+    labels = list(teacher_data.manifest.label_names)
+    if which == "teacher":
+        start, _ = starting_teacher(config.teacher, labels, teacher_data.manifest)
+        return start, config.teacher.training, teacher_data
+    teacher = teacher_stage(store, config.teacher, teacher_data)  # built or reused
+    data = data_stage(
+        store, config.data, student_tokenizer_model(config.student, config.teacher.model)
     )
+    return init_student(config.student, teacher.path, labels), config.student.training, data
+
+
+def trainers(start, settings: TrainingConfig, total_steps: int) -> dict[str, tuple]:
+    """Two copies of one start: (model, optimisation) per precision."""
     result = {}
     for precision in ("fp32", "bf16"):
         model = copy.deepcopy(start).train()
         runtime = Runtime(torch.device("cpu"), precision)
-        settings = config.student.training
         result[precision] = (model, Optimisation.create(model, settings, total_steps, runtime))
     return result
 
@@ -84,18 +100,19 @@ def timed_blocks(pair: dict, batches: list, rounds: int, steps: int) -> dict[str
 
 
 def measure(args, config) -> dict:
-    upstream = run_until_cache(config, config.store_dir)  # data and teacher (built or reused)
-    train = load_split(upstream.data.path, "train")
-    rng = np.random.default_rng(config.student.training.seed)
-    size = config.student.training.batch_size
+    start, settings, data = starting_point(config, args.model)
+    train = load_split(data.path, "train")
+    rng = np.random.default_rng(settings.seed)
+    size = settings.batch_size
     needed = args.rounds * args.steps + args.accuracy_steps
     lengths = [len(ids) for ids in train["input_ids"]]
     grouped = length_grouped_batches(lengths, size, rng)  # as student training batches
     batches = [collate(train, indices) for indices in grouped[:needed]]
-    pair = trainers(config, upstream, needed)
+    pair = trainers(start, settings, needed)
     per_step = timed_blocks(pair, batches[: args.rounds * args.steps], args.rounds, args.steps)
     seconds = {name: statistics.median(values) for name, values in per_step.items()}
     row = {
+        "model": args.model,
         "cpu_bf16_units": cpu_bf16_units(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "batch_size": size,
@@ -113,7 +130,7 @@ def measure(args, config) -> dict:
     for model, optimisation in pair.values():
         for batch in rest:
             optimisation.apply(model, labels_loss, batch)
-    validation = load_split(upstream.data.path, "validation")
+    validation = load_split(data.path, "validation")
     labels = np.asarray(validation["label"])
     logits = {
         name: predict_logits(model, validation, runtime=Runtime(torch.device("cpu"), name))
@@ -151,11 +168,21 @@ def render(row: dict) -> str:
         f"bf16 speed-up {row['bf16_speedup']:.2f}x; accuracy: {accuracy_line(row['accuracy'])}; "
         f"verdict: {row['verdict']}",
     ]
-    return bench.section(TITLE, table, more=more)
+    return bench.section(TITLE.format(model=row.get("model", "student")), table, more=more)
+
+
+def per_cpu(key: str, row: dict) -> dict:
+    """strong_path.json's `key`: one row per torch CPU capability measured (the answer differs
+    between CPUs), this row replacing that capability's earlier one."""
+    recorded = bench.read_results("strong_path.json").get(key, {})
+    if "cpu_capability" in recorded:  # written before rows were kept per CPU
+        recorded = {recorded["cpu_capability"]: recorded}
+    return recorded | {row["cpu_capability"]: row}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("student", "teacher"), default="student")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--accuracy-steps", type=int, default=200)
@@ -166,9 +193,11 @@ def main() -> None:
     row = measure(args, config)
     row |= {"machine": bench.machine(), "command": bench.command_line()}
     row |= {"load_before": load_before, "load_after": os.getloadavg()}
-    bench.update_results("strong_path.json", precision=row)
+    key = "precision" if args.model == "student" else "precision_teacher"
+    bench.update_results("strong_path.json", **{key: per_cpu(key, row)})
     if args.section:
-        bench.write_section(args.section, render(row))
+        name = args.section if args.model == "student" else f"{args.section}-teacher"
+        bench.write_section(f"{name}-{row['cpu_capability'].lower()}", render(row))
     print(json.dumps(row, indent=1))
 
 
