@@ -1,7 +1,7 @@
 """bf16 autocast against fp32 for student (or teacher) training on this CPU (issue 23, part 2).
 
     nice -n 5 .venv/bin/python -m bench.precision [--config configs/movie_reviews.yaml]
-        [--model student|teacher] [--rounds 6] [--steps 8] [--store DIR] [key=value ...]
+        [--model student|teacher] [--rounds 24] [--steps 2] [--store DIR] [key=value ...]
 
 `training.precision: auto` stays fp32 on a CPU unless this benchmark, run on that CPU, shows
 bf16 faster and its accuracy within noise. It reports what torch says of the CPU (AVX512-BF16,
@@ -10,7 +10,9 @@ of the config's student (or, `--model teacher`, its teacher before fine-tuning) 
 start on the same batches, fp32 and bf16 autocast, in alternating blocks of `--steps` optimizer
 steps (`--rounds` blocks each, the order rotating), and gives each precision's seconds per step.
 Only when bf16 is faster does the accuracy check run: both copies trained on `--accuracy-steps`
-more steps, validation accuracy paired (McNemar).
+more steps, validation accuracy paired (McNemar). "Faster" is decided as the pipeline decides on
+speed (`deploy.latency.paired_speed`): the blocks of one round are a pair (same batches), and
+bf16 is faster only when the whole interval of the median time ratio lies below 1.
 Writes strong_path.json's `precision` (`precision_teacher`), a row per torch CPU capability, and
 the benchmarks.md section "precision-<capability>" ("precision-teacher-<capability>").
 """
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from bench import report as bench
+from deploy.latency import SpeedComparison, paired_speed
 from distill.batching import collate, length_grouped_batches
 from distill.config import TrainingConfig, load_config
 from distill.data import data_stage, load_split
@@ -111,6 +114,9 @@ def measure(args, config) -> dict:
     pair = trainers(start, settings, needed)
     per_step = timed_blocks(pair, batches[: args.rounds * args.steps], args.rounds, args.steps)
     seconds = {name: statistics.median(values) for name, values in per_step.items()}
+    # Decided as the pipeline decides on speed: paired blocks (same batches, same round), faster
+    # only when the whole interval of the median time ratio says so.
+    speed = paired_speed(per_step["bf16"], per_step["fp32"])
     row = {
         "model": args.model,
         "cpu_bf16_units": cpu_bf16_units(),
@@ -120,10 +126,12 @@ def measure(args, config) -> dict:
         "steps_per_block": args.steps,
         "seconds_per_step": per_step,
         "median_seconds_per_step": seconds,
-        "bf16_speedup": seconds["fp32"] / seconds["bf16"],
+        "bf16_speedup": 1.0 / speed.median_ratio,
+        "speed": speed.model_dump(),
     }
-    if row["bf16_speedup"] <= 1.0 and not args.accuracy:
-        row["accuracy"] = "not measured: bf16 is not faster here"
+    faster = speed.faster_by(0.0)
+    if not faster and not args.accuracy:
+        row["accuracy"] = "not measured: bf16 is not significantly faster here"
         row["verdict"] = "fp32 (auto keeps fp32 on this CPU)"
         return row
     rest = batches[args.rounds * args.steps : needed]
@@ -139,11 +147,11 @@ def measure(args, config) -> dict:
     paired = compare(logits["fp32"], logits["bf16"], labels)
     row["accuracy"] = paired.model_dump()
     within_noise = not paired.significantly_worse()
-    faster = row["bf16_speedup"] > 1.0
     row["verdict"] = (
         "bf16 pays here"
         if faster and within_noise
-        else "fp32: " + ("bf16 significantly worse" if faster else "bf16 is not faster here")
+        else "fp32: "
+        + ("bf16 significantly worse" if faster else "bf16 is not significantly faster here")
     )
     return row
 
@@ -153,6 +161,13 @@ def accuracy_line(accuracy: str | dict) -> str:
     if isinstance(accuracy, str):
         return accuracy
     return PairedComparison.model_validate(accuracy).summary()
+
+
+def speed_line(row: dict) -> str:
+    """The paired time ratio's line (rows measured before it was recorded: the medians')."""
+    if "speed" not in row:
+        return "ratio of medians, no interval"
+    return SpeedComparison.model_validate(row["speed"]).summary().replace("calls", "blocks")
 
 
 def render(row: dict) -> str:
@@ -165,8 +180,8 @@ def render(row: dict) -> str:
     more = [
         f"torch CPU capability {row['cpu_capability']}; bf16 units: {units}; batch "
         f"{row['batch_size']}, {row['rounds']} blocks of {row['steps_per_block']} steps each",
-        f"bf16 speed-up {row['bf16_speedup']:.2f}x; accuracy: {accuracy_line(row['accuracy'])}; "
-        f"verdict: {row['verdict']}",
+        f"bf16 speed-up {row['bf16_speedup']:.2f}x (bf16/fp32 {speed_line(row)}); accuracy: "
+        f"{accuracy_line(row['accuracy'])}; verdict: {row['verdict']}",
     ]
     return bench.section(TITLE.format(model=row.get("model", "student")), table, more=more)
 
@@ -183,8 +198,8 @@ def per_cpu(key: str, row: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("student", "teacher"), default="student")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--accuracy-steps", type=int, default=200)
     parser.add_argument("--accuracy", action="store_true", help="check accuracy even if slower")
     args = bench.arguments(parser, output=None, section="precision")

@@ -200,8 +200,10 @@ class TrainingConfig(Section):
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="`auto`: bf16 on a CUDA device that supports it, else fp32 (CPU runs stay "
-        "fp32); `bf16`/`fp16` autocast the forward pass, `fp16` (cuda only) adds loss scaling. "
+        description="`auto`: bf16 on a CUDA device that supports it and on a CPU with bf16 "
+        "units (AVX512-BF16 or AMX) running torch's AVX-512 kernels (measured faster at the same "
+        "accuracy: docs/benchmarks.md, precision), else fp32; the stage manifests record what "
+        "ran. `bf16`/`fp16` autocast the forward pass, `fp16` (cuda only) adds loss scaling. "
         "Weights and cached logits stay float32",
     )
 

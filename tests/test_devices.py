@@ -12,9 +12,11 @@ from distill.config import ConfigError, TrainingConfig
 from distill.devices import CPU, DeviceError, Runtime, move_batch, resolve_runtime
 
 
-def machine(monkeypatch, *present: str, bf16: bool = True) -> None:
-    """Pretend these accelerators are present (the CPU always is)."""
+def machine(monkeypatch, *present: str, bf16: bool = True, cpu_bf16: bool = False) -> None:
+    """Pretend these accelerators are present (the CPU always is), and whether the CPU computes
+    bf16 natively."""
     monkeypatch.setattr(devices, "available", lambda kind: kind == "cpu" or kind in present)
+    monkeypatch.setattr(devices, "fast_cpu_bf16", lambda: cpu_bf16)
     monkeypatch.setattr(
         devices, "bf16_supported", lambda kind: kind in ("cpu", "mps") or (kind == "cuda" and bf16)
     )
@@ -40,6 +42,30 @@ def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch, present, bf16, expected)
     machine(monkeypatch, *present, bf16=bf16)
     runtime = resolve_runtime(TrainingConfig())
     assert (runtime.device.type, runtime.precision) == expected
+
+
+def test_auto_is_bf16_on_a_cpu_that_computes_it_natively(monkeypatch):
+    machine(monkeypatch, cpu_bf16=True)
+    assert resolve_runtime(TrainingConfig()) == Runtime(torch.device("cpu"), "bf16")
+    assert resolve_runtime(TrainingConfig(precision="fp32")) == CPU  # asked for, always honoured
+
+
+@pytest.mark.parametrize(
+    ("units", "capability", "fast"),
+    [
+        ({"_is_avx512_bf16_supported"}, "AVX512", True),
+        ({"_is_amx_tile_supported", "_is_avx512_bf16_supported"}, "AVX512", True),
+        (set(), "AVX512", False),  # AVX-512 without bf16 units: emulated
+        ({"_is_avx512_bf16_supported"}, "AVX2", False),  # ATEN_CPU_CAPABILITY=avx2
+    ],
+)
+def test_a_cpu_computes_bf16_natively_with_its_units_and_avx512_kernels(
+    monkeypatch, units, capability, fast
+):
+    for probe in devices.CPU_BF16_PROBES:
+        monkeypatch.setattr(torch.cpu, probe, lambda probe=probe: probe in units, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert devices.fast_cpu_bf16() is fast
 
 
 def test_an_absent_device_is_an_error_naming_the_key(monkeypatch):

@@ -66,6 +66,13 @@ def no_accelerator(monkeypatch) -> None:
     monkeypatch.setattr(devices, "available", lambda kind: kind == "cpu")
 
 
+@pytest.fixture(autouse=True)
+def fp32_cpu(monkeypatch):
+    """`auto` precision is fp32 here on every CPU (one with bf16 units would pick bf16), so the
+    recorded runs and the logged lines below hold on any x86-64 machine."""
+    monkeypatch.setattr(devices, "fast_cpu_bf16", lambda: False)
+
+
 # Recorded with the single-function train_classifier before it was split (commit 22afb4c), same
 # model, data and settings: (step, train_loss) every 10 steps and val_accuracy per epoch.
 OLD_TRAIN_LOSS = [
