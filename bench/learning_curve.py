@@ -116,6 +116,8 @@ def measure(arm: str, seed: int, config: PipelineConfig) -> dict:
         "int8_accuracy": run.quantize.manifest.test_accuracy,
         "teacher_steps": teacher.steps,
         "stop_reason": teacher.stop_reason,
+        # What the trainings ran in (`training.precision: auto` is bf16 on a CPU with bf16 units).
+        "precision": {"teacher": teacher.precision, "student": run.student.manifest.precision},
         "seconds": round(seconds, 1),
         # Where the test predictions and labels are, for the paired tests (`paired`).
         "evaluation": str(run.evaluation.path),

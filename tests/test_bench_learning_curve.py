@@ -149,3 +149,18 @@ def test_the_ensemble_is_reported_beside_mpnet_alone_with_their_paired_test():
     assert first["mpnet_alone"]["arm"] == "mpnet_after" and first["paired"] == {"n": 6}
     assert (second["seed"], second["mpnet_alone"], second["paired"]) == (2, None, None)
     assert learning_curve.ensemble_results(rows[:1], pairs) == []
+
+
+def test_a_run_s_row_holds_its_scores_predictions_and_what_precision_ran(tiny_config, tiny_stages):
+    row = learning_curve.measure("default", 7, tiny_config)  # the tiny stages, reused
+    assert (row["arm"], row["seed"], row["size"]) == (
+        "default",
+        7,
+        tiny_stages.data.manifest.sizes["train"],
+    )
+    assert row["student_accuracy"] == tiny_stages.evaluation.manifest.student_accuracy
+    assert row["precision"] == {"teacher": "fp32", "student": "fp32"}  # tiny.yaml pins fp32
+    labels = learning_curve.split_labels(row)
+    assert len(row["test_predictions"]) == len(labels)
+    right = sum(p == t for p, t in zip(row["test_predictions"], labels, strict=True)) / len(labels)
+    assert right == pytest.approx(row["student_accuracy"])
