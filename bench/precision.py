@@ -35,7 +35,7 @@ from deploy.latency import SpeedComparison, paired_speed
 from distill.batching import collate, length_grouped_batches
 from distill.config import TrainingConfig, load_config
 from distill.data import data_stage, load_split
-from distill.devices import Runtime
+from distill.devices import CPU_BF16_PROBES, Runtime
 from distill.losses import LossTerms, hard_label_ce
 from distill.paired import PairedComparison, compare
 from distill.store import Artifact
@@ -47,10 +47,13 @@ TITLE = "## bf16 autocast against fp32, {model} training on the CPU (precision)"
 
 
 def cpu_bf16_units() -> dict[str, bool]:
-    """What torch reports of the CPU's bf16 hardware (private probes, hence guarded)."""
-    probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_tile": "_is_amx_tile_supported"}
+    """What torch reports of the CPU's bf16 hardware: the probes `auto` precision reads
+    (`distill.devices.CPU_BF16_PROBES`), by unit name (avx512_bf16, amx_tile)."""
     return {
-        name: bool(getattr(torch.cpu, probe, lambda: False)()) for name, probe in probes.items()
+        probe.removeprefix("_is_").removesuffix("_supported"): bool(
+            getattr(torch.cpu, probe, lambda: False)()
+        )
+        for probe in CPU_BF16_PROBES
     }
 
 
