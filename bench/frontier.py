@@ -46,8 +46,11 @@ from distill.paired import PairedComparison, compare
 
 CONFIG = bench.REPO / "configs" / "movie_reviews_mpnet.yaml"
 # Shape -> the bundled MiniLM's blocks the student keeps, and its feed-forward width (None: all
-# 1536 neurons). "3L" is the MPNet profile's student; "2L-ff512" the edge profile's shape.
+# 1536 neurons). "3L" is the MPNet profile's student; "2L-ff512" the edge profile's shape; the
+# 1-layer shapes keep the block that sits on the embeddings it was trained with.
 SHAPES: dict[str, tuple[list[int], int | None]] = {
+    "1L": ([0], None),
+    "1L-ff512": ([0], 512),
     "2L": ([0, 5], None),
     "2L-ff512": ([0, 5], 512),
     "3L": ([0, 2, 5], None),
@@ -114,6 +117,7 @@ def row(run: Run) -> dict:
         "student_accuracy": run.stages.evaluation.manifest.student_accuracy,
         "int8_accuracy": quantized.test_accuracy,
         "int8_method": quantized.method,
+        "precision": student.precision,  # what student training ran in (auto: by CPU)
         "shipped_bytes": quantized.bytes,
         "train_rows": sum(student.training_rows.values()),
         "train_seconds": round(student.train_seconds, 1),
