@@ -11,7 +11,9 @@ student already built are reused from --store (a killed run resumes from there).
 interleaved timing (bench.latency's), MPNet in PyTorch and each shape's shipped model (its first
 seed's distilled run) at batch 1 on one thread and batch 32 on every core, 25 and 64 tokens.
 Accuracy differences are paired McNemar tests of the shipped models on the test split.
-Writes strong_path.json's `frontier` and the benchmarks.md section "frontier".
+Writes strong_path.json's `frontier` and the benchmarks.md section "frontier"; another
+--section writes under its own name in both (so a run on another machine or seed keeps the
+earlier one).
 """
 
 from __future__ import annotations
@@ -174,7 +176,7 @@ def pick(shapes: list[dict]) -> dict | None:
     return max(fast, key=lambda s: s["distilled_int8_accuracy"], default=None)
 
 
-def render(result: dict) -> str:
+def render(result: dict, name: str = "frontier") -> str:
     table = []
     for s in result["shapes"]:
         tests = "; ".join(
@@ -210,7 +212,7 @@ def render(result: dict) -> str:
     if result.get("pick_vs_baseline"):
         versus = PairedComparison.model_validate(result["pick_vs_baseline"]).summary()
         lines.append(f"Its shipped model against {' on '.join(BASELINE)} (shipped, test): {versus}")
-    title = "## A student for every latency budget (frontier)"
+    title = f"## A student for every latency budget ({name})"
     return bench.section(title, bench.markdown_table(header, table), "\n\n".join(lines))
 
 
@@ -266,10 +268,12 @@ def main(argv: list[str] | None = None) -> None:
         "load_after": os.getloadavg(),
         "seconds": round(time.time() - started, 1),
     }
-    # strong_path.json's `frontier`: one line per shape; the runs behind it beside it.
-    bench.update_results("strong_path.json", frontier=shapes, frontier_runs=result)
+    # strong_path.json's `frontier` (or the --section's name, so a run on another machine or
+    # seed keeps the earlier one): one line per shape; the runs behind it beside it.
+    key = args.section or "frontier"
+    bench.update_results("strong_path.json", **{key: shapes, f"{key}_runs": result})
     if args.section:
-        bench.write_section(args.section, render(result))
+        bench.write_section(args.section, render(result, args.section))
     print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "latency")}, indent=1))
 
 
