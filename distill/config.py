@@ -204,7 +204,9 @@ class TrainingConfig(Section):
         "units (AVX512-BF16 or AMX) running torch's AVX-512 kernels (measured faster at the same "
         "accuracy: docs/benchmarks.md, precision), else fp32; the stage manifests record what "
         "ran. `bf16`/`fp16` autocast the forward pass, `fp16` (cuda only) adds loss scaling. "
-        "Weights and cached logits stay float32",
+        "Weights and cached logits stay float32. Stage keys hold the setting as written, so a "
+        "store shared by machines reuses an `auto` stage whichever precision built it (a teacher "
+        "fine-tuned on a GPU serves CPU runs); name the precision to keep such stages apart",
     )
 
 
