@@ -1,11 +1,18 @@
 """Teacher labelling throughput: PyTorch vs the teacher's ONNX graph, fp32 and dynamic INT8.
 
     nice -n 10 .venv/bin/python -m bench.labelling [--texts 2000] [--threads 2] [--scratch DIR]
+        [--fine-tuned STORE] [--section NAME]
 
 Teachers through the pipeline's stages (data, teacher, teacher_onnx): MPNet-base with a fresh
 seeded head (speed only: its figures are an untrained head's) and MiniLM fine-tuned one epoch
 (figures of a trained head). Each labels the first `--texts` train texts in batches of 32, the
-runtimes interleaved batch by batch. Writes strong_path.json's `labelling`, benchmarks.md.
+runtimes interleaved batch by batch. On a CPU where `training.precision: auto` is bf16
+(`distill.devices.fast_cpu_bf16`), PyTorch under bf16 autocast runs too (`torch-bf16`: what a
+`torch` cache is labelled with there), its figures against fp32 PyTorch judged by the INT8
+gate. `--fine-tuned STORE` adds the fine-tuned teacher of a finished run's store (its one
+teacher, data and teacher graphs) labelling its validation split: every runtime's speed, and
+its figures against fp32 PyTorch on a trained head. Writes strong_path.json's `labelling`,
+benchmarks.md.
 """
 
 from __future__ import annotations
@@ -33,18 +40,21 @@ from distill import models
 from distill.batching import sorted_batches
 from distill.config import load_config
 from distill.data import data_stage, load_split
-from distill.labelling import GATES, TorchLabeller, parity_figures
+from distill.devices import CPU, Runtime, fast_cpu_bf16
+from distill.labelling import GATES, INT8_GATE, TorchLabeller, parity_figures
 from distill.teacher import teacher_stage
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
+BF16 = "torch-bf16"  # PyTorch under bf16 autocast: measured only where auto precision picks it
 PROFILE = Path("configs/movie_reviews.yaml")
 MPNET_NOTE = "pretrained body, fresh seeded head (not fine-tuned): speed only"
 SPEED = "{texts_per_second:.1f} ({ratio_to_torch:.2f}x)"
 FIGURES = "{max_abs_logit_diff:.2g} / {agreement:.4f} / {mean_kl:.2g}"
 TITLE = "## Teacher labelling: PyTorch vs ONNX Runtime (batch 32)"
 COLUMNS = (
-    "teacher | texts | torch texts/s | onnx texts/s | onnx-int8 texts/s"
+    "teacher | texts | torch texts/s | onnx texts/s | onnx-int8 texts/s | torch-bf16 texts/s"
     " | onnx: max diff / agreement / KL | int8: max diff / agreement / KL"
+    " | torch-bf16: max diff / agreement / KL"
 )
 
 
@@ -70,13 +80,15 @@ def measure(name: str, overrides: list[str], args, note: str) -> dict:
     model = models.load_classifier(teacher.path)
     sessions = {rt: open_session(g.file(g.manifest.file), args.threads) for rt, g in graphs.items()}
     labellers = {"torch": TorchLabeller(model)} | {r: OnnxLabeller(s) for r, s in sessions.items()}
+    if fast_cpu_bf16():
+        labellers[BF16] = TorchLabeller(model, Runtime(CPU.device, "bf16"))
     rows = load_split(data.path, "train").select(range(args.texts))
     batches = sorted_batches([len(ids) for ids in rows["input_ids"]], 32)
     feeds = sample_feeds(rows, batches, models.pad_token_id(model.config), len(batches))
     seconds, logits = interleaved(labellers, feeds)
     reference, temperature = np.concatenate(logits["torch"]), config.student.temperature
     result = {"teacher": name, "note": note, "texts": len(rows), "threads": args.threads}
-    for rt in RUNTIMES:
+    for rt in labellers:
         spent = sum(seconds[rt])
         entry = {
             "texts_per_second": len(rows) / spent,
@@ -84,16 +96,67 @@ def measure(name: str, overrides: list[str], args, note: str) -> dict:
         }
         if rt != "torch":
             figures = parity_figures(rt, reference, np.concatenate(logits[rt]), temperature)
-            gate = judged(graphs[rt], GATES[rt], temperature)  # on the validation split
             entry |= figures.model_dump(include={"max_abs_logit_diff", "agreement", "mean_kl"})
+        if rt in graphs:
+            gate = judged(graphs[rt], GATES[rt], temperature)  # on the validation split
             entry |= {"validation_gate": gate.reason, "fusion": graphs[rt].manifest.fusion_reason}
+        if rt == BF16:  # no graph stage: judged on these texts, by the INT8 gate's bounds
+            entry |= {"int8_gate_on_these_texts": INT8_GATE.judge(figures).reason}
+        result[rt] = entry
+    return result
+
+
+def only_stage(store: Path, stage: str) -> Path:
+    """The one folder of `stage` in `store` (a finished single run's store)."""
+    folders = sorted(p for p in (store / stage).iterdir() if (p / "manifest.json").exists())
+    if len(folders) != 1:
+        raise ValueError(f"{store / stage}: {len(folders)} finished stages, expected one")
+    return folders[0]
+
+
+def measure_fine_tuned(store: Path, args) -> dict:
+    """The run's fine-tuned teacher on its validation split, every runtime interleaved."""
+    teacher, data = only_stage(store, "teacher"), only_stage(store, "data")
+    graphs = {}
+    for folder in (store / "teacher_onnx").iterdir():
+        manifest = json.loads((folder / "manifest.json").read_text())
+        graphs[manifest["runtime"]] = folder / manifest["file"]
+    model = models.load_classifier(teacher)
+    labellers = {"torch": TorchLabeller(model)}
+    labellers |= {rt: OnnxLabeller(open_session(graphs[rt], args.threads)) for rt in RUNTIMES[1:]}
+    if fast_cpu_bf16():
+        labellers[BF16] = TorchLabeller(model, Runtime(CPU.device, "bf16"))
+    rows = load_split(data, "validation")
+    batches = sorted_batches([len(ids) for ids in rows["input_ids"]], 32)
+    feeds = sample_feeds(rows, batches, models.pad_token_id(model.config), len(batches))
+    seconds, logits = interleaved(labellers, feeds)
+    reference = np.concatenate(logits["torch"])
+    temperature = load_config(PROFILE).student.temperature
+    truth = np.asarray(rows["label"])[np.concatenate(batches)]
+    name = json.loads((teacher / "manifest.json").read_text())["source"]
+    result = {"teacher": f"{Path(name).name}, fine-tuned", "folder": str(teacher)}
+    result |= {"texts": len(rows), "note": "validation split", "threads": args.threads}
+    for rt in labellers:
+        spent = sum(seconds[rt])
+        candidate = np.concatenate(logits[rt])
+        entry = {
+            "texts_per_second": len(rows) / spent,
+            "ratio_to_torch": sum(seconds["torch"]) / spent,
+        }
+        entry["validation_accuracy"] = float(np.mean(candidate.argmax(-1) == truth))
+        if rt != "torch":
+            figures = parity_figures(rt, reference, candidate, temperature)
+            entry |= figures.model_dump(include={"max_abs_logit_diff", "agreement", "mean_kl"})
+            gate = GATES.get(rt, INT8_GATE)  # torch-bf16 has no gate of its own: INT8's bounds
+            entry["gate"] = gate.judge(figures).reason
         result[rt] = entry
     return result
 
 
 def cells(row: dict) -> list[str]:
-    speeds = [SPEED.format(**row[r]) for r in RUNTIMES]
-    figures = [FIGURES.format(**row[r]) for r in RUNTIMES[1:]]
+    runtimes = (*RUNTIMES, BF16)
+    speeds = [SPEED.format(**row[r]) if r in row else "not run" for r in runtimes]
+    figures = [FIGURES.format(**row[r]) if r in row else "" for r in runtimes[1:]]
     return [row["teacher"], str(row["texts"]), *speeds, *figures]
 
 
@@ -103,6 +166,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--minilm-examples", type=int, default=3000)
     parser.add_argument("--scratch", default="/tmp/bench-labelling")
+    parser.add_argument("--fine-tuned", type=Path, help="a finished run's store (its teacher)")
+    # Another name keeps an earlier machine's results: it names the JSON key and the section.
+    parser.add_argument("--section", default="labelling", help="results key and docs section")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HOME", str(Path(args.scratch) / "hf"))
@@ -113,12 +179,15 @@ def main() -> None:
         measure("mpnet", [*base, "data.max_examples=3000"], args, MPNET_NOTE),
         measure("minilm", [*base, f"data.max_examples={args.minilm_examples}"], args, minilm),
     ]
+    if args.fine_tuned:
+        rows.append(measure_fine_tuned(args.fine_tuned, args))
     meta = dict(machine=machine(), load_before=load_before, load_after=os.getloadavg())
     meta["seconds"] = time.time() - started
-    update_results("strong_path.json", labelling=[row | meta for row in rows])
+    update_results("strong_path.json", **{args.section: [row | meta for row in rows]})
     loads = f"Load average before/after: {load_before[0]:.1f} / {meta['load_after'][0]:.1f}"
     table = markdown_table(COLUMNS, [cells(row) for row in rows])
-    write_section("labelling", section(TITLE, table, more=[loads]))
+    title = TITLE if args.section == "labelling" else f"{TITLE} ({args.section})"
+    write_section(args.section, section(title, table, more=[loads]))
     print(json.dumps(rows, indent=1))
 
 
