@@ -108,7 +108,7 @@ def measure(name: str, overrides: list[str], args, note: str) -> dict:
 
 def only_stage(store: Path, stage: str) -> Path:
     """The one folder of `stage` in `store` (a finished single run's store)."""
-    folders = sorted(p for p in (store / stage).iterdir() if (p / "manifest.json").exists())
+    folders = sorted(path.parent for path in (store / stage).glob("*/manifest.json"))
     if len(folders) != 1:
         raise ValueError(f"{store / stage}: {len(folders)} finished stages, expected one")
     return folders[0]
@@ -118,9 +118,9 @@ def measure_fine_tuned(store: Path, args) -> dict:
     """The run's fine-tuned teacher on its validation split, every runtime interleaved."""
     teacher, data = only_stage(store, "teacher"), only_stage(store, "data")
     graphs = {}
-    for folder in (store / "teacher_onnx").iterdir():
-        manifest = json.loads((folder / "manifest.json").read_text())
-        graphs[manifest["runtime"]] = folder / manifest["file"]
+    for path in (store / "teacher_onnx").glob("*/manifest.json"):  # finished stages only
+        manifest = json.loads(path.read_text())
+        graphs[manifest["runtime"]] = path.parent / manifest["file"]
     model = models.load_classifier(teacher)
     labellers = {"torch": TorchLabeller(model)}
     labellers |= {rt: OnnxLabeller(open_session(graphs[rt], args.threads)) for rt in RUNTIMES[1:]}
