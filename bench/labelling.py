@@ -1,7 +1,7 @@
 """Teacher labelling throughput: PyTorch vs the teacher's ONNX graph, fp32 and dynamic INT8.
 
     nice -n 10 .venv/bin/python -m bench.labelling [--texts 2000] [--threads 2] [--scratch DIR]
-        [--fine-tuned STORE] [--section NAME]
+        [--fine-tuned STORE/teacher/KEY] [--section NAME]
 
 Teachers through the pipeline's stages (data, teacher, teacher_onnx): MPNet-base with a fresh
 seeded head (speed only: its figures are an untrained head's) and MiniLM fine-tuned one epoch
@@ -9,10 +9,10 @@ seeded head (speed only: its figures are an untrained head's) and MiniLM fine-tu
 runtimes interleaved batch by batch. On a CPU where `training.precision: auto` is bf16
 (`distill.devices.fast_cpu_bf16`), PyTorch under bf16 autocast runs too (`torch-bf16`: what a
 `torch` cache is labelled with there), its figures against fp32 PyTorch judged by the INT8
-gate. `--fine-tuned STORE` adds the fine-tuned teacher of a finished run's store (its one
-teacher, data and teacher graphs) labelling its validation split: every runtime's speed, and
-its figures against fp32 PyTorch on a trained head. Writes strong_path.json's `labelling`,
-benchmarks.md.
+gate. `--fine-tuned STORE/teacher/KEY` adds a fine-tuned teacher stage labelling its
+validation split with the graphs its run built (stages of the same store): every runtime's
+speed, and its figures against fp32 PyTorch on a trained head. Writes strong_path.json's
+`labelling`, benchmarks.md.
 """
 
 from __future__ import annotations
@@ -106,21 +106,24 @@ def measure(name: str, overrides: list[str], args, note: str) -> dict:
     return result
 
 
-def only_stage(store: Path, stage: str) -> Path:
-    """The one folder of `stage` in `store` (a finished single run's store)."""
-    folders = sorted(path.parent for path in (store / stage).glob("*/manifest.json"))
-    if len(folders) != 1:
-        raise ValueError(f"{store / stage}: {len(folders)} finished stages, expected one")
-    return folders[0]
+def stages_of(store: Path, stage: str) -> list[tuple[Path, dict]]:
+    """Every finished folder of `stage` in `store`, with its manifest."""
+    manifests = sorted((store / stage).glob("*/manifest.json"))
+    return [(path.parent, json.loads(path.read_text())) for path in manifests]
 
 
-def measure_fine_tuned(store: Path, args) -> dict:
-    """The run's fine-tuned teacher on its validation split, every runtime interleaved."""
-    teacher, data = only_stage(store, "teacher"), only_stage(store, "data")
-    graphs = {}
-    for path in (store / "teacher_onnx").glob("*/manifest.json"):  # finished stages only
-        manifest = json.loads(path.read_text())
-        graphs[manifest["runtime"]] = path.parent / manifest["file"]
+def measure_fine_tuned(teacher: Path, args) -> dict:
+    """A fine-tuned teacher stage on its validation split, every runtime interleaved: its
+    data and teacher graphs are the stages of the same store that belong to it."""
+    store, manifest = teacher.parent.parent, json.loads((teacher / "manifest.json").read_text())
+    (data,) = [
+        f for f, m in stages_of(store, "data") if m["fingerprint"] == manifest["data_fingerprint"]
+    ]
+    graphs = {
+        m["runtime"]: folder / m["file"]
+        for folder, m in stages_of(store, "teacher_onnx")
+        if m["teacher_sha256"] == manifest["weights_sha256"]
+    }
     model = models.load_classifier(teacher)
     labellers = {"torch": TorchLabeller(model)}
     labellers |= {rt: OnnxLabeller(open_session(graphs[rt], args.threads)) for rt in RUNTIMES[1:]}
@@ -133,8 +136,7 @@ def measure_fine_tuned(store: Path, args) -> dict:
     reference = np.concatenate(logits["torch"])
     temperature = load_config(PROFILE).student.temperature
     truth = np.asarray(rows["label"])[np.concatenate(batches)]
-    name = json.loads((teacher / "manifest.json").read_text())["source"]
-    result = {"teacher": f"{Path(name).name}, fine-tuned", "folder": str(teacher)}
+    result = {"teacher": f"{Path(manifest['source']).name}, fine-tuned", "folder": str(teacher)}
     result |= {"texts": len(rows), "note": "validation split", "threads": args.threads}
     for rt in labellers:
         spent = sum(seconds[rt])
@@ -166,7 +168,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--minilm-examples", type=int, default=3000)
     parser.add_argument("--scratch", default="/tmp/bench-labelling")
-    parser.add_argument("--fine-tuned", type=Path, help="a finished run's store (its teacher)")
+    parser.add_argument("--fine-tuned", type=Path, help="a fine-tuned teacher's stage folder")
     # Another name keeps an earlier machine's results: it names the JSON key and the section.
     parser.add_argument("--section", default="labelling", help="results key and docs section")
     args = parser.parse_args()
