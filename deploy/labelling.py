@@ -5,7 +5,10 @@
 `distill/labelling.py`, and label with it when it passes; a refused explicit choice raises
 `LabellingRefused` with the measured figures. `auto` judges both graphs and takes the first of
 `PREFERENCE` (fastest first, as measured by bench/labelling.py) that passes; a refused runtime
-falls back to the next, its figures recorded.
+falls back to the next, its figures recorded. Where the teacher's precision resolves to bf16
+(a CPU with bf16 units), PyTorch labels in bf16, faster than fp32 ONNX there: `auto` then
+judges it too (`distill/precision_check.py`, by the INT8 gate's bounds) and follows
+`LOW_PRECISION_PREFERENCE`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from distill.data import DataManifest
 from distill.devices import resolve_runtime
 from distill.labelling import (
     GATES,
+    INT8_GATE,
     TORCH_RUNTIME,
     CandidateFigures,
     Labelling,
@@ -34,6 +38,7 @@ from distill.labelling import (
     parity_figures,
     torch_only,
 )
+from distill.precision_check import judged_precision, precision_check_stage
 from distill.store import Artifact
 from distill.teacher import TeacherManifest
 
@@ -43,6 +48,14 @@ from distill.teacher import TeacherManifest
 # a choice timed per run could flip between runtimes within noise of each other and build a
 # second cache of the same rows.
 PREFERENCE = ("onnx-int8", "onnx", TORCH_RUNTIME)
+# Where PyTorch runs in bf16 on the CPU (auto precision there): measured on an AMD EPYC with
+# AVX512-BF16, fine-tuned MPNet, validation split, 2 threads (docs/benchmarks.md,
+# labelling-avx512): INT8 126 texts/s, PyTorch bf16 96, fp32 ONNX 61, fp32 PyTorch 33.
+LOW_PRECISION_PREFERENCE = ("onnx-int8", TORCH_RUNTIME, "onnx")
+
+
+# fp32 PyTorch: what every other runtime is judged against.
+REFERENCE = CandidateFigures(runtime=TORCH_RUNTIME, passed=True, reason="the reference")
 
 
 class LabellingRefused(ConfigError):
@@ -75,13 +88,16 @@ def choose_labelling(
     teacher: Artifact[TeacherManifest],
     data: Artifact[DataManifest],
     gates: Mapping[str, LabellingGate] = GATES,
+    low_precision_gate: LabellingGate = INT8_GATE,
 ) -> Labelling:
     """The runtime `config.teacher.labelling` asks for, judged by `gates` (a
-    `distill.chain.LabellingChooser` once the gates are bound)."""
+    `distill.chain.LabellingChooser` once the gates are bound); PyTorch in a low precision, a
+    candidate of `auto` only, by `low_precision_gate`."""
     requested, temperature = config.teacher.labelling, config.student.temperature
     if requested == TORCH_RUNTIME:
         return torch_only(requested, temperature)
-    if requested == "auto" and resolve_runtime(config.teacher.training).device.type != "cpu":
+    runtime = resolve_runtime(config.teacher.training, "teacher.training")
+    if requested == "auto" and runtime.device.type != "cpu":
         record = LabellingRecord(
             requested=requested,
             runtime=TORCH_RUNTIME,
@@ -106,10 +122,21 @@ def choose_labelling(
             candidates=[verdict],
         )
         return labelling_of(graphs[requested], record)
-    passed = {TORCH_RUNTIME} | {name for name, verdict in figures.items() if verdict.passed}
-    chosen = next(name for name in PREFERENCE if name in passed)
-    refused = [n for n in names if not figures[n].passed]
-    reason = f"the first of {', '.join(PREFERENCE)} that passes its gate" + (
+    low_precision = runtime.precision != "fp32"  # PyTorch would label in bf16
+    preference = LOW_PRECISION_PREFERENCE if low_precision else PREFERENCE
+    candidates = dict(figures)
+    chosen = TORCH_RUNTIME  # nothing passed (a broken graph and a teacher bf16 changes)
+    for name in (n for n in preference if n in candidates or n == TORCH_RUNTIME):
+        if name == TORCH_RUNTIME:  # judged only when reached: fp32 is the reference
+            candidates[name] = REFERENCE
+            if low_precision:
+                check = precision_check_stage(store, teacher, data, runtime)
+                candidates[name] = judged_precision(check, low_precision_gate, temperature)
+        if candidates[name].passed:
+            chosen = name
+            break
+    refused = [name for name in preference if name in candidates and not candidates[name].passed]
+    reason = f"the first of {', '.join(preference)} that passes its gate" + (
         f"; refused: {', '.join(refused)}" if refused else ""
     )
     record = LabellingRecord(
@@ -118,10 +145,7 @@ def choose_labelling(
         reason=reason,
         temperature=temperature,
         validation_texts=texts,
-        candidates=[
-            CandidateFigures(runtime=TORCH_RUNTIME, passed=True, reason="the reference"),
-            *figures.values(),
-        ],
+        candidates=list(candidates.values()),
     )
     if chosen == TORCH_RUNTIME:
         return Labelling(record=record)

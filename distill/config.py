@@ -261,7 +261,9 @@ class TeacherConfig(Section):
         "fp32, ships when it agrees with PyTorch on >= 99.9% of validation labels within 1e-3 "
         "of its logits), `onnx-int8` (dynamic INT8, ships at >= 99.5% agreement and mean KL "
         "<= 0.01 of the soft targets); `auto`: the first of onnx-int8, onnx, torch (fastest "
-        "first) that passes its gate (a refused explicit choice is an error)",
+        "first) that passes its gate (a refused explicit choice is an error). Where the "
+        "teacher's precision resolves to bf16 (a CPU with bf16 units), PyTorch labels in bf16 "
+        "and `auto` tries onnx-int8, torch, onnx, judging bf16 by the INT8 bounds",
     )
     ensemble: list[EnsembleMember] = Field(
         [],

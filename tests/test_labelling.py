@@ -6,13 +6,19 @@ import math
 import numpy as np
 import pytest
 
-from deploy.labelling import PREFERENCE, LabellingRefused, choose_labelling
+from deploy.labelling import (
+    LOW_PRECISION_PREFERENCE,
+    PREFERENCE,
+    LabellingRefused,
+    choose_labelling,
+)
 from deploy.teacher_onnx import open_labeller, teacher_onnx_stage
 from distill import shards
 from distill.batching import sorted_batches
 from distill.chain import run_until_cache
 from distill.config import ConfigError
 from distill.data import load_split
+from distill.devices import resolve_runtime
 from distill.labelling import (
     INT8_GATE,
     ONNX_GATE,
@@ -23,6 +29,7 @@ from distill.labelling import (
 )
 from distill.logit_cache import logit_cache_stage, open_targets
 from distill.models import load_classifier
+from distill.precision_check import precision_check_stage
 from distill.shards import label_batches, label_batches_with
 from distill.teacher import teacher_stage
 
@@ -44,6 +51,19 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def teacher(tiny_config, tiny_data, store):
     return teacher_stage(store, tiny_config.teacher, tiny_data)
+
+
+def with_teacher_precision(config, precision: str):
+    """The precision the teacher's runtime resolves to: what PyTorch would label in (the
+    teacher stage itself stays the module's fp32 one: only the choice reads this)."""
+    training = config.teacher.training.model_copy(update={"precision": precision})
+    teacher = config.teacher.model_copy(update={"training": training, "labelling": "auto"})
+    return config.model_copy(update={"teacher": teacher})
+
+
+# Bounds any logits meet, and bounds no low-precision logits meet.
+ANY = LabellingGate(min_agreement=0.0)
+IMPOSSIBLE_BF16 = IMPOSSIBLE_INT8
 
 
 def cache_for(store, config, teacher, data, runtime: str, **gates):
@@ -182,3 +202,49 @@ def test_the_core_alone_labels_with_torch_and_refuses_onnx(tiny_config, tiny_dat
     assert upstream.cache.manifest.labelling_runtime == "torch"
     with pytest.raises(ConfigError, match="teacher.labelling"):
         run_until_cache(with_labelling(tiny_config, "onnx"), store)
+
+
+# --- PyTorch in bf16 (auto precision on a CPU with bf16 units) -----------------------------
+
+
+def test_auto_on_a_bf16_teacher_judges_pytorch_in_bf16_before_fp32_onnx(
+    tiny_config, tiny_data, teacher, store
+):
+    config = with_teacher_precision(tiny_config, "bf16")
+    training = config.teacher.training
+    refuse_int8 = {"onnx-int8": IMPOSSIBLE_INT8, "onnx": ONNX_GATE}
+    labelling = choose_labelling(
+        store, config, teacher, tiny_data, gates=refuse_int8, low_precision_gate=ANY
+    )
+    assert LOW_PRECISION_PREFERENCE.index("torch") < LOW_PRECISION_PREFERENCE.index("onnx")
+    assert labelling.runtime == "torch" and labelling.graph_key is None
+    torch_figures = next(c for c in labelling.record.candidates if c.runtime == "torch")
+    assert torch_figures.passed and torch_figures.reason.startswith("in bf16: passes")
+    assert 0.0 <= torch_figures.agreement <= 1.0 and torch_figures.mean_kl >= 0.0
+    # The evidence is a stage of the store: the next run's choice reads it, not recomputes it.
+    check = precision_check_stage(store, teacher, tiny_data, resolve_runtime(training))
+    assert check.reused and check.manifest.precision == "bf16"
+    assert check.manifest.validation_texts == len(load_split(tiny_data.path, "validation"))
+
+
+def test_auto_passes_over_a_bf16_pytorch_its_gate_refuses(tiny_config, tiny_data, teacher, store):
+    config = with_teacher_precision(tiny_config, "bf16")
+    refuse_int8 = {"onnx-int8": IMPOSSIBLE_INT8, "onnx": ANY}
+    labelling = choose_labelling(
+        store, config, teacher, tiny_data, gates=refuse_int8, low_precision_gate=IMPOSSIBLE_BF16
+    )
+    assert labelling.runtime == "onnx"  # fp32 ONNX: the next of LOW_PRECISION_PREFERENCE
+    torch_figures = next(c for c in labelling.record.candidates if c.runtime == "torch")
+    assert not torch_figures.passed and torch_figures.reason.startswith("in bf16: refused")
+    assert "refused: onnx-int8, torch" in labelling.record.reason
+
+
+def test_an_fp32_teacher_is_the_reference_and_never_judged(tiny_config, tiny_data, teacher, store):
+    config = with_teacher_precision(tiny_config, "fp32")
+    refuse_graphs = {"onnx-int8": IMPOSSIBLE_INT8, "onnx": IMPOSSIBLE_INT8}
+    labelling = choose_labelling(
+        store, config, teacher, tiny_data, gates=refuse_graphs, low_precision_gate=IMPOSSIBLE_BF16
+    )
+    assert labelling.runtime == "torch"
+    torch_figures = next(c for c in labelling.record.candidates if c.runtime == "torch")
+    assert torch_figures.passed and torch_figures.reason == "the reference"
