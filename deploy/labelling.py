@@ -6,9 +6,10 @@
 `LabellingRefused` with the measured figures. `auto` judges both graphs and takes the first of
 `PREFERENCE` (fastest first, as measured by bench/labelling.py) that passes; a refused runtime
 falls back to the next, its figures recorded. Where the teacher's precision resolves to bf16
-(a CPU with bf16 units), PyTorch labels in bf16, faster than fp32 ONNX there: `auto` then
-judges it too (`distill/precision_check.py`, by the INT8 gate's bounds) and follows
-`LOW_PRECISION_PREFERENCE`.
+(a CPU with bf16 units), PyTorch labels in bf16, which can beat the fp32 graph there: `auto`
+then follows `LOW_PRECISION_PREFERENCE` and takes bf16 PyTorch only when it passes the INT8
+gate's bounds and labelled significantly faster than the fp32 graph
+(`deploy/teacher_precision.py`, evidence built once per teacher).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from deploy.teacher_onnx import (
     open_labeller,
     teacher_onnx_stage,
 )
+from deploy.teacher_precision import judged_precision, precision_check_stage
 from distill.config import ConfigError, PipelineConfig
 from distill.data import DataManifest
 from distill.devices import resolve_runtime
@@ -38,7 +40,6 @@ from distill.labelling import (
     parity_figures,
     torch_only,
 )
-from distill.precision_check import judged_precision, precision_check_stage
 from distill.store import Artifact
 from distill.teacher import TeacherManifest
 
@@ -50,7 +51,8 @@ from distill.teacher import TeacherManifest
 PREFERENCE = ("onnx-int8", "onnx", TORCH_RUNTIME)
 # Where PyTorch runs in bf16 on the CPU (auto precision there): measured on an AMD EPYC with
 # AVX512-BF16, fine-tuned MPNet, validation split, 2 threads (docs/benchmarks.md,
-# labelling-avx512): INT8 126 texts/s, PyTorch bf16 96, fp32 ONNX 61, fp32 PyTorch 33.
+# labelling-avx512): INT8 126 texts/s, PyTorch bf16 96, fp32 ONNX 61, fp32 PyTorch 33 (on
+# MiniLM fp32 ONNX stayed ahead of bf16: hence bf16 is also timed against the graph).
 LOW_PRECISION_PREFERENCE = ("onnx-int8", TORCH_RUNTIME, "onnx")
 
 
@@ -127,10 +129,11 @@ def choose_labelling(
     candidates = dict(figures)
     chosen = TORCH_RUNTIME  # nothing passed (a broken graph and a teacher bf16 changes)
     for name in (n for n in preference if n in candidates or n == TORCH_RUNTIME):
-        if name == TORCH_RUNTIME:  # judged only when reached: fp32 is the reference
+        if name == TORCH_RUNTIME:  # judged only when reached; fp32 is the reference
             candidates[name] = REFERENCE
             if low_precision:
-                check = precision_check_stage(store, teacher, data, runtime)
+                graph = teacher_onnx_stage(store, teacher, data, "onnx")
+                check = precision_check_stage(store, teacher, data, graph, runtime)
                 candidates[name] = judged_precision(check, low_precision_gate, temperature)
         if candidates[name].passed:
             chosen = name

@@ -105,9 +105,9 @@ STAGES: tuple[Stage, ...] = (
     # The teacher as an ONNX graph (fp32 or INT8) that labels the cache (teacher.labelling);
     # recorded with the cache (which tags the graph it used, so gc keeps that one).
     Stage("teacher_onnx", "deploy.teacher_onnx:TeacherOnnxManifest"),
-    # The teacher's validation logits in fp32 and bf16, where PyTorch would label in bf16: the
+    # Where PyTorch would label in bf16: its validation logits and batch times against fp32, the
     # evidence `auto` labelling judges it on (not tagged: gc may collect it, a run rebuilds it).
-    Stage("teacher_precision", "distill.precision_check:PrecisionCheckManifest"),
+    Stage("teacher_precision", "deploy.teacher_precision:PrecisionCheckManifest"),
     # One unit of a sharded logit cache; assembled into logit_cache.
     Stage("logit_shard", "distill.shards:ShardManifest"),
     Stage(

@@ -263,7 +263,8 @@ class TeacherConfig(Section):
         "<= 0.01 of the soft targets); `auto`: the first of onnx-int8, onnx, torch (fastest "
         "first) that passes its gate (a refused explicit choice is an error). Where the "
         "teacher's precision resolves to bf16 (a CPU with bf16 units), PyTorch labels in bf16 "
-        "and `auto` tries onnx-int8, torch, onnx, judging bf16 by the INT8 bounds",
+        "and `auto` tries onnx-int8, torch, onnx: bf16 PyTorch must pass the INT8 bounds and "
+        "label significantly faster than the fp32 graph",
     )
     ensemble: list[EnsembleMember] = Field(
         [],

@@ -1,6 +1,7 @@
 """`teacher.labelling`: the logit cache labelled by the teacher's ONNX graph (fp32 or INT8),
 gated on parity with PyTorch, keyed on the runtime, float32 on disk."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from deploy.labelling import (
     choose_labelling,
 )
 from deploy.teacher_onnx import open_labeller, teacher_onnx_stage
+from deploy.teacher_precision import judged_precision, precision_check_stage
 from distill import shards
 from distill.batching import sorted_batches
 from distill.chain import run_until_cache
@@ -29,7 +31,6 @@ from distill.labelling import (
 )
 from distill.logit_cache import logit_cache_stage, open_targets
 from distill.models import load_classifier
-from distill.precision_check import precision_check_stage
 from distill.shards import label_batches, label_batches_with
 from distill.teacher import teacher_stage
 
@@ -207,24 +208,46 @@ def test_the_core_alone_labels_with_torch_and_refuses_onnx(tiny_config, tiny_dat
 # --- PyTorch in bf16 (auto precision on a CPU with bf16 units) -----------------------------
 
 
-def test_auto_on_a_bf16_teacher_judges_pytorch_in_bf16_before_fp32_onnx(
+def test_auto_on_a_bf16_teacher_takes_pytorch_before_fp32_onnx_only_when_faster(
     tiny_config, tiny_data, teacher, store
 ):
     config = with_teacher_precision(tiny_config, "bf16")
-    training = config.teacher.training
     refuse_int8 = {"onnx-int8": IMPOSSIBLE_INT8, "onnx": ONNX_GATE}
     labelling = choose_labelling(
         store, config, teacher, tiny_data, gates=refuse_int8, low_precision_gate=ANY
     )
     assert LOW_PRECISION_PREFERENCE.index("torch") < LOW_PRECISION_PREFERENCE.index("onnx")
-    assert labelling.runtime == "torch" and labelling.graph_key is None
-    torch_figures = next(c for c in labelling.record.candidates if c.runtime == "torch")
-    assert torch_figures.passed and torch_figures.reason.startswith("in bf16: passes")
-    assert 0.0 <= torch_figures.agreement <= 1.0 and torch_figures.mean_kl >= 0.0
     # The evidence is a stage of the store: the next run's choice reads it, not recomputes it.
-    check = precision_check_stage(store, teacher, tiny_data, resolve_runtime(training))
+    graph = teacher_onnx_stage(store, teacher, tiny_data, "onnx")
+    runtime = resolve_runtime(config.teacher.training)
+    check = precision_check_stage(store, teacher, tiny_data, graph, runtime)
     assert check.reused and check.manifest.precision == "bf16"
     assert check.manifest.validation_texts == len(load_split(tiny_data.path, "validation"))
+    assert check.manifest.speed.pairs >= 3  # batch beside batch, every round
+    # Which one is faster depends on the CPU; the choice must follow the recorded evidence.
+    faster = check.manifest.faster_than_graph
+    assert labelling.runtime == ("torch" if faster else "onnx")
+    torch_figures = next(c for c in labelling.record.candidates if c.runtime == "torch")
+    assert torch_figures.passed == faster and torch_figures.reason.startswith("in bf16: ")
+    assert 0.0 <= torch_figures.agreement <= 1.0 and torch_figures.mean_kl >= 0.0
+
+
+def test_bf16_pytorch_needs_both_its_gate_and_a_significant_speed_gain(
+    tiny_config, tiny_data, teacher, store
+):
+    graph = teacher_onnx_stage(store, teacher, tiny_data, "onnx")
+    runtime = resolve_runtime(with_teacher_precision(tiny_config, "bf16").teacher.training)
+    check = precision_check_stage(store, teacher, tiny_data, graph, runtime)
+
+    def judged(faster: bool, gate: LabellingGate):
+        manifest = check.manifest.model_copy(update={"faster_than_graph": faster})
+        return judged_precision(dataclasses.replace(check, manifest=manifest), gate, 2.0)
+
+    assert judged(True, ANY).passed
+    slow = judged(False, ANY)
+    assert not slow.passed and "not significantly faster than the fp32 graph" in slow.reason
+    assert "time ratio" in slow.reason
+    assert not judged(True, IMPOSSIBLE_BF16).passed
 
 
 def test_auto_passes_over_a_bf16_pytorch_its_gate_refuses(tiny_config, tiny_data, teacher, store):
