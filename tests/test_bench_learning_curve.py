@@ -56,27 +56,35 @@ def rows(size: int, accuracies: dict[str, float], seed: int = 1) -> list[dict]:
 MEETS = {"labels": 0.80, "default": 0.81, "mpnet_after": 0.83}
 
 
-def test_goals_are_points_over_means_and_a_partial_curve_meets_nothing():
+def test_goals_are_mean_differences_over_the_seeds_both_arms_ran():
+    # mpnet_after's second seed has no default or labels run beside it: it is not compared.
     one = rows(2000, MEETS) + rows(2000, {"mpnet_after": 0.85}, seed=2)
     measured = learning_curve.goals(one, full=8452)
     size = measured["sizes"]["2000"]
-    assert size["over_default_points"] == 3.0 and size["over_labels_points"] == 4.0
+    assert size["over_default_points"] == 2.0 and size["over_labels_points"] == 3.0
+    assert size["compared_seeds"] == {"over_default_points": [1], "over_labels_points": [1]}
     assert size["seeds"] == {"labels": 1, "default": 1, "mpnet_today": 0, "mpnet_after": 2}
     assert all(size["met"].values())
     assert not measured["complete"] and measured["met"] is False
 
 
-def test_goals_are_met_only_when_every_size_meets_every_goal():
-    curve = rows(2000, MEETS) + rows(4000, MEETS) + rows(8452, {**MEETS, "mpnet_after": 0.86})
+def seeds(size: int, accuracies: dict[str, float]) -> list[dict]:
+    return [row for seed in (1, 2, 3) for row in rows(size, accuracies, seed)]
+
+
+def test_goals_are_met_only_when_every_size_meets_every_goal_over_three_seeds():
+    full = {**MEETS, "mpnet_after": 0.86}
+    curve = seeds(2000, MEETS) + seeds(4000, MEETS) + seeds(8452, full)
     measured = learning_curve.goals(curve, full=8452)
     assert measured["complete"] and measured["met"] is True
-    below_floor = rows(2000, MEETS) + rows(4000, MEETS) + rows(8452, MEETS)  # 0.83 < 0.853
+    one_seed = rows(2000, MEETS) + rows(4000, MEETS) + rows(8452, full)
+    assert learning_curve.goals(one_seed, full=8452)["complete"] is False
+    below_floor = seeds(2000, MEETS) + seeds(4000, MEETS) + seeds(8452, MEETS)  # 0.83 < 0.853
     assert learning_curve.goals(below_floor, full=8452)["met"] is False
-    close = rows(2000, {**MEETS, "default": 0.825}) + rows(4000, MEETS) + rows(8452, MEETS)
-    assert (
-        learning_curve.goals(close, full=8452)["sizes"]["2000"]["met"]["over_default_points"]
-        is False
-    )
+    close = seeds(2000, {**MEETS, "default": 0.825}) + seeds(4000, MEETS) + seeds(8452, full)
+    measured = learning_curve.goals(close, full=8452)
+    assert measured["sizes"]["2000"]["met"]["over_default_points"] is False
+    assert measured["met"] is False
 
 
 def test_mpnet_after_is_compared_pairwise_with_each_arm_of_its_size_and_seed(tmp_path):
