@@ -68,6 +68,19 @@ def seeded_mpnet(data, folder: Path) -> str:
     return str(folder)
 
 
+def torch_labellers(model) -> dict:
+    """fp32 PyTorch (the reference), and bf16 where auto precision picks it."""
+    labellers = {"torch": TorchLabeller(model)}
+    if fast_cpu_bf16():
+        labellers[BF16] = TorchLabeller(model, Runtime(CPU.device, "bf16"))
+    return labellers
+
+
+def speed(rt: str, seconds: dict[str, list[float]], texts: int) -> dict:
+    spent = sum(seconds[rt])
+    return {"texts_per_second": texts / spent, "ratio_to_torch": sum(seconds["torch"]) / spent}
+
+
 def measure(name: str, overrides: list[str], args, note: str) -> dict:
     config = load_config(PROFILE, [*overrides, f"teacher.model={name}"])
     data = data_stage(config.store_dir, config.data, config.teacher.model)
@@ -79,9 +92,7 @@ def measure(name: str, overrides: list[str], args, note: str) -> dict:
     graphs = {r: teacher_onnx_stage(config.store_dir, teacher, data, r) for r in RUNTIMES[1:]}
     model = models.load_classifier(teacher.path)
     sessions = {rt: open_session(g.file(g.manifest.file), args.threads) for rt, g in graphs.items()}
-    labellers = {"torch": TorchLabeller(model)} | {r: OnnxLabeller(s) for r, s in sessions.items()}
-    if fast_cpu_bf16():
-        labellers[BF16] = TorchLabeller(model, Runtime(CPU.device, "bf16"))
+    labellers = torch_labellers(model) | {r: OnnxLabeller(s) for r, s in sessions.items()}
     rows = load_split(data.path, "train").select(range(args.texts))
     batches = sorted_batches([len(ids) for ids in rows["input_ids"]], 32)
     feeds = sample_feeds(rows, batches, models.pad_token_id(model.config), len(batches))
@@ -89,11 +100,7 @@ def measure(name: str, overrides: list[str], args, note: str) -> dict:
     reference, temperature = np.concatenate(logits["torch"]), config.student.temperature
     result = {"teacher": name, "note": note, "texts": len(rows), "threads": args.threads}
     for rt in labellers:
-        spent = sum(seconds[rt])
-        entry = {
-            "texts_per_second": len(rows) / spent,
-            "ratio_to_torch": sum(seconds["torch"]) / spent,
-        }
+        entry = speed(rt, seconds, len(rows))
         if rt != "torch":
             figures = parity_figures(rt, reference, np.concatenate(logits[rt]), temperature)
             entry |= figures.model_dump(include={"max_abs_logit_diff", "agreement", "mean_kl"})
@@ -125,10 +132,8 @@ def measure_fine_tuned(teacher: Path, args) -> dict:
         if m["teacher_sha256"] == manifest["weights_sha256"]
     }
     model = models.load_classifier(teacher)
-    labellers = {"torch": TorchLabeller(model)}
+    labellers = torch_labellers(model)
     labellers |= {rt: OnnxLabeller(open_session(graphs[rt], args.threads)) for rt in RUNTIMES[1:]}
-    if fast_cpu_bf16():
-        labellers[BF16] = TorchLabeller(model, Runtime(CPU.device, "bf16"))
     rows = load_split(data, "validation")
     batches = sorted_batches([len(ids) for ids in rows["input_ids"]], 32)
     feeds = sample_feeds(rows, batches, models.pad_token_id(model.config), len(batches))
@@ -139,12 +144,8 @@ def measure_fine_tuned(teacher: Path, args) -> dict:
     result = {"teacher": f"{Path(manifest['source']).name}, fine-tuned", "folder": str(teacher)}
     result |= {"texts": len(rows), "note": "validation split", "threads": args.threads}
     for rt in labellers:
-        spent = sum(seconds[rt])
         candidate = np.concatenate(logits[rt])
-        entry = {
-            "texts_per_second": len(rows) / spent,
-            "ratio_to_torch": sum(seconds["torch"]) / spent,
-        }
+        entry = speed(rt, seconds, len(rows))
         entry["validation_accuracy"] = float(np.mean(candidate.argmax(-1) == truth))
         if rt != "torch":
             figures = parity_figures(rt, reference, candidate, temperature)

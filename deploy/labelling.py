@@ -132,7 +132,7 @@ def choose_labelling(
         if name == TORCH_RUNTIME:  # judged only when reached; fp32 is the reference
             candidates[name] = REFERENCE
             if low_precision:
-                graph = teacher_onnx_stage(store, teacher, data, "onnx")
+                graph = graphs.get("onnx") or teacher_onnx_stage(store, teacher, data, "onnx")
                 check = precision_check_stage(store, teacher, data, graph, runtime)
                 candidates[name] = judged_precision(check, low_precision_gate, temperature)
         if candidates[name].passed:
