@@ -9,7 +9,9 @@ falls back to the next, its figures recorded. Where the teacher's precision reso
 (a CPU with bf16 units), PyTorch labels in bf16, which can beat the fp32 graph there: `auto`
 then follows `LOW_PRECISION_PREFERENCE` and takes bf16 PyTorch only when it passes the INT8
 gate's bounds and labelled significantly faster than the fp32 graph
-(`deploy/teacher_precision.py`, evidence built once per teacher).
+(`deploy/teacher_precision.py`, evidence built once per teacher). Without that evidence
+PyTorch labels a CPU cache in fp32, the reference: when `auto` refused bf16 and every graph,
+and for an explicit `torch` under `precision: auto` (`distill.labelling.torch_precision`).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def choose_labelling(
     candidate of `auto` only, by `low_precision_gate`."""
     requested, temperature = config.teacher.labelling, config.student.temperature
     if requested == TORCH_RUNTIME:
-        return torch_only(requested, temperature)
+        return torch_only(requested, temperature, config.teacher.training)
     runtime = resolve_runtime(config.teacher.training, "teacher.training")
     if requested == "auto" and runtime.device.type != "cpu":
         record = LabellingRecord(
@@ -127,7 +129,7 @@ def choose_labelling(
     low_precision = runtime.precision != "fp32"  # PyTorch would label in bf16
     preference = LOW_PRECISION_PREFERENCE if low_precision else PREFERENCE
     candidates = dict(figures)
-    chosen = TORCH_RUNTIME  # nothing passed (a broken graph and a teacher bf16 changes)
+    chosen = TORCH_RUNTIME  # nothing passed (broken graphs): the reference, fp32 PyTorch
     for name in (n for n in preference if n in candidates or n == TORCH_RUNTIME):
         if name == TORCH_RUNTIME:  # judged only when reached; fp32 is the reference
             candidates[name] = REFERENCE
@@ -142,6 +144,10 @@ def choose_labelling(
     reason = f"the first of {', '.join(preference)} that passes its gate" + (
         f"; refused: {', '.join(refused)}" if refused else ""
     )
+    # Never a low precision its own check refused.
+    reference_only = chosen == TORCH_RUNTIME and not candidates[TORCH_RUNTIME].passed
+    if reference_only:
+        reason += "; none passed: PyTorch in fp32, the reference"
     record = LabellingRecord(
         requested=requested,
         runtime=chosen,
@@ -151,5 +157,5 @@ def choose_labelling(
         candidates=list(candidates.values()),
     )
     if chosen == TORCH_RUNTIME:
-        return Labelling(record=record)
+        return Labelling(record=record, precision="fp32" if reference_only else None)
     return labelling_of(graphs[chosen], record)

@@ -54,7 +54,8 @@ def torch_labelling(
     data: Artifact[DataManifest],
 ) -> Labelling:
     """The core's chooser: PyTorch (`auto` included); another runtime is an error here."""
-    return torch_only(config.teacher.labelling, config.student.temperature)
+    teacher = config.teacher
+    return torch_only(teacher.labelling, config.student.temperature, teacher.training)
 
 
 def run_directly(stage: str, build: Callable[[MetricsLog | None], A]) -> A:

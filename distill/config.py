@@ -262,9 +262,11 @@ class TeacherConfig(Section):
         "of its logits), `onnx-int8` (dynamic INT8, ships at >= 99.5% agreement and mean KL "
         "<= 0.01 of the soft targets); `auto`: the first of onnx-int8, onnx, torch (fastest "
         "first) that passes its gate (a refused explicit choice is an error). Where the "
-        "teacher's precision resolves to bf16 (a CPU with bf16 units), PyTorch labels in bf16 "
-        "and `auto` tries onnx-int8, torch, onnx: bf16 PyTorch must pass the INT8 bounds and "
-        "label significantly faster than the fp32 graph",
+        "teacher's precision resolves to bf16 (a CPU with bf16 units), `auto` tries onnx-int8, "
+        "torch in bf16, onnx: bf16 PyTorch must pass the INT8 bounds and label significantly "
+        "faster than the fp32 graph. Without that evidence PyTorch labels a CPU cache in fp32 "
+        "(an explicit `torch` under `precision: auto` included); a precision named in "
+        "`teacher.training.precision` is used as written",
     )
     ensemble: list[EnsembleMember] = Field(
         [],

@@ -19,8 +19,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from distill.config import ConfigError
-from distill.devices import CPU, Runtime
+from distill.config import ConfigError, TrainingConfig
+from distill.devices import CPU, Runtime, resolve_runtime
 from distill.store import ManifestRecord
 
 TORCH_RUNTIME = "torch"
@@ -87,13 +87,15 @@ class Labelling:
     """The runtime that labels a cache. `graph_key`: the stage that holds its graph (None: the
     PyTorch teacher); `open`: a picklable factory of its `BatchLabeller` (None: PyTorch);
     `release`: drops what `open` keeps open in this process (a session and its memory arena,
-    reused across shards) once the cache is built."""
+    reused across shards) once the cache is built; `precision`: what PyTorch labels in (None:
+    what the teacher's `training` section resolves to; see `torch_precision`)."""
 
     runtime: str = TORCH_RUNTIME
     graph_key: str | None = None
     open: Callable[[], BatchLabeller] | None = None
     record: LabellingRecord | None = None
     release: Callable[[], None] | None = None
+    precision: str | None = None
 
 
 TORCH = Labelling()
@@ -173,16 +175,39 @@ INT8_GATE = LabellingGate(min_agreement=0.995, max_mean_kl=0.01)
 GATES: Mapping[str, LabellingGate] = {"onnx": ONNX_GATE, "onnx-int8": INT8_GATE}
 
 
-def torch_only(requested: str, temperature: float) -> Labelling:
-    """The core's own choice: PyTorch for `auto` and `torch`; another runtime needs `deploy`'s
-    chooser (`deploy.labelling.choose_labelling`), so asking for one here is an error."""
+# Why PyTorch labels a CPU cache in fp32 although `precision: auto` resolves to bf16 there.
+UNJUDGED_BF16 = (
+    "in fp32, the reference: `precision: auto` labels in bf16 only on the evidence that "
+    "`teacher.labelling: auto` builds (deploy/teacher_precision.py)"
+)
+
+
+def torch_precision(training: TrainingConfig) -> str | None:
+    """What PyTorch labels in without evidence on its low precision: fp32 where the teacher's
+    `precision: auto` resolves to bf16 on the CPU (bf16 changes the soft targets, and only
+    `deploy/teacher_precision.py`'s check says by how much and whether it pays); None (the
+    teacher's own precision) for a precision the config names, or on an accelerator."""
+    if training.precision != "auto":
+        return None
+    runtime = resolve_runtime(training, "teacher.training")
+    unjudged = runtime.device.type == "cpu" and runtime.precision != "fp32"
+    return "fp32" if unjudged else None
+
+
+def torch_only(requested: str, temperature: float, training: TrainingConfig) -> Labelling:
+    """The core's own choice: PyTorch for `auto` and `torch` (at `torch_precision`); another
+    runtime needs `deploy`'s chooser (`deploy.labelling.choose_labelling`), so asking for one
+    here is an error."""
     if requested not in ("auto", TORCH_RUNTIME):
         raise ConfigError(
             f"config key 'teacher.labelling': {requested!r} needs the ONNX labeller of "
             "deploy/labelling.py; this caller wires only PyTorch (use deploy.chain)"
         )
     reason = "asked for" if requested == TORCH_RUNTIME else "auto without an ONNX labeller wired"
+    precision = torch_precision(training)
+    if precision is not None:
+        reason = f"{reason}; {UNJUDGED_BF16}"
     record = LabellingRecord(
         requested=requested, runtime=TORCH_RUNTIME, reason=reason, temperature=temperature
     )
-    return Labelling(record=record)
+    return Labelling(record=record, precision=precision)

@@ -14,6 +14,7 @@ The rows (and their order) are `distill/rows.py`'s; they are labelled in shards
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,13 +105,16 @@ def logit_cache_stage(
     labelling: Labelling = TORCH,
 ) -> Artifact[CacheManifest]:
     """`training` (the teacher's section) picks the device and precision; None: CPU, fp32.
-    `labelling` is the runtime that runs the teacher (`distill.labelling`; default PyTorch);
-    another runtime runs its own graph on the CPU, in its own precision.
+    `labelling` is the runtime that runs the teacher (`distill.labelling`; default PyTorch, in
+    the labelling's precision where it names one); another runtime runs its own graph on the
+    CPU, in its own precision.
     The rows are labelled in shards of `shard_rows` (distill/shards.py), each run by `fan_out`;
     the shard size never changes the cache's bytes, so it is not part of the key."""
     runtime = CPU if training is None else resolve_runtime(training, "teacher.training")
     if labelling.open is not None:
         runtime = CPU  # the graph runs in ONNX Runtime, on the CPU, in its own precision
+    elif labelling.precision is not None:
+        runtime = dataclasses.replace(runtime, precision=labelling.precision)
     key = cache_key(teacher, data, augmented, runtime.precision, labelling)
     build = functools.partial(
         build_logit_cache,

@@ -15,7 +15,7 @@ from deploy.labelling import (
 )
 from deploy.teacher_onnx import open_labeller, teacher_onnx_stage
 from deploy.teacher_precision import judged_precision, precision_check_stage
-from distill import shards
+from distill import devices, shards
 from distill.batching import sorted_batches
 from distill.chain import run_until_cache
 from distill.config import ConfigError
@@ -52,6 +52,12 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def teacher(tiny_config, tiny_data, store):
     return teacher_stage(store, tiny_config.teacher, tiny_data)
+
+
+def with_teacher_training(config, training):
+    return config.model_copy(
+        update={"teacher": config.teacher.model_copy(update={"training": training})}
+    )
 
 
 def with_teacher_precision(config, precision: str):
@@ -271,3 +277,58 @@ def test_an_fp32_teacher_is_the_reference_and_never_judged(tiny_config, tiny_dat
     assert labelling.runtime == "torch"
     torch_figures = next(c for c in labelling.record.candidates if c.runtime == "torch")
     assert torch_figures.passed and torch_figures.reason == "the reference"
+
+
+def test_auto_with_every_candidate_refused_labels_in_fp32_not_the_refused_bf16(
+    tiny_config, tiny_data, teacher, store
+):
+    config = with_teacher_precision(tiny_config, "bf16")
+    refuse_all = {"onnx-int8": IMPOSSIBLE_INT8, "onnx": IMPOSSIBLE_INT8}
+    labelling = choose_labelling(
+        store, config, teacher, tiny_data, gates=refuse_all, low_precision_gate=IMPOSSIBLE_BF16
+    )
+    assert labelling.runtime == "torch" and labelling.precision == "fp32"
+    assert "none passed: PyTorch in fp32" in labelling.record.reason
+    cache = logit_cache_stage(
+        store, teacher, tiny_data, training=config.teacher.training, labelling=labelling
+    )
+    assert cache.manifest.precision == "fp32"
+
+
+def bf16_cpu(monkeypatch) -> None:
+    """A CPU where `precision: auto` resolves to bf16 (bf16 units, AVX-512 kernels)."""
+    monkeypatch.setattr(devices, "fast_cpu_bf16", lambda: True)
+
+
+def test_pytorch_asked_for_under_auto_precision_labels_in_fp32_on_a_bf16_cpu(
+    monkeypatch, tiny_config, tiny_data, teacher, store
+):
+    bf16_cpu(monkeypatch)
+    training = tiny_config.teacher.training.model_copy(
+        update={"device": "cpu", "precision": "auto"}
+    )
+    assert resolve_runtime(training).precision == "bf16"  # what training runs in
+    config = with_labelling(with_teacher_training(tiny_config, training), "torch")
+    labelling = choose_labelling(store, config, teacher, tiny_data)
+    # bf16 soft targets only on the evidence `auto` gathers; asked for PyTorch, the reference.
+    assert labelling.precision == "fp32" and "in fp32, the reference" in labelling.record.reason
+    cache = logit_cache_stage(store, teacher, tiny_data, training=training, labelling=labelling)
+    assert cache.manifest.precision == "fp32"
+    # The core's own chooser (PyTorch only) follows the same rule for `auto`.
+    core = run_until_cache(
+        with_labelling(with_teacher_training(tiny_config, training), "auto"), store
+    )
+    assert core.cache.manifest.precision == "fp32"
+
+
+def test_a_precision_the_config_names_is_the_one_pytorch_labels_in(
+    tiny_config, tiny_data, teacher, store
+):
+    training = tiny_config.teacher.training.model_copy(
+        update={"device": "cpu", "precision": "bf16"}
+    )
+    config = with_labelling(with_teacher_training(tiny_config, training), "torch")
+    labelling = choose_labelling(store, config, teacher, tiny_data)
+    assert labelling.precision is None  # the teacher's own: bf16, as asked
+    cache = logit_cache_stage(store, teacher, tiny_data, training=training, labelling=labelling)
+    assert cache.manifest.precision == "bf16"
