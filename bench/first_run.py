@@ -24,12 +24,20 @@ import time
 from pathlib import Path
 
 from bench import report as bench
+from deploy.stage_table import STAGES
 from distill.config import load_config
 
 TITLE = "## First run from an empty store, per stage"
 GOALS = {"movie_reviews_mpnet": {"wall_minutes": 45.0}, "movie_reviews": {"peak_mb": 2048.0}}
 DISTILLERY = Path(".venv/bin/distillery")
 ACCURACIES = ("teacher_accuracy", "student_accuracy", "int8_accuracy")
+PIPELINE_ORDER = [stage.name for stage in STAGES]  # the summary's JSON sorts stages by name
+
+
+def in_pipeline_order(stages: dict[str, dict]) -> dict[str, dict]:
+    """`stages` as the run built them (a stage the table lacks goes last)."""
+    rank = {name: index for index, name in enumerate(PIPELINE_ORDER)}
+    return dict(sorted(stages.items(), key=lambda item: rank.get(item[0], len(rank))))
 
 
 def run(config: Path, scratch: Path, overrides: list[str]) -> float:
@@ -56,7 +64,7 @@ def measured(name: str, scratch: Path, seconds: float | None) -> dict:
     summary = json.loads((scratch / "work" / "summary.json").read_text())
     stages = {
         stage: {"seconds": round(entry["seconds"], 1), "peak_rss_mb": entry.get("peak_rss_mb")}
-        for stage, entry in summary["stages"].items()
+        for stage, entry in in_pipeline_order(summary["stages"]).items()
         if not entry.get("reused")
     }
     wall = summary["wall_seconds"] if seconds is None else seconds
@@ -82,7 +90,7 @@ def render(rows: list[dict]) -> str:
     for row in rows:
         stages = [
             [stage, f"{entry['seconds'] / 60:.1f}", f"{entry['peak_rss_mb'] or 0:,.0f}"]
-            for stage, entry in row["stages"].items()
+            for stage, entry in in_pipeline_order(row["stages"]).items()
         ]
         table = bench.markdown_table("stage | minutes | peak resident MiB", stages)
         accuracy = ", ".join(f"{key} {row[key]:.4f}" for key in ACCURACIES)
