@@ -14,6 +14,11 @@ the size of every mapped block freed (up to 32 MiB), so after the first steps th
 from the heap and fragment it: the default student stage held ~250 MiB of free heap pages.
 `keep_large_blocks_out_of_heap` fixes the threshold instead (measured in the benchmarks' memory
 section: ~160 MiB less peak in that stage at the same step time).
+
+Some work takes far more memory for a moment than it leaves behind (exporting a large teacher to
+ONNX: ~4 GiB for MPNet's 0.4 GiB of weights). `in_child_process` runs it in a fresh process that
+gives all of it back when it ends; the caller's peak counts the child's, so a stage's reported
+peak stays the machine's.
 """
 
 from __future__ import annotations
@@ -21,8 +26,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import multiprocessing
 import re
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -36,8 +48,15 @@ M_MMAP_THRESHOLD = -3  # mallopt(3)'s parameter number (malloc.h)
 LARGE_BLOCK_BYTES = 2 * 2**20
 
 
+# The highest of (this process's resident size + a waited-on child's peak) since the last
+# `reset_peak`: the machine held both at once.
+_with_children = 0
+
+
 def reset_peak() -> bool:
     """Start a new high-water mark at today's resident size; False where that is not possible."""
+    global _with_children
+    _with_children = 0
     try:
         CLEAR_REFS.write_text(RESET_PEAK)
     except OSError:
@@ -45,13 +64,47 @@ def reset_peak() -> bool:
     return True
 
 
-def peak_bytes() -> int | None:
-    """The highest resident memory since the process started or the last `reset_peak`."""
+def _status_bytes(field: str) -> int | None:
     try:
-        found = re.search(r"^VmHWM:\s+(\d+) kB$", STATUS.read_text(), re.MULTILINE)
+        found = re.search(rf"^{field}:\s+(\d+) kB$", STATUS.read_text(), re.MULTILINE)
     except OSError:
         return None
     return int(found.group(1)) * 1024 if found else None
+
+
+def peak_bytes() -> int | None:
+    """The highest resident memory since the process started or the last `reset_peak`,
+    counting a child `in_child_process` waited on (with what this process held meanwhile)."""
+    own = _status_bytes("VmHWM")
+    return None if own is None else max(own, _with_children)
+
+
+def in_child_process(work: Callable[[], T]) -> T:
+    """`work()` (picklable) run in a fresh spawned process while this one waits: what it
+    allocates goes back to the system when it ends, not into this process's heap. Runs here
+    instead where this process may not start children (a daemonic worker)."""
+    global _with_children
+    if multiprocessing.current_process().daemon:
+        return work()
+    held = _status_bytes("VmRSS") or 0
+    spawn = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as child:
+            result, child_peak = child.submit(_measured, work).result()
+    except BrokenProcessPool as error:
+        raise RuntimeError(
+            f"a child process running {work!r} ended without an answer (killed, out of memory, "
+            "or it could not start: a script that runs distillery must guard its entry point "
+            "with `if __name__ == '__main__':`, as Python's spawned processes import it again)"
+        ) from error
+    _with_children = max(_with_children, held + (child_peak or 0))
+    return result
+
+
+def _measured(work: Callable[[], T]) -> tuple[T, int | None]:
+    """In the child: the same allocator policy as the caller's stages, then the work."""
+    keep_large_blocks_out_of_heap()
+    return work(), peak_bytes()
 
 
 @functools.cache

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from deploy import teacher_onnx
 from deploy.labelling import (
     LOW_PRECISION_PREFERENCE,
     PREFERENCE,
@@ -15,7 +16,7 @@ from deploy.labelling import (
 )
 from deploy.teacher_onnx import open_labeller, teacher_onnx_stage
 from deploy.teacher_precision import judged_precision, precision_check_stage
-from distill import devices, shards
+from distill import devices, memory, shards
 from distill.batching import sorted_batches
 from distill.chain import run_until_cache
 from distill.config import ConfigError
@@ -114,6 +115,32 @@ def test_the_onnx_labeller_path_matches_the_torch_path(tiny_data, teacher):
 
 
 # --- the cache labelled by a graph ----------------------------------------------------------
+
+
+def test_a_large_teachers_graphs_are_built_in_a_child_process(
+    monkeypatch, tmp_path, tiny_data, teacher, store
+):
+    """Past APART_FROM_PARAMS the export's transient memory stays in a child process; the
+    graphs and their parity evidence are the same as built here."""
+    here = teacher_onnx_stage(store, teacher, tiny_data, "onnx")
+    apart = []
+
+    def spied(work):
+        apart.append(work)
+        return memory.in_child_process(work)
+
+    monkeypatch.setattr(teacher_onnx, "APART_FROM_PARAMS", 0)
+    monkeypatch.setattr(teacher_onnx, "in_child_process", spied)
+    fp32 = teacher_onnx_stage(tmp_path, teacher, tiny_data, "onnx")
+    assert len(apart) == 1  # (INT8 is built the same way, from this graph)
+    assert fp32.manifest.agreement == 1.0
+    assert fp32.manifest.max_abs_logit_diff <= ONNX_GATE.max_abs_logit_diff
+    for name in ("reference_file", "logits_file"):
+        np.testing.assert_allclose(
+            np.load(fp32.file(getattr(fp32.manifest, name))),
+            np.load(here.file(getattr(here.manifest, name))),
+            atol=1e-5,
+        )
 
 
 def test_an_onnx_cache_records_its_parity_and_stays_float32(tiny_config, tiny_data, teacher, store):

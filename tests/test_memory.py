@@ -2,12 +2,14 @@
 
 import ctypes
 import ctypes.util
+import functools
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from distill import memory
 
@@ -86,3 +88,49 @@ def large_blocks_are_mapped() -> None:
         assert mapped_bytes(libc) == before
     finally:
         libc.free(small)
+
+
+def touch_megabytes(size: int) -> tuple[int, int]:
+    """In the child: `size` MB written page by page, then freed; its pid and the block's sum."""
+    import os
+
+    block = np.ones(size * MB // 8)
+    total = int(block.sum())
+    del block
+    return os.getpid(), total
+
+
+def fail_in_child() -> None:
+    raise ValueError("the child's own error")
+
+
+def test_work_in_a_child_process_leaves_its_memory_there_and_counts_its_peak():
+    import os
+
+    assert memory.reset_peak()
+    before = memory.peak_bytes()
+    pid, total = memory.in_child_process(functools.partial(touch_megabytes, 300))
+    assert pid != os.getpid() and total == 300 * MB // 8
+    # This process never held the block, but the stage's peak counts the child's with it.
+    assert resident_bytes() < before + 100 * MB
+    assert memory.peak_bytes() >= before + 280 * MB
+    assert memory.reset_peak() and memory.peak_bytes() < before + 100 * MB
+
+
+def test_an_error_in_the_child_reaches_the_caller():
+    with pytest.raises(ValueError, match="the child's own error"):
+        memory.in_child_process(fail_in_child)
+
+
+def test_a_script_without_an_entry_point_guard_gets_an_error_that_says_so(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import functools\n"
+        "from distill import memory\n"
+        "memory.in_child_process(functools.partial(sum, [1, 2]))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode != 0
+    assert "if __name__ == '__main__':" in run.stderr.splitlines()[-1]
