@@ -11,6 +11,7 @@ stage key would then hold different artifacts.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -110,6 +111,24 @@ def interleaved_seconds(
     return seconds
 
 
+class MachineLoad(ManifestRecord):
+    """The machine's 1-minute load average as a timing ended, and the CPUs this process may
+    use: pairs timed beside other work (a load well above the CPUs) can favour one runtime, and
+    a stage keeps its timing's verdict for every later run."""
+
+    average: float
+    cpus: int
+
+
+def machine_load() -> MachineLoad | None:
+    """Now's load (None where the system has no load average)."""
+    try:
+        average = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+    return MachineLoad(average=round(average, 2), cpus=len(os.sched_getaffinity(0)))
+
+
 class SpeedComparison(ManifestRecord):
     """A candidate's per-call time against a reference's, call beside call on the same inputs.
 
@@ -121,6 +140,7 @@ class SpeedComparison(ManifestRecord):
     pairs: int
     median_ratio: float
     interval: tuple[float, float] | None = None
+    load: MachineLoad | None = None  # as the pairs ended (None: not recorded)
 
     def faster_by(self, gain: float) -> bool:
         """Whether the candidate is significantly more than `gain` (a fraction) faster."""
@@ -131,19 +151,26 @@ class SpeedComparison(ManifestRecord):
         return self.interval is not None and self.interval[0] > 1.0
 
     def summary(self) -> str:
+        load = f", load {self.load.average:.1f} on {self.load.cpus} CPUs" if self.load else ""
         if self.interval is None:
-            return f"time ratio {self.median_ratio:.3f} ({self.pairs} paired calls: no interval)"
+            return (
+                f"time ratio {self.median_ratio:.3f} ({self.pairs} paired calls: no interval{load})"
+            )
         low, high = self.interval
         return (
             f"time ratio {self.median_ratio:.3f} (interval {low:.3f} to {high:.3f}, "
-            f"{self.pairs} paired calls)"
+            f"{self.pairs} paired calls{load})"
         )
 
 
 def paired_speed(
-    candidate_seconds: Sequence[float], reference_seconds: Sequence[float], alpha: float = ALPHA
+    candidate_seconds: Sequence[float],
+    reference_seconds: Sequence[float],
+    alpha: float = ALPHA,
+    load: MachineLoad | None = None,
 ) -> SpeedComparison:
-    """The median time ratio of paired calls with its interval (see `SpeedComparison`)."""
+    """The median time ratio of paired calls with its interval (see `SpeedComparison`), with
+    the machine's `load` as they were timed when given."""
     candidate = np.asarray(candidate_seconds, dtype=np.float64)
     reference = np.asarray(reference_seconds, dtype=np.float64)
     if candidate.shape != reference.shape or not candidate.size:
@@ -155,7 +182,8 @@ def paired_speed(
     # (binom.ppf gives the smallest k with P(B <= k) >= alpha, so P(B <= k - 1) < alpha.)
     k = int(binom.ppf(alpha, pairs, 0.5))
     interval = (float(ratios[k - 1]), float(ratios[pairs - k])) if k >= 1 else None
-    return SpeedComparison(pairs=pairs, median_ratio=float(np.median(ratios)), interval=interval)
+    median = float(np.median(ratios))
+    return SpeedComparison(pairs=pairs, median_ratio=median, interval=interval, load=load)
 
 
 def _runner(session) -> Callable[[Feeds], object]:

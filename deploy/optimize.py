@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.latency import Feeds, SpeedComparison, onnx_seconds, paired_speed, summarize
+from deploy.latency import (
+    Feeds,
+    SpeedComparison,
+    machine_load,
+    onnx_seconds,
+    paired_speed,
+    summarize,
+)
 from deploy.onnx_eval import onnx_logits, open_session
 from distill.store import ManifestRecord
 
@@ -81,7 +88,7 @@ def try_optimize(
     optimized = onnx_logits(open_session(target), parity_ids, parity_mask)
     diff = float(np.abs(base - optimized).max())
     seconds = onnx_seconds({"base": source, "optimized": target}, feeds)
-    speed = paired_speed(seconds["optimized"], seconds["base"])
+    speed = paired_speed(seconds["optimized"], seconds["base"], load=machine_load())
     kept, reason = keep_optimized(speed, diff, tolerance)
     if not kept:
         target.unlink()

@@ -48,8 +48,10 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from deploy.export import ExportManifest
 from deploy.latency import (
+    MachineLoad,
     SpeedComparison,
     batch1_feeds,
+    machine_load,
     onnx_seconds,
     paired_speed,
     summarize,
@@ -500,9 +502,11 @@ def score(
     splits: Mapping[str, Any],
     fp32_labels: Mapping[str, np.ndarray] | None,
     seconds: Mapping[str, Sequence[float]],
+    load: MachineLoad | None = None,
 ) -> tuple[Measured, dict[str, np.ndarray]]:
     """One graph on the "validation" and "test" `splits`; agreement is with `fp32_labels` (None:
-    this is the fp32 graph); `seconds`: every graph's per-call times, side by side."""
+    this is the fp32 graph); `seconds`: every graph's per-call times, side by side (`load`: the
+    machine's as they were timed)."""
     session, timing = open_session(path), summarize(seconds[name])
     labels = {
         split_name: onnx_logits(session, split["input_ids"], split["attention_mask"]).argmax(-1)
@@ -523,7 +527,9 @@ def score(
         p50_ms=timing.p50_ms,
         p95_ms=timing.p95_ms,
         bytes=path.stat().st_size,
-        speed=None if fp32_labels is None else paired_speed(seconds[name], seconds["fp32"]),
+        speed=None
+        if fp32_labels is None
+        else paired_speed(seconds[name], seconds["fp32"], load=load),
     )
     return measured, labels
 
@@ -619,11 +625,12 @@ def try_vocabulary(
     prepared.unlink()
 
     seconds = onnx_seconds({"fp32": base, **built}, feeds)
+    load = machine_load()
     fp32, fp32_labels = score("fp32", base, splits, None, seconds)
     comparisons = {"fp32": student_comparisons(student_labels, fp32_labels, splits)}
     measured = []
     for name, path in built.items():
-        candidate, labels = score(name, path, splits, fp32_labels, seconds)
+        candidate, labels = score(name, path, splits, fp32_labels, seconds, load)
         measured.append(candidate)
         comparisons[name] = student_comparisons(student_labels, labels, splits)
     winner, reasons = choose(

@@ -28,7 +28,7 @@ import torch
 from transformers import AutoConfig
 
 from deploy.export import export_onnx
-from deploy.latency import paired_speed
+from deploy.latency import machine_load, paired_speed
 from deploy.onnx_eval import open_session
 from deploy.optimize import MIN_GAIN, optimize_bert
 from deploy.quantize import quantize_int8
@@ -234,7 +234,7 @@ def _try_fusion(config, folder: Path, data, pad_id, reference, batches, validati
         "fused": OnnxLabeller(open_session(target)),
     }
     seconds, _ = interleaved(labellers, sample_feeds(validation, batches, pad_id, 4), rounds=3)
-    speed = paired_speed(seconds["fused"], seconds["exported"])
+    speed = paired_speed(seconds["fused"], seconds["exported"], load=machine_load())
     if not speed.faster_by(MIN_GAIN):
         target.unlink()
         return False, (

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.latency import SpeedComparison, paired_speed
+from deploy.latency import SpeedComparison, machine_load, paired_speed
 from deploy.onnx_eval import open_session
 from deploy.optimize import MIN_GAIN
 from deploy.teacher_onnx import (
@@ -82,7 +82,7 @@ def build_check(
     }
     feeds = sample_feeds(validation, batches, pad_id, TIMED_BATCHES)
     seconds, _ = interleaved(labellers, feeds, rounds=ROUNDS)
-    speed = paired_speed(seconds["torch"], seconds["graph"])
+    speed = paired_speed(seconds["torch"], seconds["graph"], load=machine_load())
     shutil.copyfile(graph.file(graph.manifest.reference_file), folder / REFERENCE_FILE)
     np.save(folder / LOGITS_FILE, logits)
     return PrecisionCheckManifest(

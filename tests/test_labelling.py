@@ -257,6 +257,7 @@ def test_auto_on_a_bf16_teacher_takes_pytorch_before_fp32_onnx_only_when_faster(
     assert check.reused and check.manifest.precision == "bf16"
     assert check.manifest.validation_texts == len(load_split(tiny_data.path, "validation"))
     assert check.manifest.speed.pairs >= 3  # batch beside batch, every round
+    assert check.manifest.speed.load is not None  # how busy the machine was, kept beside it
     # Which one is faster depends on the CPU; the choice must follow the recorded evidence.
     faster = check.manifest.faster_than_graph
     assert labelling.runtime == ("torch" if faster else "onnx")

@@ -4,7 +4,13 @@ distribution-free interval, and a verdict only when the interval gives one."""
 import numpy as np
 import pytest
 
-from deploy.latency import SpeedComparison, interleaved_seconds, paired_speed
+from deploy.latency import (
+    MachineLoad,
+    SpeedComparison,
+    interleaved_seconds,
+    machine_load,
+    paired_speed,
+)
 
 
 def test_the_interval_is_the_order_statistics_the_binomial_allows():
@@ -81,6 +87,16 @@ def test_unpaired_times_are_refused():
 def test_a_comparison_round_trips_through_a_manifest_with_or_without_an_interval():
     for speed in (paired_speed([0.5] * 9, [1.0] * 9), paired_speed([0.5], [1.0])):
         assert SpeedComparison.model_validate_json(speed.model_dump_json()) == speed
+
+
+def test_a_verdict_says_how_busy_the_machine_was_when_it_was_timed():
+    busy = MachineLoad(average=4.2, cpus=2)
+    speed = paired_speed([1.6] * 24, [1.0] * 24, load=busy)
+    assert "load 4.2 on 2 CPUs" in speed.summary()
+    assert SpeedComparison.model_validate_json(speed.model_dump_json()).load == busy
+    assert "load" not in paired_speed([1.6] * 24, [1.0] * 24).summary()  # not recorded
+    now = machine_load()  # Linux has a load average; the CPUs are this process's
+    assert now is not None and now.average >= 0 and now.cpus >= 1
 
 
 def test_models_take_turns_text_by_text_so_the_ith_times_are_side_by_side():
