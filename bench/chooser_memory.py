@@ -68,7 +68,7 @@ def one_mode(args) -> dict:
         "own_peak_mib": round(own / MIB),
         "children_peak_mib": round(children / MIB),
         "stage_peak_mib": round((memory.peak_bytes() or 0) / MIB),
-        "resident_after_mib": round((memory._status_bytes("VmRSS") or 0) / MIB),
+        "resident_after_mib": round((memory.resident_bytes() or 0) / MIB),
     }
 
 

@@ -72,6 +72,11 @@ def _status_bytes(field: str) -> int | None:
     return int(found.group(1)) * 1024 if found else None
 
 
+def resident_bytes() -> int | None:
+    """This process's resident memory now (None without /proc)."""
+    return _status_bytes("VmRSS")
+
+
 def peak_bytes() -> int | None:
     """The highest resident memory since the process started or the last `reset_peak`,
     counting a child `in_child_process` waited on (with what this process held meanwhile)."""
@@ -86,7 +91,7 @@ def in_child_process(work: Callable[[], T]) -> T:
     global _with_children
     if multiprocessing.current_process().daemon:
         return work()
-    held = _status_bytes("VmRSS") or 0
+    held = resident_bytes() or 0
     spawn = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as child:

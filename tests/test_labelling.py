@@ -65,8 +65,7 @@ def with_teacher_precision(config, precision: str):
     """The precision the teacher's runtime resolves to: what PyTorch would label in (the
     teacher stage itself stays the module's fp32 one: only the choice reads this)."""
     training = config.teacher.training.model_copy(update={"precision": precision})
-    teacher = config.teacher.model_copy(update={"training": training, "labelling": "auto"})
-    return config.model_copy(update={"teacher": teacher})
+    return with_labelling(with_teacher_training(config, training), "auto")
 
 
 # Bounds any logits meet, and bounds no low-precision logits meet.
