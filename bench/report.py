@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from distill import memory
+from distill.files import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO / "docs" / "benchmarks.md"
@@ -152,9 +153,32 @@ def publish(output: str | Path, result: object, name: str | None, render) -> Non
         write_section(name, render())
 
 
+def results_json(data: object, depth: int = 0) -> str:
+    """`data` as indented JSON, except that a list of scalars stays on one line: a run's 1,057
+    test predictions are one line of a results file, not 1,057, so its diffs stay readable."""
+    if isinstance(data, dict) and data:
+        inner, close = "  " * (depth + 1), "  " * depth
+        items = [
+            f"{inner}{json.dumps(json_key(key))}: {results_json(value, depth + 1)}"
+            for key, value in data.items()
+        ]
+        return "{\n" + ",\n".join(items) + f"\n{close}}}"
+    if isinstance(data, list | tuple) and any(isinstance(v, dict | list | tuple) for v in data):
+        inner, close = "  " * (depth + 1), "  " * depth
+        items = [inner + results_json(value, depth + 1) for value in data]
+        return "[\n" + ",\n".join(items) + f"\n{close}]"
+    return json.dumps(data)
+
+
+def json_key(key: object) -> str:
+    """A dict key as `json.dumps` spells it (1 -> "1", True -> "true", None -> "null")."""
+    return key if isinstance(key, str) else json.dumps(key)
+
+
 def write_json(path: str | Path, data: object) -> None:
+    """Write a results file whole or not at all (a benchmark killed mid-write keeps the old one)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    write_text_atomic(Path(path), results_json(data) + "\n")
 
 
 def read_results(name: str) -> dict:
