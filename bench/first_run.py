@@ -8,9 +8,11 @@ embedded Prefect server, MLflow on SQLite, every stage built), then reads the ru
 each stage's wall seconds and peak resident memory (`distill/memory.py`: the high-water mark
 reset at the stage's start), the run's wall time, the process's peak as `time -v` reports it
 (since the last stage's reset: see README, "Memory"), and the accuracies. A finished run in
-SCRATCH (its summary and time log there) is read, not run again. Writes strong_path.json's
-`first_run` (issue 23, part 3) and `memory` (part 6) entries for the profile, and the
-benchmarks.md section "first_run".
+SCRATCH (its summary and time log there) is read, not run again. Also records how the logit
+cache was labelled and how long the labelling itself took. Writes strong_path.json's
+`first_run` (issue 23, part 3) and `memory` (part 6) entries under --label (default: the
+profile's name; another label keeps an earlier run beside this one), and the benchmarks.md
+section "first_run".
 """
 
 from __future__ import annotations
@@ -80,9 +82,33 @@ def measured(name: str, scratch: Path, seconds: float | None) -> dict:
     }
 
 
-def labelling_of(scratch: Path) -> str | None:
-    manifests = sorted((scratch / "store" / "logit_cache").glob("*/manifest.json"))
-    return json.loads(manifests[-1].read_text()).get("labelling_runtime") if manifests else None
+def labelling_of(scratch: Path) -> dict | None:
+    """How the run's logit cache was labelled: runtime, precision, texts and the labelling's own
+    seconds (its shards'), the rest of the cache stage being the teacher's graphs and checks.
+    A first run from an empty store builds one cache."""
+    store = scratch / "store"
+    caches = [json.loads(p.read_text()) for p in store.glob("logit_cache/*/manifest.json")]
+    if len(caches) != 1:
+        return None
+    shards = [json.loads(p.read_text()) for p in store.glob("logit_shard/*/manifest.json")]
+    seconds = sum(shard["seconds"] for shard in shards)
+    texts = sum(shard["rows"] for shard in shards)
+    return {
+        "runtime": caches[0].get("labelling_runtime"),
+        "precision": caches[0].get("precision"),
+        "texts": texts,
+        "seconds": round(seconds, 1),
+        "texts_per_second": round(texts / seconds, 1) if seconds else None,
+    }
+
+
+def labelling_line(labelling: dict | str | None) -> str:
+    if not isinstance(labelling, dict):  # rows recorded before the breakdown: the runtime only
+        return f"labelling {labelling}"
+    return (
+        f"labelling {labelling['runtime']} ({labelling['precision']}): {labelling['texts']:,} "
+        f"texts in {labelling['seconds'] / 60:.1f} minutes of the cache stage"
+    )
 
 
 def render(rows: list[dict]) -> str:
@@ -94,10 +120,11 @@ def render(rows: list[dict]) -> str:
         ]
         table = bench.markdown_table("stage | minutes | peak resident MiB", stages)
         accuracy = ", ".join(f"{key} {row[key]:.4f}" for key in ACCURACIES)
+        label = row.get("label", row["profile"])
         parts.append(
-            f"**{row['profile']}**: {row['wall_seconds'] / 60:.1f} minutes, highest stage peak "
+            f"**{label}**: {row['wall_seconds'] / 60:.1f} minutes, highest stage peak "
             f"{row['peak_rss_mb']:,.0f} MiB (`time -v`: {row['time_v_max_rss_mb']:,.0f}); "
-            f"labelling {row['labelling']}; {accuracy}; goals {row['goals']}\n\n{table}"
+            f"{labelling_line(row['labelling'])}; {accuracy}; goals {row['goals']}\n\n{table}"
         )
     return bench.section(TITLE, *parts)
 
@@ -105,6 +132,9 @@ def render(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scratch", required=True, help="empty (or a finished run's) folder")
+    parser.add_argument(
+        "--label", help="the run's key in the results (default: the profile's name, replaced)"
+    )
     args = bench.arguments(parser, output=None, section="first_run")
     config = load_config(Path(args.config), args.overrides)
     scratch = Path(args.scratch)
@@ -112,9 +142,10 @@ def main() -> None:
     load_before = os.getloadavg()
     seconds = None if finished else run(Path(args.config), scratch, args.overrides)
     row = measured(config.name, scratch, seconds)
-    row |= {"machine": bench.machine(), "command": bench.command_line()}
+    label = args.label or config.name
+    row |= {"label": label, "machine": bench.machine(), "command": bench.command_line()}
     row |= {"load_before": load_before, "load_after": os.getloadavg()}
-    first_runs = bench.read_results("strong_path.json").get("first_run", {}) | {config.name: row}
+    first_runs = bench.read_results("strong_path.json").get("first_run", {}) | {label: row}
     memory = {name: entry["stages"] for name, entry in first_runs.items()}
     bench.update_results("strong_path.json", first_run=first_runs, memory=memory)
     if args.section:
