@@ -146,7 +146,8 @@ def built_apart(build: Callable[[Path], TeacherOnnxManifest], folder: Path) -> T
 
 
 def validation_batches(data: Artifact[DataManifest]):
-    """The validation split and its length-sorted batches (as the cache batches its rows)."""
+    """The validation split and its length-sorted batches of PARITY_BATCH rows (the parity
+    figures' batches; the cache labels in larger ones)."""
     validation = load_split(data.path, "validation")
     lengths = [len(ids) for ids in validation["input_ids"]]
     return validation, sorted_batches(lengths, PARITY_BATCH)

@@ -10,6 +10,11 @@ run (the same evidence, the same choice, the same cache):
   for the INT8 gate's bounds: bf16 changes the function, as INT8 does;
 - its time per batch against the fp32 graph's, batch beside batch on the same validation
   batches (`deploy.latency.paired_speed`): it must be significantly faster by `MIN_GAIN`.
+  The batches have the cache's size (`LABELLING_BATCH`) and are timed in this process, under
+  the allocator policy the stages run with: at 32 rows the check once found bf16 PyTorch
+  0.70x the graph's time where labelling in batches of 128 then ran at half the graph's speed
+  (a 2 MiB mmap threshold turns bf16's large transient tensors into page faults; ONNX
+  Runtime's own arena does not feel it; docs/benchmarks.md, "Reading the first run").
 """
 
 from __future__ import annotations
@@ -30,19 +35,21 @@ from deploy.teacher_onnx import (
     sample_feeds,
     validation_batches,
 )
+from distill.batching import sorted_batches
 from distill.data import DataManifest
 from distill.devices import Runtime
 from distill.labelling import CandidateFigures, LabellingGate, TorchLabeller, parity_figures
+from distill.logit_cache import LABELLING_BATCH
 from distill.models import load_classifier, pad_token_id
 from distill.shards import label_batches_with
 from distill.store import Artifact, StageManifest, run_stage, stage_key
 from distill.teacher import TeacherManifest
 
 STAGE = "teacher_precision"
-VERSION = 1
+VERSION = 2  # 2: timed at the cache's batch size (1: at the parity batches' 32)
 REFERENCE_FILE = "fp32_validation_logits.npy"
 LOGITS_FILE = "validation_logits.npy"
-TIMED_BATCHES, ROUNDS = 8, 3  # 24 paired batches: seconds for MPNet
+TIMED_BATCHES, ROUNDS = 4, 3  # 12 paired batches of LABELLING_BATCH rows: ~1 minute for MPNet
 
 
 class PrecisionCheckManifest(StageManifest):
@@ -54,13 +61,19 @@ class PrecisionCheckManifest(StageManifest):
     reference_file: str  # fp32 PyTorch's validation logits (the graph stage's batches' order)
     logits_file: str  # ... and the same rows' logits in `precision`
     speed: SpeedComparison  # PyTorch in `precision` against the fp32 graph, per batch
+    timed_batch_size: int  # rows per timed batch: the cache's
     faster_than_graph: bool  # significantly faster by MIN_GAIN
 
 
 def precision_check_key(
-    teacher: Artifact[TeacherManifest], graph: Artifact[TeacherOnnxManifest], runtime: Runtime
+    teacher: Artifact[TeacherManifest],
+    graph: Artifact[TeacherOnnxManifest],
+    runtime: Runtime,
+    batch_size: int,
 ) -> str:
-    return stage_key(STAGE, VERSION, teacher.key, graph.key, runtime.device_name, runtime.precision)
+    return stage_key(
+        STAGE, VERSION, teacher.key, graph.key, runtime.device_name, runtime.precision, batch_size
+    )
 
 
 def build_check(
@@ -68,6 +81,7 @@ def build_check(
     data: Artifact[DataManifest],
     graph: Artifact[TeacherOnnxManifest],
     runtime: Runtime,
+    batch_size: int,
     folder: Path,
 ) -> PrecisionCheckManifest:
     model = load_classifier(teacher.path)
@@ -80,7 +94,9 @@ def build_check(
         "torch": labeller,
         "graph": OnnxLabeller(open_session(graph.file(graph.manifest.file))),
     }
-    feeds = sample_feeds(validation, batches, pad_id, TIMED_BATCHES)
+    lengths = [len(ids) for ids in validation["input_ids"]]
+    timed = sorted_batches(lengths, batch_size)
+    feeds = sample_feeds(validation, timed, pad_id, TIMED_BATCHES)
     seconds, _ = interleaved(labellers, feeds, rounds=ROUNDS)
     speed = paired_speed(seconds["torch"], seconds["graph"], load=machine_load())
     shutil.copyfile(graph.file(graph.manifest.reference_file), folder / REFERENCE_FILE)
@@ -94,6 +110,7 @@ def build_check(
         reference_file=REFERENCE_FILE,
         logits_file=LOGITS_FILE,
         speed=speed,
+        timed_batch_size=batch_size,
         faster_than_graph=speed.faster_by(MIN_GAIN),
     )
 
@@ -104,14 +121,16 @@ def precision_check_stage(
     data: Artifact[DataManifest],
     graph: Artifact[TeacherOnnxManifest],
     runtime: Runtime,
+    batch_size: int = LABELLING_BATCH,
 ) -> Artifact[PrecisionCheckManifest]:
     """PyTorch in `runtime`'s precision against fp32 PyTorch and against the fp32 `graph`
-    (`data`: the teacher's own data, which the teacher's key already covers)."""
+    (`data`: the teacher's own data, which the teacher's key already covers), timed in batches
+    of `batch_size` rows (the cache's)."""
     return run_stage(
         store,
         STAGE,
-        precision_check_key(teacher, graph, runtime),
-        functools.partial(build_check, teacher, data, graph, runtime),
+        precision_check_key(teacher, graph, runtime, batch_size),
+        functools.partial(build_check, teacher, data, graph, runtime, batch_size),
         PrecisionCheckManifest,
     )
 

@@ -91,6 +91,9 @@ def cache_key(
 
 # Rows per shard when the config does not say (compute.shard_rows): small data is one shard.
 DEFAULT_SHARD_ROWS = 100_000
+# Rows per batch when the teacher labels the cache; a runtime's speed is judged at this batch
+# (deploy/teacher_precision.py), as speed per text differs between batch sizes.
+LABELLING_BATCH = 128
 
 
 def logit_cache_stage(
@@ -98,7 +101,7 @@ def logit_cache_stage(
     teacher: Artifact[TeacherManifest],
     data: Artifact[DataManifest],
     augmented: Artifact[AugmentManifest] | None = None,
-    batch_size: int = 128,
+    batch_size: int = LABELLING_BATCH,
     training: TrainingConfig | None = None,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     fan_out: FanOut = run_each_here,

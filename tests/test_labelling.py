@@ -15,7 +15,12 @@ from deploy.labelling import (
     choose_labelling,
 )
 from deploy.teacher_onnx import open_labeller, teacher_onnx_stage
-from deploy.teacher_precision import judged_precision, precision_check_stage
+from deploy.teacher_precision import (
+    ROUNDS,
+    TIMED_BATCHES,
+    judged_precision,
+    precision_check_stage,
+)
 from distill import devices, memory, shards
 from distill.batching import sorted_batches
 from distill.chain import run_until_cache
@@ -30,7 +35,7 @@ from distill.labelling import (
     mean_kl,
     parity_figures,
 )
-from distill.logit_cache import logit_cache_stage, open_targets
+from distill.logit_cache import LABELLING_BATCH, logit_cache_stage, open_targets
 from distill.models import load_classifier
 from distill.shards import label_batches, label_batches_with
 from distill.teacher import teacher_stage
@@ -263,6 +268,27 @@ def test_auto_on_a_bf16_teacher_takes_pytorch_before_fp32_onnx_only_when_faster(
     torch_figures = next(c for c in labelling.record.candidates if c.runtime == "torch")
     assert torch_figures.passed == faster and torch_figures.reason.startswith("in bf16: ")
     assert 0.0 <= torch_figures.agreement <= 1.0 and torch_figures.mean_kl >= 0.0
+
+
+def test_the_bf16_check_is_timed_in_batches_of_the_size_the_cache_labels_in(
+    tiny_config, tiny_data, teacher, store
+):
+    # Speed per text differs between batch sizes (and bf16 PyTorch's more than the graph's), so
+    # evidence timed at another batch than the cache's says nothing about the cache.
+    graph = teacher_onnx_stage(store, teacher, tiny_data, "onnx")
+    runtime = resolve_runtime(with_teacher_precision(tiny_config, "bf16").teacher.training)
+    check = precision_check_stage(store, teacher, tiny_data, graph, runtime)
+    assert check.manifest.timed_batch_size == LABELLING_BATCH
+    texts = len(load_split(tiny_data.path, "validation"))
+
+    def pairs(batch: int) -> int:  # every round times the same evenly spaced batches
+        return ROUNDS * min(TIMED_BATCHES, math.ceil(texts / batch))
+
+    assert check.manifest.speed.pairs == pairs(LABELLING_BATCH)
+    smaller = precision_check_stage(store, teacher, tiny_data, graph, runtime, batch_size=4)
+    assert not smaller.reused and smaller.key != check.key  # other batches, other evidence
+    assert smaller.manifest.timed_batch_size == 4
+    assert smaller.manifest.speed.pairs == pairs(4) > pairs(LABELLING_BATCH)
 
 
 def test_bf16_pytorch_needs_both_its_gate_and_a_significant_speed_gain(
