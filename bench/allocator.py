@@ -1,7 +1,8 @@
-"""glibc's mmap threshold against peak memory and step time in training (issue 23, part 6).
+"""glibc's mmap threshold against peak memory and step time in training and in labelling (issue
+23, part 6).
 
     .venv/bin/python -m bench.allocator [--config configs/movie_reviews.yaml]
-        [--model student|teacher] [--thresholds glibc 2097152 1048576] [--rounds 2]
+        [--model student|teacher|labelling] [--thresholds glibc 2097152 1048576] [--rounds 2]
         [--steps 80] [--warmup 10] [--store DIR] [key=value ...]
 
 `distill.memory.keep_large_blocks_out_of_heap` fixes the threshold above which glibc serves a
@@ -9,10 +10,14 @@ block from its own mapping (LARGE_BLOCK_BYTES); this measures what that buys and
 (round, threshold) is a fresh process, since the setting is process-wide and one-way: it builds
 the config's student (carved from the untrained teacher, or its own checkpoint) or the teacher
 before fine-tuning, then trains `--steps` optimizer steps on the same train batches from the same
-seed (cross-entropy on labels: the distillation terms add two logits' worth of memory) and reports
-the resident size when training began, the peak growth over it (Linux's high-water mark) and each
-step's seconds. `glibc` leaves glibc's own sliding threshold. Rounds rotate the order; step i
-trains the same batch from the same weights in every process, so the time ratio to the first
+seed (cross-entropy on labels: the distillation terms add two logits' worth of memory); or, for
+`labelling`, has the config's fine-tuned teacher (a stage already in the store) label `--steps`
+batches of the logit cache's size from the train split, in PyTorch in the precision the teacher
+section resolves to (bf16 under `auto` on a CPU with bf16 units), as the cache stage would. It
+reports the resident size when training (labelling) began, the peak growth over it (Linux's
+high-water mark) and each step's (batch's) seconds. `glibc` leaves glibc's own sliding
+threshold. Rounds rotate the order; step i trains (labels) the same batch from the same weights
+in every process, so the time ratio to the first
 threshold is paired step by step (`deploy.latency.paired_speed`, after `--warmup` steps).
 Writes bench/results/allocator.json (one key per model) and the benchmarks.md section
 "allocator-<model>".
@@ -35,13 +40,19 @@ import torch
 from bench import report as bench
 from deploy.latency import SpeedComparison, paired_speed
 from distill import memory
-from distill.batching import collate, length_grouped_batches
+from distill.batching import collate, length_grouped_batches, sorted_batches
 from distill.config import PipelineConfig, TrainingConfig, load_config
 from distill.data import data_stage, load_split
+from distill.devices import resolve_runtime
+from distill.labelling import TorchLabeller
+from distill.logit_cache import LABELLING_BATCH
+from distill.models import load_classifier, pad_token_id
+from distill.store import MANIFEST
 from distill.student import student_of, student_tokenizer_model
-from distill.teacher import starting_teacher, teacher_loss
+from distill.teacher import starting_teacher, teacher_key, teacher_loss
 from distill.training import Optimisation
 
+WHAT = {"student": "student training", "teacher": "teacher training", "labelling": "labelling"}
 GLIBC = "glibc"  # no mallopt: glibc's own threshold, raised to every freed mapped block's size
 MIB = 2**20
 
@@ -59,17 +70,55 @@ def model_and_settings(
 
 
 def tokenizer_model(config: PipelineConfig, which: str) -> str:
-    """The model whose token ids the trained model reads."""
-    if which == "teacher":
+    """The model whose token ids the trained (or labelling) model reads."""
+    if which in ("teacher", "labelling"):
         return config.teacher.model
     return student_tokenizer_model(config.student, config.teacher.model)
 
 
+def label_steps(config: PipelineConfig, data, steps: int) -> tuple[list[float], int]:
+    """The fine-tuned teacher labels `steps` length-sorted, evenly spaced batches of the cache's
+    size (short and long texts alike): each batch's seconds, and the resident bytes when the
+    labelling began (the peak mark reset there)."""
+    folder = config.store_dir / "teacher" / teacher_key(config.teacher, data)
+    if not (folder / MANIFEST).is_file():
+        raise SystemExit(
+            f"bench.allocator --model labelling: no fine-tuned teacher at {folder}: run "
+            "`distillery run` on this config (and store) first"
+        )
+    model = load_classifier(folder)
+    labeller = TorchLabeller(model, resolve_runtime(config.teacher.training, "teacher.training"))
+    train = load_split(data.path, "train")
+    batches = sorted_batches([len(ids) for ids in train["input_ids"]], LABELLING_BATCH)
+    picked = [batches[i * len(batches) // steps] for i in range(min(steps, len(batches)))]
+    feeds = [collate(train, indices, pad_token_id(model.config)) for indices in picked]
+    memory.return_freed_memory()
+    memory.reset_peak()
+    start = memory.peak_bytes() or 0
+    seconds = []
+    for batch in feeds:
+        began = time.perf_counter()
+        labeller(batch["input_ids"].numpy(), batch["attention_mask"].numpy())
+        seconds.append(time.perf_counter() - began)
+    return seconds, start
+
+
 def train_steps(config: PipelineConfig, which: str, threshold: str, steps: int) -> dict:
-    """In this process: set `threshold`, train `steps` steps, measure (the child's job)."""
+    """In this process: set `threshold`, train `steps` steps (or label `steps` batches),
+    measure (the child's job)."""
     if threshold != GLIBC:
         memory.set_mmap_threshold(int(threshold))
     data = data_stage(config.store_dir, config.data, tokenizer_model(config, which))
+    if which == "labelling":
+        seconds, start = label_steps(config, data, steps)
+        peak = memory.peak_bytes() or 0
+        return {
+            "threshold": threshold,
+            "start_mib": start / MIB,
+            "peak_growth_mib": (peak - start) / MIB,
+            "step_seconds": seconds,
+            "batch_size": LABELLING_BATCH,
+        }
     model, settings = model_and_settings(config, which, data)
     model.train()
     train = load_split(data.path, "train")
@@ -189,7 +238,7 @@ def render(result: dict) -> str:
         f"{result['load_before'][0]:.2f} / {result['load_after'][0]:.2f}",
     ]
     return bench.section(
-        f"## glibc's mmap threshold in {result['model']} training (allocator-{result['model']})",
+        f"## glibc's mmap threshold in {WHAT[result['model']]} (allocator-{result['model']})",
         table,
         more=more,
     )
@@ -197,7 +246,7 @@ def render(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("student", "teacher"), default="student")
+    parser.add_argument("--model", choices=("student", "teacher", "labelling"), default="student")
     parser.add_argument(
         "--thresholds", nargs="+", default=[GLIBC, str(memory.LARGE_BLOCK_BYTES), str(MIB)]
     )

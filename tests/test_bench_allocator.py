@@ -8,6 +8,9 @@ import argparse
 import pytest
 
 from bench import allocator
+from distill.config import load_config
+from distill.logit_cache import LABELLING_BATCH
+from distill.teacher import teacher_stage
 from tests.conftest import TINY_CONFIG
 
 
@@ -79,3 +82,17 @@ def test_the_trained_model_is_the_stage_s_own_shape(tiny_config, tiny_data, whic
     assert layers == (1 if which == "student" else 2)  # tiny.yaml: teacher 2 layers, student [1]
     expected = tiny_config.student if which == "student" else tiny_config.teacher
     assert settings == expected.training
+
+
+def test_a_labelling_child_needs_the_fine_tuned_teacher_in_the_store(tmp_path):
+    empty_store = load_config(TINY_CONFIG, [f"workdir={tmp_path}"])
+    with pytest.raises(SystemExit, match="no fine-tuned teacher"):
+        allocator.train_steps(empty_store, "labelling", allocator.GLIBC, steps=2)
+
+
+def test_a_labelling_child_labels_batches_of_the_cache_s_size(tiny_config, tiny_data):
+    teacher_stage(tiny_config.store_dir, tiny_config.teacher, tiny_data)  # built or reused
+    run = allocator.run_child(arguments(tiny_config, model="labelling"), "2097152")
+    assert run["threshold"] == "2097152" and run["batch_size"] == LABELLING_BATCH
+    assert 1 <= len(run["step_seconds"]) <= 3 and all(t > 0 for t in run["step_seconds"])
+    assert run["peak_growth_mib"] >= 0
