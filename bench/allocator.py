@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,9 @@ import torch
 
 from bench import report as bench
 from deploy.latency import SpeedComparison, paired_speed
+from deploy.teacher_onnx import sample_feeds, split_batches
 from distill import memory
-from distill.batching import collate, length_grouped_batches, sorted_batches
+from distill.batching import collate, length_grouped_batches
 from distill.config import PipelineConfig, TrainingConfig, load_config
 from distill.data import data_stage, load_split
 from distill.devices import resolve_runtime
@@ -76,10 +78,10 @@ def tokenizer_model(config: PipelineConfig, which: str) -> str:
     return student_tokenizer_model(config.student, config.teacher.model)
 
 
-def label_steps(config: PipelineConfig, data, steps: int) -> tuple[list[float], int]:
-    """The fine-tuned teacher labels `steps` length-sorted, evenly spaced batches of the cache's
-    size (short and long texts alike): each batch's seconds, and the resident bytes when the
-    labelling began (the peak mark reset there)."""
+def labelling_steps(config: PipelineConfig, data, steps: int) -> tuple[Callable, list, int]:
+    """The fine-tuned teacher as a labeller in the precision its section resolves to, and
+    `steps` length-sorted, evenly spaced batches of the cache's size from the train split
+    (short and long texts alike); and that size."""
     folder = config.store_dir / "teacher" / teacher_key(config.teacher, data)
     if not (folder / MANIFEST).is_file():
         raise SystemExit(
@@ -89,18 +91,29 @@ def label_steps(config: PipelineConfig, data, steps: int) -> tuple[list[float], 
     model = load_classifier(folder)
     labeller = TorchLabeller(model, resolve_runtime(config.teacher.training, "teacher.training"))
     train = load_split(data.path, "train")
-    batches = sorted_batches([len(ids) for ids in train["input_ids"]], LABELLING_BATCH)
-    picked = [batches[i * len(batches) // steps] for i in range(min(steps, len(batches)))]
-    feeds = [collate(train, indices, pad_token_id(model.config)) for indices in picked]
-    memory.return_freed_memory()
-    memory.reset_peak()
-    start = memory.peak_bytes() or 0
-    seconds = []
-    for batch in feeds:
-        began = time.perf_counter()
-        labeller(batch["input_ids"].numpy(), batch["attention_mask"].numpy())
-        seconds.append(time.perf_counter() - began)
-    return seconds, start
+    batches = split_batches(train, LABELLING_BATCH)
+    feeds = sample_feeds(train, batches, pad_token_id(model.config), steps)
+    return lambda feed: labeller(*feed), feeds, LABELLING_BATCH
+
+
+def training_steps(
+    config: PipelineConfig, which: str, data, steps: int
+) -> tuple[Callable, list, int]:
+    """One optimizer step of the stage's model (cross-entropy on labels), `steps` train
+    batches drawn as training draws them, from the same seed, and the batch size."""
+    model, settings = model_and_settings(config, which, data)
+    model.train()
+    train = load_split(data.path, "train")
+    rng = np.random.default_rng(settings.seed)
+    lengths = [len(ids) for ids in train["input_ids"]]
+    grouped = length_grouped_batches(lengths, settings.batch_size, rng)
+    batches = [collate(train, grouped[i % len(grouped)]) for i in range(steps)]
+    optimisation = Optimisation.create(model, settings, steps)
+    return (
+        lambda batch: optimisation.apply(model, teacher_loss, batch),
+        batches,
+        settings.batch_size,
+    )
 
 
 def train_steps(config: PipelineConfig, which: str, threshold: str, steps: int) -> dict:
@@ -110,30 +123,16 @@ def train_steps(config: PipelineConfig, which: str, threshold: str, steps: int) 
         memory.set_mmap_threshold(int(threshold))
     data = data_stage(config.store_dir, config.data, tokenizer_model(config, which))
     if which == "labelling":
-        seconds, start = label_steps(config, data, steps)
-        peak = memory.peak_bytes() or 0
-        return {
-            "threshold": threshold,
-            "start_mib": start / MIB,
-            "peak_growth_mib": (peak - start) / MIB,
-            "step_seconds": seconds,
-            "batch_size": LABELLING_BATCH,
-        }
-    model, settings = model_and_settings(config, which, data)
-    model.train()
-    train = load_split(data.path, "train")
-    rng = np.random.default_rng(settings.seed)
-    lengths = [len(ids) for ids in train["input_ids"]]
-    grouped = length_grouped_batches(lengths, settings.batch_size, rng)
-    batches = [collate(train, grouped[i % len(grouped)]) for i in range(steps)]
-    optimisation = Optimisation.create(model, settings, steps)
+        step, batches, batch_size = labelling_steps(config, data, steps)
+    else:
+        step, batches, batch_size = training_steps(config, which, data, steps)
     memory.return_freed_memory()
     memory.reset_peak()
     start = memory.peak_bytes() or 0  # the mark was just reset: today's resident size
     seconds = []
     for batch in batches:
         began = time.perf_counter()
-        optimisation.apply(model, teacher_loss, batch)
+        step(batch)
         seconds.append(time.perf_counter() - began)
     peak = memory.peak_bytes() or 0
     return {
@@ -141,7 +140,7 @@ def train_steps(config: PipelineConfig, which: str, threshold: str, steps: int) 
         "start_mib": start / MIB,
         "peak_growth_mib": (peak - start) / MIB,
         "step_seconds": seconds,
-        "batch_size": settings.batch_size,
+        "batch_size": batch_size,
     }
 
 

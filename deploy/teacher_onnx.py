@@ -145,12 +145,16 @@ def built_apart(build: Callable[[Path], TeacherOnnxManifest], folder: Path) -> T
     return in_child_process(functools.partial(build, folder))
 
 
+def split_batches(split, batch_size: int) -> list[np.ndarray]:
+    """A tokenized split's length-sorted batches of `batch_size` rows (row indices)."""
+    return sorted_batches([len(ids) for ids in split["input_ids"]], batch_size)
+
+
 def validation_batches(data: Artifact[DataManifest]):
     """The validation split and its length-sorted batches of PARITY_BATCH rows (the parity
     figures' batches; the cache labels in larger ones)."""
     validation = load_split(data.path, "validation")
-    lengths = [len(ids) for ids in validation["input_ids"]]
-    return validation, sorted_batches(lengths, PARITY_BATCH)
+    return validation, split_batches(validation, PARITY_BATCH)
 
 
 def graph_logits(path: Path, data: Artifact[DataManifest], pad_id: int) -> np.ndarray:

@@ -33,9 +33,9 @@ from deploy.teacher_onnx import (
     TeacherOnnxManifest,
     interleaved,
     sample_feeds,
+    split_batches,
     validation_batches,
 )
-from distill.batching import sorted_batches
 from distill.data import DataManifest
 from distill.devices import Runtime
 from distill.labelling import CandidateFigures, LabellingGate, TorchLabeller, parity_figures
@@ -94,8 +94,7 @@ def build_check(
         "torch": labeller,
         "graph": OnnxLabeller(open_session(graph.file(graph.manifest.file))),
     }
-    lengths = [len(ids) for ids in validation["input_ids"]]
-    timed = sorted_batches(lengths, batch_size)
+    timed = split_batches(validation, batch_size)
     feeds = sample_feeds(validation, timed, pad_id, TIMED_BATCHES)
     seconds, _ = interleaved(labellers, feeds, rounds=ROUNDS)
     speed = paired_speed(seconds["torch"], seconds["graph"], load=machine_load())
